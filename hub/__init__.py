@@ -1,0 +1,1 @@
+"""The Hugging Face Hub publish gate. Filled by the Hub publishing issue (#7)."""

@@ -1,0 +1,56 @@
+"""Task runner sessions. nox runs inside the project's .venv (built by `make` from requirements.lock) and never
+builds virtualenvs of its own: every session is `python=False` and refuses to run from any other interpreter."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent.resolve()
+PROJECT_VENV = ROOT / ".venv"
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+def _require_project_venv(session: nox.Session) -> None:
+    if Path(sys.prefix).resolve() != PROJECT_VENV:
+        session.error(
+            f"nox runs from {sys.prefix}, not the project's virtualenv {PROJECT_VENV}; "
+            "run `make guards` / `make test`, which build .venv from requirements.lock"
+        )
+
+
+@nox.session(python=False)
+def guards(session: nox.Session) -> None:
+    """The policy gate. Until the guards land: declared parameter counts against the ones the code computes."""
+    _require_project_venv(session)
+    session.run("oracle", "params", "--check")
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    _require_project_venv(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    _require_project_venv(session)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=False)
+def typecheck(session: nox.Session) -> None:
+    _require_project_venv(session)
+    session.run("mypy")
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    _require_project_venv(session)
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        session.run("python", str(script), *session.posargs)

@@ -1,0 +1,1 @@
+"""Oracle: the Oracle850B-MoE model and its workflows."""

@@ -1,0 +1,121 @@
+"""The `oracle` command, the front door of the repository. Nothing imports this module.
+
+Exit codes: 0 success, 1 a check or policy blocks the action, 2 usage or internal errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="oracle",
+    help="Oracle: the Oracle850B-MoE model and the gates that govern it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+EXIT_BLOCKED = 1
+EXIT_ERROR = 2
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _root() -> None:
+    """Oracle: the Oracle850B-MoE model and the gates that govern it."""
+
+
+@app.command("params")
+def params_command(
+    config: Annotated[
+        str | None, typer.Option("--config", help="Preset name (oracle850b, oracle-mini, oracle-bench) or a path.")
+    ] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Exit 1 unless the declared param_total/param_active equal the computed ones."),
+    ] = False,
+) -> None:
+    """Exact parameter counts (total, active per token, by component), computed on the meta device.
+
+    Example: oracle params --config oracle850b --format json
+
+    With --check and no --config, every preset is checked.
+    """
+    from oracle.moe850b.config import FLAGSHIP, ConfigError, available_presets, load_config
+    from oracle.moe850b.params import count_parameters
+
+    names = [config] if config else (available_presets() if check else [FLAGSHIP])
+    try:
+        counts = [count_parameters(load_config(name)) for name in names]
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+
+    if output_format is OutputFormat.json:
+        payload = [count.as_json() for count in counts]
+        for item, count in zip(payload, counts, strict=True):
+            if check:
+                item["check"] = {"ok": not count.mismatches(), "mismatches": count.mismatches()}
+        stdout.print_json(json.dumps(payload[0] if len(payload) == 1 else payload))
+    else:
+        for count in counts:
+            _print_param_table(count)
+
+    failures = [(count.config.name, problem) for count in counts for problem in count.mismatches()]
+    if check:
+        if failures:
+            for name, problem in failures:
+                stderr.print(
+                    f"[bold red]check failed:[/] {name}: {problem}; the code is the truth: update the declared "
+                    "number in the config file or fix the architecture",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(EXIT_BLOCKED)
+        if output_format is OutputFormat.text:
+            stdout.print(f"declared parameter counts match the code for {len(counts)} config(s): {', '.join(names)}")
+
+
+def _print_param_table(count: object) -> None:
+    from oracle.moe850b.params import ParamCount
+
+    assert isinstance(count, ParamCount)
+    cfg = count.config
+    table = Table(title=f"{cfg.name}: {count.total:,} total, {count.active:,} active per token")
+    table.add_column("component")
+    table.add_column("total", justify="right")
+    table.add_column("active", justify="right")
+    for name, numbers in count.by_component.items():
+        table.add_row(name, f"{numbers['total']:,}", f"{numbers['active']:,}")
+    table.add_row("[bold]all[/]", f"[bold]{count.total:,}[/]", f"[bold]{count.active:,}[/]")
+    stdout.print(table)
+    stdout.print(
+        f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.n_layers} layers, hidden {cfg.hidden_size}, "
+        f"context {cfg.context_length}, vocabulary {cfg.vocab_size}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""The data pipeline stages. Filled by the data and tokenizer issue (#4)."""

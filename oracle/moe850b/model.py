@@ -1,0 +1,161 @@
+"""Oracle MoE: a decoder-only transformer whose feed-forward layers are mixtures of experts.
+
+embed → n_layers × [x + attn(norm(x)); x + moe(norm(x))] → norm → lm_head. Shapes: B batch, S sequence,
+D model width, V vocabulary. One forward pass reads top to bottom through this file, moe.py, router.py and
+experts.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oracle.core.attention import Attention
+from oracle.core.kv_cache import KVCache
+from oracle.core.norm import RMSNorm
+from oracle.core.rope import RotaryEmbedding
+from oracle.moe850b.config import MoEConfig
+from oracle.moe850b.moe import MoE, RoutingStats
+from oracle.moe850b.sampling import sample_next_token
+
+
+@dataclass
+class ModelOutput:
+    logits_BSV: torch.Tensor
+    load_balance_loss: torch.Tensor  # mean over layers of the Switch loss
+    z_loss: torch.Tensor  # mean over layers of the router z-loss
+    aux_loss: torch.Tensor  # the coefficient-weighted sum the trainer adds to the LM loss
+    routing: list[RoutingStats]  # one entry per layer
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: MoEConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.attn = Attention(config.hidden_size, config.n_heads, config.n_kv_heads, config.resolved_head_dim)
+        self.moe_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.moe = MoE(config)
+
+    def forward(
+        self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RoutingStats]:
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos, sin, cache, layer)
+        moe_out = self.moe(self.moe_norm(x_BSD))
+        return x_BSD + moe_out.y_BSD, moe_out.load_balance_loss, moe_out.z_loss, moe_out.stats
+
+
+class OracleMoE(nn.Module):
+    def __init__(self, config: MoEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rope = RotaryEmbedding(config.resolved_head_dim, config.context_length, config.rope_theta)
+        self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        if self.embed_tokens.weight.device.type != "meta":
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, σ) everywhere; projections that write into the residual stream scaled by 1/√(2·layers)."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                residual_out = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, std=out_std if residual_out else std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        for layer in self.layers:
+            layer.moe.experts.reset_parameters(std, out_std)
+            layer.moe.router.expert_bias.zero_()
+
+    def forward(self, input_ids_BS: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+        B, S = input_ids_BS.shape
+        start = cache.length if cache is not None else 0
+        if start + S > self.config.context_length:
+            raise ValueError(f"{start + S} positions exceed the context length {self.config.context_length}")
+        positions = torch.arange(start, start + S, device=input_ids_BS.device)
+        cos, sin = self.rope(positions)
+        x_BSD = self.embed_tokens(input_ids_BS)
+        load_balance, z, routing = [], [], []
+        for index, layer in enumerate(self.layers):
+            x_BSD, layer_lb, layer_z, stats = layer(x_BSD, cos, sin, cache, index)
+            load_balance.append(layer_lb)
+            z.append(layer_z)
+            routing.append(stats)
+        if cache is not None:
+            cache.advance(S)
+        logits_BSV = self.lm_head(self.norm(x_BSD))
+        lb_loss, z_loss = torch.stack(load_balance).mean(), torch.stack(z).mean()
+        aux = self.config.router_aux_loss_coef * lb_loss + self.config.router_z_loss_coef * z_loss
+        return ModelOutput(logits_BSV, lb_loss, z_loss, aux, routing)
+
+    def loss(self, input_ids_BS: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
+        """Next-token cross-entropy (labels already aligned with the inputs; -100 ignored) plus the router losses."""
+        out = self(input_ids_BS)
+        lm = lm_loss(out.logits_BSV, labels_BS)
+        return lm + out.aux_loss, out
+
+    @torch.no_grad()
+    def update_router_biases(self, routing: list[RoutingStats]) -> None:
+        """Aux-loss-free balancing: after a step, move each layer's selection bias towards even load."""
+        for layer, stats in zip(self.layers, routing, strict=True):
+            if layer.moe.router.bias_balancing:
+                layer.moe.router.update_bias(stats.tokens_per_expert_E)
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        weight = self.embed_tokens.weight
+        return KVCache(
+            self.config.n_layers,
+            batch_size,
+            self.config.n_kv_heads,
+            self.config.resolved_head_dim,
+            max_length or self.config.context_length,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids_BS: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_token_ids: Iterable[int] = (),
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prompt plus up to max_new_tokens new tokens, decoded with the KV cache. A row that produced a stop token
+        keeps repeating it until every row has stopped (or the budget is spent)."""
+        B, S = input_ids_BS.shape
+        total = min(S + max_new_tokens, self.config.context_length)
+        cache = self.new_cache(B, total)
+        stops = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=input_ids_BS.device)
+        finished_B = torch.zeros(B, dtype=torch.bool, device=input_ids_BS.device)
+        tokens_BS = input_ids_BS
+        step_input_BS = input_ids_BS
+        for _ in range(total - S):
+            logits_BV = self(step_input_BS, cache).logits_BSV[:, -1]
+            next_B = sample_next_token(logits_BV, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            next_B = torch.where(finished_B, tokens_BS[:, -1], next_B)
+            tokens_BS = torch.cat([tokens_BS, next_B[:, None]], dim=1)
+            finished_B |= torch.isin(next_B, stops)
+            if bool(finished_B.all()):
+                break
+            step_input_BS = next_B[:, None]
+        return tokens_BS
+
+
+def lm_loss(logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_BSV.flatten(0, 1).float(), labels_BS.flatten(), ignore_index=-100)

@@ -1,0 +1,91 @@
+"""Model weights on disk: `model.safetensors` with `config.json` beside it. Pickle is never written or read.
+
+Writes go to temporary files that are renamed into place, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from oracle.core.rope import RotaryEmbedding
+from oracle.moe850b.config import MoEConfig
+from oracle.moe850b.model import OracleMoE
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model; the message names the file and tensor."""
+
+
+def _atomic_write(path: Path, write: object) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)  # type: ignore[operator]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _stored_state(model: OracleMoE) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint holds: the state dict without the LM head when it is tied to the embeddings."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")  # the same storage as embed_tokens.weight
+    return state
+
+
+def save_checkpoint(model: OracleMoE, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous().cpu() for name, t in _stored_state(model).items()}
+    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config_text = json.dumps(model.config.model_dump(mode="json"), indent=2) + "\n"
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config_text, encoding="utf-8"))
+    return directory
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> OracleMoE:
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    try:
+        config = MoEConfig.model_validate_json(config_path.read_bytes())
+    except OSError as exc:
+        raise CheckpointError(f"{config_path}: cannot read ({exc.strerror}); a checkpoint needs its config.json") from exc
+    with torch.device("meta"):
+        model = OracleMoE(config)
+    try:
+        tensors = load_file(weights_path, device=str(device))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+    expected = {name: tuple(t.shape) for name, t in _stored_state(model).items()}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path}: tensors do not match {config_path.name} (missing: {missing[:5]}, "
+            f"unexpected: {unexpected[:5]}); save the checkpoint again with the matching config"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise CheckpointError(
+                f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)}, the config expects "
+                f"{expected[name]}; the weights and config.json come from different models"
+            )
+    model.load_state_dict(tensors, strict=not config.tie_embeddings, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    # The rotary tables are not stored (non-persistent buffers): rebuild them on the target device.
+    model.rope = RotaryEmbedding(config.resolved_head_dim, config.context_length, config.rope_theta).to(device)
+    return model
+

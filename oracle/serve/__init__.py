@@ -1,0 +1,1 @@
+"""Serving. Filled by the serving issue (#8)."""

@@ -1,0 +1,1 @@
+"""Tokenizer training, loading and chat template. Filled by the data and tokenizer issue (#4)."""

@@ -1,0 +1,1 @@
+"""Training. Filled by the training issue (#5)."""

@@ -1,0 +1,1 @@
+"""Policy modules: what is allowed. Filled by the guards issue (#3)."""
