@@ -75,4 +75,5 @@ class Attention(nn.Module):
         if cache is not None:
             k_BGSHd, v_BGSHd = cache.update(layer, k_BGSHd, v_BGSHd)
         out_BHSHd = causal_attention(q_BHSHd, k_BGSHd, v_BGSHd)
-        return self.o_proj(out_BHSHd.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+        out_BSD: torch.Tensor = self.o_proj(out_BHSHd.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+        return out_BSD

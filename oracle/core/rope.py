@@ -18,6 +18,7 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.inv_freq: torch.Tensor
         self.cos_SHd: torch.Tensor
         self.sin_SHd: torch.Tensor
         self._build_cache(max_positions)

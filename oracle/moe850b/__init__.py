@@ -3,4 +3,4 @@
 from oracle.moe850b.config import ConfigError, MoEConfig, load_config
 from oracle.moe850b.model import ModelOutput, OracleMoE
 
-__all__ = ["ConfigError", "ModelOutput", "MoEConfig", "OracleMoE", "load_config"]
+__all__ = ["ConfigError", "MoEConfig", "ModelOutput", "OracleMoE", "load_config"]

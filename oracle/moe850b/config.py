@@ -76,7 +76,9 @@ class MoEConfig(BaseModel):
             raise ValueError(f"top_k: {self.top_k} is more than n_experts {self.n_experts}")
         for field in ("hidden_size", "expert_hidden_size", "shared_expert_hidden_size"):
             if getattr(self, field) % _ALIGN:
-                raise ValueError(f"{field}: {getattr(self, field)} is not a multiple of {_ALIGN} (grouped GEMM alignment)")
+                raise ValueError(
+                    f"{field}: {getattr(self, field)} is not a multiple of {_ALIGN} (grouped GEMM alignment)"
+                )
         return self
 
 

@@ -37,6 +37,8 @@ class GroupedExperts(nn.Module):
         self.n_experts, self.dim, self.hidden_dim = n_experts, dim, hidden_dim
         self.w13 = nn.Parameter(torch.empty(n_experts, 2 * hidden_dim, dim))
         self.w2 = nn.Parameter(torch.empty(n_experts, dim, hidden_dim))
+        # Like nn.Linear, usable as built; the model re-initialises with its own scheme.
+        self.reset_parameters(std=dim**-0.5, out_std=hidden_dim**-0.5)
 
     def reset_parameters(self, std: float, out_std: float) -> None:
         nn.init.normal_(self.w13, std=std)

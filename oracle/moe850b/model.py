@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,9 @@ class OracleMoE(nn.Module):
         if self.embed_tokens.weight.device.type != "meta":
             self.init_weights()
 
+    def blocks(self) -> list[DecoderBlock]:
+        return [cast(DecoderBlock, layer) for layer in self.layers]
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, σ) everywhere; projections that write into the residual stream scaled by 1/√(2·layers)."""
@@ -74,12 +78,12 @@ class OracleMoE(nn.Module):
                 nn.init.normal_(module.weight, std=out_std if residual_out else std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
-        for layer in self.layers:
+        for layer in self.blocks():
             layer.moe.experts.reset_parameters(std, out_std)
             layer.moe.router.expert_bias.zero_()
 
     def forward(self, input_ids_BS: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
-        B, S = input_ids_BS.shape
+        S = input_ids_BS.shape[1]
         start = cache.length if cache is not None else 0
         if start + S > self.config.context_length:
             raise ValueError(f"{start + S} positions exceed the context length {self.config.context_length}")
@@ -87,7 +91,7 @@ class OracleMoE(nn.Module):
         cos, sin = self.rope(positions)
         x_BSD = self.embed_tokens(input_ids_BS)
         load_balance, z, routing = [], [], []
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.blocks()):
             x_BSD, layer_lb, layer_z, stats = layer(x_BSD, cos, sin, cache, index)
             load_balance.append(layer_lb)
             z.append(layer_z)
@@ -108,7 +112,7 @@ class OracleMoE(nn.Module):
     @torch.no_grad()
     def update_router_biases(self, routing: list[RoutingStats]) -> None:
         """Aux-loss-free balancing: after a step, move each layer's selection bias towards even load."""
-        for layer, stats in zip(self.layers, routing, strict=True):
+        for layer, stats in zip(self.blocks(), routing, strict=True):
             if layer.moe.router.bias_balancing:
                 layer.moe.router.update_bias(stats.tokens_per_expert_E)
 
@@ -147,7 +151,9 @@ class OracleMoE(nn.Module):
         step_input_BS = input_ids_BS
         for _ in range(total - S):
             logits_BV = self(step_input_BS, cache).logits_BSV[:, -1]
-            next_B = sample_next_token(logits_BV, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            next_B = sample_next_token(
+                logits_BV, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            )
             next_B = torch.where(finished_B, tokens_BS[:, -1], next_B)
             tokens_BS = torch.cat([tokens_BS, next_B[:, None]], dim=1)
             finished_B |= torch.isin(next_B, stops)

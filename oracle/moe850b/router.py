@@ -2,7 +2,7 @@
 
 Shapes: T tokens, D model width, E experts, K experts chosen per token.
 
-- Probabilities are computed in fp32; the K chosen weights are renormalised to sum to one per token.
+- Probabilities are computed in (at least) fp32; the K chosen weights are renormalised to sum to one per token.
 - Switch loss (Fedus et al., 2021): E · Σᵢ fᵢ·Pᵢ, fᵢ the fraction of the T·K assignments sent to expert i and
   Pᵢ the mean router probability of expert i. It equals 1.0 when routing is perfectly balanced.
 - z-loss (Zoph et al., 2022): mean over tokens of logsumexp(logits)², keeping router logits small.
@@ -55,7 +55,9 @@ class TopKRouter(nn.Module):
         self.expert_bias: torch.Tensor
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = F.linear(x_TD.float(), self.gate.weight.float())
+        # At least fp32 (bf16 logits make the top-k choice noisy); float64 stays float64 for gradcheck.
+        dtype = torch.promote_types(x_TD.dtype, torch.float32)
+        logits_TE = F.linear(x_TD.to(dtype), self.gate.weight.to(dtype))
         probs_TE = logits_TE.softmax(dim=-1)
         scores_TE = probs_TE + self.expert_bias if self.bias_balancing else probs_TE
         experts_TK = scores_TE.topk(self.top_k, dim=-1).indices

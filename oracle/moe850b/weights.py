@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from oracle.core.rope import RotaryEmbedding
-from oracle.moe850b.config import MoEConfig
+from oracle.moe850b.config import ConfigError, load_config
 from oracle.moe850b.model import OracleMoE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -59,9 +59,9 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     try:
-        config = MoEConfig.model_validate_json(config_path.read_bytes())
-    except OSError as exc:
-        raise CheckpointError(f"{config_path}: cannot read ({exc.strerror}); a checkpoint needs its config.json") from exc
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; a checkpoint needs a valid config.json beside its weights") from exc
     with torch.device("meta"):
         model = OracleMoE(config)
     try:
@@ -88,4 +88,3 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     # The rotary tables are not stored (non-persistent buffers): rebuild them on the target device.
     model.rope = RotaryEmbedding(config.resolved_head_dim, config.context_length, config.rope_theta).to(device)
     return model
-

@@ -1,0 +1,35 @@
+"""Shared fixtures: small configs and seeded models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oracle.moe850b.config import MoEConfig, load_config
+from oracle.moe850b.model import OracleMoE
+
+
+def micro_config(**overrides: object) -> MoEConfig:
+    """The smallest config that exercises every part: 2 layers, GQA, 4 experts, top-2, a shared expert."""
+    fields: dict[str, object] = {
+        "name": "micro",
+        "vocab_size": 32,
+        "hidden_size": 16,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "context_length": 64,
+        "n_experts": 4,
+        "top_k": 2,
+        "expert_hidden_size": 16,
+        "shared_expert_hidden_size": 8,
+        "initializer_range": 0.2,
+    }
+    fields.update(overrides)
+    return MoEConfig.model_validate(fields)
+
+
+@pytest.fixture
+def mini_model() -> OracleMoE:
+    torch.manual_seed(0)
+    return OracleMoE(load_config("oracle-mini")).eval()
