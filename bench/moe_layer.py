@@ -123,7 +123,8 @@ def main() -> None:
     for result in results:
         seconds = result["seconds_median"]
         tflops = result["tflops"]
-        assert isinstance(seconds, dict) and isinstance(tflops, dict)
+        assert isinstance(seconds, dict)
+        assert isinstance(tflops, dict)
         timings = ", ".join(f"{key} {seconds[key] * 1e3:.1f} ms ({tflops[key]:.3f} TFLOP/s)" for key in seconds)
         print(
             f"moe_layer[{result['case']}] {result['device']} {result['dtype']} T={result['tokens']} "

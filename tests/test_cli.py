@@ -29,7 +29,8 @@ def test_params_json_has_the_documented_fields() -> None:
 def test_params_check_passes_for_every_preset() -> None:
     result = runner.invoke(app, ["params", "--check"])
     assert result.exit_code == 0, result.output
-    assert "oracle850b" in result.stdout and "oracle-mini" in result.stdout
+    assert "oracle850b" in result.stdout
+    assert "oracle-mini" in result.stdout
 
 
 def test_params_check_exits_1_when_a_declared_number_drifts(tmp_path: Path) -> None:
@@ -56,7 +57,8 @@ def test_a_bad_config_is_a_usage_error_with_one_clear_line(tmp_path: Path) -> No
     path.write_text('{"name": "x"}')
     result = runner.invoke(app, ["params", "--config", str(path)])
     assert result.exit_code == 2
-    assert str(path) in result.stderr and "vocab_size" in result.stderr
+    assert str(path) in result.stderr
+    assert "vocab_size" in result.stderr
 
 
 def test_the_console_script_is_installed_and_prints_help() -> None:

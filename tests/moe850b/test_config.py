@@ -40,7 +40,8 @@ def test_a_bad_value_in_a_file_names_the_file_line_and_field(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as error:
         load_config(path)
     line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if '"top_k"' in text)
-    assert f"{path}:{line}" in str(error.value) and "top_k" in str(error.value)
+    assert f"{path}:{line}" in str(error.value)
+    assert "top_k" in str(error.value)
 
 
 def test_an_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:

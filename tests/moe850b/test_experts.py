@@ -121,4 +121,5 @@ def test_bf16_experts_run(impl: str) -> None:
     experts = _experts().to(torch.bfloat16)
     ids = torch.randint(0, 8, (12, 2))
     y = experts(torch.randn(12, 16, dtype=torch.bfloat16), ids, torch.rand(12, 2), impl=impl)
-    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert y.dtype == torch.bfloat16
+    assert torch.isfinite(y.float()).all()

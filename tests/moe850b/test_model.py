@@ -52,7 +52,8 @@ def test_generation_stops_at_a_stop_token(mini_model: OracleMoE) -> None:
     prompt = torch.randint(0, 4096, (1, 5))
     first = int(mini_model.generate(prompt, max_new_tokens=1)[0, -1])
     generated = mini_model.generate(prompt, max_new_tokens=10, stop_token_ids=[first])
-    assert generated.shape == (1, 6) and int(generated[0, -1]) == first
+    assert generated.shape == (1, 6)
+    assert int(generated[0, -1]) == first
 
 
 def test_seeded_sampling_reproduces(mini_model: OracleMoE) -> None:

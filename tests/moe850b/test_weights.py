@@ -38,7 +38,8 @@ def test_weights_are_safetensors_not_pickle(tmp_path: Path) -> None:
     raw = (tmp_path / WEIGHTS_FILE).read_bytes()
     header_length = struct.unpack("<Q", raw[:8])[0]
     assert json.loads(raw[8 : 8 + header_length])["__metadata__"] == {"format": "pt"}
-    assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")
+    assert not raw.startswith(b"\x80")
+    assert not raw.startswith(b"PK")
     assert not list(tmp_path.glob(".*.tmp")), "temporary files are renamed into place"
 
 
@@ -56,7 +57,7 @@ def test_a_missing_tensor_is_named(tmp_path: Path) -> None:
     tensors = load_file(tmp_path / WEIGHTS_FILE)
     del tensors["norm.weight"]
     save_file(tensors, tmp_path / WEIGHTS_FILE)
-    with pytest.raises(CheckpointError, match="norm.weight"):
+    with pytest.raises(CheckpointError, match=r"norm\.weight"):
         load_checkpoint(tmp_path)
 
 
@@ -70,5 +71,5 @@ def test_a_pickle_file_is_refused(tmp_path: Path) -> None:
 def test_a_missing_config_is_explained(tmp_path: Path) -> None:
     save_checkpoint(_model(), tmp_path)
     (tmp_path / CONFIG_FILE).unlink()
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         load_checkpoint(tmp_path)
