@@ -52,7 +52,9 @@ class MoEConfig(BaseModel):
     router_z_loss_coef: float = Field(default=0.001, ge=0)
     bias_balancing: bool = Field(default=False, description="Aux-loss-free balancing by a per-expert bias")
     bias_update_rate: float = Field(default=1e-3, ge=0)
-    moe_impl: Literal["grouped", "loop"] = "grouped"
+    moe_impl: Literal["auto", "grouped", "loop"] = Field(
+        default="auto", description="Expert dispatch: grouped GEMM, the per-expert loop, or auto (grouped on CUDA)"
+    )
 
     param_total: int | None = Field(default=None, ge=0, description="Declared total parameters")
     param_active: int | None = Field(default=None, ge=0, description="Declared active parameters per token")

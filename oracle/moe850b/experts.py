@@ -31,6 +31,13 @@ def grouped_mm_supported(x: torch.Tensor) -> bool:
     return False
 
 
+def grouped_mm_preferred(x: torch.Tensor) -> bool:
+    """What `impl="auto"` picks: grouped GEMM on CUDA, where it is ~9x the loop (DESIGN.md field notes); the loop
+    on CPU, where torch._grouped_mm is itself a loop of matmuls and its whole-batch temporaries made it 0.75-0.9x
+    the loop in bench/moe_layer.py (bench/RESULTS.md)."""
+    return x.device.type == "cuda" and grouped_mm_supported(x)
+
+
 class GroupedExperts(nn.Module):
     def __init__(self, n_experts: int, dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -45,9 +52,11 @@ class GroupedExperts(nn.Module):
         nn.init.normal_(self.w2, std=out_std)
 
     def forward(
-        self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor, *, impl: str = "grouped"
+        self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor, *, impl: str = "auto"
     ) -> torch.Tensor:
-        if impl == "grouped" and grouped_mm_supported(x_TD):
+        """impl: "grouped" (torch._grouped_mm wherever it runs), "loop" (the reference), or "auto"."""
+        use_grouped = grouped_mm_preferred(x_TD) if impl == "auto" else impl == "grouped" and grouped_mm_supported(x_TD)
+        if use_grouped:
             return self.forward_grouped(x_TD, experts_TK, weights_TK)
         return self.forward_loop(x_TD, experts_TK, weights_TK)
 

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from oracle.moe850b.experts import GroupedExperts, capacity_keep_mask, expert_capacity, grouped_mm_supported
+from oracle.moe850b.experts import (
+    GroupedExperts,
+    capacity_keep_mask,
+    expert_capacity,
+    grouped_mm_preferred,
+    grouped_mm_supported,
+)
 from oracle.moe850b.moe import MoE
 from tests.conftest import micro_config
 
@@ -23,9 +29,22 @@ def _run(experts: GroupedExperts, impl: str, x: torch.Tensor, ids: torch.Tensor,
     return {"y": y.detach(), "x": x.grad, "weights": weights.grad, "w13": experts.w13.grad, "w2": experts.w2.grad}
 
 
-def test_grouped_path_runs_on_cpu_in_fp32() -> None:
+def test_grouped_path_runs_on_cpu_in_fp32_but_auto_prefers_the_loop_there() -> None:
     assert grouped_mm_supported(torch.zeros(1, dtype=torch.float32))
     assert not grouped_mm_supported(torch.zeros(1, dtype=torch.float64))
+    assert not grouped_mm_preferred(torch.zeros(1, dtype=torch.float32))
+
+
+def test_dispatch_follows_impl(monkeypatch: pytest.MonkeyPatch) -> None:
+    experts = _experts()
+    calls: list[str] = []
+    monkeypatch.setattr(GroupedExperts, "forward_grouped", lambda self, *a: calls.append("grouped"))
+    monkeypatch.setattr(GroupedExperts, "forward_loop", lambda self, *a: calls.append("loop"))
+    x, ids, weights = torch.randn(4, 16), torch.zeros(4, 2, dtype=torch.long), torch.ones(4, 2)
+    for impl in ("grouped", "loop", "auto"):
+        experts(x, ids, weights, impl=impl)
+    experts(x.double(), ids, weights, impl="grouped")  # no fp64 grouped GEMM: falls back to the loop
+    assert calls == ["grouped", "loop", "loop", "loop"]
 
 
 def test_grouped_path_equals_the_reference_loop_in_outputs_and_all_gradients() -> None:
@@ -45,7 +64,7 @@ def test_grouped_path_equals_the_reference_loop_in_outputs_and_all_gradients() -
 
 
 def test_moe_layer_grouped_equals_loop_including_router_gradients() -> None:
-    config = micro_config(n_experts=8, top_k=2, capacity_factor=1.0)
+    config = micro_config(n_experts=8, top_k=2, capacity_factor=1.0, moe_impl="grouped")
     torch.manual_seed(0)
     grouped_layer = MoE(config)
     loop_layer = MoE(config.model_copy(update={"moe_impl": "loop"}))

@@ -117,3 +117,12 @@ def test_loss_adds_router_losses_to_cross_entropy_and_trains() -> None:
         first = first if first is not None else total.item()
     assert total.item() < 0.5 * first
     assert model.blocks()[0].moe.router.expert_bias.abs().sum() > 0
+
+
+def test_the_whole_model_gives_the_same_logits_with_grouped_and_loop_experts() -> None:
+    torch.manual_seed(0)
+    grouped = OracleMoE(micro_config(moe_impl="grouped", capacity_factor=1.25)).eval()
+    loop = OracleMoE(micro_config(moe_impl="loop", capacity_factor=1.25)).eval()
+    loop.load_state_dict(grouped.state_dict())
+    ids = torch.randint(0, 32, (3, 16))
+    torch.testing.assert_close(grouped(ids).logits_BSV, loop(ids).logits_BSV, atol=1e-5, rtol=1e-5)
