@@ -69,14 +69,14 @@ class GroupedExperts(nn.Module):
         counts_E.scatter_add_(0, experts_A, torch.ones_like(experts_A))
         offsets_E = counts_E.cumsum(0).to(torch.int32)
 
-        x_AD = x_TD[token_A]
+        x_AD = x_TD.index_select(0, token_A)
         h_A2F = torch._grouped_mm(x_AD, self.w13.transpose(-2, -1), offs=offsets_E)
         gate_AF, up_AF = h_A2F.chunk(2, dim=-1)
         y_AD = torch._grouped_mm(F.silu(gate_AF) * up_AF, self.w2.transpose(-2, -1), offs=offsets_E)
 
         inverse_A = torch.empty_like(order_A)
         inverse_A[order_A] = torch.arange(order_A.numel(), device=order_A.device)
-        y_KTD = y_AD[inverse_A].view(K, T, self.dim)
+        y_KTD = y_AD.index_select(0, inverse_A).view(K, T, self.dim)
         return (y_KTD * weights_TK.t().unsqueeze(-1).to(y_KTD.dtype)).sum(dim=0)
 
     def forward_loop(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
