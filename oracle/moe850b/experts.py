@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle.moe850b.router import count_assignments
+
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -65,9 +67,7 @@ class GroupedExperts(nn.Module):
         experts_A = experts_TK.t().reshape(-1)  # k-major: assignment a = k·T + t
         order_A = torch.argsort(experts_A, stable=True)
         token_A = order_A % T
-        counts_E = torch.zeros(self.n_experts, dtype=torch.int64, device=x_TD.device)
-        counts_E.scatter_add_(0, experts_A, torch.ones_like(experts_A))
-        offsets_E = counts_E.cumsum(0).to(torch.int32)
+        offsets_E = count_assignments(experts_TK, self.n_experts).cumsum(0).to(torch.int32)
 
         x_AD = x_TD.index_select(0, token_A)
         h_A2F = torch._grouped_mm(x_AD, self.w13.transpose(-2, -1), offs=offsets_E)
