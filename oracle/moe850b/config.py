@@ -13,6 +13,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from oracle.validation import describe_validation_error
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_SUFFIX = ".moe.json"
 FLAGSHIP = "oracle850b"
@@ -88,14 +90,6 @@ def available_presets() -> list[str]:
     return sorted(p.name.removesuffix(CONFIG_SUFFIX) for p in CONFIG_DIR.glob(f"*{CONFIG_SUFFIX}"))
 
 
-def _line_of_key(text: str, key: str) -> int | None:
-    needle = f'"{key}"'
-    for number, line in enumerate(text.splitlines(), start=1):
-        if needle in line:
-            return number
-    return None
-
-
 def load_config(name_or_path: str | Path) -> MoEConfig:
     """Load a preset by name (`oracle850b`) or a config file by path; errors name the file, line and field."""
     path = Path(name_or_path)
@@ -117,12 +111,4 @@ def load_config(name_or_path: str | Path) -> MoEConfig:
     try:
         return MoEConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            location = ".".join(str(part) for part in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            field = location or message.split(":", 1)[0]
-            line = _line_of_key(text, field) if field else None
-            where = f"{path}:{line}" if line else str(path)
-            problems.append(f"{where}: {location or field}: {message}")
-        raise ConfigError("; ".join(problems)) from exc
+        raise ConfigError(describe_validation_error(path, text, exc)) from exc

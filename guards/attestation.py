@@ -1,0 +1,373 @@
+"""The attestation: proof that the ci gate passed on exactly this tree, lock, policy bundle and model config.
+
+`write_attestation` records a passing ci run on a clean tree as an in-toto Statement v1 wrapped in a DSSE envelope
+(signed with Ed25519 when a key is configured) at `.oracle/attestations/<git tree id>.json`. `verify_attestation` is
+what `publish` and `submit` call: it refuses a missing, stale, tampered or failing attestation with an
+AttestationError whose `reason` says which, and returns the envelope's digest for the records that name it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from guards import git, keys, paths
+from guards.result import GateResult
+from policies.rule import Gate
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://oracle.invalid/attestation/guards-result/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+
+TREE_SUBJECT = "git-tree"
+LOCK_SUBJECT = "requirements.lock"
+POLICY_SUBJECT = "policy-bundle"
+MODEL_CONFIG_SUBJECT = "model-config"
+
+REASONS = frozenset(
+    {
+        "missing",
+        "other-commit",
+        "dirty-tree",
+        "lock-changed",
+        "policy-changed",
+        "model-config-changed",
+        "bad-signature",
+        "unsigned",
+        "failed",
+        "malformed",
+    }
+)
+
+_REATTEST = "run `make guards` (nox -s guards), which attests on a passing ci gate"
+_SHOWN_DIRTY_PATHS = 5
+_CHUNK = 1 << 20
+
+
+class AttestationError(RuntimeError):
+    """An attestation cannot be written or does not vouch for the current checkout; `reason` says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown attestation failure reason {reason!r}; use one of {sorted(REASONS)}")
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VerifiedAttestation:
+    path: Path
+    digest: str  # sha256 of the envelope file's bytes: the "attestation digest" other records name
+    statement: dict[str, Any]
+    keyid: str | None  # the key that signed it; None when unsigned
+
+
+def canonical_json(value: object) -> bytes:
+    """One byte string per value, so digests do not depend on key order or whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex of a file's content, read in chunks so large files do not fill memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def policy_bundle_files(root: Path) -> list[Path]:
+    """The files whose content decides what the gates enforce: policy modules, settings and waivers."""
+    files = sorted((root / paths.POLICIES_DIR).glob("*.py"))
+    files += [root / extra for extra in (paths.SETTINGS_FILE, paths.WAIVERS_FILE) if (root / extra).is_file()]
+    return [path for path in files if path.is_file()]
+
+
+def policy_bundle_digest(root: Path) -> str:
+    """sha256 of the canonical JSON list of sorted (relative posix path, content sha256) pairs of the bundle."""
+    entries = sorted([path.relative_to(root).as_posix(), file_digest(path)] for path in policy_bundle_files(root))
+    return hashlib.sha256(canonical_json(entries)).hexdigest()
+
+
+def current_digests(root: Path) -> dict[str, str | None]:
+    """The sha256 of each non-tree subject as it is now; None for a file that does not exist."""
+    lock, model_config = root / paths.LOCK_FILE, root / paths.MODEL_CONFIG
+    return {
+        LOCK_SUBJECT: file_digest(lock) if lock.is_file() else None,
+        POLICY_SUBJECT: policy_bundle_digest(root),
+        MODEL_CONFIG_SUBJECT: file_digest(model_config) if model_config.is_file() else None,
+    }
+
+
+def _rule_results(result: GateResult) -> list[dict[str, str]]:
+    failing = {finding.rule_id for finding in result.findings}
+    waived = {finding.rule_id for finding, _ in result.waived}
+    outcomes = []
+    for rule in result.rules:
+        # an unwaived finding outweighs a waived one: the rule still found something nobody excused
+        outcome = "fail" if rule.id in failing else "waived" if rule.id in waived else "pass"
+        outcomes.append({"id": rule.id, "result": outcome})
+    return outcomes
+
+
+def build_statement(
+    root: Path, result: GateResult, *, commit: str, tree: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The in-toto Statement v1 for a gate result over root at (commit, tree)."""
+    digests = current_digests(root)
+    lock_digest = digests[LOCK_SUBJECT]
+    if lock_digest is None:
+        raise AttestationError(
+            "failed",
+            f"cannot attest: {root / paths.LOCK_FILE} does not exist; create it with `make lock` and commit it",
+        )
+    subjects: list[dict[str, Any]] = [
+        {"name": TREE_SUBJECT, "digest": {"gitTree": tree}},
+        {"name": LOCK_SUBJECT, "digest": {"sha256": lock_digest}},
+        {"name": POLICY_SUBJECT, "digest": {"sha256": digests[POLICY_SUBJECT]}},
+    ]
+    if digests[MODEL_CONFIG_SUBJECT] is not None:
+        subjects.append({"name": MODEL_CONFIG_SUBJECT, "digest": {"sha256": digests[MODEL_CONFIG_SUBJECT]}})
+    created = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "gate": str(result.gate),
+            "commit": commit,
+            "passed": result.passed,
+            "created": created,
+            "rules": _rule_results(result),
+            "findings": len(result.findings),
+            "waived": sorted({finding.fingerprint for finding, _ in result.waived}),
+            "examined": {policy: len(examined.files) for policy, examined in sorted(result.examined.items())},
+        },
+    }
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: what is signed, so the type cannot be swapped under a signature."""
+    type_bytes = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(body), body)
+
+
+def envelope(
+    statement: dict[str, Any], signing_key: Ed25519PrivateKey | None, *, payload_type: str = PAYLOAD_TYPE
+) -> dict[str, Any]:
+    """The DSSE envelope around a statement (or another signed record); `signatures` is empty without a key."""
+    body = canonical_json(statement)
+    signatures = []
+    if signing_key is not None:
+        keyid, signature = keys.sign(signing_key, pae(payload_type, body))
+        signatures.append({"keyid": keyid, "sig": signature})
+    return {"payloadType": payload_type, "payload": base64.b64encode(body).decode("ascii"), "signatures": signatures}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # a reader (publish, submit) must never see half an attestation: write beside it, then rename over it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _dirty_tree_error(dirty: list[str], action: str) -> AttestationError:
+    shown = ", ".join(dirty[:_SHOWN_DIRTY_PATHS])
+    more = f" and {len(dirty) - _SHOWN_DIRTY_PATHS} more" if len(dirty) > _SHOWN_DIRTY_PATHS else ""
+    fix = "commit or stash them"
+    if any(path.startswith(f"{paths.STATE_DIR.as_posix()}/") for path in dirty):
+        fix = f"add `{paths.STATE_DIR.as_posix()}/` to .gitignore, and commit or stash the rest"
+    return AttestationError("dirty-tree", f"{action}: the working tree has uncommitted changes ({shown}{more}); {fix}")
+
+
+def write_attestation(root: Path, result: GateResult, signing_key: Ed25519PrivateKey | None) -> Path:
+    """Attest a passing ci result on a clean tree at `.oracle/attestations/<HEAD tree>.json`; return the path."""
+    if result.gate != Gate.ci or not result.passed:
+        state = "passed" if result.passed else "failed"
+        raise AttestationError(
+            "failed", f"cannot attest: the {result.gate} gate {state}; only a passing ci gate attests; {_REATTEST}"
+        )
+    dirty = git.dirty_paths(root)
+    if dirty:
+        raise _dirty_tree_error(dirty, "cannot attest")
+    commit, tree = git.head_commit(root), git.head_tree(root)
+    statement = build_statement(root, result, commit=commit, tree=tree)
+    path = paths.attestation_path(root, tree)
+    _write_atomically(path, json.dumps(envelope(statement, signing_key), indent=2).encode("utf-8") + b"\n")
+    # an attestation that git does not ignore dirties the tree it attests, and every later verify would refuse it
+    dirty = git.dirty_paths(root)
+    if dirty:
+        path.unlink()
+        raise _dirty_tree_error(dirty, "attestation withdrawn")
+    return path
+
+
+def _malformed(path: Path, what: str) -> AttestationError:
+    return AttestationError("malformed", f"attestation {path} is malformed ({what}); delete it and {_REATTEST}")
+
+
+def _parse(path: Path, data: bytes) -> tuple[dict[str, Any], bytes, list[dict[str, str]]]:
+    """(statement, payload bytes, signatures) of an envelope; AttestationError("malformed") on any deviation."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _malformed(path, f"not JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("payloadType") != PAYLOAD_TYPE:
+        raise _malformed(path, f"not a DSSE envelope with payloadType {PAYLOAD_TYPE}")
+    payload, signatures = document.get("payload"), document.get("signatures")
+    if not isinstance(payload, str):
+        raise _malformed(path, "payload is not a string")
+    if not isinstance(signatures, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("keyid"), str) and isinstance(entry.get("sig"), str)
+        for entry in signatures
+    ):
+        raise _malformed(path, "signatures is not a list of {keyid, sig} strings")
+    try:
+        body = base64.b64decode(payload, validate=True)
+        statement = json.loads(body)
+    except (binascii.Error, ValueError) as exc:
+        raise _malformed(path, f"payload is not base64-encoded JSON: {exc}") from exc
+    if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
+        raise _malformed(path, f"payload is not an in-toto Statement ({STATEMENT_TYPE})")
+    if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(statement.get("predicate"), dict):
+        raise _malformed(path, f"predicate is not a {PREDICATE_TYPE}")
+    subjects = statement.get("subject")
+    valid_subjects = isinstance(subjects, list) and all(
+        isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("digest"), dict)
+        for entry in subjects
+    )
+    if not valid_subjects:
+        raise _malformed(path, "subject is not a list of {name, digest}")
+    return statement, body, [{"keyid": entry["keyid"], "sig": entry["sig"]} for entry in signatures]
+
+
+# subject → (reason, what it is called in messages), in the order verification reports them
+_CHANGE_REASONS = {
+    LOCK_SUBJECT: ("lock-changed", str(paths.LOCK_FILE)),
+    POLICY_SUBJECT: ("policy-changed", f"the policy bundle ({paths.POLICIES_DIR.as_posix()}/)"),
+    MODEL_CONFIG_SUBJECT: ("model-config-changed", f"the model config ({paths.MODEL_CONFIG.as_posix()})"),
+}
+
+
+def _attested_digests(statement: dict[str, Any]) -> dict[str, str | None]:
+    by_name = {entry["name"]: entry["digest"] for entry in statement["subject"]}
+    attested: dict[str, str | None] = {name: by_name.get(name, {}).get("sha256") for name in _CHANGE_REASONS}
+    attested[TREE_SUBJECT] = by_name.get(TREE_SUBJECT, {}).get("gitTree")
+    return attested
+
+
+def _changed_subject(statement: dict[str, Any], root: Path, path: Path) -> AttestationError | None:
+    """The first subject whose attested digest differs from the current file, as an error; None when all match."""
+    attested, current = _attested_digests(statement), current_digests(root)
+    for subject, (reason, label) in _CHANGE_REASONS.items():
+        if attested[subject] != current[subject]:
+            state = "no longer exists" if current[subject] is None else "has changed"
+            return AttestationError(reason, f"{label} {state} since attestation {path.name}; {_REATTEST}")
+    return None
+
+
+def _stale_error(root: Path, expected: Path, tree: str) -> AttestationError:
+    """Why there is no attestation for HEAD's tree: none at all, or the newest one is for other content."""
+    candidates = (
+        [path for path in expected.parent.glob("*.json") if path != expected] if expected.parent.is_dir() else []
+    )
+    for candidate in sorted(candidates, key=lambda path: (path.stat().st_mtime, path.name), reverse=True):
+        try:
+            statement, _, _ = _parse(candidate, candidate.read_bytes())
+        except (AttestationError, OSError):
+            continue  # an unreadable older file says nothing about why HEAD is not attested
+        changed = _changed_subject(statement, root, candidate)
+        if changed is not None:
+            return changed
+        attested_commit = statement["predicate"].get("commit", "?")
+        return AttestationError(
+            "other-commit",
+            f"the newest attestation ({candidate.name}) is for commit {attested_commit}, but HEAD is commit "
+            f"{git.head_commit(root)} (tree {tree}); {_REATTEST}",
+        )
+    return AttestationError("missing", f"no attestation for HEAD's tree {tree}; {_REATTEST}")
+
+
+def _check_signatures(
+    root: Path, path: Path, body: bytes, signatures: list[dict[str, str]], require_signature: bool
+) -> str | None:
+    """The signing key id when every signature verifies; None when unsigned and that is allowed."""
+    if not signatures:
+        if require_signature:
+            raise AttestationError(
+                "unsigned",
+                f"attestation {path.name} is unsigned but a signature is required; set {paths.SIGNING_KEY_ENV} to "
+                f"the private key of a public key in {paths.PUBLIC_KEYS_DIR.as_posix()}/ and {_REATTEST}",
+            )
+        return None
+    public_keys = keys.load_public_keys(root)
+    signed = pae(PAYLOAD_TYPE, body)
+    for entry in signatures:
+        if entry["keyid"] not in public_keys:
+            raise AttestationError(
+                "bad-signature",
+                f"attestation {path.name} is signed by key {entry['keyid']}, which is not in "
+                f"{paths.PUBLIC_KEYS_DIR.as_posix()}/; commit its public key there or re-attest with a known key",
+            )
+        if not keys.verify(public_keys, entry["keyid"], signed, entry["sig"]):
+            raise AttestationError(
+                "bad-signature",
+                f"attestation {path.name} does not match its signature by key {entry['keyid']} (altered after "
+                f"signing); delete it and {_REATTEST}",
+            )
+    return signatures[0]["keyid"]
+
+
+def verify_attestation(root: Path, *, require_signature: bool = False) -> VerifiedAttestation:
+    """The attestation that vouches for HEAD's tree as it is now; AttestationError (with `reason`) otherwise."""
+    dirty = git.dirty_paths(root)
+    if dirty:
+        raise _dirty_tree_error(dirty, "cannot verify the attestation")
+    tree = git.head_tree(root)
+    path = paths.attestation_path(root, tree)
+    if not path.is_file():
+        raise _stale_error(root, path, tree)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _malformed(path, f"unreadable: {exc}") from exc
+    statement, body, signatures = _parse(path, data)
+    # authenticate before trusting any field: a tampered statement is reported as tampered, not as whatever it claims
+    keyid = _check_signatures(root, path, body, signatures, require_signature)
+    attested_tree = _attested_digests(statement)[TREE_SUBJECT]
+    if attested_tree != tree:
+        raise AttestationError(
+            "other-commit",
+            f"attestation {path.name} names tree {attested_tree}, not HEAD's tree {tree}; delete it and {_REATTEST}",
+        )
+    changed = _changed_subject(statement, root, path)
+    if changed is not None:
+        raise changed
+    predicate = statement["predicate"]
+    if predicate.get("gate") != str(Gate.ci) or predicate.get("passed") is not True:
+        raise AttestationError(
+            "failed",
+            f"attestation {path.name} records gate {predicate.get('gate')!r} with passed={predicate.get('passed')!r}, "
+            f"not a passing ci gate; fix the findings and {_REATTEST}",
+        )
+    return VerifiedAttestation(path=path, digest=hashlib.sha256(data).hexdigest(), statement=statement, keyid=keyid)

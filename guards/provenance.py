@@ -1,0 +1,91 @@
+"""Provenance records: `provenance.json` beside a checkpoint's weights, signed, binding every weights file's sha256
+to the commit, attestation, submission, configs, data and job that produced it.
+
+The record is a DSSE envelope (as attestations are) whose payload lists `files` (name → sha256) plus the training
+facts; `hub` (weights) and `serve` (loading) accept weights only when it verifies, and the external-weights policy
+lets such files stay in the tree. Unsigned provenance never verifies: anyone can write a hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from guards import keys
+from guards.attestation import canonical_json, envelope, file_digest, pae
+
+PROVENANCE_FILE = "provenance.json"
+PAYLOAD_TYPE = "application/vnd.oracle.provenance+json"
+
+
+class ProvenanceError(RuntimeError):
+    """A provenance record is missing, malformed, unsigned, signed by an unknown key, or does not match the files."""
+
+
+def write_provenance(
+    directory: Path, weights: list[str], facts: dict[str, Any], signing_key: Ed25519PrivateKey
+) -> Path:
+    """Sign a record for the named weights files in `directory` (their sha256 are computed here)."""
+    record = {"files": {name: file_digest(directory / name) for name in sorted(weights)}, **facts}
+    path = directory / PROVENANCE_FILE
+    data = json.dumps(envelope(record, signing_key, payload_type=PAYLOAD_TYPE), indent=2).encode() + b"\n"
+    tmp = path.with_name(f".{PROVENANCE_FILE}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def verify_provenance(directory: Path, root: Path) -> dict[str, Any]:
+    """The verified record of `directory`; raises ProvenanceError saying exactly what is wrong."""
+    path = directory / PROVENANCE_FILE
+    try:
+        document = json.loads(path.read_bytes())
+        body = base64.b64decode(document["payload"], validate=True)
+        record = json.loads(body)
+        signatures = document["signatures"]
+        payload_type = document["payloadType"]
+    except FileNotFoundError as exc:
+        raise ProvenanceError(f"{path} is missing: weights need a signed provenance record beside them") from exc
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ProvenanceError(f"{path} is not a provenance envelope ({exc})") from exc
+    if payload_type != PAYLOAD_TYPE or not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise ProvenanceError(f"{path} has payloadType {payload_type!r} or no `files`; it is not a provenance record")
+    if body != canonical_json(record):
+        raise ProvenanceError(f"{path}: the payload is not in canonical form")
+    public_keys = keys.load_public_keys(root)
+    signed = [s for s in signatures if isinstance(s, dict)]
+    if not signed:
+        raise ProvenanceError(f"{path} is unsigned; provenance must be signed by a key in policies/keys/")
+    if not all(
+        keys.verify(public_keys, str(s.get("keyid")), pae(PAYLOAD_TYPE, body), str(s.get("sig"))) for s in signed
+    ):
+        raise ProvenanceError(f"{path}: a signature does not verify with the keys in policies/keys/")
+    for name, digest in record["files"].items():
+        target = directory / name
+        if not target.is_file() or file_digest(target) != digest:
+            raise ProvenanceError(f"{path}: {name} is missing or its sha256 differs from the signed record")
+    return record
+
+
+def provenance_verifier(root: Path) -> Callable[[str], bool]:
+    """For the external-weights policy: is this weights file (relative to root) covered by a verifying record?"""
+    cache: dict[Path, dict[str, Any] | None] = {}
+
+    def verify(relative: str) -> bool:
+        path = root / relative
+        directory = path.parent
+        if directory not in cache:
+            try:
+                cache[directory] = verify_provenance(directory, root)
+            except ProvenanceError:
+                cache[directory] = None
+        record = cache[directory]
+        return record is not None and path.name in record["files"]
+
+    return verify

@@ -1,0 +1,66 @@
+"""The outcome of one gate run: what the report writers, the attestation and the audit log all read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policies.rule import Finding, Gate, Rule
+
+
+@dataclass(frozen=True)
+class WaiverUse:
+    """A waiver that suppressed at least one finding in this run."""
+
+    rule_id: str
+    reason: str
+    owner: str
+    expires: str  # ISO date
+    selector: str  # the path glob or fingerprint it matched by
+    fingerprints: tuple[str, ...]
+
+
+@dataclass
+class Examined:
+    files: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # path → reason (binary, too large, unreadable, ...)
+
+    def as_json(self) -> dict[str, object]:
+        return {"count": len(self.files), "files": self.files, "skipped": self.skipped}
+
+
+@dataclass
+class GateResult:
+    gate: Gate
+    root: str
+    rules: list[Rule]  # the rules evaluated in this run (catalog entries for reports)
+    findings: list[Finding] = field(default_factory=list)  # not waived
+    waived: list[tuple[Finding, WaiverUse]] = field(default_factory=list)
+    examined: dict[str, Examined] = field(default_factory=dict)  # policy → what it looked at
+    errors: list[str] = field(default_factory=list)  # checks that failed internally: never a pass
+    expired_waivers: list[str] = field(default_factory=list)  # they no longer apply; reported so someone renews them
+    fail_on: str = "error"
+
+    @property
+    def blocking(self) -> list[Finding]:
+        levels = {"error"} if self.fail_on == "error" else {"error", "warning"}
+        return [finding for finding in self.findings if str(finding.severity) in levels]
+
+    @property
+    def passed(self) -> bool:
+        return not self.blocking and not self.errors
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "gate": str(self.gate),
+            "root": self.root,
+            "passed": self.passed,
+            "findings": [finding.as_json() for finding in self.findings],
+            "waived": [
+                {**finding.as_json(), "waiver": {"reason": use.reason, "owner": use.owner, "expires": use.expires}}
+                for finding, use in self.waived
+            ],
+            "examined": {policy: examined.as_json() for policy, examined in self.examined.items()},
+            "errors": self.errors,
+            "expired_waivers": self.expired_waivers,
+            "rules": [rule.id for rule in self.rules],
+        }

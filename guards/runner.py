@@ -1,0 +1,175 @@
+"""Running a gate: select the files, run every policy (fail closed), apply waivers, and record the decision.
+
+`run_gate` is pure (no writes); `run_and_record` also appends the decision to the audit log, which is what the CLI,
+the Hub publisher and the cluster submitter call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+from guards import git
+from guards.result import Examined, GateResult, WaiverUse
+from guards.waivers import load_waivers
+from policies import ALL_POLICIES
+from policies.context import Environment, ScanContext, ScanError
+from policies.rule import Finding, Gate, Policy
+from policies.settings import Settings, load_settings
+
+# Never scanned: version control internals and what the tools write at run time (also in .gitignore).
+_ALWAYS_EXCLUDED = (".git/*", ".venv/*", ".nox/*", ".oracle/*", "*/__pycache__/*", "__pycache__/*")
+
+
+def select_files(
+    root: Path, gate: Gate, files: list[str] | None, settings: Settings
+) -> tuple[list[str], dict[str, str]]:
+    """The regular files inside root to scan, and the paths left out with the reason."""
+    root = root.resolve()
+    if files:
+        candidates = []
+        for name in files:
+            path = Path(name)
+            absolute = path if path.is_absolute() else root / path
+            try:
+                candidates.append(absolute.relative_to(root).as_posix() if absolute.is_absolute() else name)
+            except ValueError:
+                candidates.append(name)
+    elif gate is Gate.commit and git.is_repository(root):
+        candidates = git.staged_files(root)
+    elif git.is_repository(root):
+        candidates = git.listed_files(root)
+    else:
+        candidates = _walk(root)
+    selected: list[str] = []
+    skipped: dict[str, str] = {}
+    patterns = (*_ALWAYS_EXCLUDED, *settings.scan.exclude)
+    for relative in candidates:
+        if any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns):
+            continue
+        absolute = root / relative
+        if not absolute.resolve().is_relative_to(root) and not absolute.is_symlink():
+            skipped[relative] = "outside the root"
+        elif absolute.is_symlink():
+            target = absolute.resolve()
+            skipped[relative] = (
+                f"symlink leaving the tree (to {target}; not followed)"
+                if not target.is_relative_to(root)
+                else "symlink (its target is scanned as itself)"
+            )
+        elif not absolute.exists():
+            continue  # deleted in the work tree
+        elif not absolute.is_file():
+            skipped[relative] = "not a regular file"
+        elif not os.access(absolute, os.R_OK):
+            skipped[relative] = "unreadable (permission denied)"
+        elif absolute.stat().st_size > settings.scan.max_file_bytes:
+            skipped[relative] = f"larger than scan.max_file_bytes ({settings.scan.max_file_bytes} bytes)"
+        else:
+            selected.append(relative)
+    return selected, skipped
+
+
+def _walk(root: Path) -> list[str]:
+    found = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in {".git", ".venv", ".nox", ".oracle", "__pycache__"}]
+        for name in names:
+            found.append((Path(directory) / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _defined_in(policy: Policy) -> str:
+    # A rule's own definition (its examples, patterns and names) never triggers it.
+    return f"policies/{policy.name}.py"
+
+
+def run_gate(
+    root: Path,
+    gate: Gate,
+    files: list[str] | None = None,
+    *,
+    environment_factory: Callable[[], Environment] = Environment.current,
+    today: date | None = None,
+) -> GateResult:
+    """Run every policy that applies at `gate` over the selected files. Raises SettingsError for a malformed
+    policies.toml or waivers.toml; a policy that fails internally becomes an error of the result (never a pass)."""
+    root = root.resolve()
+    settings = load_settings(root)
+    waivers = load_waivers(root, today=today)
+    selected, skipped = select_files(root, gate, files, settings)
+    from guards.provenance import provenance_verifier
+
+    ctx = ScanContext(
+        root=root,
+        gate=gate,
+        settings=settings,
+        files=selected,
+        environment_factory=environment_factory,
+        verify_provenance=provenance_verifier(root),
+    )
+    rules = [rule for policy in ALL_POLICIES for rule in policy.rules if gate in rule.gates]
+    result = GateResult(gate=gate, root=str(root), rules=rules, fail_on=settings.scan.fail_on)
+    for policy in ALL_POLICIES:
+        try:
+            outcome = policy.check(ctx)
+        except ScanError as exc:
+            result.errors.append(f"{policy.name}: {exc}")
+            continue
+        except Exception as exc:  # fail closed: a check that raises is an error, never a pass
+            result.errors.append(f"{policy.name}: the check failed internally: {type(exc).__name__}: {exc}")
+            continue
+        result.examined[policy.name] = Examined(outcome.examined, {**skipped, **outcome.skipped})
+        own_file = _defined_in(policy)
+        for finding in outcome.findings:
+            rule = policy.rule(finding.rule_id)
+            if gate not in rule.gates or finding.path == own_file:
+                continue
+            _apply_waivers(finding, waivers, result)
+    result.expired_waivers = [
+        f"{w.rule} {w.selector} (owner {w.owner}) expired on {w.expires.isoformat()}" for w in waivers.expired
+    ]
+    return result
+
+
+def _apply_waivers(finding: Finding, waivers: object, result: GateResult) -> None:
+    from guards.waivers import Waivers
+
+    assert isinstance(waivers, Waivers)
+    waiver = waivers.match(finding)
+    if waiver is None:
+        result.findings.append(finding)
+        return
+    use = WaiverUse(
+        rule_id=waiver.rule,
+        reason=waiver.reason,
+        owner=waiver.owner,
+        expires=waiver.expires.isoformat(),
+        selector=waiver.selector,
+        fingerprints=(finding.fingerprint,),
+    )
+    result.waived.append((finding, use))
+
+
+def run_and_record(root: Path, gate: Gate, files: list[str] | None = None, **kwargs: object) -> GateResult:
+    """run_gate, then one audit-log entry for the decision (who, when, gate, commit, result, waivers used)."""
+    from guards.audit import append_entry
+
+    result = run_gate(root, gate, files, **kwargs)  # type: ignore[arg-type]
+    try:
+        commit: str | None = git.head_commit(root)
+    except git.GitError:
+        commit = None
+    waivers_used = sorted({f"{use.rule_id} {use.selector} ({use.owner})" for _, use in result.waived})
+    append_entry(
+        root,
+        gate=str(gate),
+        result="pass" if result.passed else "fail",
+        commit=commit,
+        waivers=waivers_used,
+        details={"findings": len(result.findings), "errors": len(result.errors), "waived": len(result.waived)},
+    )
+    return result

@@ -1,0 +1,555 @@
+"""Policy `external_weights`: no pretrained weights or model references from outside our own namespace.
+
+EXT001 loader calls (`from_pretrained`, `hf_hub_download`, `torch.hub.load`, `pipeline(model=...)`, ...) whose repo id
+resolves, statically, outside our namespace — or cannot be resolved at all (fail closed). EXT002 URLs to model hubs
+or weight files. EXT003 foreign model identifiers in configs and model cards. EXT004 imports of foreign model
+architectures. EXT005 weight files in the tree, recognised by content whatever their extension, unless they are our
+own provenance-signed checkpoints. EXT006 unsafe deserialisation (pickle, `torch.load` without `weights_only=True`).
+
+Candidate lines come from one ripgrep pass; Python confirms them in context (the AST for code, key/value structure for
+configs), so words such as `Optional`, `optimizer` or `graphics` never match a model family.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import zipfile
+from pathlib import PurePosixPath
+
+from policies.context import Line, ScanContext
+from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
+
+NAME = "external_weights"
+
+FOREIGN_LOADER = Rule(
+    id="EXT001",
+    policy=NAME,
+    title="Model or weights loaded from outside our namespace",
+    severity=Severity.error,
+    gates=ALL_GATES,
+    rationale="Weights fetched from a hub at run time are external pretrained weights: their licence, training data "
+    "and content are not ours, and nothing proves what was loaded.",
+    fix="Load our own checkpoints (oracle.moe850b.weights.load_checkpoint) or a repo id in an allowed namespace "
+    "(policies.toml: external_weights.allowed_namespaces).",
+    example='model = AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B")',
+    example_fix='model = load_checkpoint("runs/oracle850b/step-1000")',
+)
+HUB_URL = Rule(
+    id="EXT002",
+    policy=NAME,
+    title="URL of a foreign model or weight file",
+    severity=Severity.error,
+    gates=ALL_GATES,
+    rationale="A link to a model repository or a weights file is a foreign model reference and an invitation to "
+    "download it.",
+    fix="Remove the URL, or point to our own namespace on the Hub.",
+    example="wget https://huggingface.co/mistralai/Mistral-7B-v0.1/resolve/main/model.safetensors",
+    example_fix="# weights come only from our own training runs (provenance.json beside them)",
+)
+FOREIGN_IDENTIFIER = Rule(
+    id="EXT003",
+    policy=NAME,
+    title="Foreign model identifier in a config or model card",
+    severity=Severity.error,
+    gates=ALL_GATES,
+    rationale="Keys such as base_model or model_name_or_path declare (and make tools fetch) a model that is not ours.",
+    fix="Use our own model id (an allowed namespace) or remove the key.",
+    example="base_model: meta-llama/Llama-2-7b-hf",
+    example_fix="base_model: oracle-ai/oracle850b-moe",
+)
+FOREIGN_ARCHITECTURE = Rule(
+    id="EXT004",
+    policy=NAME,
+    title="Import of a foreign model architecture",
+    severity=Severity.error,
+    gates=ALL_GATES,
+    rationale="Foreign architecture classes exist to load foreign checkpoints; our model is defined in oracle/moe850b.",
+    fix="Use oracle.moe850b.OracleMoE.",
+    example="from transformers import LlamaForCausalLM",
+    example_fix="from oracle.moe850b import OracleMoE",
+)
+WEIGHT_FILE = Rule(
+    id="EXT005",
+    policy=NAME,
+    title="Weight file in the tree without our provenance",
+    severity=Severity.error,
+    gates=ALL_GATES,
+    rationale="A weights file (safetensors, pickle, PyTorch zip, GGUF, ONNX, HDF5, TFLite) that our training did not "
+    "sign may be foreign, and pickle-based ones execute code when loaded.",
+    fix="Remove it from the tree; checkpoints of our own carry a signed provenance.json beside them.",
+    example="assets/encoder.txt   # really a PyTorch zip archive",
+    example_fix="runs/ (ignored by git), or a checkpoint directory with a verifying provenance.json",
+)
+UNSAFE_DESERIALISATION = Rule(
+    id="EXT006",
+    policy=NAME,
+    title="Unsafe deserialisation of model data",
+    severity=Severity.error,
+    gates=ALL_GATES,
+    rationale="pickle (and torch.load without weights_only=True) runs arbitrary code from the file being loaded.",
+    fix="Use safetensors (oracle.moe850b.weights) or torch.load(..., weights_only=True).",
+    example='state = torch.load("model.pt")',
+    example_fix='state = torch.load("model.pt", weights_only=True)  # better: safetensors.torch.load_file',
+)
+RULES = (FOREIGN_LOADER, HUB_URL, FOREIGN_IDENTIFIER, FOREIGN_ARCHITECTURE, WEIGHT_FILE, UNSAFE_DESERIALISATION)
+
+# --- what counts as foreign -------------------------------------------------------------------------------------
+LOADER_CALLS = {
+    "from_pretrained": ("pretrained_model_name_or_path", 0),
+    "hf_hub_download": ("repo_id", 0),
+    "snapshot_download": ("repo_id", 0),
+    "hf_hub_url": ("repo_id", 0),
+    "cached_download": ("url", 0),
+    "load_state_dict_from_url": ("url", 0),
+    "download_url_to_file": ("url", 0),
+    "SentenceTransformer": ("model_name_or_path", 0),
+    "hub.load": ("repo_or_dir", 0),
+    "hub.load_state_dict_from_url": ("url", 0),
+    "hub.help": ("github", 0),
+    "hub.list": ("github", 0),
+}
+FOREIGN_MODULES = (
+    "transformers.models",
+    "timm",
+    "open_clip",
+    "sentence_transformers",
+    "diffusers",
+    "vllm",
+    "llama_cpp",
+    "mlx_lm",
+    "optimum",
+    "peft",
+    "torchvision.models",
+)
+_FOREIGN_CLASS = re.compile(
+    r"^(Auto\w*Model\w*|AutoModel\w*|\w+(ForCausalLM|ForConditionalGeneration|ForSequenceClassification|ForMaskedLM"
+    r"|ForQuestionAnswering|ForTokenClassification|LMHeadModel|PreTrainedModel|ForImageClassification))$"
+)
+FOREIGN_FAMILIES = (
+    "llama", "codellama", "mistral", "mixtral", "gpt", "gptj", "gpt-j", "gpt-neo", "gpt-neox", "falcon", "bloom", "opt",
+    "phi", "gemma", "qwen", "baichuan", "deepseek", "bert", "roberta", "deberta", "t5", "flan", "bart", "whisper",
+    "clip", "stablelm", "starcoder", "vicuna", "alpaca", "dbrx", "olmo", "pythia", "mpt", "jamba", "grok", "internlm",
+    "chatglm", "yi", "command-r", "granite", "smollm", "nemotron", "exaone", "minicpm",
+)  # fmt: skip
+IDENTIFIER_KEYS = (
+    "base_model", "model_name_or_path", "pretrained_model_name_or_path", "_name_or_path", "model_id", "repo_id",
+    "model_name", "teacher_model", "reward_model", "ref_model", "reference_model", "tokenizer_name",
+    "tokenizer_name_or_path", "model_type", "architectures", "hub_model_id", "init_from",
+)  # fmt: skip
+_CONFIG_SUFFIXES = {".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".env"}
+HUB_HOSTS = (
+    "huggingface.co", "hf.co", "download.pytorch.org", "civitai.com", "modelscope.cn", "ollama.com", "tfhub.dev",
+    "kaggle.com/models", "dl.fbaipublicfiles.com", "openaipublic.azureedge.net",
+)  # fmt: skip
+WEIGHT_SUFFIXES = ("safetensors", "bin", "pt", "pth", "ckpt", "gguf", "ggml", "onnx", "h5", "pkl", "tflite", "msgpack")
+# Hugging Face paths that are not model repositories.
+_HF_NON_MODEL = {
+    "docs", "datasets", "spaces", "blog", "learn", "papers", "pricing", "join", "login", "settings", "tasks", "chat",
+    "enterprise", "organizations", "collections", "posts", "changelog", "new",
+}  # fmt: skip
+
+_URL = re.compile(r"""(?:https?://|hf://)[^\s"'<>()\[\]{}`]+""")
+_PATTERNS = (
+    r"from_pretrained|hf_hub_download|snapshot_download|hf_hub_url|cached_download|load_state_dict_from_url"
+    r"|download_url_to_file|SentenceTransformer|hub\.load|hub\.help|hub\.list|pipeline|create_model",
+    r"import|pickle|torch\.load|\bload\(|joblib|dill|read_pickle|allow_pickle",
+    "|".join(re.escape(host) for host in HUB_HOSTS),
+    r"https?://\S+\.(" + "|".join(WEIGHT_SUFFIXES) + ")",
+    "|".join(IDENTIFIER_KEYS),
+)
+
+
+def family_of(value: str, extra: tuple[str, ...] = ()) -> str | None:
+    """The foreign model family a value names as a whole word, with an optional version ("phi-2", "Llama-3.1-8B",
+    "qwen2.5"); never a family hidden inside another word ("graphics", "Optional", "optimizer", "prompt")."""
+    families = "|".join(re.escape(name.lower()) for name in (*FOREIGN_FAMILIES, *extra))
+    match = re.search(rf"(?<![a-z0-9])({families})(?:[-_.]?\d[\d.]*)?(?![a-z])", value.lower())
+    return match.group(1) if match else None
+
+
+def _namespace_ok(value: str, ctx: ScanContext) -> bool:
+    """A local path or a repo id whose org is one of ours."""
+    value = value.strip()
+    if value.startswith(("/", "./", "../", "~")):
+        return True
+    org = value.split("/", 1)[0] if "/" in value else ""
+    return org in ctx.settings.external_weights.allowed_namespaces
+
+
+class _Resolver:
+    """Static resolution of string values: literals, f-strings and `+` of resolvable parts, names assigned once in
+    the module or the enclosing function, and keys of JSON/YAML files opened with a literal path."""
+
+    def __init__(self, ctx: ScanContext, tree: ast.Module) -> None:
+        self.ctx = ctx
+        self.assignments: dict[str, list[ast.AST]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        self.assignments.setdefault(target.id, []).append(node.value)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+                self.assignments.setdefault(node.target.id, []).append(node.value)
+            elif isinstance(node, ast.With):
+                for item in node.items:
+                    if isinstance(item.optional_vars, ast.Name):
+                        self.assignments.setdefault(item.optional_vars.id, []).append(item.context_expr)
+
+    def value(self, node: ast.AST | None, depth: int = 0) -> object | None:
+        if node is None or depth > 8:
+            return None
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.JoinedStr):
+            parts = [self.value(v.value if isinstance(v, ast.FormattedValue) else v, depth + 1) for v in node.values]
+            return "".join(str(p) for p in parts) if all(isinstance(p, str) for p in parts) else None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = self.value(node.left, depth + 1), self.value(node.right, depth + 1)
+            return left + right if isinstance(left, str) and isinstance(right, str) else None
+        if isinstance(node, ast.Name):
+            values = self.assignments.get(node.id, [])
+            resolved = {repr(self.value(v, depth + 1)) for v in values}
+            return self.value(values[0], depth + 1) if len(values) >= 1 and len(resolved) == 1 else None
+        if isinstance(node, ast.Subscript):
+            container, key = self.value(node.value, depth + 1), self.value(node.slice, depth + 1)
+            if isinstance(container, dict) and isinstance(key, str):
+                return container.get(key)
+            return None
+        if isinstance(node, ast.Call):
+            return self._config_file(node, depth)
+        return None
+
+    def _config_file(self, node: ast.Call, depth: int) -> object | None:
+        name = _dotted(node.func)
+        if name in {"json.load", "yaml.safe_load", "yaml.load"} and node.args:
+            inner = node.args[0]
+            opened = (
+                self.value(inner, depth + 1) if not isinstance(inner, ast.Call) else self._opened_path(inner, depth)
+            )
+            if isinstance(opened, _OpenedFile):
+                return opened.load(self.ctx)
+            return None
+        if name == "open" and node.args:
+            path = self.value(node.args[0], depth + 1)
+            return _OpenedFile(path) if isinstance(path, str) else None
+        return None
+
+    def _opened_path(self, node: ast.Call, depth: int) -> object | None:
+        return self._config_file(node, depth + 1)
+
+
+class _OpenedFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self, ctx: ScanContext) -> object | None:
+        import json
+
+        import yaml
+
+        target = (ctx.root / self.path).resolve()
+        if not target.is_relative_to(ctx.root.resolve()) or not target.is_file():
+            return None
+        text = target.read_text(encoding="utf-8", errors="replace")
+        try:
+            loaded: object = json.loads(text) if target.suffix == ".json" else yaml.safe_load(text)
+            return loaded
+        except (ValueError, yaml.YAMLError):
+            return None
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else node.attr
+    return ""
+
+
+def _aliases(tree: ast.Module) -> dict[str, str]:
+    """Local name → the dotted path it was imported as (`pk` → `pickle`, `load` → `pickle.load`)."""
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0]
+                )
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def _qualified(node: ast.AST, aliases: dict[str, str]) -> str:
+    dotted = _dotted(node)
+    head, _, rest = dotted.partition(".")
+    if head in aliases:
+        return aliases[head] + (f".{rest}" if rest else "")
+    return dotted
+
+
+def check(ctx: ScanContext) -> PolicyResult:
+    result = PolicyResult()
+    candidates = ctx.grep(_PATTERNS)
+    for path in ctx.files:
+        result.examined.append(path)
+        _check_weight_file(ctx, path, result)
+        if path not in candidates:
+            continue
+        suffix = PurePosixPath(path).suffix.lower()
+        if suffix == ".py":
+            _check_python(ctx, path, result)
+        _check_urls(ctx, path, candidates[path], result)
+        if suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or PurePosixPath(path).name.startswith(".env"):
+            _check_identifiers(ctx, path, result)
+    return result
+
+
+# --- EXT001, EXT004, EXT006: Python in context ------------------------------------------------------------------
+def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    tree = ctx.python_ast(path)
+    if tree is None:
+        result.skipped[path] = "Python that does not parse"
+        return
+    source = ctx.text(path) or ""
+    aliases = _aliases(tree)
+    resolver = _Resolver(ctx, tree)
+    extra_loaders = set(ctx.settings.external_weights.extra_loader_calls)
+
+    def add(rule: Rule, node: ast.AST, message: str) -> None:
+        segment = ast.get_source_segment(source, node) or message
+        line, column = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
+        result.findings.append(rule.finding(path, line, column, message, segment))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            _check_import(node, add)
+        elif isinstance(node, ast.Call):
+            name = _qualified(node.func, aliases)
+            short = name.rsplit(".", 1)[-1]
+            _check_unsafe_load(node, name, add)
+            _check_loader_call(ctx, node, name, short, resolver, extra_loaders, add)
+
+
+def _check_import(node: ast.Import | ast.ImportFrom, add: object) -> None:
+    assert callable(add)
+    modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    for module in modules:
+        if any(module == foreign or module.startswith(foreign + ".") for foreign in FOREIGN_MODULES):
+            add(FOREIGN_ARCHITECTURE, node, f"imports {module}, a foreign model implementation")
+            return
+    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in {"transformers", "peft", "optimum"}:
+        for alias in node.names:
+            if _FOREIGN_CLASS.match(alias.name):
+                add(FOREIGN_ARCHITECTURE, node, f"imports {alias.name} from {node.module}, a foreign model class")
+
+
+def _truthy_keyword(node: ast.Call, keyword: str) -> bool | None:
+    for item in node.keywords:
+        if item.arg == keyword:
+            return bool(item.value.value) if isinstance(item.value, ast.Constant) else None
+    return False
+
+
+def _check_unsafe_load(node: ast.Call, name: str, add: object) -> None:
+    assert callable(add)
+    if name in {"torch.load", "torch.serialization.load"}:
+        if _truthy_keyword(node, "weights_only") is not True:
+            add(UNSAFE_DESERIALISATION, node, f"{name}() without weights_only=True unpickles arbitrary code")
+    elif name in {"pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads", "_pickle.load",
+                  "dill.load", "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load",
+                  "pandas.read_pickle", "pd.read_pickle"}:  # fmt: skip
+        add(UNSAFE_DESERIALISATION, node, f"{name}() deserialises with pickle, which runs code from the file")
+    elif name in {"numpy.load", "np.load"} and _truthy_keyword(node, "allow_pickle") is not False:
+        add(UNSAFE_DESERIALISATION, node, f"{name}(allow_pickle=...) may unpickle arbitrary code")
+
+
+def _check_loader_call(
+    ctx: ScanContext,
+    node: ast.Call,
+    name: str,
+    short: str,
+    resolver: _Resolver,
+    extra_loaders: set[str],
+    add: object,
+) -> None:
+    assert callable(add)
+    key = "hub." + short if name.startswith("torch.hub.") or name.startswith("hub.") else short
+    if key not in LOADER_CALLS and short not in extra_loaders and short not in {"pipeline", "create_model"}:
+        return
+    if short == "create_model":  # timm / open_clip: foreign only with pretrained weights
+        if name.split(".")[0] in {"timm", "open_clip"} and _truthy_keyword(node, "pretrained") is not False:
+            add(FOREIGN_LOADER, node, f"{name}(..., pretrained=...) downloads foreign pretrained weights")
+        return
+    if short == "pipeline":
+        if not name.startswith("transformers") and name != "pipeline":
+            return
+        model = next((k.value for k in node.keywords if k.arg == "model"), None)
+        if model is None:
+            add(FOREIGN_LOADER, node, "pipeline() without model= downloads the library's default (foreign) model")
+            return
+        argument: ast.AST | None = model
+    else:
+        keyword, position = LOADER_CALLS.get(key, ("repo_id", 0))
+        argument = next((k.value for k in node.keywords if k.arg == keyword), None)
+        if argument is None and len(node.args) > position:
+            argument = node.args[position]
+    if key == "hub.load" and any(k.arg == "source" and resolver.value(k.value) == "local" for k in node.keywords):
+        return
+    value = resolver.value(argument)
+    if isinstance(value, str):
+        if _namespace_ok(value, ctx) and not value.startswith(("http://", "https://")):
+            return
+        add(FOREIGN_LOADER, node, f"{name}() loads {value!r}, outside the allowed namespaces")
+    else:
+        add(FOREIGN_LOADER, node, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
+
+
+# --- EXT002: URLs ---------------------------------------------------------------------------------------------
+def _check_urls(ctx: ScanContext, path: str, lines: list[Line], result: PolicyResult) -> None:
+    for line in lines:
+        for match in _URL.finditer(line.text):
+            url = match.group(0).rstrip(".,;:'\"")
+            reason = _foreign_url(url, ctx)
+            if reason:
+                result.findings.append(HUB_URL.finding(path, line.number, match.start() + 1, f"{reason}: {url}", url))
+
+
+def _foreign_url(url: str, ctx: ScanContext) -> str | None:
+    without_scheme = url.split("://", 1)[1]
+    host, _, rest = without_scheme.partition("/")
+    host = host.lower().removeprefix("www.")
+    segments = [segment for segment in rest.split("?")[0].split("/") if segment]
+    if url.startswith("hf://"):
+        segments = [host, *segments]
+        host = "huggingface.co"
+    if host in {"huggingface.co", "hf.co"}:
+        if segments[:2] == ["api", "models"]:
+            segments = segments[2:]
+        if len(segments) >= 2 and segments[0] not in _HF_NON_MODEL and segments[0] != "api":
+            if segments[0] in ctx.settings.external_weights.allowed_namespaces:
+                return None
+            return "link to a foreign model repository"
+        return None
+    if any(host == hub or (host + "/" + "/".join(segments)).startswith(hub) for hub in HUB_HOSTS):
+        if host in {"kaggle.com"} and segments[:1] != ["models"]:
+            return None
+        return "link to a model hub"
+    last = segments[-1].lower() if segments else ""
+    if any(last.endswith("." + suffix) for suffix in WEIGHT_SUFFIXES):
+        return "link to a weights file"
+    return None
+
+
+# --- EXT003: identifiers in configs and model cards ---------------------------------------------------------------
+_KEY_VALUE = re.compile(
+    r"""^\s*(?:-\s*)?["']?(?P<key>""" + "|".join(IDENTIFIER_KEYS) + r""")["']?\s*[:=]\s*(?P<value>.*?)\s*,?\s*$"""
+)
+_LIST_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#]+?)["']?\s*$""")
+
+
+def _check_identifiers(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    text = ctx.text(path) or ""
+    lines = text.splitlines()
+    if path.lower().endswith((".md", ".markdown")):  # only a model card's YAML front matter
+        if not lines or lines[0].strip() != "---":
+            return
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), 0)
+        lines = lines[:end]
+    for index, line in enumerate(lines):
+        match = _KEY_VALUE.match(line)
+        if not match:
+            continue
+        raw = match["value"]
+        values = re.findall(r"""["']([^"']+)["']""", raw) or ([raw.split("#")[0].strip()] if raw.strip() else [])
+        if not values:  # a YAML list on the following lines
+            for following in lines[index + 1 :]:
+                item = _LIST_ITEM.match(following)
+                if not item:
+                    break
+                values.append(item["value"])
+        for value in values:
+            reason = _foreign_identifier(match["key"], value.strip().strip("[]"), ctx)
+            if reason:
+                result.findings.append(
+                    FOREIGN_IDENTIFIER.finding(
+                        path, index + 1, match.start("value") + 1, reason, f"{match['key']}={value}"
+                    )
+                )
+
+
+def _foreign_identifier(key: str, value: str, ctx: ScanContext) -> str | None:
+    if not value or value.lower() in {"null", "none", "~", "true", "false"}:
+        return None
+    if _namespace_ok(value, ctx):
+        return None
+    family = family_of(value, tuple(ctx.settings.external_weights.extra_forbidden_names))
+    if family:
+        return f"{key} names {value!r}, a {family} model (foreign)"
+    if "/" in value and key not in {"model_type", "architectures"} and not value.startswith(("http", ".")):
+        return f"{key} points to {value!r}, outside the allowed namespaces"
+    return None
+
+
+# --- EXT005: weight files by content --------------------------------------------------------------------------
+def sniff_weights(head: bytes, size: int) -> str | None:
+    """The weights format a file's first bytes show, or None."""
+    if len(head) >= 10 and head[8:10] == b'{"':
+        header_length = int.from_bytes(head[:8], "little")
+        if 2 <= header_length <= size - 8:
+            return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if head.startswith(b"GGUF") or head.startswith(b"ggjt") or head.startswith(b"ggml"):
+        return "GGUF/GGML"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "HDF5"
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "TFLite"
+    onnx_fields = (
+        len(head) >= 4 and head[0] == 0x08 and 1 <= head[1] <= 15 and head[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42)
+    )
+    if onnx_fields and any(marker in head for marker in (b"pytorch", b"onnx", b"tf2onnx", b"skl2onnx", b"keras2onnx")):
+        return "ONNX"
+    return None
+
+
+def _zip_weights(ctx: ScanContext, path: str) -> str | None:
+    try:
+        with zipfile.ZipFile(ctx.path(path)) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any(name.endswith("data.pkl") for name in names) or (
+        any("/data/" in name for name in names) and any(name.endswith("/version") for name in names)
+    ):
+        return "PyTorch zip archive"
+    if any(name.endswith((".h5", ".safetensors", ".onnx")) or name.startswith("variables/") for name in names):
+        return "zip of model weights"
+    return None
+
+
+def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    try:
+        head = ctx.head(path, 256)
+        size = ctx.size(path)
+    except OSError as exc:
+        result.skipped[path] = f"unreadable ({exc.strerror})"
+        return
+    kind = sniff_weights(head, size)
+    if kind is None and head.startswith(b"PK\x03\x04"):
+        kind = _zip_weights(ctx, path)
+    if kind is None:
+        return
+    verify = ctx.verify_provenance
+    if verify is not None and verify(path):
+        return
+    result.findings.append(
+        WEIGHT_FILE.finding(path, 0, 0, f"{path} is a {kind} weights file without a verifying provenance.json", kind)
+    )
+
+
+POLICY = Policy(NAME, RULES, check)
