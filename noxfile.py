@@ -25,9 +25,10 @@ def _require_project_venv(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def guards(session: nox.Session) -> None:
-    """The policy gate. Until the guards land: declared parameter counts against the ones the code computes."""
+    """The ci gate over the whole tree (venv, local_train, external_weights, architecture); on a pass over a clean
+    tree it writes the attestation for HEAD (signed when ORACLE_SIGNING_KEY names a key)."""
     _require_project_venv(session)
-    session.run("oracle", "params", "--check")
+    session.run("oracle", "guards", "run", "--gate", "ci", "--attest", *session.posargs)
 
 
 @nox.session(python=False)

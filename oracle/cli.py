@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from guards.commands import guards_app
+
 app = typer.Typer(
     name="oracle",
     help="Oracle: the Oracle850B-MoE model and the gates that govern it.",
@@ -41,6 +43,9 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 @app.callback()
 def _root() -> None:
     """Oracle: the Oracle850B-MoE model and the gates that govern it."""
+
+
+app.add_typer(guards_app, name="guards")
 
 
 @app.command("params")

@@ -115,7 +115,14 @@ def check(ctx: ScanContext) -> PolicyResult:
         if not any(path.startswith(watched) for path in ctx.files):
             return result
     result.examined.append(config_rel)
-    facts = model_facts(ctx.root, config_rel)
+    presets = sorted(p.relative_to(ctx.root).as_posix() for p in (ctx.root / CONFIG_DIR).glob("*.moe.json"))
+    try:
+        all_facts = model_facts(ctx.root, presets, flagship=config_rel)
+    except (RuntimeError, ImportError) as exc:  # the checkout's model code does not even build
+        message = f"the model cannot be built from this checkout's code: {str(exc).strip().splitlines()[-1]}"
+        result.findings.append(COMPONENT_MISMATCH.finding(config_rel, 0, 0, message, "unbuildable"))
+        return result
+    facts = all_facts[config_rel]
     if "error" in facts:
         result.findings.append(INVALID_CONFIG.finding(config_rel, 0, 0, str(facts["error"]), "invalid"))
         return result
@@ -132,7 +139,27 @@ def check(ctx: ScanContext) -> PolicyResult:
             message = f"{key} is {config.get(key)} but the architecture declares {declared}"
             result.findings.append(COMPONENT_MISMATCH.finding(config_rel, _line(ctx, config_rel, key), 1, message, key))
     _check_cross_files(ctx, config, result)
+    _check_other_presets(ctx, config_rel, all_facts, result)
     return result
+
+
+def _check_other_presets(
+    ctx: ScanContext, flagship_rel: str, all_facts: dict[str, dict[str, object]], result: PolicyResult
+) -> None:
+    """The smaller presets (tests, benchmarks) declare their counts too; they must not drift either."""
+    for relative, facts in sorted(all_facts.items()):
+        if relative == flagship_rel:
+            continue
+        result.examined.append(relative)
+        if "error" in facts:
+            result.findings.append(INVALID_CONFIG.finding(relative, 0, 0, str(facts["error"]), "invalid"))
+            continue
+        config = facts["config"]
+        assert isinstance(config, dict)
+        for key, computed in (("param_total", facts["total"]), ("param_active", facts["active"])):
+            if config[key] != computed:
+                message = f"{key} declares {config[key]}, the code computes {computed}"
+                result.findings.append(PARAMS_DRIFT.finding(relative, _line(ctx, relative, key), 1, message, key))
 
 
 def _line(ctx: ScanContext, path: str, key: str) -> int:
@@ -237,24 +264,30 @@ def _check_cross_files(ctx: ScanContext, config: dict[str, object], result: Poli
                     )
 
 
-def model_facts(root: Path, config_rel: str) -> dict[str, object]:
-    """Counts and component checks of a config, computed by the checkout's own model code."""
+def model_facts(root: Path, configs: list[str], *, flagship: str) -> dict[str, dict[str, object]]:
+    """Counts of each config (and the component checks of the flagship), computed by the checkout's own model code:
+    in this process when that code is the one imported, else in one subprocess run from the checkout."""
     import oracle
 
     own_root = Path(oracle.__file__).resolve().parent.parent
     if own_root == root.resolve():
-        return _facts(root / config_rel)
+        return {config: _facts(root / config, components=config == flagship) for config in configs}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     completed = subprocess.run(
-        [sys.executable, "-m", "policies.architecture", str(root / config_rel)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "policies.architecture", flagship, *configs],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,  # `-m` puts the working directory first on sys.path: the checkout's `oracle` must win
+        check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"computing the model facts of {root} failed: {completed.stderr.strip()[-500:]}")
-    facts: dict[str, object] = json.loads(completed.stdout)
+    facts: dict[str, dict[str, object]] = json.loads(completed.stdout)
     return facts
 
 
-def _facts(config_path: Path) -> dict[str, object]:
+def _facts(config_path: Path, *, components: bool = True) -> dict[str, object]:
     from oracle.moe850b.config import ConfigError, load_config
     from oracle.moe850b.params import count_parameters
 
@@ -267,60 +300,71 @@ def _facts(config_path: Path) -> dict[str, object]:
         "config": config.model_dump(mode="json"),
         "total": count.total,
         "active": count.active,
-        "component_problems": _component_problems(config),
+        "component_problems": _component_problems(config) if components else [],
     }
+
+
+def _block_problems(block: object, config: object) -> list[str]:
+    from oracle.core.attention import Attention
+    from oracle.core.mlp import SwiGLU
+    from oracle.core.norm import RMSNorm
+    from oracle.moe850b.config import MoEConfig
+    from oracle.moe850b.experts import GroupedExperts
+    from oracle.moe850b.model import DecoderBlock
+    from oracle.moe850b.router import TopKRouter
+
+    assert isinstance(block, DecoderBlock)
+    assert isinstance(config, MoEConfig)
+    problems = []
+    attention = block.attn
+    if not isinstance(attention, Attention) or (attention.n_heads, attention.n_kv_heads) != (
+        config.n_heads,
+        config.n_kv_heads,
+    ):
+        problems.append(f"attention is missing or not {config.n_heads} heads / {config.n_kv_heads} KV heads")
+    if not isinstance(block.attn_norm, RMSNorm) or not isinstance(block.moe_norm, RMSNorm):
+        problems.append("pre-norms are not RMSNorm")
+    router, experts = block.moe.router, block.moe.experts
+    if not isinstance(router, TopKRouter) or (router.n_experts, router.top_k) != (config.n_experts, config.top_k):
+        problems.append(f"router is missing or not {config.n_experts} experts top-{config.top_k}")
+    if not isinstance(experts, GroupedExperts) or (experts.n_experts, experts.hidden_dim) != (
+        config.n_experts,
+        config.expert_hidden_size,
+    ):
+        problems.append(f"experts are missing or not {config.n_experts} SwiGLU of width {config.expert_hidden_size}")
+    if config.shared_expert_hidden_size and not isinstance(block.moe.shared_expert, SwiGLU):
+        problems.append("the declared shared expert is missing")
+    return problems
 
 
 def _component_problems(config: object) -> list[str]:
     import torch
 
-    from oracle.core.attention import Attention
-    from oracle.core.mlp import SwiGLU
     from oracle.core.norm import RMSNorm
     from oracle.core.rope import RotaryEmbedding
     from oracle.moe850b.config import MoEConfig
-    from oracle.moe850b.experts import GroupedExperts
     from oracle.moe850b.model import OracleMoE
-    from oracle.moe850b.router import TopKRouter
 
     assert isinstance(config, MoEConfig)
     with torch.device("meta"):
         model = OracleMoE(config)
-    problems = []
+    problems: list[str] = []
     if not isinstance(model.rope, RotaryEmbedding) or model.rope.theta != config.rope_theta:
         problems.append("rotary embeddings missing or built with another theta")
     if not isinstance(model.norm, RMSNorm):
         problems.append("final norm is not RMSNorm")
+    by_problem: dict[str, list[int]] = {}  # one finding per kind of problem, naming the layers it affects
     for index, block in enumerate(model.blocks()):
-        where = f"layer {index}"
-        attention = block.attn
-        if not isinstance(attention, Attention) or (attention.n_heads, attention.n_kv_heads) != (
-            config.n_heads,
-            config.n_kv_heads,
-        ):
-            problems.append(
-                f"{where}: attention is missing or not {config.n_heads} heads / {config.n_kv_heads} KV heads"
-            )
-        if not isinstance(block.attn_norm, RMSNorm) or not isinstance(block.moe_norm, RMSNorm):
-            problems.append(f"{where}: pre-norms are not RMSNorm")
-        router, experts = block.moe.router, block.moe.experts
-        if not isinstance(router, TopKRouter) or (router.n_experts, router.top_k) != (config.n_experts, config.top_k):
-            problems.append(f"{where}: router is missing or not {config.n_experts} experts top-{config.top_k}")
-        if not isinstance(experts, GroupedExperts) or (experts.n_experts, experts.hidden_dim) != (
-            config.n_experts,
-            config.expert_hidden_size,
-        ):
-            problems.append(
-                f"{where}: experts are missing or not {config.n_experts} SwiGLU of {config.expert_hidden_size}"
-            )
-        if config.shared_expert_hidden_size and not isinstance(block.moe.shared_expert, SwiGLU):
-            problems.append(f"{where}: the declared shared expert is missing")
-        if len(problems) > 20:
-            break
+        for problem in _block_problems(block, config):
+            by_problem.setdefault(problem, []).append(index)
+    for problem, layers in by_problem.items():
+        where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]} ({len(layers)})"
+        problems.append(f"{where}: {problem}")
     return problems
 
 
 POLICY = Policy(NAME, RULES, check)
 
-if __name__ == "__main__":
-    print(json.dumps(_facts(Path(sys.argv[1]))))
+if __name__ == "__main__":  # python -m policies.architecture FLAGSHIP CONFIG... (run from the checkout's root)
+    flagship_arg, *config_args = sys.argv[1:]
+    print(json.dumps({c: _facts(Path(c).resolve(), components=c == flagship_arg) for c in config_args}))

@@ -453,6 +453,9 @@ _LIST_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#]+?)["']?\s*$""")
 
 def _check_identifiers(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     text = ctx.text(path) or ""
+    if path.endswith(".json"):
+        _check_json_identifiers(ctx, path, text, result)
+        return
     lines = text.splitlines()
     if path.lower().endswith((".md", ".markdown")):  # only a model card's YAML front matter
         if not lines or lines[0].strip() != "---":
@@ -479,6 +482,32 @@ def _check_identifiers(ctx: ScanContext, path: str, result: PolicyResult) -> Non
                         path, index + 1, match.start("value") + 1, reason, f"{match['key']}={value}"
                     )
                 )
+
+
+def _check_json_identifiers(ctx: ScanContext, path: str, text: str, result: PolicyResult) -> None:
+    import json
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        result.skipped[path] = "JSON that does not parse"
+        return
+    lines = text.splitlines()
+    stack: list[object] = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                stack.append(value)
+                if key not in IDENTIFIER_KEYS:
+                    continue
+                for item in value if isinstance(value, list) else [value]:
+                    reason = _foreign_identifier(key, item, ctx) if isinstance(item, str) else None
+                    if reason:
+                        line = next((n for n, t in enumerate(lines, 1) if f'"{key}"' in t), 0)
+                        result.findings.append(FOREIGN_IDENTIFIER.finding(path, line, 1, reason, f"{key}={item}"))
 
 
 def _foreign_identifier(key: str, value: str, ctx: ScanContext) -> str | None:

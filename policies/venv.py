@@ -79,6 +79,7 @@ RULES = (OUTSIDE_VENV, FOREIGN_VENV, UNLOCKED_DISTRIBUTION, UNHASHED_PIN, STALE_
 
 
 def check(ctx: ScanContext) -> PolicyResult:
+    """Environment rules first, then the lock; a checkout without a lock or policies.toml has not opted in."""
     result = PolicyResult()
     settings = ctx.settings.venv
     env = ctx.environment
@@ -98,7 +99,11 @@ def check(ctx: ScanContext) -> PolicyResult:
     lock_path, input_path = settings.lock, settings.declared_input
     lock_file = ctx.root / lock_path
     if not lock_file.exists():
-        result.findings.append(UNHASHED_PIN.finding(lock_path, 0, 0, f"{lock_path} does not exist", "missing-lock"))
+        if (ctx.root / "policies" / "policies.toml").exists():  # the checkout opted into the policy: it needs a lock
+            result.findings.append(UNHASHED_PIN.finding(lock_path, 0, 0, f"{lock_path} does not exist", "missing-lock"))
+        else:
+            result.skipped[lock_path] = "no requirements.lock and no policies.toml: the venv policy does not apply"
+            result.findings.clear()
         return result
     lock_touched = ctx.gate is not Gate.commit or bool({lock_path, input_path} & set(ctx.files))
     lock = parse_lock(lock_file.read_text(encoding="utf-8"))

@@ -1,0 +1,235 @@
+"""`oracle guards ...`: run a gate, list and explain rules, attest and verify, check the audit log.
+
+Exit codes: 0 pass, 1 findings (or a failed verification), 2 usage, configuration or internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+guards_app = typer.Typer(help="Policy gates: run them, explain their rules, attest and verify.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log of gate decisions.", no_args_is_help=True)
+guards_app.add_typer(audit_app, name="audit")
+
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+
+
+class ReportFormat(StrEnum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _root(root: Path | None) -> Path:
+    return (root or Path.cwd()).resolve()
+
+
+@guards_app.command("run")
+def run_command(
+    files: Annotated[list[str] | None, typer.Argument(help="Files to check (default: what the gate selects).")] = None,
+    gate: Annotated[str, typer.Option("--gate", help="commit, ci, publish or submit.")] = "ci",
+    root: Annotated[Path | None, typer.Option("--root", help="The checkout to check (default: here).")] = None,
+    output_format: Annotated[ReportFormat, typer.Option("--format", help="text, json or sarif.")] = ReportFormat.text,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the report here instead of stdout.")] = None,
+    attest: Annotated[
+        bool, typer.Option("--attest", help="After a passing ci gate on a clean tree, write the attestation.")
+    ] = False,
+) -> None:
+    """Run the policies of a gate and report the findings.
+
+    Example: oracle guards run --gate ci --format sarif --output guards.sarif
+    """
+    from guards.report import render_json, render_sarif, render_text, write_report
+    from guards.runner import run_and_record
+    from policies.rule import Gate
+    from policies.settings import SettingsError
+
+    try:
+        selected_gate = Gate(gate)
+    except ValueError as exc:
+        raise _fail(f"--gate {gate!r} is not one of: commit, ci, publish, submit") from exc
+    base = _root(root)
+    try:
+        result = run_and_record(base, selected_gate, files or None)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+    except Exception as exc:  # fail closed, one clear line
+        raise _fail(f"the {gate} gate could not run: {type(exc).__name__}: {exc}") from exc
+    renderers = {ReportFormat.text: render_text, ReportFormat.json: render_json, ReportFormat.sarif: render_sarif}
+    write_report(renderers[output_format](result), output)
+    if result.errors:
+        raise typer.Exit(EXIT_ERROR)
+    if not result.passed:
+        raise typer.Exit(EXIT_FINDINGS)
+    if attest:
+        _attest_result(base, result, strict=False)
+
+
+def _attest_result(root: Path, result: object, *, strict: bool) -> None:
+    from guards import git
+    from guards.attestation import AttestationError, write_attestation
+    from guards.keys import SigningKeyError, load_signing_key
+    from guards.result import GateResult
+
+    assert isinstance(result, GateResult)
+    dirty = git.dirty_paths(root)
+    if dirty and not strict:
+        typer.echo(f"not attesting: the tree has uncommitted changes ({', '.join(dirty[:3])}); commit, then run again")
+        return
+    try:
+        path = write_attestation(root, result, load_signing_key())
+    except (AttestationError, SigningKeyError) as exc:
+        raise _fail(str(exc), EXIT_FINDINGS) from exc
+    signed = "signed" if json.loads(path.read_text())["signatures"] else "unsigned (no ORACLE_SIGNING_KEY)"
+    typer.echo(f"attested {path.relative_to(root)} ({signed})")
+
+
+@guards_app.command("attest")
+def attest_command(root: Annotated[Path | None, typer.Option("--root")] = None) -> None:
+    """Run the ci gate and, when it passes on a clean tree, write the attestation for HEAD's tree.
+
+    Example: ORACLE_SIGNING_KEY=~/.config/oracle/signing.pem oracle guards attest
+    """
+    from guards.report import render_text
+    from guards.runner import run_and_record
+    from policies.rule import Gate
+    from policies.settings import SettingsError
+
+    base = _root(root)
+    try:
+        result = run_and_record(base, Gate.ci)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+    if not result.passed:
+        typer.echo(render_text(result))
+        raise _fail("the ci gate did not pass: nothing attested", EXIT_FINDINGS)
+    _attest_result(base, result, strict=True)
+
+
+@guards_app.command("verify")
+def verify_command(
+    root: Annotated[Path | None, typer.Option("--root")] = None,
+    require_signature: Annotated[
+        bool | None, typer.Option("--require-signature/--allow-unsigned", help="Default: policies.toml.")
+    ] = None,
+) -> None:
+    """Check the attestation against HEAD: says exactly why it fails (missing, other commit, dirty tree, lock or
+    policy changed, bad signature).
+
+    Example: oracle guards verify --require-signature
+    """
+    from guards.attestation import AttestationError, verify_attestation
+    from guards.keys import SigningKeyError
+    from policies.settings import SettingsError, load_settings
+
+    base = _root(root)
+    try:
+        required = load_settings(base).attestation.require_signature if require_signature is None else require_signature
+        verified = verify_attestation(base, require_signature=required)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+    except (AttestationError, SigningKeyError) as exc:
+        raise _fail(str(exc), EXIT_FINDINGS) from exc
+    signer = f"signed by {verified.keyid}" if verified.keyid else "unsigned"
+    typer.echo(f"attestation OK: {verified.path.relative_to(base)} sha256:{verified.digest} ({signer})")
+
+
+@guards_app.command("rules")
+def rules_command(
+    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """The rule catalog, generated from the policy modules.
+
+    Example: oracle guards rules --format json
+    """
+    from policies import catalog
+
+    rules = catalog()
+    if output_format == "json":
+        payload = [
+            {
+                "id": r.id,
+                "policy": r.policy,
+                "title": r.title,
+                "severity": str(r.severity),
+                "gates": sorted(str(g) for g in r.gates),
+                "rationale": r.rationale,
+                "fix": r.fix,
+            }
+            for r in rules
+        ]
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rules)} rules")
+    for column in ("id", "policy", "severity", "gates", "title"):
+        table.add_column(column)
+    for rule in rules:
+        gates = ",".join(sorted(str(g) for g in rule.gates))
+        table.add_row(rule.id, rule.policy, str(rule.severity), gates, rule.title)
+    Console(width=max(140, Console().width)).print(table)
+
+
+@guards_app.command("explain")
+def explain_command(rule_id: Annotated[str, typer.Argument(help="A rule id such as EXT001.")]) -> None:
+    """What a rule checks, why, an example of a violation and what to use instead.
+
+    Example: oracle guards explain EXT001
+    """
+    from policies import find_rule
+
+    rule = find_rule(rule_id)
+    if rule is None:
+        raise _fail(f"no rule {rule_id!r}; `oracle guards rules` lists them")
+    gates = ", ".join(sorted(str(g) for g in rule.gates))
+    typer.echo(
+        f"{rule.id}: {rule.title}\n"
+        f"policy: {rule.policy}    severity: {rule.severity}    gates: {gates}\n\n"
+        f"## What it does\nReports: {rule.title[0].lower()}{rule.title[1:]}.\n\n"
+        f"## Why is this bad?\n{rule.rationale}\n\n"
+        f"## Example\n{_indent(rule.example)}\n\n"
+        f"## Use instead\n{_indent(rule.example_fix)}\n\n"
+        f"## Fix\n{rule.fix}"
+    )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+@audit_app.command("verify")
+def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = None) -> None:
+    """Check the audit log's hash chain: finds edited, reordered or removed entries.
+
+    Example: oracle guards audit verify
+    """
+    from guards.audit import AuditError, verify_log
+
+    try:
+        problems = verify_log(_root(root))
+    except AuditError as exc:
+        raise _fail(str(exc)) from exc
+    if problems:
+        for problem in problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(EXIT_FINDINGS)
+    typer.echo("audit log intact")
+
+
+def main() -> None:  # `python -m guards.commands` for hooks that must not depend on the console script
+    guards_app(prog_name="oracle guards")
+    sys.exit(0)

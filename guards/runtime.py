@@ -1,0 +1,85 @@
+"""Runtime checks that train and serve call before doing anything: kept free of heavy imports.
+
+`require_training_allowed()` lets training start only inside a cluster job started by `oracle submit`: the job's
+environment carries the submission record's digest and path, the record must verify (guards.submission), and the
+scheduler's job identity must be present (SLURM_JOB_ID, or the pod name on Kubernetes). Everywhere else it refuses
+with one clear line. `ALLOW_LOCAL_TRAIN=true` overrides only when policies.toml allows it
+(`local_train.allow_override`, default false). Every decision is appended to the audit log.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TrainingRefusedError(RuntimeError):
+    """Training may not start here; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class TrainingDecision:
+    allowed: bool
+    reason: str
+    job_id: str | None = None
+    override: bool = False
+
+
+def _job_identity(environ: Mapping[str, str], target: str) -> str | None:
+    if target == "slurm":
+        return environ.get("SLURM_JOB_ID") or None
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return environ.get("POD_NAME") or environ.get("HOSTNAME") or None
+    return None
+
+
+def training_decision(root: Path, environ: Mapping[str, str]) -> TrainingDecision:
+    from guards.submission import DIGEST_ENV, RECORD_ENV, SubmissionError, verify_submission
+    from policies.settings import load_settings
+
+    digest, record_path = environ.get(DIGEST_ENV), environ.get(RECORD_ENV)
+    if digest and record_path:
+        try:
+            record = verify_submission(Path(record_path), digest, root)
+        except SubmissionError as exc:
+            return TrainingDecision(False, f"training refused: {exc}")
+        job_id = _job_identity(environ, record.target)
+        if job_id is None:
+            wanted = "SLURM_JOB_ID" if record.target == "slurm" else "a Kubernetes pod name (POD_NAME)"
+            return TrainingDecision(False, f"training refused: no {wanted}; the record must be used inside its job")
+        return TrainingDecision(True, f"submitted {record.target} job {job_id} for commit {record.commit[:12]}", job_id)
+    if environ.get("ALLOW_LOCAL_TRAIN", "false").lower() == "true":
+        if load_settings(root).local_train.allow_override:
+            return TrainingDecision(True, "local training allowed by ALLOW_LOCAL_TRAIN=true (override)", override=True)
+        return TrainingDecision(
+            False,
+            "training refused: ALLOW_LOCAL_TRAIN=true is not honoured (policies.toml local_train.allow_override = "
+            "false); submit with `oracle submit --target slurm|k8s`",
+        )
+    return TrainingDecision(
+        False,
+        "training refused: not inside a job started by `oracle submit` (no ORACLE_SUBMISSION_DIGEST); "
+        "submit with `oracle submit --target slurm|k8s`",
+    )
+
+
+def require_training_allowed(root: Path | None = None, environ: Mapping[str, str] | None = None) -> TrainingDecision:
+    """Return the decision when training may start; raise TrainingRefusedError otherwise. Audits either way."""
+    from guards.audit import append_entry
+
+    root = (root or Path.cwd()).resolve()
+    env = os.environ if environ is None else environ
+    decision = training_decision(root, env)
+    result = "allowed-override" if decision.override else "allowed" if decision.allowed else "refused"
+    try:
+        from guards import git
+
+        commit: str | None = git.head_commit(root)
+    except Exception:
+        commit = None
+    append_entry(root, gate="train", result=result, commit=commit, details={"reason": decision.reason})
+    if not decision.allowed:
+        raise TrainingRefusedError(decision.reason)
+    return decision
