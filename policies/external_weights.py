@@ -149,7 +149,7 @@ _HF_NON_MODEL = {
     "enterprise", "organizations", "collections", "posts", "changelog", "new",
 }  # fmt: skip
 
-_URL = re.compile(r"""(?:https?://|hf://)[^\s"'<>()\[\]{}`]+""")
+_URL = re.compile(r"""(?:https?://|hf://)[^\s"'<>()\[\]{}`\\]+""")  # a backslash ends it: "...\n" in code
 _PATTERNS = (
     r"from_pretrained|hf_hub_download|snapshot_download|hf_hub_url|cached_download|load_state_dict_from_url"
     r"|download_url_to_file|SentenceTransformer|hub\.load|hub\.help|hub\.list|pipeline|create_model",

@@ -84,7 +84,6 @@ def check(ctx: ScanContext) -> PolicyResult:
     settings = ctx.settings.venv
     env = ctx.environment
     project_venv = (ctx.root / settings.project_venv).resolve()
-    result.examined.append(f"<interpreter {env.prefix}>")
     if env.prefix.resolve() == env.base_prefix.resolve():
         result.findings.append(
             OUTSIDE_VENV.finding("", 0, 0, f"running in {env.prefix}, which is not a virtualenv", str(project_venv))
