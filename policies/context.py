@@ -26,22 +26,38 @@ class ScanError(RuntimeError):
     """A check could not run (missing tool, unexpected failure): an error of the run, never a pass."""
 
 
-@dataclass(frozen=True)
 class Environment:
-    """The Python environment the gate runs in (the venv policy's subject); tests build their own."""
+    """The Python environment the gate runs in (the venv policy's subject); tests build their own. The installed
+    distributions are read only when a rule asks for them (the commit gate never does)."""
 
-    prefix: Path
-    base_prefix: Path
-    distributions: dict[str, str]  # normalised name → version
+    def __init__(self, prefix: Path, base_prefix: Path, distributions: dict[str, str] | None = None) -> None:
+        self.prefix, self.base_prefix = prefix, base_prefix
+        self._distributions = distributions
 
     @classmethod
     def current(cls) -> Environment:
-        dists = {}
-        for dist in metadata.distributions():
-            name = dist.metadata["Name"]
-            if name:
-                dists[normalise_name(name)] = dist.version
-        return cls(Path(sys.prefix), Path(sys.base_prefix), dists)
+        return cls(Path(sys.prefix), Path(sys.base_prefix))
+
+    @property
+    def distributions(self) -> dict[str, str]:
+        """Normalised name → version of what is installed."""
+        if self._distributions is None:
+            self._distributions = _installed_distributions()
+        return self._distributions
+
+
+def _installed_distributions() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        # The dist-info folder's name carries name and version (PEP 427): no need to parse every METADATA file.
+        folder = getattr(dist, "_path", None)
+        stem = folder.name.removesuffix(".dist-info") if isinstance(folder, Path) else ""
+        name, _, version = stem.partition("-")
+        if not (name and version) or folder is None or not folder.name.endswith(".dist-info"):
+            name, version = dist.metadata["Name"] or "", dist.version
+        if name:
+            found.setdefault(normalise_name(name), version)
+    return found
 
 
 def normalise_name(name: str) -> str:
