@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
+import stat
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -46,28 +48,34 @@ def select_files(
         candidates = _walk(root)
     selected: list[str] = []
     skipped: dict[str, str] = {}
-    patterns = (*_ALWAYS_EXCLUDED, *settings.scan.exclude)
+    excluded = re.compile("|".join(fnmatch.translate(p) for p in (*_ALWAYS_EXCLUDED, *settings.scan.exclude)))
+    limit = settings.scan.max_file_bytes
     for relative in candidates:
-        if any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns):
+        if excluded.match(relative):
             continue
         absolute = root / relative
-        if not absolute.resolve().is_relative_to(root) and not absolute.is_symlink():
-            skipped[relative] = "outside the root"
-        elif absolute.is_symlink():
+        try:
+            info = os.lstat(absolute)  # one system call decides the common case
+        except FileNotFoundError:
+            continue  # deleted in the work tree
+        except OSError as exc:
+            skipped[relative] = f"unreadable ({exc.strerror})"
+            continue
+        if stat.S_ISLNK(info.st_mode):
             target = absolute.resolve()
             skipped[relative] = (
                 f"symlink leaving the tree (to {target}; not followed)"
                 if not target.is_relative_to(root)
                 else "symlink (its target is scanned as itself)"
             )
-        elif not absolute.exists():
-            continue  # deleted in the work tree
-        elif not absolute.is_file():
+        elif not stat.S_ISREG(info.st_mode):
             skipped[relative] = "not a regular file"
+        elif ".." in Path(relative).parts:
+            skipped[relative] = "outside the root"
+        elif info.st_size > limit:
+            skipped[relative] = f"larger than scan.max_file_bytes ({limit} bytes)"
         elif not os.access(absolute, os.R_OK):
             skipped[relative] = "unreadable (permission denied)"
-        elif absolute.stat().st_size > settings.scan.max_file_bytes:
-            skipped[relative] = f"larger than scan.max_file_bytes ({settings.scan.max_file_bytes} bytes)"
         else:
             selected.append(relative)
     return selected, skipped
@@ -113,6 +121,11 @@ def run_gate(
     )
     rules = [rule for policy in ALL_POLICIES for rule in policy.rules if gate in rule.gates]
     result = GateResult(gate=gate, root=str(root), rules=rules, fail_on=settings.scan.fail_on)
+    try:
+        ctx.prefetch(pattern for policy in ALL_POLICIES if policy.patterns for pattern in policy.patterns(settings))
+    except ScanError as exc:
+        result.errors.append(str(exc))
+        return result
     for policy in ALL_POLICIES:
         try:
             outcome = policy.check(ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,9 +122,27 @@ class ScanContext:
                 self._ast[relative] = None
         return self._ast[relative]
 
+    def prefetch(self, patterns: Iterable[str]) -> None:
+        """Run the one ripgrep pass for every policy's patterns up front; grep() then filters its result."""
+        patterns = list(dict.fromkeys(patterns))
+        self._prefetched = (frozenset(patterns), self._run_grep(patterns, None))
+
     def grep(self, patterns: Iterable[str], files: Iterable[str] | None = None) -> dict[str, list[Line]]:
         """Lines matching any of the (Rust-regex, no look-around) patterns, by file, from one ripgrep pass over the
         selection (or the given subset of it). Binary files are left out by ripgrep itself."""
+        patterns = list(patterns)
+        prefetched = getattr(self, "_prefetched", None)
+        if prefetched is not None and files is None and set(patterns) <= prefetched[0]:
+            wanted_lines = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+            found: dict[str, list[Line]] = {}
+            for path, lines in prefetched[1].items():
+                kept = [line for line in lines if wanted_lines.search(line.text)]
+                if kept:
+                    found[path] = kept
+            return found
+        return self._run_grep(patterns, files)
+
+    def _run_grep(self, patterns: list[str], files: Iterable[str] | None) -> dict[str, list[Line]]:
         wanted = sorted(set(self.files if files is None else files))
         if not wanted:
             return {}

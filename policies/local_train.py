@@ -216,4 +216,4 @@ def _check_entry_points(ctx: ScanContext, result: PolicyResult) -> None:
                 )
 
 
-POLICY = Policy(NAME, RULES, check)
+POLICY = Policy(NAME, RULES, check, lambda settings: [VARIABLE])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from policies.context import ScanContext
+    from policies.settings import Settings
 
 
 class Severity(StrEnum):
@@ -113,6 +114,8 @@ class Policy:
     name: str
     rules: tuple[Rule, ...]
     check: Callable[[ScanContext], PolicyResult]
+    # The ripgrep patterns its check will ask for, so the runner makes one pass for all policies.
+    patterns: Callable[[Settings], list[str]] | None = None
 
     def rule(self, rule_id: str) -> Rule:
         return next(rule for rule in self.rules if rule.id == rule_id)
