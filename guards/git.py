@@ -47,6 +47,12 @@ def listed_files(root: Path) -> list[str]:
     return sorted({path for path in output.split("\0") if path})
 
 
+def ignored_but_tracked(root: Path) -> list[str]:
+    """Tracked files that .gitignore would exclude (force-added): a walker that honours .gitignore misses them."""
+    output = _git(root, "ls-files", "-z", "--cached", "--ignored", "--exclude-standard")
+    return sorted(path for path in output.split("\0") if path)
+
+
 def staged_files(root: Path) -> list[str]:
     """Files added, copied, modified or renamed in the index (what the commit gate scans)."""
     output = _git(root, "diff", "--cached", "--name-only", "-z", "--diff-filter=ACMR")

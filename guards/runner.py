@@ -18,7 +18,7 @@ from guards import git
 from guards.result import Examined, GateResult, WaiverUse
 from guards.waivers import load_waivers
 from policies import ALL_POLICIES
-from policies.context import Environment, ScanContext, ScanError
+from policies.context import Environment, RipgrepJob, ScanContext, ScanError
 from policies.rule import Finding, Gate, Policy
 from policies.settings import Settings, load_settings
 
@@ -27,9 +27,10 @@ _ALWAYS_EXCLUDED = (".git/*", ".venv/*", ".nox/*", ".oracle/*", "*/__pycache__/*
 
 
 def select_files(
-    root: Path, gate: Gate, files: list[str] | None, settings: Settings
+    root: Path, gate: Gate, files: list[str] | None, settings: Settings, sizes: dict[str, int] | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The regular files inside root to scan, and the paths left out with the reason."""
+    """The regular files inside root to scan, and the paths left out with the reason (sizes, when given, are filled
+    in for the selected files)."""
     root = root.resolve()
     if files:
         candidates = []
@@ -50,19 +51,20 @@ def select_files(
     skipped: dict[str, str] = {}
     excluded = re.compile("|".join(fnmatch.translate(p) for p in (*_ALWAYS_EXCLUDED, *settings.scan.exclude)))
     limit = settings.scan.max_file_bytes
+    root_str = str(root)
     for relative in candidates:
         if excluded.match(relative):
             continue
-        absolute = root / relative
+        location = os.path.join(root_str, relative)
         try:
-            info = os.lstat(absolute)  # one system call decides the common case
+            info = os.lstat(location)  # one system call decides the common case
         except FileNotFoundError:
             continue  # deleted in the work tree
         except OSError as exc:
             skipped[relative] = f"unreadable ({exc.strerror})"
             continue
         if stat.S_ISLNK(info.st_mode):
-            target = absolute.resolve()
+            target = Path(location).resolve()
             skipped[relative] = (
                 f"symlink leaving the tree (to {target}; not followed)"
                 if not target.is_relative_to(root)
@@ -70,14 +72,16 @@ def select_files(
             )
         elif not stat.S_ISREG(info.st_mode):
             skipped[relative] = "not a regular file"
-        elif ".." in Path(relative).parts:
+        elif relative.startswith("../") or "/../" in relative:
             skipped[relative] = "outside the root"
         elif info.st_size > limit:
             skipped[relative] = f"larger than scan.max_file_bytes ({limit} bytes)"
-        elif not os.access(absolute, os.R_OK):
+        elif not os.access(location, os.R_OK):
             skipped[relative] = "unreadable (permission denied)"
         else:
             selected.append(relative)
+            if sizes is not None:
+                sizes[relative] = info.st_size
     return selected, skipped
 
 
@@ -108,7 +112,16 @@ def run_gate(
     root = root.resolve()
     settings = load_settings(root)
     waivers = load_waivers(root, today=today)
-    selected, skipped = select_files(root, gate, files, settings)
+    patterns = [pattern for policy in ALL_POLICIES if policy.patterns for pattern in policy.patterns(settings)]
+    early: RipgrepJob | None = None
+    if not files and gate is not Gate.commit and git.is_repository(root):
+        # ripgrep walks the tree (honouring .gitignore, plus force-added files) while Python selects and sniffs
+        try:
+            early = RipgrepJob(root, patterns, settings.scan.max_file_bytes, None, git.ignored_but_tracked(root))
+        except ScanError:
+            early = None  # reported below, when the pass is made again
+    sizes: dict[str, int] = {}
+    selected, skipped = select_files(root, gate, files, settings, sizes)
     from guards.provenance import provenance_verifier
 
     ctx = ScanContext(
@@ -118,11 +131,12 @@ def run_gate(
         files=selected,
         environment_factory=environment_factory,
         verify_provenance=provenance_verifier(root),
+        sizes=sizes,
     )
     rules = [rule for policy in ALL_POLICIES for rule in policy.rules if gate in rule.gates]
     result = GateResult(gate=gate, root=str(root), rules=rules, fail_on=settings.scan.fail_on)
     try:
-        ctx.prefetch(pattern for policy in ALL_POLICIES if policy.patterns for pattern in policy.patterns(settings))
+        ctx.prefetch(patterns, early)
     except ScanError as exc:
         result.errors.append(str(exc))
         return result

@@ -5,7 +5,8 @@ from __future__ import annotations
 from policies import architecture, external_weights, local_train, venv
 from policies.rule import Policy, Rule
 
-ALL_POLICIES: tuple[Policy, ...] = (venv.POLICY, local_train.POLICY, external_weights.POLICY, architecture.POLICY)
+# external_weights runs before local_train: its content sniffing overlaps the ripgrep pass both of them read.
+ALL_POLICIES: tuple[Policy, ...] = (venv.POLICY, external_weights.POLICY, local_train.POLICY, architecture.POLICY)
 
 
 def catalog() -> list[Rule]:

@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -82,6 +82,7 @@ class ScanContext:
     environment_factory: object = Environment.current
     # Whether a weights file (relative path) is one of our own provenance-signed checkpoints; set by the guards.
     verify_provenance: Callable[[str], bool] | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # known file sizes (the selection already stat-ed them)
     _text: dict[str, str | None] = field(default_factory=dict, repr=False)
     _ast: dict[str, ast.Module | None] = field(default_factory=dict, repr=False)
 
@@ -97,18 +98,27 @@ class ScanContext:
         return self.root / relative
 
     def size(self, relative: str) -> int:
-        return self.path(relative).stat().st_size
+        if relative not in self.sizes:
+            self.sizes[relative] = os.stat(os.path.join(self._root_str, relative)).st_size
+        return self.sizes[relative]
 
     def head(self, relative: str, n_bytes: int = 64) -> bytes:
-        with self.path(relative).open("rb") as handle:
-            return handle.read(n_bytes)
+        # os-level calls: this runs once per file of the tree, where pathlib's overhead shows
+        fd = os.open(os.path.join(self._root_str, relative), os.O_RDONLY)
+        try:
+            return os.read(fd, n_bytes)
+        finally:
+            os.close(fd)
+
+    @cached_property
+    def _root_str(self) -> str:
+        return str(self.root)
 
     def text(self, relative: str) -> str | None:
         """The file as text, or None for binary (NUL bytes) and files over the size limit."""
         if relative not in self._text:
-            data = (
-                self.path(relative).read_bytes() if self.size(relative) <= self.settings.scan.max_file_bytes else None
-            )
+            too_big = self.size(relative) > self.settings.scan.max_file_bytes
+            data = None if too_big else self.path(relative).read_bytes()
             self._text[relative] = None if data is None or b"\0" in data[:8192] else data.decode("utf-8", "replace")
         return self._text[relative]
 
@@ -122,57 +132,69 @@ class ScanContext:
                 self._ast[relative] = None
         return self._ast[relative]
 
-    def prefetch(self, patterns: Iterable[str]) -> None:
-        """Run the one ripgrep pass for every policy's patterns up front; grep() then filters its result."""
+    def prefetch(self, patterns: Iterable[str], job: RipgrepJob | None = None) -> None:
+        """The one ripgrep pass for every policy's patterns (a job the runner may have started before selecting
+        files, so the walk runs while Python works); grep() then filters its result."""
         patterns = list(dict.fromkeys(patterns))
-        self._prefetched = (frozenset(patterns), self._run_grep(patterns, None))
+        if job is None:
+            job = RipgrepJob(self.root, patterns, self.settings.scan.max_file_bytes, self.files)
+        self._prefetched = (frozenset(patterns), job)
 
     def grep(self, patterns: Iterable[str], files: Iterable[str] | None = None) -> dict[str, list[Line]]:
-        """Lines matching any of the (Rust-regex, no look-around) patterns, by file, from one ripgrep pass over the
-        selection (or the given subset of it). Binary files are left out by ripgrep itself."""
+        """Lines matching any of the (Rust-regex, no look-around) patterns, by file, over the selection (or the given
+        subset of it). Binary files are left out by ripgrep itself."""
         patterns = list(patterns)
         prefetched = getattr(self, "_prefetched", None)
         if prefetched is not None and files is None and set(patterns) <= prefetched[0]:
             wanted_lines = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
             found: dict[str, list[Line]] = {}
-            for path, lines in prefetched[1].items():
+            for path, lines in prefetched[1].lines(set(self.files)).items():
                 kept = [line for line in lines if wanted_lines.search(line.text)]
                 if kept:
                     found[path] = kept
             return found
-        return self._run_grep(patterns, files)
+        subset = sorted(set(self.files if files is None else files))
+        return RipgrepJob(self.root, patterns, self.settings.scan.max_file_bytes, subset).lines(set(subset))
 
-    def _run_grep(self, patterns: list[str], files: Iterable[str] | None) -> dict[str, list[Line]]:
-        wanted = sorted(set(self.files if files is None else files))
-        if not wanted:
-            return {}
-        rg = _ripgrep()
-        args = [rg, "--no-config", "--hidden", "--no-heading", "--with-filename", "--line-number", "--column"]
-        args += [
-            "--null",
-            "--no-messages",
-            "--color",
-            "never",
-            "--max-filesize",
-            str(self.settings.scan.max_file_bytes),
-        ]
+
+class RipgrepJob:
+    """One ripgrep pass, started at once and collected when first needed. With `files=None` ripgrep walks the root
+    itself (respecting .gitignore; `also` adds files it would skip, such as tracked files that match .gitignore);
+    otherwise it reads exactly the files given (or, past a few thousand, walks and the result is filtered)."""
+
+    def __init__(
+        self, root: Path, patterns: list[str], max_filesize: int, files: list[str] | None, also: Sequence[str] = ()
+    ) -> None:
+        args = [_ripgrep(), "--no-config", "--hidden", "--no-heading", "--with-filename", "--line-number"]
+        args += ["--column", "--null", "--no-messages", "--color", "never", "--max-filesize", str(max_filesize)]
         for pattern in patterns:
             args += ["-e", pattern]
-        if len(wanted) <= _RG_ARGV_LIMIT:
-            outputs = [_run_rg([*args, "--no-ignore", "--", *wanted], self.root)]
-        else:
-            outputs = [_run_rg([*args, "--no-require-git", "-g", "!.git", "--", "."], self.root)]
-        selected = set(wanted)
-        result: dict[str, list[Line]] = {}
-        for output in outputs:
-            for raw in output.splitlines():
-                path, _, rest = raw.partition("\0")
-                path = path.removeprefix("./")
-                if path not in selected:
-                    continue
-                number, column, text = rest.split(":", 2)
-                result.setdefault(path, []).append(Line(int(number), int(column), text))
-        return result
+        walk = files is None or len(files) > _RG_ARGV_LIMIT
+        runs = [[*args, "--no-require-git", "-g", "!.git", "--", "."]] if walk else []
+        explicit = list(also) if walk else [*(files or []), *also]
+        for start in range(0, len(explicit), _RG_ARGV_LIMIT):
+            runs.append([*args, "--no-ignore", "--", *explicit[start : start + _RG_ARGV_LIMIT]])
+        env = {key: value for key, value in os.environ.items() if key != "RIPGREP_CONFIG_PATH"}
+        self._processes = [
+            subprocess.Popen(run, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for run in runs
+        ]
+        self._lines: dict[str, list[Line]] | None = None
+
+    def lines(self, selected: set[str]) -> dict[str, list[Line]]:
+        if self._lines is None:
+            self._lines = {}
+            for process in self._processes:
+                out, err = process.communicate()
+                if process.returncode not in (0, 1):  # 1 means no match
+                    raise ScanError(f"ripgrep failed ({process.returncode}): {err.decode(errors='replace')[:300]}")
+                for raw in out.decode("utf-8", "replace").splitlines():
+                    path, _, rest = raw.partition("\0")
+                    number, column, text = rest.split(":", 2)
+                    line = Line(int(number), int(column), text)
+                    lines = self._lines.setdefault(path.removeprefix("./"), [])
+                    if not lines or lines[-1].number != line.number:  # a file in both runs counts once
+                        lines.append(line)
+        return {path: lines for path, lines in self._lines.items() if path in selected}
 
 
 def _ripgrep() -> str:
@@ -181,11 +203,3 @@ def _ripgrep() -> str:
     if not found:
         raise ScanError("ripgrep (rg) is not installed: it comes with the `ripgrep` wheel in requirements.lock")
     return found
-
-
-def _run_rg(args: list[str], cwd: Path) -> str:
-    env = {key: value for key, value in os.environ.items() if key != "RIPGREP_CONFIG_PATH"}
-    completed = subprocess.run(args, cwd=cwd, capture_output=True, env=env, check=False)
-    if completed.returncode not in (0, 1):  # 1 means no match
-        raise ScanError(f"ripgrep failed ({completed.returncode}): {completed.stderr.decode(errors='replace')[:300]}")
-    return completed.stdout.decode("utf-8", "replace")

@@ -13,9 +13,10 @@ configs), so words such as `Optional`, `optimizer` or `graphics` never match a m
 from __future__ import annotations
 
 import ast
+import functools
+import os
 import re
 import zipfile
-from pathlib import PurePosixPath
 
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
@@ -151,22 +152,32 @@ _HF_NON_MODEL = {
 
 _URL = re.compile(r"""(?:https?://|hf://)[^\s"'<>()\[\]{}`\\]+""")  # a backslash ends it: "...\n" in code
 # Candidate lines for the Python checks: loader calls, foreign modules, deserialisers (the AST confirms them).
+# `pipeline(` and `create_model(` are common words: they matter only in files that name transformers/timm/open_clip,
+# which these patterns already select.
 _CODE_WORDS = (
     r"from_pretrained|hf_hub_download|snapshot_download|hf_hub_url|cached_download|load_state_dict_from_url"
-    r"|download_url_to_file|SentenceTransformer|hub\.(load|help|list)|pipeline|create_model"
-    r"|transformers|timm|open_clip|diffusers|vllm|llama_cpp|mlx_lm|optimum|peft|torchvision"
-    r"|pickle|torch\.load|serialization|joblib|dill|read_pickle|allow_pickle|Unpickler"
+    r"|download_url_to_file|SentenceTransformer|hub\.(load|help|list)"
+    r"|transformers|\btimm\b|open_clip|diffusers|\bvllm\b|llama_cpp|mlx_lm|\boptimum\b|\bpeft\b|torchvision"
+    r"|pickle|torch\.load|serialization\.load|joblib|\bdill\b|read_pickle|allow_pickle|Unpickler"
 )
+# A complete one-line `torch.load(..., weights_only=True)` needs no parse; anything else on the line still does.
+_SAFE_CALL = re.compile(r"torch\.load\((?:[^()]|\([^()]*\))*\bweights_only\s*=\s*True\b(?:[^()]|\([^()]*\))*\)")
 _URL_WORDS = "|".join(re.escape(host) for host in HUB_HOSTS) + r"|https?://\S+\.(" + "|".join(WEIGHT_SUFFIXES) + ")"
 _KEY_WORDS = "|".join(IDENTIFIER_KEYS)
+_KEY_ANYWHERE = re.compile(_KEY_WORDS)
 
 
 def family_of(value: str, extra: tuple[str, ...] = ()) -> str | None:
     """The foreign model family a value names as a whole word, with an optional version ("phi-2", "Llama-3.1-8B",
     "qwen2.5"); never a family hidden inside another word ("graphics", "Optional", "optimizer", "prompt")."""
-    families = "|".join(re.escape(name.lower()) for name in (*FOREIGN_FAMILIES, *extra))
-    match = re.search(rf"(?<![a-z0-9])({families})(?:[-_.]?\d[\d.]*)?(?![a-z])", value.lower())
+    match = _family_pattern(extra).search(value.lower())
     return match.group(1) if match else None
+
+
+@functools.lru_cache(maxsize=8)
+def _family_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
+    families = "|".join(re.escape(name.lower()) for name in (*FOREIGN_FAMILIES, *extra))
+    return re.compile(rf"(?<![a-z0-9])({families})(?:[-_.]?\d[\d.]*)?(?![a-z])")
 
 
 def _namespace_ok(value: str, ctx: ScanContext) -> bool:
@@ -302,18 +313,22 @@ def check(ctx: ScanContext) -> PolicyResult:
     result = PolicyResult()
     patterns = candidate_patterns(ctx.settings.external_weights.extra_loader_calls)
     code_words = re.compile(patterns[0])
-    candidates = ctx.grep(patterns)
-    for path in ctx.files:
+    for path in ctx.files:  # content sniffing first: it overlaps the ripgrep pass the runner started
         result.examined.append(path)
         _check_weight_file(ctx, path, result)
+    candidates = ctx.grep(patterns)
+    for path in ctx.files:
         if path not in candidates:
             continue
-        suffix = PurePosixPath(path).suffix.lower()
-        if suffix == ".py" and any(code_words.search(line.text) for line in candidates[path]):
+        lines = candidates[path]
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix == ".py" and any(code_words.search(_SAFE_CALL.sub("", line.text)) for line in lines):
             _check_python(ctx, path, result)
-        _check_urls(ctx, path, candidates[path], result)
-        if suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or PurePosixPath(path).name.startswith(".env"):
-            _check_identifiers(ctx, path, result)
+        _check_urls(ctx, path, lines, result)
+        is_config = suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or "/.env" in f"/{path}"
+        key_lines = [line for line in lines if _KEY_ANYWHERE.search(line.text)] if is_config else []
+        if key_lines:
+            _check_identifiers(ctx, path, key_lines, result)
     return result
 
 
@@ -460,37 +475,48 @@ _KEY_VALUE = re.compile(
 _LIST_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#]+?)["']?\s*$""")
 
 
-def _check_identifiers(ctx: ScanContext, path: str, result: PolicyResult) -> None:
-    text = ctx.text(path) or ""
-    if path.endswith(".json"):
-        _check_json_identifiers(ctx, path, text, result)
-        return
-    lines = text.splitlines()
-    if path.lower().endswith((".md", ".markdown")):  # only a model card's YAML front matter
-        if not lines or lines[0].strip() != "---":
+_JSON_KEY_VALUE = re.compile(r'"(?P<key>' + "|".join(IDENTIFIER_KEYS) + r')"\s*:\s*(?P<value>"[^"]*"|\[[^\]]*\]|\[)')
+
+
+def _check_identifiers(ctx: ScanContext, path: str, lines: list[Line], result: PolicyResult) -> None:
+    """Keys that name a model, from the candidate lines only; the whole file is read just for a YAML list that
+    continues on the following lines, a JSON list that spans lines, or a model card's front-matter bounds."""
+    is_card = path.lower().endswith((".md", ".markdown"))
+    if is_card:
+        text_lines = (ctx.text(path) or "").splitlines()
+        if not text_lines or text_lines[0].strip() != "---":
             return
-        end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), 0)
-        lines = lines[:end]
-    for index, line in enumerate(lines):
-        match = _KEY_VALUE.match(line)
+        end = next((i for i in range(1, len(text_lines)) if text_lines[i].strip() == "---"), 0)
+        lines = [line for line in lines if line.number <= end]
+
+    def report(key: str, value: str, line: Line, column: int) -> None:
+        reason = _foreign_identifier(key, value.strip().strip("[]"), ctx)
+        if reason:
+            result.findings.append(FOREIGN_IDENTIFIER.finding(path, line.number, column, reason, f"{key}={value}"))
+
+    if path.endswith(".json"):
+        for line in lines:
+            for found in _JSON_KEY_VALUE.finditer(line.text):
+                if found["value"] == "[":  # a list spanning lines: parse the file
+                    _check_json_identifiers(ctx, path, ctx.text(path) or "", result)
+                    return
+                for value in re.findall(r'"([^"]*)"', found["value"]):
+                    report(found["key"], value, line, found.start("value") + 1)
+        return
+    for line in lines:
+        match = _KEY_VALUE.match(line.text)
         if not match:
             continue
         raw = match["value"]
         values = re.findall(r"""["']([^"']+)["']""", raw) or ([raw.split("#")[0].strip()] if raw.strip() else [])
         if not values:  # a YAML list on the following lines
-            for following in lines[index + 1 :]:
+            for following in (ctx.text(path) or "").splitlines()[line.number :]:
                 item = _LIST_ITEM.match(following)
                 if not item:
                     break
                 values.append(item["value"])
         for value in values:
-            reason = _foreign_identifier(match["key"], value.strip().strip("[]"), ctx)
-            if reason:
-                result.findings.append(
-                    FOREIGN_IDENTIFIER.finding(
-                        path, index + 1, match.start("value") + 1, reason, f"{match['key']}={value}"
-                    )
-                )
+            report(match["key"], value, line, match.start("value") + 1)
 
 
 def _check_json_identifiers(ctx: ScanContext, path: str, text: str, result: PolicyResult) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import os
 import re
-from pathlib import PurePosixPath
 
 from policies.context import ScanContext
 from policies.rule import ALL_GATES, Gate, Policy, PolicyResult, Rule, Severity
@@ -68,7 +68,7 @@ def check(ctx: ScanContext) -> PolicyResult:
     result = PolicyResult()
     candidates = ctx.grep([VARIABLE])
     for path in ctx.files:
-        suffix = PurePosixPath(path).suffix.lower()
+        suffix = os.path.splitext(path)[1].lower()
         if suffix in _DOC_SUFFIXES:
             continue
         result.examined.append(path)
