@@ -84,7 +84,6 @@ class ScanContext:
     verify_provenance: Callable[[str], bool] | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # known file sizes (the selection already stat-ed them)
     _text: dict[str, str | None] = field(default_factory=dict, repr=False)
-    _ast: dict[str, ast.Module | None] = field(default_factory=dict, repr=False)
 
     @cached_property
     def environment(self) -> Environment:
@@ -123,14 +122,15 @@ class ScanContext:
         return self._text[relative]
 
     def python_ast(self, relative: str) -> ast.Module | None:
-        """Parsed Python source, or None when it does not parse (reported by the caller as skipped)."""
-        if relative not in self._ast:
-            source = self.text(relative)
-            try:
-                self._ast[relative] = ast.parse(source, filename=relative) if source is not None else None
-            except SyntaxError:
-                self._ast[relative] = None
-        return self._ast[relative]
+        """Parsed Python source, or None when it does not parse (reported by the caller as skipped). Not cached:
+        a thousand kept trees cost more in memory and garbage collection than the rare second parse."""
+        source = self.text(relative)
+        if source is None:
+            return None
+        try:
+            return ast.parse(source, filename=relative)
+        except (SyntaxError, ValueError):
+            return None
 
     def prefetch(self, patterns: Iterable[str], job: RipgrepJob | None = None) -> None:
         """The one ripgrep pass for every policy's patterns (a job the runner may have started before selecting

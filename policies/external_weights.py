@@ -160,8 +160,15 @@ _CODE_WORDS = (
     r"|transformers|\btimm\b|open_clip|diffusers|\bvllm\b|llama_cpp|mlx_lm|\boptimum\b|\bpeft\b|torchvision"
     r"|pickle|torch\.load|serialization\.load|joblib|\bdill\b|read_pickle|allow_pickle|Unpickler"
 )
-# A complete one-line `torch.load(..., weights_only=True)` needs no parse; anything else on the line still does.
-_SAFE_CALL = re.compile(r"torch\.load\((?:[^()]|\([^()]*\))*\bweights_only\s*=\s*True\b(?:[^()]|\([^()]*\))*\)")
+# Spans that are safe on their own line, so a file whose candidate lines hold nothing else needs no parse: a complete
+# `torch.load(..., weights_only=True)`, `pickle.dump(s)(`, a plain `import pickle|torch`, and (built per settings) a
+# one-line `from_pretrained("<allowed namespace or local path>")`.
+_ARGS = r"(?:[^()]|\([^()]*\))*"
+_SAFE_SPANS = re.compile(
+    rf"torch\.load\({_ARGS}\bweights_only\s*=\s*True\b{_ARGS}\)"
+    r"|\bpickle\.dumps?\(|^\s*import (?:pickle|torch)\s*(?:#.*)?$"
+)
+_FROM_IMPORT = re.compile(r"^\s*from\s+(transformers|peft|optimum)\s+import\s+\(?([\w\s,]+)\)?\s*(?:#.*)?$")
 _URL_WORDS = "|".join(re.escape(host) for host in HUB_HOSTS) + r"|https?://\S+\.(" + "|".join(WEIGHT_SUFFIXES) + ")"
 _KEY_WORDS = "|".join(IDENTIFIER_KEYS)
 _KEY_ANYWHERE = re.compile(_KEY_WORDS)
@@ -193,10 +200,10 @@ class _Resolver:
     """Static resolution of string values: literals, f-strings and `+` of resolvable parts, names assigned once in
     the module or the enclosing function, and keys of JSON/YAML files opened with a literal path."""
 
-    def __init__(self, ctx: ScanContext, tree: ast.Module) -> None:
+    def __init__(self, ctx: ScanContext, nodes: list[ast.AST]) -> None:
         self.ctx = ctx
         self.assignments: dict[str, list[ast.AST]] = {}
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.Assign):
                 for target in node.targets:
                     if isinstance(target, ast.Name):
@@ -280,10 +287,10 @@ def _dotted(node: ast.AST) -> str:
     return ""
 
 
-def _aliases(tree: ast.Module) -> dict[str, str]:
+def _aliases(nodes: list[ast.AST]) -> dict[str, str]:
     """Local name → the dotted path it was imported as (`pk` → `pickle`, `load` → `pickle.load`)."""
     aliases: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 aliases[alias.asname or alias.name.split(".")[0]] = (
@@ -322,7 +329,7 @@ def check(ctx: ScanContext) -> PolicyResult:
             continue
         lines = candidates[path]
         suffix = os.path.splitext(path)[1].lower()
-        if suffix == ".py" and any(code_words.search(_SAFE_CALL.sub("", line.text)) for line in lines):
+        if suffix == ".py" and _needs_parse(lines, code_words, ctx):
             _check_python(ctx, path, result)
         _check_urls(ctx, path, lines, result)
         is_config = suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or "/.env" in f"/{path}"
@@ -333,14 +340,38 @@ def check(ctx: ScanContext) -> PolicyResult:
 
 
 # --- EXT001, EXT004, EXT006: Python in context ------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _safe_loader(allowed: tuple[str, ...]) -> re.Pattern[str]:
+    prefixes = "|".join([*(re.escape(ns) + "/" for ns in allowed), r"\./", r"\.\./", "/"])
+    return re.compile(rf"""\.from_pretrained\(\s*(["'])(?:{prefixes})[^"'{{}}]*\1\s*[,)]""")
+
+
+def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContext) -> bool:
+    """Whether any candidate line still names a loader, foreign module or deserialiser once the spans that are
+    safe on their own are taken out (a multi-line or aliased use always leaves something behind)."""
+    safe_loader = _safe_loader(tuple(ctx.settings.external_weights.allowed_namespaces))
+    for line in lines:
+        text = safe_loader.sub("", _SAFE_SPANS.sub("", line.text))
+        imported = _FROM_IMPORT.match(text)
+        if imported and all(
+            name.strip() and not _FOREIGN_CLASS.match(name.strip()) and name.strip() != "pipeline"
+            for name in imported[2].split(",")
+        ):
+            continue  # e.g. `from transformers import AutoTokenizer`: no architecture, no loader by itself
+        if code_words.search(text):
+            return True
+    return False
+
+
 def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     tree = ctx.python_ast(path)
     if tree is None:
         result.skipped[path] = "Python that does not parse"
         return
     source = ctx.text(path) or ""
-    aliases = _aliases(tree)
-    resolver = _Resolver(ctx, tree)
+    nodes = list(ast.walk(tree))  # one walk; the three passes below iterate this list
+    aliases = _aliases(nodes)
+    resolver = _Resolver(ctx, nodes)
     extra_loaders = set(ctx.settings.external_weights.extra_loader_calls)
 
     def add(rule: Rule, node: ast.AST, message: str) -> None:
@@ -348,7 +379,7 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
         line, column = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
         result.findings.append(rule.finding(path, line, column, message, segment))
 
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import | ast.ImportFrom):
             _check_import(node, add)
         elif isinstance(node, ast.Call):
