@@ -123,15 +123,13 @@ def run_gate(
             early = None  # reported below, when the pass is made again
     sizes: dict[str, int] = {}
     selected, skipped = select_files(root, gate, files, settings, sizes)
-    from guards.provenance import provenance_verifier
-
     ctx = ScanContext(
         root=root,
         gate=gate,
         settings=settings,
         files=selected,
         environment_factory=environment_factory,
-        verify_provenance=provenance_verifier(root),
+        verify_provenance=_lazy_provenance_verifier(root),
         sizes=sizes,
     )
     rules = [rule for policy in ALL_POLICIES for rule in policy.rules if gate in rule.gates]
@@ -150,6 +148,21 @@ def run_gate(
         f"{w.rule} {w.selector} (owner {w.owner}) expired on {w.expires.isoformat()}" for w in waivers.expired
     ]
     return result
+
+
+def _lazy_provenance_verifier(root: Path) -> Callable[[str], bool]:
+    """Signature checks import cryptography; most runs find no weights file and never need it."""
+    verifier: Callable[[str], bool] | None = None
+
+    def verify(relative: str) -> bool:
+        nonlocal verifier
+        if verifier is None:
+            from guards.provenance import provenance_verifier
+
+            verifier = provenance_verifier(root)
+        return verifier(relative)
+
+    return verify
 
 
 def _run_policies(ctx: ScanContext, gate: Gate, waivers: Waivers, skipped: dict[str, str], result: GateResult) -> None:

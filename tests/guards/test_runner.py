@@ -1,7 +1,9 @@
 """The gate runner: waivers, fail-closed errors, bad settings, odd files, fingerprints, the project itself."""
 
 import os
+import shutil
 import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -161,3 +163,23 @@ def test_the_project_passes_its_own_guards() -> None:
     assert result.errors == []
     assert [f"{f.rule_id} {f.path}:{f.line} {f.message}" for f in result.findings] == []
     assert len(result.examined["external_weights"].files) > 50
+
+
+def test_the_commit_gate_does_not_import_torch_unless_model_files_are_staged(tmp_path: Path) -> None:
+    probe = (
+        "import sys; from pathlib import Path; from guards.runner import run_gate; from policies.rule import Gate; "
+        "r = run_gate(Path(sys.argv[1]), Gate.commit, sys.argv[2:]); "
+        "print('torch' in sys.modules, any(p.endswith('.moe.json') for p in r.examined['architecture'].files))"
+    )
+    write_tree(tmp_path, {"README.md": "hello\n", "oracle/moe850b/model.py": "x = 1\n"})
+    shutil.copytree(ROOT / "oracle" / "moe850b" / "configs", tmp_path / "oracle" / "moe850b" / "configs")
+
+    def run(*files: str) -> str:
+        completed = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path), *files], capture_output=True, text=True, check=True
+        )
+        return completed.stdout.strip()
+
+    assert run("README.md") == "False False"  # no torch, the model not built
+    # a model file staged: the model is built (here by the checkout's own code, in a subprocess)
+    assert run("oracle/moe850b/model.py") == "False True"
