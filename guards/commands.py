@@ -60,6 +60,8 @@ def run_command(
         selected_gate = Gate(gate)
     except ValueError as exc:
         raise _fail(f"--gate {gate!r} is not one of: commit, ci, publish, submit") from exc
+    if attest and (files or selected_gate is not Gate.ci):
+        raise _fail("--attest attests the whole tree: use it with --gate ci and no FILES")
     base = _root(root)
     try:
         result = run_and_record(base, selected_gate, files or None)

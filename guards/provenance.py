@@ -59,6 +59,8 @@ def verify_provenance(directory: Path, root: Path) -> dict[str, Any]:
     if body != canonical_json(record):
         raise ProvenanceError(f"{path}: the payload is not in canonical form")
     public_keys = keys.load_public_keys(root)
+    if not isinstance(signatures, list):
+        raise ProvenanceError(f"{path}: `signatures` is not a list")
     signed = [s for s in signatures if isinstance(s, dict)]
     if not signed:
         raise ProvenanceError(f"{path} is unsigned; provenance must be signed by a key in policies/keys/")

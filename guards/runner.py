@@ -75,11 +75,11 @@ def select_files(
             skipped[relative] = "not a regular file"
         elif relative.startswith("../") or "/../" in relative:
             skipped[relative] = "outside the root"
-        elif info.st_size > limit:
-            skipped[relative] = f"larger than scan.max_file_bytes ({limit} bytes)"
         elif not os.access(location, os.R_OK):
             skipped[relative] = "unreadable (permission denied)"
         else:
+            if info.st_size > limit:  # still selected: weight sniffing reads its first bytes, nothing reads its text
+                skipped[relative] = f"larger than scan.max_file_bytes ({limit} bytes): only its first bytes were read"
             selected.append(relative)
             if sizes is not None:
                 sizes[relative] = info.st_size

@@ -73,8 +73,10 @@ def verify_submission(record_path: Path, digest: str, root: Path) -> SubmissionR
     head = git.head_commit(root)
     if record.commit != head:
         raise SubmissionError(f"the job runs commit {head[:12]}, but it was submitted for {record.commit[:12]}")
+    from policies.settings import load_settings
+
     try:
-        attestation = verify_attestation(root)
+        attestation = verify_attestation(root, require_signature=load_settings(root).attestation.require_signature)
     except AttestationError as exc:
         raise SubmissionError(f"the submitted commit's attestation does not verify: {exc}") from exc
     if attestation.digest != record.attestation_digest:

@@ -12,7 +12,6 @@ an error that names the file, line and key.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -80,10 +79,10 @@ class Waivers:
 
 
 def _glob_match(path: str, pattern: str) -> bool:
-    """fnmatch with `**` spanning directories and a trailing `/**` covering everything below."""
+    """Globs relative to the root: `*` and `?` stay within one directory, `**` spans directories."""
     regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
     regex = regex.replace(r"\?", "[^/]")
-    return re.fullmatch(regex, path) is not None or fnmatch.fnmatchcase(path, pattern)
+    return re.fullmatch(regex, path) is not None
 
 
 def load_waivers(root: Path, *, today: date | None = None) -> Waivers:

@@ -109,6 +109,9 @@ def check(ctx: ScanContext) -> PolicyResult:
 
     config_rel = f"{CONFIG_DIR}/{settings.flagship}.moe.json"
     if not (ctx.root / config_rel).exists():
+        if (ctx.root / "policies" / "policies.toml").exists():  # the checkout declares an architecture: it needs one
+            message = f"the flagship config {config_rel} is missing"
+            result.findings.append(INVALID_CONFIG.finding(config_rel, 0, 0, message, "missing"))
         return result
     if ctx.gate is Gate.commit:
         watched = (*model_dirs, CONFIG_DIR + "/", "policies/policies.toml", *settings.consistency_files.values())
@@ -238,9 +241,11 @@ def _check_cross_files(ctx: ScanContext, config: dict[str, object], result: Poli
             result.skipped[relative] = f"{role} file not present"
             continue
         result.examined.append(relative)
+        import yaml
+
         try:
             data = _load_structured(path)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, yaml.YAMLError) as exc:
             result.findings.append(
                 CROSS_FILE_MISMATCH.finding(relative, 0, 0, f"cannot read the {role} file: {exc}", "x")
             )

@@ -170,7 +170,9 @@ class RipgrepJob:
         for pattern in patterns:
             args += ["-e", pattern]
         walk = files is None or len(files) > _RG_ARGV_LIMIT
-        runs = [[*args, "--no-require-git", "-g", "!.git", "--", "."]] if walk else []
+        # Only git's ignore rules may hide a file (they decide what is tracked); a committed .ignore/.rgignore must not.
+        only_git = ["--no-require-git", "--no-ignore-dot", "--no-ignore-global", "--no-ignore-parent"]
+        runs = [[*args, *only_git, "-g", "!.git", "--", "."]] if walk else []
         explicit = list(also) if walk else [*(files or []), *also]
         for start in range(0, len(explicit), _RG_ARGV_LIMIT):
             runs.append([*args, "--no-ignore", "--", *explicit[start : start + _RG_ARGV_LIMIT]])
@@ -187,8 +189,10 @@ class RipgrepJob:
                 out, err = process.communicate()
                 if process.returncode not in (0, 1):  # 1 means no match
                     raise ScanError(f"ripgrep failed ({process.returncode}): {err.decode(errors='replace')[:300]}")
-                for raw in out.decode("utf-8", "replace").splitlines():
-                    path, _, rest = raw.partition("\0")
+                for raw_bytes in out.split(b"\n"):  # not splitlines(): \r, \x0c or U+2028 may be inside a line
+                    if not raw_bytes:
+                        continue
+                    path, _, rest = raw_bytes.decode("utf-8", "replace").partition("\0")
                     number, column, text = rest.split(":", 2)
                     line = Line(int(number), int(column), text)
                     lines = self._lines.setdefault(path.removeprefix("./"), [])

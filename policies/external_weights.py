@@ -125,7 +125,7 @@ FOREIGN_MODULES = (
 )
 _FOREIGN_CLASS = re.compile(
     r"^(Auto\w*Model\w*|AutoModel\w*|\w+(ForCausalLM|ForConditionalGeneration|ForSequenceClassification|ForMaskedLM"
-    r"|ForQuestionAnswering|ForTokenClassification|LMHeadModel|PreTrainedModel|ForImageClassification))$"
+    r"|ForQuestionAnswering|ForTokenClassification|LMHeadModel|PreTrainedModel|ForImageClassification|Model))$"
 )
 FOREIGN_FAMILIES = (
     "llama", "codellama", "mistral", "mixtral", "gpt", "gptj", "gpt-j", "gpt-neo", "gpt-neox", "falcon", "bloom", "opt",
@@ -158,7 +158,8 @@ _CODE_WORDS = (
     r"from_pretrained|hf_hub_download|snapshot_download|hf_hub_url|cached_download|load_state_dict_from_url"
     r"|download_url_to_file|SentenceTransformer|hub\.(load|help|list)"
     r"|transformers|\btimm\b|open_clip|diffusers|\bvllm\b|llama_cpp|mlx_lm|\boptimum\b|\bpeft\b|torchvision"
-    r"|pickle|torch\.load|serialization\.load|joblib|\bdill\b|read_pickle|allow_pickle|Unpickler"
+    r"|pickle|torch\.load|serialization\.load|from torch import|import torch as|joblib|\bdill\b|read_pickle"
+    r"|allow_pickle|Unpickler"
 )
 # Spans that are safe on their own line, so a file whose candidate lines hold nothing else needs no parse: a complete
 # `torch.load(..., weights_only=True)`, `pickle.dump(s)(`, a plain `import pickle|torch`, and (built per settings) a
@@ -192,6 +193,9 @@ def _namespace_ok(value: str, ctx: ScanContext) -> bool:
     value = value.strip()
     if value.startswith(("/", "./", "../", "~")):
         return True
+    first = value.split("/", 1)[0]
+    if "/" in value and first and (ctx.root / first).is_dir():  # "checkpoints/step-1000": a folder of this tree
+        return True
     org = value.split("/", 1)[0] if "/" in value else ""
     return org in ctx.settings.external_weights.allowed_namespaces
 
@@ -214,6 +218,22 @@ class _Resolver:
                 for item in node.items:
                     if isinstance(item.optional_vars, ast.Name):
                         self.assignments.setdefault(item.optional_vars.id, []).append(item.context_expr)
+        # Names also bound as parameters, loop or comprehension targets, walrus, unpacking or augmented assignment
+        # take values we cannot see: never resolve them from another binding of the same name.
+        self.unresolvable: set[str] = set()
+        for node in nodes:
+            if isinstance(node, ast.arg):
+                self.unresolvable.add(node.arg)
+            elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+                self.unresolvable |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+            elif isinstance(node, ast.NamedExpr | ast.AugAssign) and isinstance(node.target, ast.Name):
+                self.unresolvable.add(node.target.id)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Tuple | ast.List | ast.Starred):
+                        self.unresolvable |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+            elif isinstance(node, ast.Global | ast.Nonlocal):
+                self.unresolvable |= set(node.names)
 
     def value(self, node: ast.AST | None, depth: int = 0) -> object | None:
         if node is None or depth > 8:
@@ -227,6 +247,8 @@ class _Resolver:
             left, right = self.value(node.left, depth + 1), self.value(node.right, depth + 1)
             return left + right if isinstance(left, str) and isinstance(right, str) else None
         if isinstance(node, ast.Name):
+            if node.id in self.unresolvable:
+                return None
             values = self.assignments.get(node.id, [])
             resolved = {repr(self.value(v, depth + 1)) for v in values}
             return self.value(values[0], depth + 1) if len(values) >= 1 and len(resolved) == 1 else None
@@ -353,10 +375,8 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
     for line in lines:
         text = safe_loader.sub("", _SAFE_SPANS.sub("", line.text))
         imported = _FROM_IMPORT.match(text)
-        if imported and all(
-            name.strip() and not _FOREIGN_CLASS.match(name.strip()) and name.strip() != "pipeline"
-            for name in imported[2].split(",")
-        ):
+        names = [part.split()[0] for part in imported[2].split(",") if part.split()] if imported else []
+        if imported and names and all(not _FOREIGN_CLASS.match(name) and name != "pipeline" for name in names):
             continue  # e.g. `from transformers import AutoTokenizer`: no architecture, no loader by itself
         if code_words.search(text):
             return True
@@ -385,6 +405,8 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
         elif isinstance(node, ast.Call):
             name = _qualified(node.func, aliases)
             short = name.rsplit(".", 1)[-1]
+            if name.split(".")[0] in {"transformers", "peft", "optimum"} and _FOREIGN_CLASS.match(short):
+                add(FOREIGN_ARCHITECTURE, node, f"uses {name}, a foreign model class")
             _check_unsafe_load(node, name, add)
             _check_loader_call(ctx, node, name, short, resolver, extra_loaders, add)
 
@@ -415,6 +437,7 @@ def _check_unsafe_load(node: ast.Call, name: str, add: object) -> None:
         if _truthy_keyword(node, "weights_only") is not True:
             add(UNSAFE_DESERIALISATION, node, f"{name}() without weights_only=True unpickles arbitrary code")
     elif name in {"pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads", "_pickle.load",
+                  "_pickle.loads", "_pickle.Unpickler",
                   "dill.load", "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load",
                   "pandas.read_pickle", "pd.read_pickle"}:  # fmt: skip
         add(UNSAFE_DESERIALISATION, node, f"{name}() deserialises with pickle, which runs code from the file")
@@ -492,6 +515,8 @@ def _foreign_url(url: str, ctx: ScanContext) -> str | None:
     if any(host == hub or (host + "/" + "/".join(segments)).startswith(hub) for hub in HUB_HOSTS):
         if host in {"kaggle.com"} and segments[:1] != ["models"]:
             return None
+        if host == "download.pytorch.org" and segments[:1] == ["whl"]:
+            return None  # PyTorch's package index (--extra-index-url), not weights
         return "link to a model hub"
     last = segments[-1].lower() if segments else ""
     if any(last.endswith("." + suffix) for suffix in WEIGHT_SUFFIXES):
@@ -581,7 +606,10 @@ def _foreign_identifier(key: str, value: str, ctx: ScanContext) -> str | None:
         return None
     if _namespace_ok(value, ctx):
         return None
-    family = family_of(value, tuple(ctx.settings.external_weights.extra_forbidden_names))
+    extra = tuple(ctx.settings.external_weights.extra_forbidden_names)
+    family = family_of(value, extra)
+    if family is None and key in {"architectures", "model_type"}:  # "LlamaForCausalLM", "MistralModel"
+        family = family_of(re.sub(r"(For[A-Z]\w*|LMHeadModel|Model)$", "", value), extra)
     if family:
         return f"{key} names {value!r}, a {family} model (foreign)"
     if "/" in value and key not in {"model_type", "architectures"} and not value.startswith(("http", ".")):

@@ -46,10 +46,13 @@ UNGUARDED_ENTRY_POINT = Rule(
 )
 RULES = (LOCAL_TRAIN_ENABLED, UNGUARDED_ENTRY_POINT)
 
-# An assignment of the variable: `X=v`, `export X=v`, `X := v`, `X ?= v`, `X: v`, `"X": "v"`, `ENV X v`; not `$X`.
-_ASSIGNMENT = re.compile(rf"""(?<![$\w{{])["']?{VARIABLE}["']?(?:\s*(?::=|\?=|=|:)|\s+(?=\S))\s*(?P<value>.*)$""")
-_K8S_NAME = re.compile(rf"""^\s*-?\s*name:\s*["']?{VARIABLE}["']?\s*$""")
-_K8S_VALUE = re.compile(r"""^\s*value:\s*(?P<value>.*)$""")
+# An assignment of the variable: `X=v`, `export X=v`, `X := v`, `X ?= v`, `X: v`, `"X": "v"`, `{X = v}`; not `$X`.
+_ASSIGNMENT = re.compile(rf"""(?<![$\w])(?<!\$\{{)["']?{VARIABLE}["']?\s*(?::=|\?=|=|:)\s*(?P<value>.*)$""")
+_DOCKER_ENV = re.compile(rf"""^\s*ENV\s+{VARIABLE}\s+(?P<value>.*)$""")  # Dockerfile `ENV X v`
+_SHELL_DEFAULT = re.compile(rf"""\$\{{{VARIABLE}:?[=-](?P<value>[^}}]*)\}}""")  # ${X:=v} / ${X:-v}
+# A name/value pair (Kubernetes env lists, in YAML or JSON): on one line, or value within three lines of the name.
+_PAIR_NAME = re.compile(rf"""["']?\bname["']?\s*:\s*["']{VARIABLE}["']|^\s*-?\s*name:\s*{VARIABLE}\b""")
+_PAIR_VALUE = re.compile(r"""["']?value["']?\s*:\s*(?P<value>"[^"]*"|'[^']*'|[^,}\s]+)""")
 
 
 def _normalise(value: str) -> str:
@@ -89,15 +92,29 @@ def _check_text(ctx: ScanContext, path: str, result: PolicyResult) -> None:
         stripped = line.strip()
         if stripped.startswith(("#", "//")) or VARIABLE not in line:
             continue
-        if _K8S_NAME.match(line):
-            for following in lines[index + 1 : index + 4]:
-                if match := _K8S_VALUE.match(following):
-                    _report_value(path, index + 1, line.index(VARIABLE) + 1, _normalise(match["value"]), line, result)
+        if _PAIR_NAME.search(line):
+            for candidate in lines[index : index + 4]:  # the value on the same line or one of the next three
+                if value := _PAIR_VALUE.search(candidate.split(VARIABLE, 1)[-1] if candidate is line else candidate):
+                    _report_value(path, index + 1, line.index(VARIABLE) + 1, _normalise(value["value"]), line, result)
                     break
             continue
-        match = _ASSIGNMENT.search(line)
-        if match:
-            _report_value(path, index + 1, match.start() + 1, _normalise(match["value"]), line, result)
+        if _PAIR_VALUE.search(line) and any(
+            _PAIR_NAME.search(previous) for previous in lines[max(0, index - 3) : index]
+        ):
+            continue  # reported with its name
+        code = line.split(" #", 1)[0]  # a trailing comment is prose
+        for pattern in (_SHELL_DEFAULT, _DOCKER_ENV, _ASSIGNMENT):
+            if match := pattern.search(code):
+                _report_value(path, index + 1, match.start() + 1, _normalise(match["value"]), line, result)
+                break
+    # `value:` written before `name:` in a YAML env entry
+    for index, line in enumerate(lines[:-1]):
+        value = _PAIR_VALUE.search(line)
+        following = lines[index + 1]
+        if value is None or not _PAIR_NAME.search(following) or _PAIR_VALUE.search(following):
+            continue
+        if not any(_PAIR_VALUE.search(later) for later in lines[index + 2 : index + 4]):
+            _report_value(path, index + 2, 1, _normalise(value["value"]), following, result)
 
 
 def _report_value(path: str, line: int, column: int, value: str, source: str, result: PolicyResult) -> None:
@@ -137,19 +154,35 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
             )
         )
 
+    # Names bound to the variable's name (`VAR = "ALLOW_LOCAL_TRAIN"; os.environ[VAR] = "1"`)
+    aliases = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and _constant(node.value) == VARIABLE
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+    def name_of(node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Name) and node.id in aliases:
+            return VARIABLE
+        return _constant(node)
+
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AugAssign):  # os.environ["ALLOW_LOCAL_TRAIN"] = ...
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
-                if isinstance(target, ast.Subscript) and _constant(target.slice) == VARIABLE:
+                if isinstance(target, ast.Subscript) and name_of(target.slice) == VARIABLE:
                     report(node, node.value)
         elif isinstance(node, ast.Dict):  # {"ALLOW_LOCAL_TRAIN": ...} as an environment mapping
             for key, value in zip(node.keys, node.values, strict=True):
-                if _constant(key) == VARIABLE:
+                if name_of(key) == VARIABLE:
                     report(node, value)
         elif isinstance(node, ast.Call):
-            # setdefault / putenv / setenv("ALLOW_LOCAL_TRAIN", value), and f(ALLOW_LOCAL_TRAIN=value)
-            if len(node.args) >= 2 and _constant(node.args[0]) == VARIABLE:
+            # setdefault / putenv / setenv("ALLOW_LOCAL_TRAIN", value), and f(ALLOW_LOCAL_TRAIN=value); not reads
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            reads = called in {"get", "getenv", "pop", "getboolean", "environ_get"}
+            if len(node.args) >= 2 and name_of(node.args[0]) == VARIABLE and not reads:
                 report(node, node.args[1])
             for keyword in node.keywords:
                 if keyword.arg == VARIABLE:
@@ -203,6 +236,10 @@ def _check_entry_points(ctx: ScanContext, result: PolicyResult) -> None:
                 entry_nodes.append(("the __main__ block", node))
         # A __main__ block that calls a guarded main() goes through the check too.
         guarded = {label.removesuffix("()") for label, entry in entry_nodes if _calls(entry, check_name)}
+        defined = {label.removesuffix("()") for label, _ in entry_nodes}
+        for missing in sorted(explicit.get(path, set()) - defined):  # renamed away: the declaration guards nothing
+            message = f"declared training entry point {missing}() is not defined in {path}; update policies.toml"
+            result.findings.append(UNGUARDED_ENTRY_POINT.finding(path, 0, 0, message, f"missing {missing}"))
         for label, entry in entry_nodes:
             if not _calls(entry, check_name) and not any(_calls(entry, name) for name in guarded):
                 result.findings.append(

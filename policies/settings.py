@@ -46,7 +46,7 @@ class LocalTrainSettings(_Section):
     allow_override: bool = Field(default=False, description="May ALLOW_LOCAL_TRAIN=true override the runtime check")
     runtime_check: str = Field(default="require_training_allowed", description="Function every entry point calls")
     entry_points: list[str] = Field(
-        default_factory=lambda: ["oracle/cli.py:train_command"], description="path:function of training entry points"
+        default_factory=list, description="path:function of training entry points (each must exist and be guarded)"
     )
     train_packages: list[str] = Field(default_factory=lambda: ["oracle/train"])
 

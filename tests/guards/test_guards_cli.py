@@ -134,3 +134,10 @@ def test_audit_verify_detects_an_edited_entry(tmp_path: Path) -> None:
     tampered = runner.invoke(app, ["guards", "audit", "verify", "--root", str(tmp_path)])
     assert tampered.exit_code == 1
     assert "line 1" in tampered.stderr
+
+
+def test_attest_refuses_a_partial_run(tmp_path: Path) -> None:
+    _repo(tmp_path, {"a.py": "x = 1\n"})
+    result = runner.invoke(app, ["guards", "run", "--root", str(tmp_path), "--attest", "a.py"])
+    assert result.exit_code == 2
+    assert "whole tree" in result.stderr

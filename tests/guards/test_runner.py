@@ -183,3 +183,20 @@ def test_the_commit_gate_does_not_import_torch_unless_model_files_are_staged(tmp
     assert run("README.md") == "False False"  # no torch, the model not built
     # a model file staged: the model is built (here by the checkout's own code, in a subprocess)
     assert run("oracle/moe850b/model.py") == "False True"
+
+
+def test_a_weights_file_over_the_size_limit_is_still_recognised(tmp_path: Path) -> None:
+    header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    weights = len(header).to_bytes(8, "little") + header + b"\0" * 5000
+    write_tree(tmp_path, {"policies/policies.toml": "[scan]\nmax_file_bytes = 1000\n", "model.safetensors": weights})
+    result = _run(tmp_path)
+    assert [f.path for f in result.findings if f.rule_id == "EXT005"] == ["model.safetensors"]  # type: ignore[attr-defined]
+
+
+def test_a_committed_ignore_file_does_not_hide_files_from_the_ci_gate(tmp_path: Path) -> None:
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    write_tree(tmp_path, {"load.py": BAD, ".ignore": "load.py\n", ".rgignore": "load.py\n"})
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    assert ids(_run(tmp_path), "EXT001") == ["EXT001"]  # type: ignore[arg-type]

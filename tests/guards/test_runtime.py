@@ -105,3 +105,11 @@ def test_a_record_naming_another_attestation_is_refused(attested: Path) -> None:
     attestation.write_text(attestation.read_text() + "\n")  # same statement, other bytes: another digest
     with pytest.raises(TrainingRefusedError, match="not the one the submission names"):
         require_training_allowed(attested, env)
+
+
+def test_an_unsigned_attestation_is_refused_when_signatures_are_required(attested: Path) -> None:
+    (attested / "policies" / "policies.toml").write_text("[attestation]\nrequire_signature = true\n")
+    _commit_all(attested, "require signatures")
+    write_attestation(attested, GateResult(gate=Gate.ci, root=str(attested), rules=[]), None)
+    with pytest.raises(TrainingRefusedError, match="attestation does not verify.*unsigned"):
+        require_training_allowed(attested, _submitted(attested))

@@ -109,3 +109,8 @@ def test_model_code_importing_a_foreign_package_is_found(checkout: Path) -> None
         "model code imports transformers.activations, which is not among the declared model packages"
     ]
     assert "the model cannot be built" in only(result, "ARCH003")[0].message  # it does not even import
+
+
+def test_a_missing_flagship_config_is_found(checkout: Path) -> None:
+    (checkout / FLAGSHIP).unlink()
+    assert _arch(checkout) == ["ARCH001"]

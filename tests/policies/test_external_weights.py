@@ -228,3 +228,37 @@ def test_near_misses_of_deserialisation_are_not_found(scan: Scan, source: str) -
 def test_a_rules_own_definition_never_triggers_it(scan: Scan) -> None:
     definition = (Path(__file__).resolve().parents[2] / "policies" / "external_weights.py").read_text()
     assert ids(scan({"policies/external_weights.py": definition}), "EXT") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "rule"),
+    [
+        (
+            "src/a.py",
+            "def load(model_id):\n    return AutoTokenizer.from_pretrained(model_id)\n\nmodel_id = 'oracle-ai/x'\n",
+            "EXT001",
+        ),
+        (
+            "src/b.py",
+            'for repo in ["meta-llama/Llama-2-7b-hf"]:\n    Model.from_pretrained(repo)\nrepo = "oracle-ai/x"\n',
+            "EXT001",
+        ),
+        ("src/c.py", "from transformers import LlamaModel, BertModel\n", "EXT004"),
+        ("src/d.py", "from transformers import LlamaForCausalLM as Model\n", "EXT004"),
+        ("src/e.py", "import transformers\nmodel = transformers.LlamaForCausalLM(config)\n", "EXT004"),
+        ("src/f.py", "import torch as T\nstate = T.load(path)\n", "EXT006"),
+        ("src/g.py", "import _pickle\nobj = _pickle.loads(blob)\n", "EXT006"),
+        ("configs/hf.json", '{"architectures": ["LlamaForCausalLM"]}\n', "EXT003"),
+    ],
+)
+def test_evasions_found_in_review_are_caught(scan: Scan, path: str, content: str, rule: str) -> None:
+    assert rule in ids(scan({path: content}))
+
+
+def test_package_index_urls_and_local_checkpoint_folders_are_not_foreign(scan: Scan) -> None:
+    files: dict[str, str | bytes] = {
+        "requirements.txt": "--extra-index-url https://download.pytorch.org/whl/cu121\n",
+        "checkpoints/step-1000/.keep": "",
+        "src/load.py": 'm = Model.from_pretrained("checkpoints/step-1000")\n',
+    }
+    assert ids(scan(files), "EXT") == []

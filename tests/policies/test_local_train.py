@@ -60,8 +60,51 @@ def test_entry_point_that_calls_the_runtime_check_passes(scan: Scan) -> None:
 
 
 def test_configured_cli_entry_point_is_checked(scan: Scan) -> None:
+    settings = '[local_train]\nentry_points = ["oracle/cli.py:train_command"]\n'
     source = "def train_command(config: str) -> None:\n    run(config)\n\n\ndef params_command() -> None:\n    pass\n"
-    findings = only(scan({"oracle/cli.py": source}), "LTR002")
+    findings = only(scan({"policies/policies.toml": settings, "oracle/cli.py": source}), "LTR002")
     assert [f.message for f in findings] == [
         "training entry point train_command() does not call require_training_allowed()"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("deploy/job.json", '{"env": [{"name": "ALLOW_LOCAL_TRAIN", "value": "true"}]}\n'),
+        (
+            "deploy/pod.json",
+            '{\n  "env": [\n    {\n      "name": "ALLOW_LOCAL_TRAIN",\n      "value": "1"\n    }\n  ]\n}\n',
+        ),
+        ("infra/env.toml", 'env = {ALLOW_LOCAL_TRAIN = "true"}\n'),
+        ("deploy/reversed.yaml", 'env:\n  - value: "true"\n    name: ALLOW_LOCAL_TRAIN\n'),
+        ("scripts/default.sh", ': "${ALLOW_LOCAL_TRAIN:=true}"\n'),
+        ("tools/alias.py", 'import os\nVAR = "ALLOW_LOCAL_TRAIN"\nos.environ[VAR] = "true"\n'),
+    ],
+)
+def test_less_common_ways_of_setting_it_are_found_too(scan: Scan, path: str, content: str) -> None:
+    assert ids(scan({path: content}), "LTR") == ["LTR001"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        (
+            "tools/read.py",
+            'import os\nflag = os.getenv("ALLOW_LOCAL_TRAIN", "0")\nother = os.environ.get("ALLOW_LOCAL_TRAIN", "")\n',
+        ),
+        ("scripts/say.sh", 'echo "ALLOW_LOCAL_TRAIN must stay false"\nunset ALLOW_LOCAL_TRAIN SLURM_JOB_ID\n'),
+        ("scripts/trail.sh", "make test  # ALLOW_LOCAL_TRAIN is never set here\n"),
+    ],
+)
+def test_reads_and_prose_are_not_settings(scan: Scan, path: str, content: str) -> None:
+    assert ids(scan({path: content}), "LTR") == []
+
+
+def test_a_declared_entry_point_that_was_renamed_away_is_found(scan: Scan) -> None:
+    settings = '[local_train]\nentry_points = ["oracle/cli.py:train_command"]\n'
+    source = "def train_cmd(config: str) -> None:\n    run(config)\n"
+    findings = only(scan({"policies/policies.toml": settings, "oracle/cli.py": source}), "LTR002")
+    assert [f.message for f in findings] == [
+        "declared training entry point train_command() is not defined in oracle/cli.py; update policies.toml"
     ]
