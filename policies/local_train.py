@@ -9,7 +9,6 @@ start only inside a job submitted by `oracle submit`.
 from __future__ import annotations
 
 import ast
-import fnmatch
 import os
 import re
 
@@ -109,8 +108,10 @@ def _check_text(ctx: ScanContext, path: str, result: PolicyResult) -> None:
                 break
     # `value:` written before `name:` in a YAML env entry
     for index, line in enumerate(lines[:-1]):
-        value = _PAIR_VALUE.search(line)
         following = lines[index + 1]
+        if VARIABLE not in following:
+            continue
+        value = _PAIR_VALUE.search(line)
         if value is None or not _PAIR_NAME.search(following) or _PAIR_VALUE.search(following):
             continue
         if not any(_PAIR_VALUE.search(later) for later in lines[index + 2 : index + 4]):
@@ -206,15 +207,8 @@ def _check_entry_points(ctx: ScanContext, result: PolicyResult) -> None:
     for spec in settings.entry_points:
         path, _, function = spec.partition(":")
         explicit.setdefault(path, set()).add(function)
-    relevant = [
-        path
-        for path in ctx.files
-        if path.endswith(".py")
-        and (
-            path in explicit
-            or any(fnmatch.fnmatch(path, f"{package.rstrip('/')}/*") for package in settings.train_packages)
-        )
-    ]
+    packages = tuple(f"{package.rstrip('/')}/" for package in settings.train_packages)
+    relevant = [path for path in ctx.files if path.endswith(".py") and (path in explicit or path.startswith(packages))]
     if ctx.gate is Gate.commit and not relevant:
         return
     for path in relevant:
