@@ -111,5 +111,5 @@ def test_an_unsigned_attestation_is_refused_when_signatures_are_required(atteste
     (attested / "policies" / "policies.toml").write_text("[attestation]\nrequire_signature = true\n")
     _commit_all(attested, "require signatures")
     write_attestation(attested, GateResult(gate=Gate.ci, root=str(attested), rules=[]), None)
-    with pytest.raises(TrainingRefusedError, match="attestation does not verify.*unsigned"):
+    with pytest.raises(TrainingRefusedError, match=r"attestation does not verify.*unsigned"):
         require_training_allowed(attested, _submitted(attested))
