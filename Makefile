@@ -42,7 +42,7 @@ bench: venv
 lock: venv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --no-emit-find-links -o requirements.lock
-	$(VENV)/bin/python -m policies.lockfile stamp requirements.lock pyproject.toml dev
+	$(VENV)/bin/python -c 'from policies.lockfile import stamp_lock; from pathlib import Path; stamp_lock(Path("requirements.lock"), Path("pyproject.toml"), ["dev"])'
 
 clean:
 	rm -rf $(VENV) .nox .mypy_cache .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -46,6 +47,8 @@ def _root() -> None:
 
 
 app.add_typer(guards_app, name="guards")
+tokenizer_app = typer.Typer(help="The Oracle tokenizer: byte-level BPE.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 
 
 @app.command("params")
@@ -97,6 +100,62 @@ def params_command(
             raise typer.Exit(EXIT_BLOCKED)
         if output_format is OutputFormat.text:
             stdout.print(f"declared parameter counts match the code for {len(counts)} config(s): {', '.join(names)}")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train_command(
+    inputs: Annotated[
+        list[Path], typer.Option("--input", help="Text, JSONL(.gz), WebDataset .tar shards, or directories of them.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for tokenizer.json, tokenizer_config.json, ...")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Must equal the model config's vocab_size.")] = 65536,
+    config: Annotated[
+        str, typer.Option("--config", help="The model config whose vocabulary it serves.")
+    ] = "oracle850b",
+    min_frequency: Annotated[int, typer.Option("--min-frequency", min=1)] = 2,
+    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.text,
+) -> None:
+    """Train the byte-level BPE tokenizer and save it (loads with tokenizers and transformers).
+
+    Example: oracle tokenizer train --input data/out --vocab-size 65536 --out tokenizer/
+    """
+    from oracle.moe850b.config import ConfigError, load_config
+    from oracle.tokenization.corpus import CorpusError
+    from oracle.tokenization.tokenizer import TokenizerError, save_tokenizer, train_tokenizer
+
+    try:
+        model = load_config(config)
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+    if vocab_size != model.vocab_size:
+        raise fail(
+            f"--vocab-size {vocab_size} differs from {model.name}'s vocab_size {model.vocab_size}; "
+            f"use {model.vocab_size}"
+        )
+    try:
+        tokenizer, report = train_tokenizer(inputs, vocab_size, min_frequency=min_frequency)
+        save_tokenizer(tokenizer, out, context_length=model.context_length)
+    except (CorpusError, TokenizerError, UnicodeDecodeError) as exc:
+        raise fail(str(exc)) from exc
+    megabytes = report.bytes / 1e6
+    summary = {
+        "out": str(out),
+        "documents": report.documents,
+        "megabytes": round(megabytes, 3),
+        "seconds": round(report.seconds, 3),
+        "mb_per_second": round(megabytes / report.seconds, 3) if report.seconds else None,
+        "learned_tokens": report.learned_tokens,
+        "vocab_size": report.vocab_size,
+    }
+    if output_format is OutputFormat.json:
+        stdout.print_json(json.dumps(summary))
+    else:
+        stdout.print(
+            f"trained on {report.documents} documents ({megabytes:.2f} MB) in {report.seconds:.2f} s; "
+            f"{report.learned_tokens} learned tokens, padded to {report.vocab_size} with reserved tokens; "
+            f"saved to {out}",
+            highlight=False,
+        )
 
 
 def _print_param_table(count: object) -> None:

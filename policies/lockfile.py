@@ -4,7 +4,7 @@
 (`project.dependencies`, the locked extras and `requires-python`); the venv policy recomputes the digest, so a lock
 that is older than its input is found whatever the file times say.
 
-Usage: python -m policies.lockfile stamp requirements.lock pyproject.toml dev
+`make lock` calls stamp_lock() after compiling.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -94,8 +93,3 @@ def stamp_lock(lock: Path, pyproject: Path, extras: list[str]) -> None:
         handle.write("\n".join(lines) + "\n")
     os.replace(tmp, lock)
 
-
-if __name__ == "__main__":
-    if len(sys.argv) < 4 or sys.argv[1] != "stamp":
-        sys.exit("usage: python -m policies.lockfile stamp LOCK PYPROJECT [EXTRA...]")
-    stamp_lock(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
