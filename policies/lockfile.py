@@ -92,4 +92,3 @@ def stamp_lock(lock: Path, pyproject: Path, extras: list[str]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     os.replace(tmp, lock)
-
