@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import git, keys, paths
 from guards.result import GateResult
+from oracle.atomic_write import write_atomically
 from policies.rule import Gate
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -176,19 +174,8 @@ def envelope(
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    # a reader (publish, submit) must never see half an attestation: write beside it, then rename over it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    # a reader (publish, submit) must never see half an attestation
+    write_atomically(path, data)
 
 
 def _dirty_tree_error(dirty: list[str], action: str) -> AttestationError:

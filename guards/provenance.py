@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import keys
 from guards.attestation import canonical_json, envelope, file_digest, pae
+from oracle.atomic_write import write_atomically
 
 PROVENANCE_FILE = "provenance.json"
 PAYLOAD_TYPE = "application/vnd.oracle.provenance+json"
@@ -35,10 +36,7 @@ def write_provenance(
     record = {"files": {name: file_digest(directory / name) for name in sorted(weights)}, **facts}
     path = directory / PROVENANCE_FILE
     data = json.dumps(envelope(record, signing_key, payload_type=PAYLOAD_TYPE), indent=2).encode() + b"\n"
-    tmp = path.with_name(f".{PROVENANCE_FILE}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
+    return write_atomically(path, data)
 
 
 def verify_provenance(directory: Path, root: Path) -> dict[str, Any]:

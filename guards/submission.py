@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from oracle.atomic_write import write_atomically
 
 DIGEST_ENV = "ORACLE_SUBMISSION_DIGEST"
 RECORD_ENV = "ORACLE_SUBMISSION_RECORD"
@@ -41,11 +41,7 @@ class SubmissionRecord(BaseModel):
 def write_submission_record(path: Path, record: SubmissionRecord) -> str:
     """Write the record atomically; returns its digest (sha256 of the bytes written)."""
     data = (json.dumps(record.model_dump(), indent=2, sort_keys=True) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    write_atomically(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from oracle.atomic_write import write_atomically
 
 STAMP_PREFIX = "# declared-input-sha256: "
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
@@ -88,7 +88,4 @@ def stamp_lock(lock: Path, pyproject: Path, extras: list[str]) -> None:
     lines = [line for line in lock.read_text(encoding="utf-8").splitlines() if not line.startswith(STAMP_PREFIX)]
     insert_at = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
     lines.insert(insert_at, STAMP_PREFIX + declared_input_digest(pyproject, extras))
-    fd, tmp = tempfile.mkstemp(dir=lock.parent, prefix=".requirements.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.replace(tmp, lock)
+    write_atomically(lock, "\n".join(lines) + "\n")

@@ -6,14 +6,13 @@ Writes go to temporary files that are renamed into place, so a crash never leave
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from oracle.atomic_write import write_atomically
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import ConfigError, load_config
 from oracle.moe850b.model import OracleMoE
@@ -24,17 +23,6 @@ CONFIG_FILE = "config.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the model; the message names the file and tensor."""
-
-
-def _atomic_write(path: Path, write: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)  # type: ignore[operator]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _stored_state(model: OracleMoE) -> dict[str, torch.Tensor]:
@@ -49,9 +37,8 @@ def save_checkpoint(model: OracleMoE, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in _stored_state(model).items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    config_text = json.dumps(model.config.model_dump(mode="json"), indent=2) + "\n"
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config_text, encoding="utf-8"))
+    write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_atomically(directory / CONFIG_FILE, json.dumps(model.config.model_dump(mode="json"), indent=2) + "\n")
     return directory
 
 

@@ -102,11 +102,11 @@ def test_numbers_that_agree_across_files_pass(checkout: Path) -> None:
 
 def test_model_code_importing_a_foreign_package_is_found(checkout: Path) -> None:
     moe = checkout / "oracle/moe850b/moe.py"
-    moe.write_text("import math\nfrom transformers.activations import ACT2FN\n" + moe.read_text())
+    moe.write_text("import math\nfrom megatron.core.transformer.moe import moe_layer\n" + moe.read_text())
     result = run_gate(checkout, Gate.commit, ["oracle/moe850b/moe.py"])
     assert result.errors == []
     assert [f.message for f in only(result, "ARCH005")] == [
-        "model code imports transformers.activations, which is not among the declared model packages"
+        "model code imports megatron.core.transformer.moe, which is not among the declared model packages"
     ]
     assert "the model cannot be built" in only(result, "ARCH003")[0].message  # it does not even import
 

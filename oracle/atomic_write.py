@@ -1,0 +1,30 @@
+"""Writing a file so that readers see the old content or the new, never half of it: a temporary file in the same
+directory, flushed and fsynced, then renamed over the target. Every record, checkpoint and report uses this."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(path: Path, content: bytes | str | Callable[[Path], None]) -> Path:
+    """Write bytes, text (UTF-8) or, through a callback that writes the given temporary path, anything else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if not callable(content):
+                handle.write(content.encode() if isinstance(content, str) else content)
+        if callable(content):
+            content(Path(tmp_name))
+        with open(tmp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return path
