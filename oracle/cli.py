@@ -49,6 +49,10 @@ def _root() -> None:
 app.add_typer(guards_app, name="guards")
 tokenizer_app = typer.Typer(help="The Oracle tokenizer: byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+data_app = typer.Typer(
+    help="The data pipeline: ingest, clean, dedup, decontaminate, shard, stats.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
 
 
 @app.command("params")
@@ -100,6 +104,46 @@ def params_command(
             raise typer.Exit(EXIT_BLOCKED)
         if output_format is OutputFormat.text:
             stdout.print(f"declared parameter counts match the code for {len(counts)} config(s): {', '.join(names)}")
+
+
+@data_app.command("run")
+def data_run_command(
+    inputs: Annotated[list[str], typer.Option("--input", help="Paths, globs, https:// URLs or s3:// URIs.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for shards/, stats.json, report.md, manifest.json.")],
+    eval_sets: Annotated[Path | None, typer.Option("--eval-sets", help="Folder of evaluation-set JSONL files.")] = None,
+    languages: Annotated[str, typer.Option("--languages", help="Comma-separated ISO 639-1 codes to keep.")] = "en,ru",
+    max_shard_bytes: Annotated[int, typer.Option("--max-shard-bytes", help="Real size cap of a shard.")] = 512 * 2**20,
+    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.text,
+) -> None:
+    """Run the whole pipeline and account for every input document.
+
+    Example: oracle data run --input 'raw/*.jsonl.gz' --input s3://corpus/part-0.parquet --output data/out
+    """
+    from oracle.data.decontaminate import EvalSetError
+    from oracle.data.ingest import IngestError
+    from oracle.data.pipeline import PipelineConfig, run_pipeline
+    from oracle.data.shard import ShardError
+
+    config = PipelineConfig(
+        inputs=inputs,
+        output=output,
+        eval_sets=eval_sets,
+        languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
+        max_shard_bytes=max_shard_bytes,
+    )
+    try:
+        stats = run_pipeline(config)
+    except (IngestError, EvalSetError, ShardError) as exc:
+        raise fail(str(exc)) from exc
+    if output_format is OutputFormat.json:
+        stdout.print_json(json.dumps(stats.as_json()))
+    else:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.dropped.items())) or "none"
+        stdout.print(
+            f"{stats.input_docs} documents in, {stats.kept_docs} kept in {len(stats.shards)} shard(s); dropped: "
+            f"{dropped}; stats in {output / 'stats.json'}",
+            highlight=False,
+        )
 
 
 @tokenizer_app.command("train")

@@ -1,0 +1,79 @@
+"""`oracle data run`: ingest → clean (with language ID) → dedup → decontaminate → shard → stats, streaming one
+document at a time, so every input document ends kept or dropped with exactly one reason."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oracle.atomic_write import write_atomically
+from oracle.data.clean import CleanSettings, clean_document
+from oracle.data.decontaminate import Decontaminator
+from oracle.data.dedup import Deduplicator
+from oracle.data.ingest import expand, read_source
+from oracle.data.language import identify
+from oracle.data.shard import DEFAULT_MAX_SHARD_BYTES, ShardWriter
+from oracle.data.stats import PipelineStats, write_report, write_stats
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    inputs: list[str]
+    output: Path
+    eval_sets: Path | None = None
+    languages: tuple[str, ...] = ("en", "ru")
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    clean: CleanSettings = field(default_factory=CleanSettings)
+
+
+def run_pipeline(config: PipelineConfig) -> PipelineStats:
+    stats = PipelineStats()
+    uris = expand(config.inputs)
+    dedup = Deduplicator()
+    decontaminator = Decontaminator(config.eval_sets)
+    writer = ShardWriter(config.output / "shards", config.max_shard_bytes)
+    corrupt: list[str] = []
+    kept_index = 0
+    for uri in uris:
+        source, documents = read_source(uri)
+        stats.sources.append({"uri": source.uri, "sha256": source.sha256, "size": source.size})
+        stats.bytes["ingested"] += source.size
+        for document in documents:
+            stats.input_docs += 1
+            if document.text is None:
+                stats.dropped["corrupt_record"] += 1
+                corrupt.append(document.problem or document.doc_id)
+                continue
+            cleaned = clean_document(document.text, config.clean)
+            stats.pii.update(cleaned.pii)
+            if cleaned.text is None:
+                stats.dropped[cleaned.drop_reason or "filtered"] += 1
+                continue
+            stats.bytes["cleaned"] += len(cleaned.text.encode())
+            language, score = identify(cleaned.text)
+            if language not in config.languages:
+                stats.dropped["language"] += 1
+                continue
+            reason = dedup.check(document.doc_id, cleaned.text) or decontaminator.check(cleaned.text)
+            if reason:
+                stats.dropped[reason] += 1
+                continue
+            meta = {"id": document.doc_id, "source": document.source, "language": language, "lang_score": score}
+            writer.write(f"{kept_index:09d}", cleaned.text, meta)
+            kept_index += 1
+            stats.kept_docs += 1
+            stats.languages[language] += 1
+            stats.bytes["kept"] += len(cleaned.text.encode())
+            stats.kept_lengths.append(len(cleaned.text))
+    shards = writer.close()
+    stats.shards = [path.name for path in shards]
+    stats.bytes["sharded"] = sum(path.stat().st_size for path in shards)
+    stats.duplicate_clusters = dedup.cluster_count()
+    stats.contamination_hits.update(decontaminator.hits)
+    write_atomically(config.output / "manifest.json", json.dumps({"sources": stats.sources}, indent=2) + "\n")
+    if corrupt:
+        write_atomically(config.output / "corrupt_records.txt", "\n".join(corrupt) + "\n")
+    write_stats(stats, config.output)
+    write_report(stats, config.output)
+    return stats
