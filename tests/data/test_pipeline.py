@@ -20,15 +20,88 @@ from oracle.cli import app
 from oracle.data.dedup import signature
 from oracle.data.shard import ShardError, ShardWriter
 
-EN = (
-    "model data train token expert router layer weight value batch system result paper method study number field "
-    "group people world water house school family student power market money music story science health energy "
-    "question answer problem process service report policy program public history language learning network city"
-).split()
-RU = (
-    "модель данные обучение токен эксперт маршрутизатор слой вес значение пакет система результат статья метод "
-    "число поле группа люди мир вода дом школа семья студент сила рынок деньги музыка история наука здоровье"
-).split()
+EN = [
+    "model",
+    "data",
+    "train",
+    "token",
+    "expert",
+    "router",
+    "layer",
+    "weight",
+    "value",
+    "batch",
+    "system",
+    "result",
+    "paper",
+    "method",
+    "study",
+    "number",
+    "field",
+    "group",
+    "people",
+    "world",
+    "water",
+    "house",
+    "school",
+    "family",
+    "student",
+    "power",
+    "market",
+    "money",
+    "music",
+    "story",
+    "science",
+    "health",
+    "energy",
+    "question",
+    "answer",
+    "problem",
+    "process",
+    "service",
+    "report",
+    "policy",
+    "program",
+    "public",
+    "history",
+    "language",
+    "learning",
+    "network",
+    "city",
+]
+RU = [
+    "модель",
+    "данные",
+    "обучение",
+    "токен",
+    "эксперт",
+    "маршрутизатор",
+    "слой",
+    "вес",
+    "значение",
+    "пакет",
+    "система",
+    "результат",
+    "статья",
+    "метод",
+    "число",
+    "поле",
+    "группа",
+    "люди",
+    "мир",
+    "вода",
+    "дом",
+    "школа",
+    "семья",
+    "студент",
+    "сила",
+    "рынок",
+    "деньги",
+    "музыка",
+    "история",
+    "наука",
+    "здоровье",
+]
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund und die Katze schläft ruhig in der warmen Sonne " * 3
 EVAL_ITEM = "Which planet in the solar system has the largest number of confirmed moons orbiting it as of this year"
 
