@@ -113,6 +113,10 @@ def data_run_command(
     eval_sets: Annotated[Path | None, typer.Option("--eval-sets", help="Folder of evaluation-set JSONL files.")] = None,
     languages: Annotated[str, typer.Option("--languages", help="Comma-separated ISO 639-1 codes to keep.")] = "en,ru",
     max_shard_bytes: Annotated[int, typer.Option("--max-shard-bytes", help="Real size cap of a shard.")] = 512 * 2**20,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Also write packed token sequences (oracle/data/format.py).")
+    ] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Length of a packed sequence.")] = 2048,
     output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.text,
 ) -> None:
     """Run the whole pipeline and account for every input document.
@@ -123,6 +127,7 @@ def data_run_command(
     from oracle.data.ingest import IngestError
     from oracle.data.pipeline import PipelineConfig, run_pipeline
     from oracle.data.shard import ShardError
+    from oracle.tokenization.tokenizer import TokenizerError
 
     config = PipelineConfig(
         inputs=inputs,
@@ -130,10 +135,12 @@ def data_run_command(
         eval_sets=eval_sets,
         languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
         max_shard_bytes=max_shard_bytes,
+        tokenizer=tokenizer,
+        seq_len=seq_len,
     )
     try:
         stats = run_pipeline(config)
-    except (IngestError, EvalSetError, ShardError) as exc:
+    except (IngestError, EvalSetError, ShardError, TokenizerError) as exc:
         raise fail(str(exc)) from exc
     if output_format is OutputFormat.json:
         stdout.print_json(json.dumps(stats.as_json()))

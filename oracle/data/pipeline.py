@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oracle.atomic_write import write_atomically
 from oracle.data.clean import CleanSettings, clean_document
 from oracle.data.decontaminate import Decontaminator
 from oracle.data.dedup import Deduplicator
+from oracle.data.format import PackedWriter
 from oracle.data.ingest import expand, read_source
 from oracle.data.language import identify
 from oracle.data.shard import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 from oracle.data.stats import PipelineStats, write_report, write_stats
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,22 @@ class PipelineConfig:
     languages: tuple[str, ...] = ("en", "ru")
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     clean: CleanSettings = field(default_factory=CleanSettings)
+    tokenizer: Path | None = None  # with it, also packed token sequences (oracle/data/format.py)
+    seq_len: int = 2048
+
+
+def _packer(config: PipelineConfig) -> tuple[PackedWriter | None, Tokenizer | None]:
+    if config.tokenizer is None:
+        return None, None
+    from oracle.tokenization.special_tokens import END_OF_TEXT, PAD
+    from oracle.tokenization.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    eos, pad = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(PAD)
+    assert eos is not None
+    assert pad is not None
+    packer = PackedWriter(config.output / "tokens", config.seq_len, tokenizer.get_vocab_size(), eos, pad)
+    return packer, tokenizer
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineStats:
@@ -33,6 +54,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineStats:
     dedup = Deduplicator()
     decontaminator = Decontaminator(config.eval_sets)
     writer = ShardWriter(config.output / "shards", config.max_shard_bytes)
+    packer, tokenizer = _packer(config)
     corrupt: list[str] = []
     kept_index = 0
     for uri in uris:
@@ -61,12 +83,17 @@ def run_pipeline(config: PipelineConfig) -> PipelineStats:
                 continue
             meta = {"id": document.doc_id, "source": document.source, "language": language, "lang_score": score}
             writer.write(f"{kept_index:09d}", cleaned.text, meta)
+            if packer is not None and tokenizer is not None:
+                packer.add(tokenizer.encode(cleaned.text).ids)
             kept_index += 1
             stats.kept_docs += 1
             stats.languages[language] += 1
             stats.bytes["kept"] += len(cleaned.text.encode())
             stats.kept_lengths.append(len(cleaned.text))
     shards = writer.close()
+    if packer is not None:
+        packer.close()
+        stats.tokens = {"tokens": packer.tokens, "padded_tokens": packer.padded_tokens, "seq_len": config.seq_len}
     stats.shards = [path.name for path in shards]
     stats.bytes["sharded"] = sum(path.stat().st_size for path in shards)
     stats.duplicate_clusters = dedup.cluster_count()

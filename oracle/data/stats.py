@@ -21,6 +21,7 @@ class PipelineStats:
     duplicate_clusters: int = 0
     contamination_hits: Counter[str] = field(default_factory=Counter)
     shards: list[str] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=dict)  # packed-token totals when a tokenizer was given
     sources: list[dict[str, object]] = field(default_factory=list)
     kept_lengths: list[int] = field(default_factory=list)
 

@@ -9,7 +9,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".jsonl.gz", ".tar")
+TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".tar")
 
 
 class CorpusError(ValueError):
@@ -43,7 +43,7 @@ def input_files(inputs: list[Path]) -> list[Path]:
 def iter_documents(files: list[Path]) -> Iterator[str]:
     for path in files:
         suffix = _suffix(path)
-        if suffix in {".txt", ".md"}:
+        if suffix == ".txt":
             yield path.read_text(encoding="utf-8", errors="strict")
         elif suffix in {".jsonl", ".jsonl.gz"}:
             opener = gzip.open if suffix == ".jsonl.gz" else open

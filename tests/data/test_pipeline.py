@@ -209,3 +209,30 @@ def test_a_missing_input_is_one_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "no such file or directory" in result.stderr
+
+
+def test_with_a_tokenizer_the_pipeline_also_writes_packed_sequences(tmp_path: Path) -> None:
+    from oracle.data.format import read_index, read_sequences
+    from oracle.tokenization import save_tokenizer, train_tokenizer
+
+    rng = random.Random(3)
+    docs = [_doc(EN, rng) for _ in range(8)]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
+    tokenizer, _ = train_tokenizer([source], 1024)
+    save_tokenizer(tokenizer, tmp_path / "tok", context_length=512)
+    out = tmp_path / "out"
+    args = ["data", "run", "--input", str(source), "--output", str(out), "--tokenizer", str(tmp_path / "tok")]
+    result = CliRunner().invoke(app, [*args, "--seq-len", "64", "--languages", "en"])
+    assert result.exit_code == 0, result.output
+    index = read_index(out / "tokens")
+    assert (index["dtype"], index["seq_len"], index["vocab_size"]) == ("uint16", 64, 1024)
+    sequences = list(read_sequences(out / "tokens"))
+    flat = [int(t) for seq in sequences for t in seq]
+    assert len(flat) == index["tokens"] + index["padded_tokens"]
+    assert flat.count(0) == 8  # one <|endoftext|> after each document
+    first_doc = tokenizer.decode(flat[: flat.index(0)])
+    assert first_doc == docs[0]
+    (out / "tokens" / "tokens-000000.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match="sha256 differs"):
+        list(read_sequences(out / "tokens"))

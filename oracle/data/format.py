@@ -1,0 +1,116 @@
+"""Packed token sequences for training: the one format `oracle data run --tokenizer` writes and training reads.
+
+Layout under `DIR/tokens/`:
+- `tokens-NNNNNN.bin`: fixed-length sequences of `seq_len` token ids, little-endian unsigned integers of `dtype`
+  (`uint16` when the vocabulary fits in 65,536 ids, else `uint32`), back to back, no header;
+- `index.json`: `{"format": "oracle-packed-v1", "dtype", "seq_len", "vocab_size", "eos_id", "pad_id",
+  "files": [{"name", "sequences", "sha256"}], "tokens", "padded_tokens"}`.
+Documents are concatenated in pipeline order, each followed by `<|endoftext|>`, and cut into sequences of `seq_len`;
+the last sequence is padded with `<|pad|>` (counted in `padded_tokens`). A file holds at most `sequences_per_file`
+sequences, so data-parallel ranks can take whole files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from oracle.atomic_write import write_atomically
+
+FORMAT = "oracle-packed-v1"
+INDEX_FILE = "index.json"
+
+
+class PackedFormatError(ValueError):
+    """A tokens folder that does not match the documented format; the message names the file."""
+
+
+@dataclass
+class PackedWriter:
+    directory: Path
+    seq_len: int
+    vocab_size: int
+    eos_id: int
+    pad_id: int
+    sequences_per_file: int = 4096
+    _buffer: list[int] = field(default_factory=list)
+    _pending: list[np.ndarray] = field(default_factory=list)
+    _files: list[dict[str, object]] = field(default_factory=list)
+    tokens: int = 0
+    padded_tokens: int = 0
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype("<u2") if self.vocab_size <= 2**16 else np.dtype("<u4")
+
+    def add(self, ids: list[int]) -> None:
+        self._buffer.extend(ids)
+        self._buffer.append(self.eos_id)
+        self.tokens += len(ids) + 1
+        while len(self._buffer) >= self.seq_len:
+            self._pending.append(np.asarray(self._buffer[: self.seq_len], dtype=self.dtype))
+            del self._buffer[: self.seq_len]
+            if len(self._pending) == self.sequences_per_file:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = np.stack(self._pending).tobytes()
+        name = f"tokens-{len(self._files):06d}.bin"
+        write_atomically(self.directory / name, data)
+        self._files.append({"name": name, "sequences": len(self._pending), "sha256": hashlib.sha256(data).hexdigest()})
+        self._pending = []
+
+    def close(self) -> Path:
+        if self._buffer:
+            self.padded_tokens = self.seq_len - len(self._buffer)
+            self._pending.append(np.asarray(self._buffer + [self.pad_id] * self.padded_tokens, dtype=self.dtype))
+            self._buffer = []
+        self._flush()
+        index = {
+            "format": FORMAT,
+            "dtype": self.dtype.name,
+            "seq_len": self.seq_len,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+            "files": self._files,
+            "tokens": self.tokens,
+            "padded_tokens": self.padded_tokens,
+        }
+        return write_atomically(self.directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+
+
+def read_index(directory: Path) -> dict[str, object]:
+    path = directory / INDEX_FILE
+    try:
+        index: dict[str, object] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PackedFormatError(f"{path}: not a readable index ({exc})") from exc
+    if index.get("format") != FORMAT:
+        raise PackedFormatError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+def read_sequences(directory: Path, file_name: str | None = None) -> Iterator[np.ndarray]:
+    """Every sequence (shape `(seq_len,)`) of one file, or of all files in order; sizes and digests are checked."""
+    index = read_index(directory)
+    seq_len = int(index["seq_len"])  # type: ignore[call-overload]
+    dtype = np.dtype(str(index["dtype"])).newbyteorder("<")
+    files = index["files"]
+    assert isinstance(files, list)
+    for entry in files:
+        if file_name is not None and entry["name"] != file_name:
+            continue
+        path = directory / entry["name"]
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise PackedFormatError(f"{path}: sha256 differs from {INDEX_FILE}; the file was altered or truncated")
+        array = np.frombuffer(data, dtype=dtype).reshape(int(entry["sequences"]), seq_len)
+        yield from array
