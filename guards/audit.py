@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import IO, Any
 
 from guards import git
 from guards.paths import AUDIT_HEAD, AUDIT_LOG
+from oracle.atomic_write import write_atomically
 
 GENESIS = "0" * 64  # the `prev` of the first entry
 FIELDS = frozenset({"seq", "time", "who", "gate", "commit", "result", "waivers", "details", "prev", "hash"})
@@ -187,23 +187,8 @@ def _check_head_allows_append(root: Path, last: dict[str, Any] | None) -> None:
 
 
 def _write_head(head_path: Path, seq: int, digest: str) -> None:
-    # a temporary file in the same directory, then os.replace: readers see the old head or the new one, never half
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{head_path.name}.", dir=head_path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write((canonical({"seq": seq, "hash": digest}) + "\n").encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, head_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(head_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    # readers see the old head or the new one, never half
+    write_atomically(head_path, canonical({"seq": seq, "hash": digest}) + "\n")
 
 
 def _read_head(head_path: Path) -> dict[str, Any] | str | None:

@@ -8,15 +8,14 @@ and CI logs, where escape sequences are noise.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
 from guards.result import GateResult, WaiverUse
+from oracle.atomic_write import write_atomically
 from policies.rule import Finding, Rule
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -224,27 +223,4 @@ def write_report(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file lives in the same directory so os.replace is a rename, not a cross-device copy.
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _report_mode(output))
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _report_mode(output: Path) -> int:
-    # mkstemp creates 0600; a report should get the mode a plain open() would have given it.
-    try:
-        return output.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+    write_atomically(output, text)

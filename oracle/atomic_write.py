@@ -1,5 +1,6 @@
 """Writing a file so that readers see the old content or the new, never half of it: a temporary file in the same
-directory, flushed and fsynced, then renamed over the target. Every record, checkpoint and report uses this."""
+directory, flushed and fsynced, then renamed over the target (and the rename made durable). Every record,
+checkpoint, shard, report and audit head is written this way."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _mode_for(path: Path) -> int:
+    # mkstemp creates 0600; the result should get the mode the file had, or what a plain open() would give it.
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_atomically(path: Path, content: bytes | str | Callable[[Path], None]) -> Path:
@@ -22,9 +33,15 @@ def write_atomically(path: Path, content: bytes | str | Callable[[Path], None]) 
             content(Path(tmp_name))
         with open(tmp_name, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _mode_for(path))
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
     return path
