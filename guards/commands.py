@@ -6,7 +6,6 @@ Exit codes: 0 pass, 1 findings (or a failed verification), 2 usage, configuratio
 from __future__ import annotations
 
 import json
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -231,7 +230,3 @@ def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = 
         raise typer.Exit(EXIT_FINDINGS)
     typer.echo("audit log intact")
 
-
-def main() -> None:  # `python -m guards.commands` for hooks that must not depend on the console script
-    guards_app(prog_name="oracle guards")
-    sys.exit(0)
