@@ -229,4 +229,3 @@ def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = 
             typer.echo(problem, err=True)
         raise typer.Exit(EXIT_FINDINGS)
     typer.echo("audit log intact")
-

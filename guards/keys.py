@@ -59,8 +59,11 @@ def load_signing_key(environ: Mapping[str, str] | None = None) -> Ed25519Private
     return key
 
 
-def load_public_keys(root: Path) -> dict[str, Ed25519PublicKey]:
-    """Every `policies/keys/*.pub` (PEM SubjectPublicKeyInfo), by key id; empty when the directory is absent."""
+def load_public_keys(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, Ed25519PublicKey]:
+    """Every `policies/keys/*.pub` (PEM SubjectPublicKeyInfo), by key id; empty when the directory is absent.
+
+    The keys live in the tree being checked, so a change could add its own key. Where `ORACLE_TRUSTED_KEY_IDS` is
+    set (CI, the cluster, the publisher: configured outside the tree), only the key ids it lists are trusted."""
     directory = root / paths.PUBLIC_KEYS_DIR
     if not directory.is_dir():
         return {}
@@ -76,6 +79,10 @@ def load_public_keys(root: Path) -> dict[str, Ed25519PublicKey]:
         if not isinstance(key, Ed25519PublicKey):
             raise SigningKeyError(f"public key {path} is a {type(key).__name__}, not Ed25519; {hint}")
         keys[key_id(key)] = key
+    env = os.environ if environ is None else environ
+    pinned = {item.strip() for item in env.get(paths.TRUSTED_KEYS_ENV, "").split(",") if item.strip()}
+    if pinned:
+        keys = {keyid: key for keyid, key in keys.items() if keyid in pinned}
     return keys
 
 
