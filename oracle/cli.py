@@ -125,7 +125,7 @@ def data_run_command(
     """
     from oracle.data.decontaminate import EvalSetError
     from oracle.data.ingest import IngestError
-    from oracle.data.pipeline import PipelineConfig, run_pipeline
+    from oracle.data.pipeline import OutputError, PipelineConfig, run_pipeline
     from oracle.data.shard import ShardError
     from oracle.tokenization.tokenizer import TokenizerError
 
@@ -140,7 +140,7 @@ def data_run_command(
     )
     try:
         stats = run_pipeline(config)
-    except (IngestError, EvalSetError, ShardError, TokenizerError) as exc:
+    except (IngestError, EvalSetError, ShardError, TokenizerError, OutputError) as exc:
         raise fail(str(exc)) from exc
     if output_format is OutputFormat.json:
         stdout.print_json(json.dumps(stats.as_json()))

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from oracle.data.pii import redact
 
 # C0/C1 controls except tab and newline, plus zero-width and bidi formatting characters that only hide text.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# Not U+200C/U+200D (zero-width non-joiner and joiner): they build emoji sequences and Persian or Indic words.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_INDENT = re.compile(r"^([ \t]*)(.*)$")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -45,10 +47,14 @@ class Cleaned:
 
 
 def normalise(text: str) -> str:
-    """NFC, CRLF/CR → LF, controls removed, runs of spaces collapsed, trailing spaces and extra blank lines removed."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    lines = [_SPACES.sub(" ", line).rstrip() for line in text.split("\n")]
+    """NFC, CRLF/CR → LF, controls removed, runs of spaces inside lines collapsed (indentation kept), trailing spaces
+    and extra blank lines removed."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = unicodedata.normalize("NFC", text)  # after removing controls, which could sit between a base and its mark
+    lines = []
+    for line in text.split("\n"):
+        indent, rest = _INDENT.match(line).groups()  # type: ignore[union-attr]
+        lines.append((indent + _SPACES.sub(" ", rest)).rstrip())  # indentation is meaning in code: kept
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
@@ -75,6 +81,8 @@ def _quality_problem(text: str, settings: CleanSettings) -> str | None:
 
 def clean_document(text: str, settings: CleanSettings | None = None) -> Cleaned:
     settings = settings or CleanSettings()
+    if len(text) > 2 * settings.max_chars:  # before any regex work: a huge document costs time, not only space
+        return Cleaned(None, "too_long")
     normalised = normalise(text)
     redaction = redact(normalised)
     problem = _quality_problem(redaction.text, settings)

@@ -48,7 +48,11 @@ class Decontaminator:
         for path in sorted(eval_dir.glob("*.jsonl")):
             name = path.stem
             self.sets.append(name)
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                text = path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise EvalSetError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may be in a string
                 if not line.strip():
                     continue
                 try:

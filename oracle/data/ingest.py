@@ -91,22 +91,43 @@ def read_source(uri: str) -> tuple[Source, Iterator[RawDocument]]:
     return source, _records(uri, data)
 
 
+def _parquet_records(uri: str, data: bytes) -> Iterator[RawDocument]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data), columns=["text"])
+    except (pa.ArrowException, KeyError, OSError) as exc:
+        raise IngestError(f"{uri}: not a Parquet file with a `text` column ({exc})") from exc
+    for number, value in enumerate(table.column("text").to_pylist(), start=1):
+        ok = isinstance(value, str)
+        problem = None if ok else f"{uri}: row {number}: `text` is {type(value).__name__}, not a string"
+        yield RawDocument(f"{uri}#{number}", value if ok else None, uri, problem)
+
+
 def _records(uri: str, data: bytes) -> Iterator[RawDocument]:
     kind = _format(uri.split("?")[0])
     if kind == ".txt":
-        yield RawDocument(f"{uri}#1", data.decode("utf-8", "replace"), uri)
+        try:
+            yield RawDocument(f"{uri}#1", data.decode("utf-8-sig"), uri)
+        except UnicodeDecodeError as exc:
+            yield RawDocument(f"{uri}#1", None, uri, f"{uri}: not UTF-8 ({exc.reason} at byte {exc.start})")
         return
     if kind == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(io.BytesIO(data), columns=["text"])
-        for number, value in enumerate(table.column("text").to_pylist(), start=1):
-            ok = isinstance(value, str)
-            yield RawDocument(f"{uri}#{number}", value if ok else None, uri, None if ok else "no text")
+        yield from _parquet_records(uri, data)
         return
-    raw = gzip.decompress(data) if kind == ".jsonl.gz" else data
-    for number, line in enumerate(raw.decode("utf-8", "replace").split("\n"), start=1):
-        if not line.strip():
+    try:
+        raw = gzip.decompress(data) if kind == ".jsonl.gz" else data
+    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError; a truncated stream raises EOFError
+        raise IngestError(f"{uri}: not a readable gzip file ({exc}); re-download or drop it") from exc
+    for number, line_bytes in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        if not line_bytes.strip():
+            continue
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"{uri}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})"
+            yield RawDocument(f"{uri}#{number}", None, uri, problem)
             continue
         try:
             record = json.loads(line)

@@ -2,7 +2,8 @@
 checked) and API keys/tokens, each replaced by a typed placeholder and counted.
 
 Candidates come from regular expressions; the ones with a checksum or a grammar (cards, IBANs, IP addresses) must
-also pass it, so order numbers, version strings and dates stay untouched.
+also pass it, so order numbers, dates and times stay untouched. A four-part version string is also a valid IPv4
+address and is redacted: the safe side.
 """
 
 from __future__ import annotations
@@ -26,13 +27,21 @@ _SECRET = re.compile(
     r"|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,}|AIza[0-9A-Za-z_-]{35}"
     r"|glpat-[A-Za-z0-9_-]{20}|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
 )
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
+# Bounded repetitions: unbounded ones made a long run of "a.a.a." quadratic.
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b")
+_FILE_SUFFIXES = {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "css", "js", "py", "json", "txt", "pdf", "zip"}
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+# Phone numbers in the forms people write them: international with `+` (spaced or E.164), an area code in
+# parentheses, or the North-American 3-3-4 grouping. Dates, times, thousands and UUID pieces do not fit these.
 _PHONE = re.compile(
-    r"(?<![\w+(])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,5}\)[\s.-]?|\d{2,5}[\s.-])\d{2,4}(?:[\s.-]?\d{2,4}){1,2}(?!\w)"
+    r"(?<![\w+(-])(?:"
+    r"\+\d{1,3}(?:[\s.-]?\(?\d{1,5}\)?)?(?:[\s.-]?\d{2,4}){2,4}"
+    r"|(?:\d{1,3}[\s.-]?)?\(\d{2,5}\)[\s.-]?\d{2,4}(?:[\s.-]?\d{2,4}){1,2}"
+    r"|\d{3}[-.]\d{3}[-.]\d{4}"
+    r")(?![\w:-])"
 )
 
 
@@ -85,10 +94,12 @@ def redact(text: str) -> Redaction:
 
     # Most specific first, so a card number is not half-eaten as a phone number, nor a key as an email.
     text = replace("secret", _SECRET, text)
-    text = replace("email", _EMAIL, text)
+    text = replace("email", _EMAIL, text, lambda v: v.rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES)
     text = replace("iban", _IBAN, text, iban_valid)
     text = replace("payment_card", _CARD, text, lambda v: luhn_valid(re.sub(r"[ -]", "", v)))
     text = replace("ip_address", _IPV4, text, _ip_valid)
-    text = replace("ip_address", _IPV6, text, lambda v: v.count(":") >= 2 and _ip_valid(v))
+    text = replace(
+        "ip_address", _IPV6, text, lambda v: v.count(":") >= 2 and re.search("[0-9A-Fa-f]", v) and _ip_valid(v)
+    )
     text = replace("phone", _PHONE, text, lambda v: 9 <= sum(c.isdigit() for c in v) <= 15 and not v.isdigit())
     return Redaction(text, counts)

@@ -3,7 +3,11 @@ document at a time, so every input document ends kept or dropped with exactly on
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +45,7 @@ def _packer(config: PipelineConfig) -> tuple[PackedWriter | None, Tokenizer | No
     from oracle.tokenization.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(config.tokenizer)
+    tokenizer.encode_special_tokens = True  # corpus text that spells a special token must not become one
     eos, pad = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(PAD)
     assert eos is not None
     assert pad is not None
@@ -48,7 +53,36 @@ def _packer(config: PipelineConfig) -> tuple[PackedWriter | None, Tokenizer | No
     return packer, tokenizer
 
 
+OWN_OUTPUTS = {"shards", "tokens", "plots", "stats.json", "report.md", "manifest.json", "corrupt_records.log"}
+
+
+class OutputError(ValueError):
+    """An --output folder that holds something other than a previous run's results."""
+
+
 def run_pipeline(config: PipelineConfig) -> PipelineStats:
+    """Build the whole output in a temporary sibling folder and swap it in at the end: a failed run leaves the
+    previous output untouched, and a rerun leaves no stale shards behind."""
+    final = config.output
+    if final.exists() and any(entry.name not in OWN_OUTPUTS for entry in final.iterdir()):
+        raise OutputError(f"--output {final} holds files that are not a pipeline run's; choose an empty folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        stats = _run(dataclasses.replace(config, output=staging))
+        if final.exists():
+            retired = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+            os.replace(final, retired / final.name)
+            os.replace(staging, final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
+def _run(config: PipelineConfig) -> PipelineStats:
     stats = PipelineStats()
     uris = expand(config.inputs)
     dedup = Deduplicator()
@@ -77,14 +111,15 @@ def run_pipeline(config: PipelineConfig) -> PipelineStats:
             if language not in config.languages:
                 stats.dropped["language"] += 1
                 continue
-            reason = dedup.check(document.doc_id, cleaned.text) or decontaminator.check(cleaned.text)
+            # decontamination first: a copy of a contaminated document is contaminated too, not a duplicate
+            reason = decontaminator.check(cleaned.text) or dedup.check(document.doc_id, cleaned.text)
             if reason:
                 stats.dropped[reason] += 1
                 continue
             meta = {"id": document.doc_id, "source": document.source, "language": language, "lang_score": score}
             writer.write(f"{kept_index:09d}", cleaned.text, meta)
             if packer is not None and tokenizer is not None:
-                packer.add(tokenizer.encode(cleaned.text).ids)
+                packer.add(tokenizer.encode(cleaned.text).ids)  # literal "<|...|>" text stays text
             kept_index += 1
             stats.kept_docs += 1
             stats.languages[language] += 1
@@ -100,7 +135,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineStats:
     stats.contamination_hits.update(decontaminator.hits)
     write_atomically(config.output / "manifest.json", json.dumps({"sources": stats.sources}, indent=2) + "\n")
     if corrupt:
-        write_atomically(config.output / "corrupt_records.txt", "\n".join(corrupt) + "\n")
+        write_atomically(config.output / "corrupt_records.log", "\n".join(corrupt) + "\n")
     write_stats(stats, config.output)
     write_report(stats, config.output)
     return stats

@@ -44,21 +44,27 @@ def iter_documents(files: list[Path]) -> Iterator[str]:
     for path in files:
         suffix = _suffix(path)
         if suffix == ".txt":
-            yield path.read_text(encoding="utf-8", errors="strict")
+            try:
+                yield path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
         elif suffix in {".jsonl", ".jsonl.gz"}:
-            opener = gzip.open if suffix == ".jsonl.gz" else open
-            with opener(path, "rt", encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg}); fix or drop the line") from exc
-                    text = record.get("text") if isinstance(record, dict) else None
-                    if not isinstance(text, str):
-                        raise CorpusError(f"{path}:{number}: no string field `text`; each line needs one")
-                    yield text
+            try:
+                raw = gzip.decompress(path.read_bytes()) if suffix == ".jsonl.gz" else path.read_bytes()
+                lines = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").split("\n")
+            except (OSError, EOFError, UnicodeDecodeError) as exc:
+                raise CorpusError(f"{path}: not readable UTF-8 JSONL ({exc})") from exc
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg}); fix or drop the line") from exc
+                text = record.get("text") if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise CorpusError(f"{path}:{number}: no string field `text`; each line needs one")
+                yield text
         else:  # a WebDataset shard
             with tarfile.open(path) as archive:
                 for member in archive:

@@ -100,3 +100,29 @@ def test_russian_and_code_pass_the_filters() -> None:
     )
     assert clean_document(russian).text == russian.strip()
     assert clean_document(code).drop_reason is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "logged at 2023-10-15 14:30:00 and 15.10.2023 14:30",
+        "a budget of 1 500 000 000 rubles",
+        "id 12345678-1234-5678-1234-567812345678 and invoice 2023-000123-45",
+        "f :: Int -> Int",
+        "background: url(icon@2x.png)",
+    ],
+)
+def test_dates_times_numbers_ids_and_code_are_not_pii(text: str) -> None:
+    assert redact(text).text == text
+
+
+def test_compact_phone_numbers_and_sentence_final_addresses_are_pii() -> None:
+    assert redact("call +15551234567 now").text == "call <PHONE> now"
+    assert redact("Connect to 192.168.1.1.").text == "Connect to <IP_ADDRESS>."
+
+
+def test_joiners_indentation_and_nfc_after_control_removal() -> None:
+    family = "👨\u200d👩\u200d👧 می\u200cخواهم"
+    assert normalise(family) == family
+    assert normalise("def f():\n    return  1\n\tx  = 2") == "def f():\n    return 1\n\tx = 2"
+    assert normalise("cafe\u200b\u0301") == "café"

@@ -170,7 +170,7 @@ def test_every_document_is_accounted_for_and_each_stage_does_its_job(corpus: dic
     assert all(len(source["sha256"]) == 64 for source in stats["sources"])
     assert (out / "report.md").exists()
     assert {p.name for p in (out / "plots").iterdir()} == {"lengths.png", "languages.png", "drops.png"}
-    assert "invalid JSON" in (out / "corrupt_records.txt").read_text()
+    assert "invalid JSON" in (out / "corrupt_records.log").read_text()
 
     shards = sorted((out / "shards").glob("*.tar"))
     assert len(shards) > 1
@@ -236,3 +236,57 @@ def test_with_a_tokenizer_the_pipeline_also_writes_packed_sequences(tmp_path: Pa
     (out / "tokens" / "tokens-000000.bin").write_bytes(b"\0" * 10)
     with pytest.raises(ValueError, match="sha256 differs"):
         list(read_sequences(out / "tokens"))
+
+
+def test_reruns_replace_the_previous_output_and_foreign_folders_are_refused(tmp_path: Path) -> None:
+    from oracle.data.pipeline import OutputError, PipelineConfig, run_pipeline
+
+    rng = random.Random(5)
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": _doc(EN, rng, 400)}) for _ in range(30)) + "\n")
+    out = tmp_path / "out"
+    run_pipeline(PipelineConfig([str(source)], out, languages=("en",), max_shard_bytes=40960))
+    assert len(list((out / "shards").glob("*.tar"))) > 2
+    source.write_text(json.dumps({"text": _doc(EN, rng)}) + "\n")
+    stats = run_pipeline(PipelineConfig([str(source)], out, languages=("en",), max_shard_bytes=40960))
+    assert sorted(p.name for p in (out / "shards").iterdir()) == stats.shards == ["shard-000000.tar"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not a pipeline run's"):
+        run_pipeline(PipelineConfig([str(source)], tmp_path / "mine"))
+
+
+def test_bom_invalid_utf8_and_corrupt_gzip(tmp_path: Path) -> None:
+    rng = random.Random(6)
+    good = json.dumps({"text": _doc(EN, rng)}).encode()
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"text": "\xff\xfe broken"}\n')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["data", "run", "--input", str(tmp_path / "bom.jsonl"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["input_docs"], stats["kept_docs"], stats["dropped"]) == (2, 1, {"corrupt_record": 1})
+    assert "bom.jsonl:2: not UTF-8" in (out / "corrupt_records.log").read_text()
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(good)[:20])
+    bad = CliRunner().invoke(
+        app, ["data", "run", "--input", str(tmp_path / "bad.jsonl.gz"), "--output", str(tmp_path / "o2")]
+    )
+    assert bad.exit_code == 2
+    assert "bad.jsonl.gz: not a readable gzip file" in bad.stderr
+
+
+def test_text_that_spells_a_special_token_stays_text_in_packed_sequences(tmp_path: Path) -> None:
+    from oracle.data.format import read_sequences
+    from oracle.tokenization import save_tokenizer, train_tokenizer
+
+    rng = random.Random(8)
+    docs = [_doc(EN, rng) + " quoted <|endoftext|> and <|user|> markers", _doc(EN, rng)]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
+    tokenizer, _ = train_tokenizer([source], 1024)
+    save_tokenizer(tokenizer, tmp_path / "tok", context_length=512)
+    out = tmp_path / "out"
+    args = ["data", "run", "--input", str(source), "--output", str(out), "--tokenizer", str(tmp_path / "tok")]
+    assert CliRunner().invoke(app, [*args, "--seq-len", "32", "--languages", "en"]).exit_code == 0
+    flat = [int(t) for seq in read_sequences(out / "tokens") for t in seq]
+    assert flat.count(0) == 2  # one <|endoftext|> per document, none from the quoted text
+    assert flat.count(3) == 0  # no <|user|> either
