@@ -6,8 +6,8 @@ or weight files. EXT003 foreign model identifiers in configs and model cards. EX
 architectures. EXT005 weight files in the tree, recognised by content whatever their extension, unless they are our
 own provenance-signed checkpoints. EXT006 unsafe deserialisation (pickle, `torch.load` without `weights_only=True`).
 
-Candidate lines come from one ripgrep pass; Python confirms them in context (the AST for code, key/value structure for
-configs), so words such as `Optional`, `optimizer` or `graphics` never match a model family.
+Candidate lines come from one ripgrep pass; Python confirms them in context (the AST for code, including the code
+cells of Jupyter notebooks; key/value structure for configs), so words such as `Optional`, `optimizer` or `graphics` never match a model family.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import functools
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
@@ -353,6 +354,8 @@ def check(ctx: ScanContext) -> PolicyResult:
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".py" and _needs_parse(lines, code_words, ctx):
             _check_python(ctx, path, result)
+        elif suffix == ".ipynb" and any(code_words.search(line.text) for line in lines):
+            _check_notebook(ctx, path, result)
         _check_urls(ctx, path, lines, result)
         is_config = suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or "/.env" in f"/{path}"
         key_lines = [line for line in lines if _KEY_ANYWHERE.search(line.text)] if is_config else []
@@ -383,12 +386,48 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
     return False
 
 
-def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
-    tree = ctx.python_ast(path)
+def _check_notebook(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    """A Jupyter notebook's code cells, checked as one Python program (findings name the cell and its line)."""
+    import json
+
+    try:
+        cells = json.loads(ctx.text(path) or "").get("cells", [])
+    except (ValueError, AttributeError):
+        result.skipped[path] = "notebook that is not valid JSON"
+        return
+    where: list[tuple[int, int]] = []  # program line → (cell number, line in cell)
+    lines: list[str] = []
+    for number, cell in enumerate(cells, start=1):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        text = "".join(source) if isinstance(source, list) else str(source)
+        # IPython magics and shell escapes are not Python: blank them, keeping the line numbers
+        cell_lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in text.split("\n")]
+        where += [(number, index) for index in range(1, len(cell_lines) + 1)]
+        lines += cell_lines
+    _check_python(ctx, path, result, source="\n".join(lines), cells=where)
+
+
+def _check_python(
+    ctx: ScanContext,
+    path: str,
+    result: PolicyResult,
+    *,
+    source: str | None = None,
+    cells: Sequence[tuple[int, int]] = (),
+) -> None:
+    if source is None:
+        tree = ctx.python_ast(path)
+        source = ctx.text(path) or ""
+    else:
+        try:
+            tree = ast.parse(source, filename=path)
+        except (SyntaxError, ValueError):
+            tree = None
     if tree is None:
         result.skipped[path] = "Python that does not parse"
         return
-    source = ctx.text(path) or ""
     nodes = list(ast.walk(tree))  # one walk; the three passes below iterate this list
     aliases = _aliases(nodes)
     resolver = _Resolver(ctx, nodes)
@@ -397,6 +436,9 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     def add(rule: Rule, node: ast.AST, message: str) -> None:
         segment = ast.get_source_segment(source, node) or message
         line, column = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
+        if cells:  # a notebook: the file's own line numbers mean nothing to a reader
+            cell, cell_line = cells[line - 1]
+            message, line = f"cell {cell}, line {cell_line}: {message}", 0
         result.findings.append(rule.finding(path, line, column, message, segment))
 
     for node in nodes:

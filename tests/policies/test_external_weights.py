@@ -262,3 +262,18 @@ def test_package_index_urls_and_local_checkpoint_folders_are_not_foreign(scan: S
         "src/load.py": 'm = Model.from_pretrained("checkpoints/step-1000")\n',
     }
     assert ids(scan(files), "EXT") == []
+
+
+def test_code_cells_of_notebooks_are_checked_and_name_the_cell(scan: Scan) -> None:
+    cell = {
+        "cell_type": "code",
+        "source": [
+            "!pip list\n",
+            "from transformers import AutoModel\n",
+            "m = AutoModel.from_pretrained('meta-llama/Llama-2-7b-hf')\n",
+        ],
+    }
+    markdown = {"cell_type": "markdown", "source": ["We never call from_pretrained('gpt2') in prose."]}
+    notebook = json.dumps({"cells": [markdown, cell], "nbformat": 4})
+    findings = only(scan({"explore.ipynb": notebook}), "EXT001")
+    assert [f.message.split(":")[0] for f in findings] == ["cell 2, line 3"]
