@@ -61,6 +61,40 @@ def _installed_distributions() -> dict[str, str]:
     return found
 
 
+@dataclass(frozen=True)
+class NotebookCode:
+    """A notebook's code cells as one Python program: magics and shell escapes blanked (kept apart in `magics`),
+    and for every program line the (cell number, line in cell) it came from."""
+
+    source: str
+    where: list[tuple[int, int]]
+    magics: list[tuple[int, int, str]]  # (cell, line in cell, text) of `%...` and `!...` lines
+
+
+def notebook_code(text: str) -> NotebookCode | None:
+    """None when the text is not a notebook (not JSON, or no cell list)."""
+    import json
+
+    try:
+        cells = json.loads(text).get("cells", [])
+    except (ValueError, AttributeError):
+        return None
+    where: list[tuple[int, int]] = []
+    lines: list[str] = []
+    magics: list[tuple[int, int, str]] = []
+    for number, cell in enumerate(cells if isinstance(cells, list) else [], start=1):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        raw = cell.get("source", "")
+        for index, line in enumerate(("".join(raw) if isinstance(raw, list) else str(raw)).split("\n"), start=1):
+            if line.lstrip().startswith(("%", "!")):
+                magics.append((number, index, line))
+                line = ""
+            lines.append(line)
+            where.append((number, index))
+    return NotebookCode("\n".join(lines), where, magics)
+
+
 def normalise_name(name: str) -> str:
     """PEP 503 normalisation: `Typing_Extensions` and `typing-extensions` are the same distribution."""
     return "-".join(part for part in name.lower().replace("_", "-").replace(".", "-").split("-") if part)

@@ -7,7 +7,8 @@ architectures. EXT005 weight files in the tree, recognised by content whatever t
 own provenance-signed checkpoints. EXT006 unsafe deserialisation (pickle, `torch.load` without `weights_only=True`).
 
 Candidate lines come from one ripgrep pass; Python confirms them in context (the AST for code, including the code
-cells of Jupyter notebooks; key/value structure for configs), so words such as `Optional`, `optimizer` or `graphics` never match a model family.
+cells of Jupyter notebooks; key/value structure for configs), so words such as `Optional`, `optimizer` or
+`graphics` never match a model family.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import zipfile
 from collections.abc import Sequence
 
-from policies.context import Line, ScanContext
+from policies.context import Line, ScanContext, notebook_code
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
 
 NAME = "external_weights"
@@ -388,25 +389,11 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
 
 def _check_notebook(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     """A Jupyter notebook's code cells, checked as one Python program (findings name the cell and its line)."""
-    import json
-
-    try:
-        cells = json.loads(ctx.text(path) or "").get("cells", [])
-    except (ValueError, AttributeError):
+    code = notebook_code(ctx.text(path) or "")
+    if code is None:
         result.skipped[path] = "notebook that is not valid JSON"
         return
-    where: list[tuple[int, int]] = []  # program line → (cell number, line in cell)
-    lines: list[str] = []
-    for number, cell in enumerate(cells, start=1):
-        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
-            continue
-        source = cell.get("source", "")
-        text = "".join(source) if isinstance(source, list) else str(source)
-        # IPython magics and shell escapes are not Python: blank them, keeping the line numbers
-        cell_lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in text.split("\n")]
-        where += [(number, index) for index in range(1, len(cell_lines) + 1)]
-        lines += cell_lines
-    _check_python(ctx, path, result, source="\n".join(lines), cells=where)
+    _check_python(ctx, path, result, source=code.source, cells=code.where)
 
 
 def _check_python(

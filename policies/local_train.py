@@ -11,8 +11,9 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections.abc import Sequence
 
-from policies.context import ScanContext
+from policies.context import ScanContext, notebook_code
 from policies.rule import ALL_GATES, Gate, Policy, PolicyResult, Rule, Severity
 
 NAME = "local_train"
@@ -78,6 +79,8 @@ def check(ctx: ScanContext) -> PolicyResult:
             continue
         if suffix == ".py" or path.endswith(".pyi"):
             _check_python(ctx, path, result)
+        elif suffix == ".ipynb":
+            _check_notebook(ctx, path, result)
         else:
             _check_text(ctx, path, result)
     _check_entry_points(ctx, result)
@@ -132,12 +135,41 @@ def _constant(node: ast.AST | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
-def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
-    tree = ctx.python_ast(path)
+def _check_notebook(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    """Code cells as Python; `%env X=v` and `!X=v cmd` lines as shell text. Findings name the cell and line."""
+    code = notebook_code(ctx.text(path) or "")
+    if code is None:
+        result.skipped[path] = "notebook that is not valid JSON"
+        return
+    for cell, line, text in code.magics:
+        assignment = _ASSIGNMENT.search(text)
+        if assignment:
+            value = _normalise(assignment["value"])
+            if not _is_false(value):
+                message = f"cell {cell}, line {line}: {VARIABLE} is set to {value!r}; only false is allowed"
+                result.findings.append(LOCAL_TRAIN_ENABLED.finding(path, 0, 0, message, text))
+    _check_python(ctx, path, result, source=code.source, cells=code.where)
+
+
+def _check_python(
+    ctx: ScanContext,
+    path: str,
+    result: PolicyResult,
+    *,
+    source: str | None = None,
+    cells: Sequence[tuple[int, int]] = (),
+) -> None:
+    if source is None:
+        tree = ctx.python_ast(path)
+        source = ctx.text(path) or ""
+    else:
+        try:
+            tree = ast.parse(source, filename=path)
+        except (SyntaxError, ValueError):
+            tree = None
     if tree is None:
         result.skipped[path] = "Python that does not parse"
         return
-    source = ctx.text(path) or ""
 
     def report(node: ast.AST, value_node: ast.AST | None) -> None:
         value = _constant(value_node)
@@ -145,6 +177,15 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
             return
         shown = repr(value) if value is not None else "a value that is not the constant 'false'"
         segment = ast.get_source_segment(source, node) or VARIABLE
+        line = getattr(node, "lineno", 0)
+        if cells:
+            cell, cell_line = cells[line - 1]
+            result.findings.append(
+                LOCAL_TRAIN_ENABLED.finding(
+                    path, 0, 0, f"cell {cell}, line {cell_line}: {VARIABLE} is set to {shown}", segment
+                )
+            )
+            return
         result.findings.append(
             LOCAL_TRAIN_ENABLED.finding(
                 path,

@@ -108,3 +108,15 @@ def test_a_declared_entry_point_that_was_renamed_away_is_found(scan: Scan) -> No
     assert [f.message for f in findings] == [
         "declared training entry point train_command() is not defined in oracle/cli.py; update policies.toml"
     ]
+
+
+def test_notebooks_that_set_it_in_code_or_magics_are_found(scan: Scan) -> None:
+    import json
+
+    cells = [
+        {"cell_type": "markdown", "source": ["ALLOW_LOCAL_TRAIN=true is refused, says the doc"]},
+        {"cell_type": "code", "source": ["%env ALLOW_LOCAL_TRAIN=true\n", "import os\n"]},
+        {"cell_type": "code", "source": ["x = 1\n", "os.environ['ALLOW_LOCAL_TRAIN'] = '1'\n"]},
+    ]
+    findings = only(scan({"train.ipynb": json.dumps({"cells": cells})}), "LTR001")
+    assert sorted(f.message.split(":")[0] for f in findings) == ["cell 2, line 1", "cell 3, line 2"]
