@@ -71,6 +71,21 @@ class NotebookCode:
     magics: list[tuple[int, int, str]]  # (cell, line in cell, text) of `%...` and `!...` lines
 
 
+@dataclass(frozen=True)
+class PythonProgram:
+    source: str
+    tree: ast.Module | None  # None when it does not parse
+    cells: Sequence[tuple[int, int]] = ()  # for a notebook: program line → (cell number, line in cell)
+    magics: Sequence[tuple[int, int, str]] = ()
+
+
+def _parse(source: str, filename: str) -> ast.Module | None:
+    try:
+        return ast.parse(source, filename=filename)
+    except (SyntaxError, ValueError):
+        return None
+
+
 def notebook_code(text: str) -> NotebookCode | None:
     """None when the text is not a notebook (not JSON, or no cell list)."""
     import json
@@ -155,16 +170,20 @@ class ScanContext:
             self._text[relative] = None if data is None or b"\0" in data[:8192] else data.decode("utf-8", "replace")
         return self._text[relative]
 
+    def python_program(self, relative: str) -> PythonProgram | None:
+        """A Python file, or a notebook's code cells as one program; None for a notebook that is not valid JSON."""
+        if relative.endswith(".ipynb"):
+            code = notebook_code(self.text(relative) or "")
+            if code is None:
+                return None
+            return PythonProgram(code.source, _parse(code.source, relative), code.where, code.magics)
+        return PythonProgram(self.text(relative) or "", self.python_ast(relative))
+
     def python_ast(self, relative: str) -> ast.Module | None:
         """Parsed Python source, or None when it does not parse (reported by the caller as skipped). Not cached:
         a thousand kept trees cost more in memory and garbage collection than the rare second parse."""
         source = self.text(relative)
-        if source is None:
-            return None
-        try:
-            return ast.parse(source, filename=relative)
-        except (SyntaxError, ValueError):
-            return None
+        return None if source is None else _parse(source, relative)
 
     def prefetch(self, patterns: Iterable[str], job: RipgrepJob | None = None) -> None:
         """The one ripgrep pass for every policy's patterns (a job the runner may have started before selecting

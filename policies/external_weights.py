@@ -18,9 +18,8 @@ import functools
 import os
 import re
 import zipfile
-from collections.abc import Sequence
 
-from policies.context import Line, ScanContext, notebook_code
+from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
 
 NAME = "external_weights"
@@ -353,10 +352,10 @@ def check(ctx: ScanContext) -> PolicyResult:
             continue
         lines = candidates[path]
         suffix = os.path.splitext(path)[1].lower()
-        if suffix == ".py" and _needs_parse(lines, code_words, ctx):
+        if (suffix == ".py" and _needs_parse(lines, code_words, ctx)) or (
+            suffix == ".ipynb" and any(code_words.search(line.text) for line in lines)
+        ):
             _check_python(ctx, path, result)
-        elif suffix == ".ipynb" and any(code_words.search(line.text) for line in lines):
-            _check_notebook(ctx, path, result)
         _check_urls(ctx, path, lines, result)
         is_config = suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or "/.env" in f"/{path}"
         key_lines = [line for line in lines if _KEY_ANYWHERE.search(line.text)] if is_config else []
@@ -387,34 +386,13 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
     return False
 
 
-def _check_notebook(ctx: ScanContext, path: str, result: PolicyResult) -> None:
-    """A Jupyter notebook's code cells, checked as one Python program (findings name the cell and its line)."""
-    code = notebook_code(ctx.text(path) or "")
-    if code is None:
-        result.skipped[path] = "notebook that is not valid JSON"
+def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    """A Python file or a notebook's code cells (findings in a notebook name the cell and its line)."""
+    program = ctx.python_program(path)
+    if program is None or program.tree is None:
+        result.skipped[path] = "notebook that is not valid JSON" if program is None else "Python that does not parse"
         return
-    _check_python(ctx, path, result, source=code.source, cells=code.where)
-
-
-def _check_python(
-    ctx: ScanContext,
-    path: str,
-    result: PolicyResult,
-    *,
-    source: str | None = None,
-    cells: Sequence[tuple[int, int]] = (),
-) -> None:
-    if source is None:
-        tree = ctx.python_ast(path)
-        source = ctx.text(path) or ""
-    else:
-        try:
-            tree = ast.parse(source, filename=path)
-        except (SyntaxError, ValueError):
-            tree = None
-    if tree is None:
-        result.skipped[path] = "Python that does not parse"
-        return
+    tree, source, cells = program.tree, program.source, program.cells
     nodes = list(ast.walk(tree))  # one walk; the three passes below iterate this list
     aliases = _aliases(nodes)
     resolver = _Resolver(ctx, nodes)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import ast
 import os
 import re
-from collections.abc import Sequence
 
-from policies.context import ScanContext, notebook_code
+from policies.context import ScanContext
 from policies.rule import ALL_GATES, Gate, Policy, PolicyResult, Rule, Severity
 
 NAME = "local_train"
@@ -77,10 +76,8 @@ def check(ctx: ScanContext) -> PolicyResult:
         result.examined.append(path)
         if path not in candidates:
             continue
-        if suffix == ".py" or path.endswith(".pyi"):
+        if suffix == ".py" or path.endswith(".pyi") or suffix == ".ipynb":
             _check_python(ctx, path, result)
-        elif suffix == ".ipynb":
-            _check_notebook(ctx, path, result)
         else:
             _check_text(ctx, path, result)
     _check_entry_points(ctx, result)
@@ -135,41 +132,21 @@ def _constant(node: ast.AST | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
-def _check_notebook(ctx: ScanContext, path: str, result: PolicyResult) -> None:
-    """Code cells as Python; `%env X=v` and `!X=v cmd` lines as shell text. Findings name the cell and line."""
-    code = notebook_code(ctx.text(path) or "")
-    if code is None:
-        result.skipped[path] = "notebook that is not valid JSON"
+def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    """A Python file or a notebook: code as Python, `%env X=v` and `!X=v cmd` lines as shell text. Findings in a
+    notebook name the cell and its line."""
+    program = ctx.python_program(path)
+    if program is None or program.tree is None:
+        result.skipped[path] = "notebook that is not valid JSON" if program is None else "Python that does not parse"
         return
-    for cell, line, text in code.magics:
+    tree, source, cells = program.tree, program.source, program.cells
+    for cell, line, text in program.magics:
         assignment = _ASSIGNMENT.search(text)
         if assignment:
-            value = _normalise(assignment["value"])
-            if not _is_false(value):
-                message = f"cell {cell}, line {line}: {VARIABLE} is set to {value!r}; only false is allowed"
+            set_to = _normalise(assignment["value"])
+            if not _is_false(set_to):
+                message = f"cell {cell}, line {line}: {VARIABLE} is set to {set_to!r}; only false is allowed"
                 result.findings.append(LOCAL_TRAIN_ENABLED.finding(path, 0, 0, message, text))
-    _check_python(ctx, path, result, source=code.source, cells=code.where)
-
-
-def _check_python(
-    ctx: ScanContext,
-    path: str,
-    result: PolicyResult,
-    *,
-    source: str | None = None,
-    cells: Sequence[tuple[int, int]] = (),
-) -> None:
-    if source is None:
-        tree = ctx.python_ast(path)
-        source = ctx.text(path) or ""
-    else:
-        try:
-            tree = ast.parse(source, filename=path)
-        except (SyntaxError, ValueError):
-            tree = None
-    if tree is None:
-        result.skipped[path] = "Python that does not parse"
-        return
 
     def report(node: ast.AST, value_node: ast.AST | None) -> None:
         value = _constant(value_node)
