@@ -30,9 +30,10 @@ class ProvenanceError(RuntimeError):
 
 
 def write_provenance(
-    directory: Path, weights: list[str], facts: dict[str, Any], signing_key: Ed25519PrivateKey
+    directory: Path, weights: list[str], facts: dict[str, Any], signing_key: Ed25519PrivateKey | None
 ) -> Path:
-    """Sign a record for the named weights files in `directory` (their sha256 are computed here)."""
+    """Write (and sign, given a key) a record for the named weights files in `directory` (their sha256 are computed
+    here). Without a key the record is written unsigned, and so never verifies: it still documents the run."""
     record = {"files": {name: file_digest(directory / name) for name in sorted(weights)}, **facts}
     path = directory / PROVENANCE_FILE
     data = json.dumps(envelope(record, signing_key, payload_type=PAYLOAD_TYPE), indent=2).encode() + b"\n"

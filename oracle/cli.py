@@ -234,3 +234,48 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[
+        str, typer.Option("--config", help="Training recipe: a name (oracle850b, oracle-mini, ...) or a YAML path.")
+    ],
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="`auto`: the newest complete checkpoint of this run; or a checkpoint folder."),
+    ] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Run folder under checkpoint.dir.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Overrides data.path of the recipe.")] = None,
+) -> None:
+    """Train inside a cluster job started by `oracle submit`; refuses anywhere else, before building anything.
+
+    One process per data-parallel rank (torchrun or srun sets RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS).
+
+    Example (in the job script `oracle submit` renders): srun oracle train --config oracle850b --resume auto
+    """
+    from guards.runtime import TrainingRefusedError, require_training_allowed
+
+    try:
+        decision = require_training_allowed()
+    except TrainingRefusedError as exc:
+        raise fail(str(exc), EXIT_BLOCKED) from exc
+    from oracle.moe850b.config import ConfigError
+    from oracle.train.checkpoint import CheckpointCorruptError
+    from oracle.train.config import load_train_config
+    from oracle.train.data import TrainDataError
+    from oracle.train.distributed import LaunchError, placement_from_env
+    from oracle.train.trainer import TrainError, environment_facts, run_training
+
+    try:
+        recipe = load_train_config(config)
+        if data is not None:
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(data)})})
+        placement = placement_from_env()
+        run_dir = run_training(
+            recipe, resume=resume, run_name=run_name, facts=environment_facts(decision.job_id), placement=placement
+        )
+    except (ConfigError, TrainDataError, TrainError, LaunchError, CheckpointCorruptError) as exc:
+        raise fail(str(exc)) from exc
+    if placement.is_main:
+        stdout.print(f"training finished: {run_dir}", highlight=False)

@@ -49,7 +49,7 @@ def describe_validation_error(path: Path | str, text: str, error: ValidationErro
         key = ".".join(str(part) for part in location)
         if not key:  # a model-level validator: its message starts with the field it is about
             key = message.split(":", 1)[0]
-            location = (key,)
+            location = tuple(key.split("."))  # `section.key` names a nested key
             message = message.split(":", 1)[1].strip() if ":" in message else message
         line = line_of(text, location)
         where = f"{path}:{line}" if line else str(path)

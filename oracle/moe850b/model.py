@@ -21,7 +21,9 @@ from oracle.core.kv_cache import KVCache
 from oracle.core.norm import RMSNorm
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
+from oracle.moe850b.experts import GroupedExperts
 from oracle.moe850b.moe import MoE, RoutingStats
+from oracle.moe850b.router import TopKRouter
 from oracle.moe850b.sampling import sample_next_token
 
 
@@ -70,17 +72,24 @@ class OracleMoE(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, σ) everywhere; projections that write into the residual stream scaled by 1/√(2·layers)."""
+        for name, module in self.named_modules():
+            self.init_module(name, module)
+
+    @torch.no_grad()
+    def init_module(self, name: str, module: nn.Module) -> None:
+        """Initialise the parameters and state that `module` (named `name` in this model) holds itself. One module
+        at a time, so a sharded trainer can gather, initialise and re-shard each in turn."""
         std = self.config.initializer_range
         out_std = std / math.sqrt(2 * self.config.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                residual_out = name.endswith(("o_proj", "down_proj"))
-                nn.init.normal_(module.weight, std=out_std if residual_out else std)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
-        for layer in self.blocks():
-            layer.moe.experts.reset_parameters(std, out_std)
-            layer.moe.router.expert_bias.zero_()
+        if isinstance(module, nn.Linear | nn.Embedding):
+            residual_out = name.endswith(("o_proj", "down_proj"))
+            nn.init.normal_(module.weight, std=out_std if residual_out else std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, GroupedExperts):
+            module.reset_parameters(std, out_std)
+        elif isinstance(module, TopKRouter):
+            module.expert_bias.zero_()
 
     def forward(self, input_ids_BS: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
         S = input_ids_BS.shape[1]
@@ -112,9 +121,14 @@ class OracleMoE(nn.Module):
     @torch.no_grad()
     def update_router_biases(self, routing: list[RoutingStats]) -> None:
         """Aux-loss-free balancing: after a step, move each layer's selection bias towards even load."""
-        for layer, stats in zip(self.blocks(), routing, strict=True):
+        self.update_router_biases_from_counts(torch.stack([stats.tokens_per_expert_E for stats in routing]))
+
+    @torch.no_grad()
+    def update_router_biases_from_counts(self, tokens_per_expert_LE: torch.Tensor) -> None:
+        """The same from per-layer assignment counts, e.g. summed over micro-batches and data-parallel ranks."""
+        for layer, counts_E in zip(self.blocks(), tokens_per_expert_LE.unbind(0), strict=True):
             if layer.moe.router.bias_balancing:
-                layer.moe.router.update_bias(stats.tokens_per_expert_E)
+                layer.moe.router.update_bias(counts_E)
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
         weight = self.embed_tokens.weight

@@ -1,0 +1,156 @@
+"""Training checkpoints: written whole or not at all, verified before resuming, the last K kept.
+
+A run directory `runs/<run name>/` holds `metrics.jsonl` and one folder per checkpoint, `step-NNNNNNNN/`:
+
+- `model.safetensors` + `config.json`: the weights consolidated from the ZeRO shards (loadable with
+  `oracle.moe850b.weights.load_checkpoint`), and `provenance.json` beside them (guards/provenance.py);
+- `deepspeed/`: DeepSpeed's own checkpoint (module and optimizer state of every rank);
+- `rng/rank-NNNNN.safetensors`: each rank's random-number generator states;
+- `trainer_state.json`: step, data position, seed, the recipe and data manifest hashes;
+- `MANIFEST.json`, written last: the size and sha256 of every other file.
+
+Every rank writes into `.partial-step-NNNNNNNN/`; rank 0 writes the manifest and renames the folder into place. A
+folder is complete only under its final name with a manifest that matches every file, so a crash mid-save, a
+truncated file or a flipped byte is never resumed from: `newest_complete` skips it and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oracle.atomic_write import write_atomically
+
+MANIFEST = "MANIFEST.json"
+TRAINER_STATE = "trainer_state.json"
+METRICS = "metrics.jsonl"
+_NAME = re.compile(r"^step-(\d{8})$")
+_CHUNK = 1 << 20
+
+
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint folder that is incomplete or altered; the message names the file."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def partial_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / f".partial-{step_dir_name(step)}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal(partial: Path, final: Path) -> Path:
+    """Write the manifest of everything in `partial` (last), then rename it to `final` (rank 0 only)."""
+    files = {}
+    for path in sorted(p for p in partial.rglob("*") if p.is_file()):
+        relative = path.relative_to(partial).as_posix()
+        files[relative] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    write_atomically(partial / MANIFEST, json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+    for directory in {partial, *(p for p in partial.rglob("*") if p.is_dir())}:
+        _fsync_dir(directory)
+    if final.exists():  # a re-save of the same step (a resumed run reaching it again): replace it whole
+        shutil.rmtree(final)
+    partial.rename(final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def verify_complete(directory: Path) -> dict[str, Any]:
+    """The checkpoint's trainer state once every file matches the manifest; CheckpointCorruptError otherwise."""
+    if not _NAME.match(directory.name):
+        raise CheckpointCorruptError(f"{directory}: not a checkpoint folder name (step-NNNNNNNN)")
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except FileNotFoundError as exc:
+        raise CheckpointCorruptError(f"{manifest_path} is missing: the save did not finish") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(f"{manifest_path} is unreadable or malformed") from exc
+    if not isinstance(files, dict) or not files:
+        raise CheckpointCorruptError(f"{manifest_path} lists no files")
+    for relative, entry in files.items():
+        path = directory / relative
+        if not path.is_file():
+            raise CheckpointCorruptError(f"{path} is missing")
+        if path.stat().st_size != entry.get("size"):
+            raise CheckpointCorruptError(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
+        if _sha256(path) != entry.get("sha256"):
+            raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
+    if TRAINER_STATE not in files:
+        raise CheckpointCorruptError(f"{directory}: no {TRAINER_STATE} in the manifest")
+    state: dict[str, Any] = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+    return state
+
+
+@dataclass(frozen=True)
+class Found:
+    directory: Path
+    state: dict[str, Any]
+    skipped: list[str]  # why newer folders were not taken
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Folders named like checkpoints, newest step first (complete or not)."""
+    if not run_dir.is_dir():
+        return []
+    named = [p for p in run_dir.iterdir() if p.is_dir() and _NAME.match(p.name)]
+    return sorted(named, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
+
+
+def newest_complete(run_dir: Path) -> Found | None:
+    """The newest checkpoint that verifies; older ones are tried when a newer one is corrupt or half-written."""
+    skipped: list[str] = []
+    for directory in checkpoint_dirs(run_dir):
+        try:
+            return Found(directory, verify_complete(directory), skipped)
+        except CheckpointCorruptError as exc:
+            skipped.append(str(exc))
+    return None
+
+
+def prune(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, and any incomplete ones older than those."""
+    removed = []
+    kept = 0
+    for directory in checkpoint_dirs(run_dir):
+        complete = (directory / MANIFEST).is_file()
+        if complete and kept < keep_last:
+            kept += 1
+            continue
+        if kept >= keep_last or not complete:
+            shutil.rmtree(directory)
+            removed.append(directory)
+    return removed
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric lines of steps after `step` (written by a run that died after its last checkpoint)."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    write_atomically(path, "".join(line + "\n" for line in kept))

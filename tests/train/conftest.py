@@ -1,0 +1,159 @@
+"""Fixtures for training tests: a tiny packed corpus, a checkout that `oracle submit` would have attested, the
+environment of the cluster job it would have started, and a runner that starts `oracle train` as N processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from guards.attestation import verify_attestation, write_attestation
+from guards.keys import generate_keypair
+from guards.result import GateResult
+from guards.submission import DIGEST_ENV, RECORD_ENV, new_record, write_submission_record
+from oracle.data.format import PackedWriter
+from oracle.train.config import load_train_config
+from policies.rule import Gate
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no GPU here: DeepSpeed's CPU accelerator, gloo
+
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
+ORACLE = str(Path(sys.executable).parent / "oracle")
+
+
+def write_corpus(directory: Path, *, sequences: int = 96, seq_len: int = 65, vocab: int = 4096, seed: int = 0) -> Path:
+    """Token sequences with learnable structure (repeating ramps), written in the packed format."""
+    rng = np.random.default_rng(seed)
+    writer = PackedWriter(
+        directory / "tokens", seq_len=seq_len, vocab_size=vocab, eos_id=0, pad_id=1, sequences_per_file=32
+    )
+    for _ in range(sequences):
+        start, stride = int(rng.integers(9, 200)), int(rng.integers(1, 4))
+        writer.add([(start + stride * i) % 256 + 9 for i in range(seq_len - 1)])
+    writer.close()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A clean, attested git checkout (the working directory of the job) whose policies/keys/ trusts the key at
+    tmp_path/signing.pem."""
+    root = tmp_path / "checkout"
+    (root / "policies" / "keys").mkdir(parents=True)
+    subprocess.run([*GIT, "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text(".oracle/\njobs/\nruns/\n")
+    (root / "requirements.lock").write_text("")
+    (root / "policies" / "policies.toml").write_text("")
+    generate_keypair(tmp_path / "signing.pem", root / "policies" / "keys" / "trainer.pub")
+    subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "init"], cwd=root, check=True)
+    write_attestation(root, GateResult(gate=Gate.ci, root=str(root), rules=[]), None)
+    return root
+
+
+def job_environment(root: Path, job_id: str = "4242") -> dict[str, str]:
+    """What a SLURM job started by `oracle submit` carries: the submission record's digest and path, the job id."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    record = root / "jobs" / "submission.json"
+    digest = write_submission_record(
+        record,
+        new_record(
+            commit=head,
+            tree="t",
+            attestation_digest=verify_attestation(root).digest,
+            config_hash="c",
+            spec_hash="s",
+            target="slurm",
+        ),
+    )
+    return {DIGEST_ENV: digest, RECORD_ENV: str(record), "SLURM_JOB_ID": job_id}
+
+
+def recipe(path: Path, corpus: Path, **changes: object) -> Path:
+    """The oracle-mini recipe with `section.key` changes, written to `path`."""
+    data = load_train_config("oracle-mini").model_dump(mode="json")
+    data["data"]["path"] = str(corpus)
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            data[section][key] = value
+        else:
+            data[section] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Job:
+    processes: list[subprocess.Popen[str]]
+    logs: list[Path]
+
+    def wait(self, timeout: float = 300) -> list[int]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for process in self.processes:
+            codes.append(process.wait(timeout=max(deadline - time.monotonic(), 1)))
+        return codes
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+
+    def output(self) -> str:
+        return "\n".join(f"--- rank {i}\n{log.read_text()}" for i, log in enumerate(self.logs))
+
+
+def start_training(root: Path, args: list[str], *, world: int = 2, env: dict[str, str] | None = None) -> Job:
+    """`oracle train ARGS` as `world` processes in `root`, with the rendezvous variables torchrun would set."""
+    port = _free_port()
+    processes, logs = [], []
+    for rank in range(world):
+        log = root.parent / f"train-rank{rank}-{port}.log"
+        rank_env = dict(
+            os.environ,
+            **(env or {}),
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            DS_ACCELERATOR="cpu",
+        )
+        handle = log.open("w")
+        processes.append(
+            subprocess.Popen(
+                [ORACLE, "train", *args],
+                cwd=root,
+                env=rank_env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+        logs.append(log)
+    return Job(processes, logs)

@@ -1,0 +1,83 @@
+"""Checkpoint folders: sealed whole, verified before resuming, pruned to the last K; metrics cut back on resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oracle.train import checkpoint as ckpt
+
+
+def _checkpoint(run: Path, step: int, payload: bytes = b"weights") -> Path:
+    partial = ckpt.partial_dir(run, step)
+    (partial / "deepspeed").mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(payload)
+    (partial / "deepspeed" / "optim.pt").write_bytes(b"optimizer" * 100)
+    (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": step}))
+    return ckpt.seal(partial, run / ckpt.step_dir_name(step))
+
+
+def test_a_sealed_checkpoint_verifies_and_the_partial_folder_is_gone(tmp_path: Path) -> None:
+    final = _checkpoint(tmp_path, 5)
+    assert final.name == "step-00000005"
+    assert not ckpt.partial_dir(tmp_path, 5).exists()
+    assert ckpt.verify_complete(final) == {"step": 5}
+    manifest = json.loads((final / ckpt.MANIFEST).read_text())["files"]
+    assert set(manifest) == {"model.safetensors", "deepspeed/optim.pt", ckpt.TRAINER_STATE}
+
+
+def test_resume_auto_never_picks_a_corrupt_or_half_written_checkpoint(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 2)
+    flipped = _checkpoint(tmp_path, 4)
+    data = bytearray((flipped / "model.safetensors").read_bytes())
+    data[0] ^= 1
+    (flipped / "model.safetensors").write_bytes(bytes(data))
+    truncated = _checkpoint(tmp_path, 6)
+    (truncated / "deepspeed" / "optim.pt").write_bytes(b"optimizer")
+    unsealed = tmp_path / ckpt.step_dir_name(8)  # a folder with the final name but no manifest
+    unsealed.mkdir()
+    (unsealed / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 8}))
+    ckpt.partial_dir(tmp_path, 10).mkdir()  # a save that died half-way
+    found = ckpt.newest_complete(tmp_path)
+    assert found is not None
+    assert found.directory.name == "step-00000002"
+    assert len(found.skipped) == 3
+    assert "MANIFEST.json is missing" in found.skipped[0]
+    assert "optim.pt has 9 bytes" in found.skipped[1]
+    assert "model.safetensors: sha256 differs" in found.skipped[2]
+
+
+def test_no_checkpoint_means_a_fresh_start(tmp_path: Path) -> None:
+    assert ckpt.newest_complete(tmp_path / "missing") is None
+    ckpt.partial_dir(tmp_path, 3).mkdir()
+    assert ckpt.newest_complete(tmp_path) is None
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    final = _checkpoint(tmp_path, 1)
+    (final / "deepspeed" / "optim.pt").unlink()
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"optim\.pt is missing"):
+        ckpt.verify_complete(final)
+
+
+def test_prune_keeps_the_newest_k_complete_checkpoints(tmp_path: Path) -> None:
+    for step in (1, 2, 3, 4):
+        _checkpoint(tmp_path, step)
+    broken = tmp_path / ckpt.step_dir_name(5)
+    broken.mkdir()
+    ckpt.prune(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000004"]
+
+
+def test_resaving_a_step_replaces_the_folder_whole(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 3, b"old")
+    final = _checkpoint(tmp_path, 3, b"new")
+    assert (final / "model.safetensors").read_bytes() == b"new"
+    ckpt.verify_complete(final)
+
+
+def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path: Path) -> None:
+    (tmp_path / ckpt.METRICS).write_text("".join(json.dumps({"step": s, "loss": s}) + "\n" for s in range(1, 8)))
+    ckpt.truncate_metrics(tmp_path, 4)
+    steps = [json.loads(line)["step"] for line in (tmp_path / ckpt.METRICS).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -1,0 +1,153 @@
+"""`oracle train` end to end on CPU: 2 processes, gloo, DeepSpeed ZeRO-3, started with the environment of a job
+that `oracle submit` would have started (the cluster tests then go through SLURM itself)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from guards.provenance import ProvenanceError, verify_provenance
+from oracle.moe850b.weights import load_checkpoint
+from oracle.train import checkpoint as ckpt
+from tests.train.conftest import ORACLE, job_environment, recipe, start_training
+
+
+def _metrics(run: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run / ckpt.METRICS).read_text().splitlines()]
+
+
+def _audit(root: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (root / ".oracle" / "audit.jsonl").read_text().splitlines()]
+
+
+def test_outside_a_submitted_job_training_is_refused_before_anything_is_built(checkout: Path, corpus: Path) -> None:
+    path = recipe(checkout.parent / "mini.yaml", corpus)
+    done = subprocess.run([ORACLE, "train", "--config", str(path)], cwd=checkout, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "training refused: not inside a job started by `oracle submit`" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (checkout / "runs").exists()
+    entry = _audit(checkout)[-1]
+    assert (entry["gate"], entry["result"]) == ("train", "refused")
+
+
+def test_a_forged_submission_record_is_refused(checkout: Path, corpus: Path) -> None:
+    env = job_environment(checkout)
+    env["ORACLE_SUBMISSION_DIGEST"] = "0" * 64
+    path = recipe(checkout.parent / "mini.yaml", corpus)
+    job = start_training(checkout, ["--config", str(path)], world=1, env=env)
+    assert job.wait() == [1], job.output()
+    assert "does not match ORACLE_SUBMISSION_DIGEST" in job.output()
+    assert not (checkout / "runs").exists()
+
+
+def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
+    checkout: Path, corpus: Path, tmp_path: Path
+) -> None:
+    env = job_environment(checkout, job_id="777") | {"ORACLE_SIGNING_KEY": str(tmp_path / "signing.pem")}
+    path = recipe(tmp_path / "mini.yaml", corpus, schedule__total_steps=30, checkpoint__interval=15)
+    job = start_training(checkout, ["--config", str(path)], env=env)
+    assert job.wait() == [0, 0], job.output()
+    run = checkout / "runs" / "oracle-mini"
+    metrics = _metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    first, last = metrics[0], metrics[-1]
+    assert sum(m["loss"] for m in metrics[-3:]) / 3 < sum(m["loss"] for m in metrics[:3]) / 3 - 1.0  # type: ignore[misc]
+    for key in ("lm_loss", "load_balance_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "dropped_tokens"):
+        assert isinstance(last[key], (int, float)), key
+    assert sum(first["tokens_per_expert"]) == 8 * 64 * 2 * 4  # type: ignore[arg-type]  # tokens × top-2 × layers
+    assert first["lr"] == pytest.approx(3e-3 / 4)
+
+    final = run / "step-00000030"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "step-00000015", "step-00000030"]
+    record = verify_provenance(final, checkout)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    assert (record["commit"], record["job_id"], record["step"]) == (head, "777", 30)
+    assert record["submission_digest"] == env["ORACLE_SUBMISSION_DIGEST"]
+    assert set(record["files"]) == {"model.safetensors", "config.json"}
+    assert len(record["data_manifest_sha256"]) == len(record["train_config_sha256"]) == 64
+    model = load_checkpoint(final)  # the consolidated weights are an ordinary Oracle checkpoint
+    assert model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.embed_tokens.weight.shape == (4096, 128)
+    results = [e["result"] for e in _audit(checkout) if e["gate"] == "train"]
+    assert results == ["allowed", "allowed"]  # one decision per rank
+
+    data = bytearray((final / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (final / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ProvenanceError, match=r"model\.safetensors is missing or its sha256 differs"):
+        verify_provenance(final, checkout)
+
+
+def test_provenance_without_a_signing_key_does_not_verify(checkout: Path, corpus: Path, tmp_path: Path) -> None:
+    path = recipe(
+        tmp_path / "mini.yaml",
+        corpus,
+        parallelism__data=1,
+        batch__global_batch=4,
+        schedule__warmup_steps=1,
+        schedule__total_steps=2,
+        checkpoint__interval=2,
+    )
+    job = start_training(checkout, ["--config", str(path)], world=1, env=job_environment(checkout))
+    assert job.wait() == [0], job.output()
+    with pytest.raises(ProvenanceError, match="is unsigned"):
+        verify_provenance(checkout / "runs" / "oracle-mini" / "step-00000002", checkout)
+
+
+def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
+    checkout: Path, corpus: Path, tmp_path: Path
+) -> None:
+    env = job_environment(checkout)
+    path = recipe(
+        tmp_path / "mini.yaml",
+        corpus,
+        precision="fp32",
+        schedule__total_steps=24,
+        checkpoint__interval=4,
+        checkpoint__keep_last=2,
+    )
+    reference = start_training(checkout, ["--config", str(path), "--run-name", "reference"], env=env)
+    assert reference.wait() == [0, 0], reference.output()
+    expected = {m["step"]: m for m in _metrics(checkout / "runs" / "reference")}
+
+    run = checkout / "runs" / "killed"
+    job = start_training(checkout, ["--config", str(path), "--run-name", "killed"], env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (run / ckpt.METRICS).is_file() and len(_metrics(run)) >= 10:
+            break
+        assert all(p.poll() is None for p in job.processes), job.output()
+        time.sleep(0.05)
+    job.kill()
+    assert [p.returncode for p in job.processes] == [-9, -9]
+    killed_at = len(_metrics(run))
+    assert killed_at < 24, "the run finished before it could be killed"
+    newest = ckpt.newest_complete(run)
+    assert newest is not None
+    # What a crash can leave behind is never resumed from: a half-written save, and a newer folder with a bad byte.
+    ckpt.partial_dir(run, 99).mkdir(exist_ok=True)
+    corrupt = run / ckpt.step_dir_name(int(newest.state["step"]) + 1)
+    shutil.copytree(newest.directory, corrupt)
+    weights = bytearray((corrupt / "model.safetensors").read_bytes())
+    weights[-1] ^= 0x01
+    (corrupt / "model.safetensors").write_bytes(bytes(weights))
+
+    resumed = start_training(checkout, ["--config", str(path), "--run-name", "killed", "--resume", "auto"], env=env)
+    assert resumed.wait() == [0, 0], resumed.output()
+    output = resumed.output()
+    assert f"resumed from {newest.directory} at step {newest.state['step']}" in output
+    assert f"skipping checkpoint: {corrupt / 'model.safetensors'}: sha256 differs" in output
+    got = _metrics(run)
+    assert [m["step"] for m in got] == list(range(1, 25))
+    for m in got:
+        reference_loss = expected[m["step"]]["loss"]
+        assert abs(m["loss"] - reference_loss) <= 1e-6, (m["step"], m["loss"], reference_loss)  # type: ignore[operator]
+        assert m["tokens_per_expert"] == expected[m["step"]]["tokens_per_expert"]
