@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from guards.attestation import verify_attestation, write_attestation
@@ -24,7 +25,8 @@ from oracle.data.format import PackedWriter
 from oracle.train.config import load_train_config
 from policies.rule import Gate
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no GPU here: DeepSpeed's CPU accelerator, gloo
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo) when imported in-process
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
 ORACLE = str(Path(sys.executable).parent / "oracle")
@@ -50,6 +52,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
+    return make_checkout(tmp_path)
+
+
+def make_checkout(tmp_path: Path) -> Path:
     """A clean, attested git checkout (the working directory of the job) whose policies/keys/ trusts the key at
     tmp_path/signing.pem."""
     root = tmp_path / "checkout"
@@ -126,7 +132,9 @@ class Job:
         return "\n".join(f"--- rank {i}\n{log.read_text()}" for i, log in enumerate(self.logs))
 
 
-def start_training(root: Path, args: list[str], *, world: int = 2, env: dict[str, str] | None = None) -> Job:
+def start_training(
+    root: Path, args: list[str], *, world: int = 2, env: dict[str, str] | None = None, cpu: bool = True
+) -> Job:
     """`oracle train ARGS` as `world` processes in `root`, with the rendezvous variables torchrun would set."""
     port = _free_port()
     processes, logs = [], []
@@ -140,9 +148,10 @@ def start_training(root: Path, args: list[str], *, world: int = 2, env: dict[str
             LOCAL_RANK=str(rank),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            DS_ACCELERATOR="cpu",
+            OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // world)),
         )
+        if cpu:
+            rank_env["DS_ACCELERATOR"] = "cpu"
         handle = log.open("w")
         processes.append(
             subprocess.Popen(
