@@ -260,6 +260,7 @@ def train_command(
         decision = require_training_allowed()
     except TrainingRefusedError as exc:
         raise fail(str(exc), EXIT_BLOCKED) from exc
+    from guards.keys import SigningKeyError
     from oracle.moe850b.config import ConfigError
     from oracle.train.checkpoint import CheckpointCorruptError
     from oracle.train.config import load_train_config
@@ -275,7 +276,7 @@ def train_command(
         run_dir = run_training(
             recipe, resume=resume, run_name=run_name, facts=environment_facts(decision.job_id), placement=placement
         )
-    except (ConfigError, TrainDataError, TrainError, LaunchError, CheckpointCorruptError) as exc:
+    except (ConfigError, TrainDataError, TrainError, LaunchError, CheckpointCorruptError, SigningKeyError) as exc:
         raise fail(str(exc)) from exc
     if placement.is_main:
         stdout.print(f"training finished: {run_dir}", highlight=False)

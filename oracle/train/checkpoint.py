@@ -93,6 +93,8 @@ def verify_complete(directory: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or not files:
         raise CheckpointCorruptError(f"{manifest_path} lists no files")
     for relative, entry in files.items():
+        if not isinstance(entry, dict) or not {"size", "sha256"} <= set(entry):
+            raise CheckpointCorruptError(f"{manifest_path}: the entry of {relative} is malformed")
         path = directory / relative
         if not path.is_file():
             raise CheckpointCorruptError(f"{path} is missing")
@@ -110,7 +112,7 @@ def verify_complete(directory: Path) -> dict[str, Any]:
 class Found:
     directory: Path
     state: dict[str, Any]
-    skipped: list[str]  # why newer folders were not taken
+    skipped: list[tuple[Path, str]]  # newer folders that were not taken, and why
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -123,27 +125,39 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 def newest_complete(run_dir: Path) -> Found | None:
     """The newest checkpoint that verifies; older ones are tried when a newer one is corrupt or half-written."""
-    skipped: list[str] = []
+    skipped: list[tuple[Path, str]] = []
     for directory in checkpoint_dirs(run_dir):
         try:
             return Found(directory, verify_complete(directory), skipped)
         except CheckpointCorruptError as exc:
-            skipped.append(str(exc))
+            skipped.append((directory, str(exc)))
     return None
 
 
-def prune(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and any incomplete ones older than those."""
+def set_aside(directory: Path) -> Path:
+    """Rename a checkpoint that failed verification to `.corrupt-…`: never resumed from or counted again, kept for a
+    post-mortem (delete it by hand)."""
+    target = directory.with_name(f".corrupt-{directory.name}")
+    if target.exists():
+        shutil.rmtree(target)
+    return directory.rename(target)
+
+
+def prune(run_dir: Path, keep_last: int, *, current: int) -> list[Path]:
+    """After saving step `current`: keep it and the newest `keep_last - 1` complete checkpoints before it; delete
+    the rest, checkpoints of later steps (an abandoned history this run went back from), and partial saves."""
     removed = []
     kept = 0
     for directory in checkpoint_dirs(run_dir):
-        complete = (directory / MANIFEST).is_file()
-        if complete and kept < keep_last:
+        step = int(directory.name.removeprefix("step-"))
+        if step == current or (step < current and kept < keep_last and (directory / MANIFEST).is_file()):
             kept += 1
             continue
-        if kept >= keep_last or not complete:
-            shutil.rmtree(directory)
-            removed.append(directory)
+        shutil.rmtree(directory)
+        removed.append(directory)
+    for partial in run_dir.glob(".partial-step-*"):
+        shutil.rmtree(partial)
+        removed.append(partial)
     return removed
 
 
@@ -152,5 +166,12 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / METRICS
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by the kill
+
     write_atomically(path, "".join(line + "\n" for line in kept))

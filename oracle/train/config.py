@@ -10,6 +10,7 @@ Errors name the file, the line and the key, and say what to do.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Literal, Self
 
@@ -139,8 +140,12 @@ class TrainConfig(_Section):
         return MoEConfig.model_validate({**base.model_dump(), **update})
 
     def sha256(self) -> str:
-        """The hash of the validated recipe (canonical JSON), recorded in provenance."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """The hash of what determines the training (canonical JSON of the recipe without where files go, how often
+        to save or log, or whether checksums are checked), recorded in provenance and checked on resume."""
+        data = self.model_dump(mode="json", exclude={"checkpoint": True, "logging": True})
+        data["data"].pop("path")
+        data["data"].pop("verify_checksums")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def available_recipes() -> list[str]:

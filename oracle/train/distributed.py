@@ -56,6 +56,10 @@ def placement_from_env(environ: Mapping[str, str] | None = None) -> Placement:
         rank, world, local = 0, 1, 0
     if not 0 <= rank < world:
         raise LaunchError(f"rank {rank} is outside a world of {world} processes; check RANK/WORLD_SIZE")
+    if "MASTER_ADDR" not in env and int(env.get("SLURM_NNODES", "1") or 1) > 1:
+        raise LaunchError(
+            "a multi-node SLURM job needs MASTER_ADDR (the first node's host name) and MASTER_PORT in the environment"
+        )
     port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
     return Placement(rank, world, local, env.get("MASTER_ADDR", "127.0.0.1"), port)
 

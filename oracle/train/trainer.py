@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
 from oracle.moe850b.model import OracleMoE, lm_loss
 from oracle.train import checkpoint as ckpt
@@ -112,8 +113,14 @@ def build_model(config: MoEConfig, ds_config: dict[str, Any], *, seed: int, rank
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=stage3):
         model = OracleMoE(config)
     if stage3:
+        # zero.Init makes tensor factories (arange, zeros) produce the training dtype: rebuild the buffers in fp32
+        # (bf16 positions would round 4095..4099 to 4096 in the rotary tables; bias steps of 1e-3 would vanish).
+        model.rope = RotaryEmbedding(config.resolved_head_dim, config.context_length, config.rope_theta)
+        for block in model.blocks():
+            block.moe.router.expert_bias = torch.zeros(config.n_experts, dtype=torch.float32)
         for name, module in model.named_modules():
             own = list(module.parameters(recurse=False))
+            assert not (own and list(module.buffers(recurse=False))), f"{name}: parameters and buffers together"
             with _gathered(own, enabled=bool(own), modifier_rank=0):
                 if rank == 0:
                     model.init_module(name, module)
@@ -182,6 +189,9 @@ class Trainer:
             vocab_size=self.model_config.vocab_size,
             verify=config.data.verify_checksums,
         )
+        from guards.keys import load_signing_key
+
+        self.signing_key = load_signing_key()  # now, not at the first save hours later
         self.device = device_for(placement)
         self.backend = init_process_group(placement)
         self.dist = _dist()
@@ -204,8 +214,9 @@ class Trainer:
     # --- resume -----------------------------------------------------------------------------------------------
 
     def resume(self, directory: Path) -> None:
-        state = ckpt.verify_complete(directory) if self.placement.is_main else {}
-        state = self._broadcast(state)
+        box: dict[str, Any] = {}
+        self._main_only(f"resuming from {directory}", lambda: box.update(ckpt.verify_complete(directory)))
+        state = self._broadcast(box)
         for key, have in (
             ("config_sha256", self.config.sha256()),
             ("data_manifest_sha256", self.dataset.manifest_sha256),
@@ -228,8 +239,20 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])
         self.batches = self._batches(DataPosition.from_dict(state["data_position"]))
+        self._main_only("cutting back metrics.jsonl", lambda: ckpt.truncate_metrics(self.run_dir, self.step))
+
+    def _main_only(self, what: str, work: Callable[[], None]) -> None:
+        """Run `work` on rank 0 only; every rank learns whether it failed, so none waits forever in a collective
+        for a rank that has died."""
+        error = None
         if self.placement.is_main:
-            ckpt.truncate_metrics(self.run_dir, self.step)
+            try:
+                work()
+            except Exception as exc:
+                error = f"{what}: {exc}"
+        error = self._broadcast({"error": error})["error"]
+        if error:
+            raise TrainError(error)
 
     def _broadcast(self, obj: dict[str, Any]) -> dict[str, Any]:
         box = [obj]
@@ -251,8 +274,9 @@ class Trainer:
             group["lr"] = lr
         started = time.perf_counter()
         n_experts, pad_id = self.model_config.n_experts, self.dataset.pad_id
-        sums = torch.zeros(4, dtype=torch.float64)  # lm, load balance, z, dropped tokens
-        per_expert = torch.zeros(self.model_config.n_layers, n_experts, dtype=torch.int64)
+        # on the device: NCCL reduces device tensors only
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # lm, load balance, z, dropped tokens
+        per_expert = torch.zeros(self.model_config.n_layers, n_experts, dtype=torch.int64, device=self.device)
         micro_batches = self.batches.next_step()
         for batch in micro_batches:
             batch = batch.to(self.device)
@@ -260,12 +284,13 @@ class Trainer:
             loss, lm, load_balance, z, tokens_per_expert_LE, dropped = engine(inputs, labels)
             engine.backward(loss)
             engine.step()
-            sums += torch.stack([lm, load_balance, z, dropped]).detach().to("cpu", torch.float64)
-            per_expert += tokens_per_expert_LE.cpu()
+            sums += torch.stack([lm.float(), load_balance.float(), z.float(), dropped.float()]).detach().double()
+            per_expert += tokens_per_expert_LE
         self.dist.all_reduce(sums)
         self.dist.all_reduce(per_expert)
         if self.model_config.bias_balancing:
-            self.model.update_router_biases_from_counts(per_expert.to(self.device))
+            self.model.update_router_biases_from_counts(per_expert)
+        sums, per_expert = sums.cpu(), per_expert.cpu()
         self.step += 1
         elapsed = time.perf_counter() - started
         world, accumulation = self.placement.world_size, len(micro_batches)
@@ -296,15 +321,17 @@ class Trainer:
         from oracle.atomic_write import write_atomically
         from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE
 
-        main, rank = self.placement.is_main, self.placement.rank
+        rank = self.placement.rank
         partial = ckpt.partial_dir(self.run_dir, self.step)
-        if main:
+
+        def prepare() -> None:
             if partial.exists():
                 import shutil
 
                 shutil.rmtree(partial)  # left by a run that died while saving
             partial.mkdir(parents=True)
-        self.dist.barrier()
+
+        self._main_only(f"preparing {partial}", prepare)
         self.engine.save_checkpoint(str(partial / "deepspeed"), tag="state", save_latest=False)
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -314,7 +341,8 @@ class Trainer:
         state = consolidated_state(self.engine, self.model, rank=rank)
         self.dist.barrier()
         final = self.run_dir / ckpt.step_dir_name(self.step)
-        if main:
+
+        def finish() -> None:
             write_atomically(partial / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
             config_json = json.dumps(self.model_config.model_dump(mode="json"), indent=2) + "\n"
             write_atomically(partial / CONFIG_FILE, config_json)
@@ -329,12 +357,12 @@ class Trainer:
             write_atomically(partial / ckpt.TRAINER_STATE, json.dumps(trainer_state, indent=2) + "\n")
             self._write_provenance(partial, [WEIGHTS_FILE, CONFIG_FILE])
             ckpt.seal(partial, final)
-            ckpt.prune(self.run_dir, self.config.checkpoint.keep_last)
-        self.dist.barrier()
+            ckpt.prune(self.run_dir, self.config.checkpoint.keep_last, current=self.step)
+
+        self._main_only(f"saving {final}", finish)
         return final
 
     def _write_provenance(self, directory: Path, files: list[str]) -> None:
-        from guards.keys import load_signing_key
         from guards.provenance import write_provenance
 
         facts = {
@@ -348,7 +376,7 @@ class Trainer:
             "data_manifest_sha256": self.dataset.manifest_sha256,
             **self.facts.extra,
         }
-        write_provenance(directory, files, facts, load_signing_key())
+        write_provenance(directory, files, facts, self.signing_key)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -359,10 +387,14 @@ class Trainer:
         progress = _Progress(total, self.step, enabled=self.placement.is_main)
         while self.step < total:
             metrics = self.train_step()
-            if self.placement.is_main:
-                if self.step % cfg.logging.interval == 0 or self.step == total:
+            if self.step % cfg.logging.interval == 0 or self.step == total:
+
+                def append(line: str = metrics.to_json()) -> None:
                     with metrics_path.open("a", encoding="utf-8") as handle:
-                        handle.write(metrics.to_json() + "\n")
+                        handle.write(line + "\n")
+
+                self._main_only(f"writing {metrics_path}", append)
+            if self.placement.is_main:
                 progress.update(metrics)
             if self.step % cfg.checkpoint.interval == 0 or self.step == total:
                 self.save()
@@ -412,7 +444,7 @@ def run_training(
     trainer = Trainer(config, placement, run_dir=run_dir, data_dir=data_dir, facts=facts)
     try:
         choice: dict[str, Any] = {"target": None, "error": None}
-        if placement.is_main and resume is not None:
+        if placement.is_main:
             choice = _choose_checkpoint(run_dir, resume)
         choice = trainer._broadcast(choice)  # every rank learns the choice, or the error, from rank 0
         if choice["error"]:
@@ -430,17 +462,35 @@ def run_training(
     return run_dir
 
 
-def _choose_checkpoint(run_dir: Path, resume: str) -> dict[str, Any]:
-    if resume == "auto":
-        found = ckpt.newest_complete(run_dir)
-        for reason in found.skipped if found else []:
-            print(f"oracle train: skipping checkpoint: {reason}", file=sys.stderr)
-        return {"target": str(found.directory) if found else None, "error": None}
+def _choose_checkpoint(run_dir: Path, resume: str | None) -> dict[str, Any]:
+    """Which checkpoint to continue from (rank 0 decides), or the error every rank raises."""
     try:
+        if resume is None:
+            if ckpt.checkpoint_dirs(run_dir):
+                return {
+                    "target": None,
+                    "error": f"{run_dir} already holds checkpoints; continue it with --resume auto, or start a new "
+                    "run with --run-name",
+                }
+            ckpt.truncate_metrics(run_dir, 0)
+            return {"target": None, "error": None}
+        if resume == "auto":
+            found = ckpt.newest_complete(run_dir)
+            if found is None:
+                if ckpt.checkpoint_dirs(run_dir):
+                    return {"target": None, "error": f"{run_dir}: no checkpoint verifies; nothing to resume from"}
+                ckpt.truncate_metrics(run_dir, 0)
+                return {"target": None, "error": None}
+            for directory, reason in found.skipped:
+                aside = ckpt.set_aside(directory)
+                print(f"oracle train: skipping checkpoint: {reason} (moved to {aside.name})", file=sys.stderr)
+            return {"target": str(found.directory), "error": None}
         ckpt.verify_complete(Path(resume))
+        return {"target": resume, "error": None}
     except ckpt.CheckpointCorruptError as exc:
         return {"target": None, "error": f"--resume {resume}: {exc}; pass a complete checkpoint or `auto`"}
-    return {"target": resume, "error": None}
+    except Exception as exc:
+        return {"target": None, "error": f"choosing a checkpoint in {run_dir}: {exc}"}
 
 
 def environment_facts(decision_job_id: str | None) -> RunFacts:

@@ -41,10 +41,11 @@ def test_resume_auto_never_picks_a_corrupt_or_half_written_checkpoint(tmp_path: 
     found = ckpt.newest_complete(tmp_path)
     assert found is not None
     assert found.directory.name == "step-00000002"
-    assert len(found.skipped) == 3
-    assert "MANIFEST.json is missing" in found.skipped[0]
-    assert "optim.pt has 9 bytes" in found.skipped[1]
-    assert "model.safetensors: sha256 differs" in found.skipped[2]
+    reasons = [reason for _, reason in found.skipped]
+    assert len(reasons) == 3
+    assert "MANIFEST.json is missing" in reasons[0]
+    assert "optim.pt has 9 bytes" in reasons[1]
+    assert "model.safetensors: sha256 differs" in reasons[2]
 
 
 def test_no_checkpoint_means_a_fresh_start(tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_prune_keeps_the_newest_k_complete_checkpoints(tmp_path: Path) -> None:
         _checkpoint(tmp_path, step)
     broken = tmp_path / ckpt.step_dir_name(5)
     broken.mkdir()
-    ckpt.prune(tmp_path, 2)
+    ckpt.prune(tmp_path, 2, current=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000004"]
 
 
@@ -81,3 +82,27 @@ def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path: P
     ckpt.truncate_metrics(tmp_path, 4)
     steps = [json.loads(line)["step"] for line in (tmp_path / ckpt.METRICS).read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_fresh_start_in_a_run_folder_with_checkpoints_is_refused(tmp_path: Path) -> None:
+    from oracle.train.trainer import _choose_checkpoint
+
+    assert _choose_checkpoint(tmp_path, None) == {"target": None, "error": None}
+    _checkpoint(tmp_path, 4)
+    assert "already holds checkpoints; continue it with --resume auto" in _choose_checkpoint(tmp_path, None)["error"]
+    assert _choose_checkpoint(tmp_path, "auto") == {"target": str(tmp_path / "step-00000004"), "error": None}
+
+
+def test_resume_auto_refuses_when_no_checkpoint_verifies_and_sets_bad_ones_aside(tmp_path: Path) -> None:
+    from oracle.train.trainer import _choose_checkpoint
+
+    _checkpoint(tmp_path, 2)
+    bad = _checkpoint(tmp_path, 4)
+    (bad / "model.safetensors").write_bytes(b"weightz")
+    assert _choose_checkpoint(tmp_path, "auto")["target"] == str(tmp_path / "step-00000002")
+    assert (tmp_path / ".corrupt-step-00000004").is_dir()
+    assert not bad.exists()
+    (tmp_path / "step-00000002" / "model.safetensors").write_bytes(b"weightz")
+    assert "no checkpoint verifies" in _choose_checkpoint(tmp_path, "auto")["error"]
+    missing = _choose_checkpoint(tmp_path, str(tmp_path / "step-00000009"))["error"]
+    assert "MANIFEST.json is missing" in missing
