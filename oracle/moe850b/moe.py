@@ -33,6 +33,33 @@ class MoEOutput(NamedTuple):
     stats: RoutingStats
 
 
+class CapacityRouting(NamedTuple):
+    experts_TK: torch.Tensor
+    weights_TK: torch.Tensor  # zero where the assignment was dropped over capacity
+    keep_TK: torch.Tensor | None  # None: no capacity limit
+    load_balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+    stats: RoutingStats
+
+
+def route_with_capacity(
+    router: TopKRouter, x_TD: torch.Tensor, n_experts: int, top_k: int, capacity_factor: float | None
+) -> CapacityRouting:
+    """Route the tokens and, with a capacity factor, drop each expert's assignments beyond its capacity."""
+    routing = router(x_TD)
+    weights_TK, keep_TK = routing.weights_TK, None
+    zero = torch.zeros((), dtype=torch.int64, device=x_TD.device)
+    dropped_assignments, dropped_tokens = zero, zero
+    if capacity_factor is not None:
+        capacity = expert_capacity(x_TD.shape[0], n_experts, top_k, capacity_factor)
+        keep_TK = capacity_keep_mask(routing.experts_TK, n_experts, capacity)
+        weights_TK = weights_TK * keep_TK
+        dropped_assignments = (~keep_TK).sum()
+        dropped_tokens = (~keep_TK.any(dim=-1)).sum()
+    stats = RoutingStats(routing.tokens_per_expert_E, dropped_assignments, dropped_tokens)
+    return CapacityRouting(routing.experts_TK, weights_TK, keep_TK, routing.load_balance_loss, routing.z_loss, stats)
+
+
 class MoE(nn.Module):
     def __init__(self, config: MoEConfig) -> None:
         super().__init__()
@@ -54,18 +81,8 @@ class MoE(nn.Module):
     def forward(self, x_BSD: torch.Tensor) -> MoEOutput:
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
-        routing = self.router(x_TD)
-        weights_TK = routing.weights_TK
-        zero = torch.zeros((), dtype=torch.int64, device=x_TD.device)
-        dropped_assignments, dropped_tokens = zero, zero
-        if self.capacity_factor is not None:
-            capacity = expert_capacity(B * S, self.n_experts, self.top_k, self.capacity_factor)
-            keep_TK = capacity_keep_mask(routing.experts_TK, self.n_experts, capacity)
-            weights_TK = weights_TK * keep_TK
-            dropped_assignments = (~keep_TK).sum()
-            dropped_tokens = (~keep_TK.any(dim=-1)).sum()
-        y_TD = self.experts(x_TD, routing.experts_TK, weights_TK, impl=self.impl)
+        r = route_with_capacity(self.router, x_TD, self.n_experts, self.top_k, self.capacity_factor)
+        y_TD = self.experts(x_TD, r.experts_TK, r.weights_TK, impl=self.impl)
         if self.shared_expert is not None:
             y_TD = y_TD + self.shared_expert(x_TD)
-        stats = RoutingStats(routing.tokens_per_expert_E, dropped_assignments, dropped_tokens)
-        return MoEOutput(y_TD.view(B, S, D), routing.load_balance_loss, routing.z_loss, stats)
+        return MoEOutput(y_TD.view(B, S, D), r.load_balance_loss, r.z_loss, r.stats)

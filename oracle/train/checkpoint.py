@@ -31,7 +31,6 @@ MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.json"
 METRICS = "metrics.jsonl"
 _NAME = re.compile(r"^step-(\d{8})$")
-_CHUNK = 1 << 20
 
 
 class CheckpointCorruptError(RuntimeError):
@@ -46,12 +45,9 @@ def partial_dir(run_dir: Path, step: int) -> Path:
     return run_dir / f".partial-{step_dir_name(step)}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,7 +63,7 @@ def seal(partial: Path, final: Path) -> Path:
     files = {}
     for path in sorted(p for p in partial.rglob("*") if p.is_file()):
         relative = path.relative_to(partial).as_posix()
-        files[relative] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[relative] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     write_atomically(partial / MANIFEST, json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
     for directory in {partial, *(p for p in partial.rglob("*") if p.is_dir())}:
         _fsync_dir(directory)
@@ -100,7 +96,7 @@ def verify_complete(directory: Path) -> dict[str, Any]:
             raise CheckpointCorruptError(f"{path} is missing")
         if path.stat().st_size != entry.get("size"):
             raise CheckpointCorruptError(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
-        if _sha256(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
     if TRAINER_STATE not in files:
         raise CheckpointCorruptError(f"{directory}: no {TRAINER_STATE} in the manifest")

@@ -22,6 +22,7 @@ import numpy.typing as npt
 import torch
 
 from oracle.data.format import FORMAT, INDEX_FILE, PackedFormatError, read_index
+from oracle.train.checkpoint import sha256_file
 
 _DTYPES = {"uint16": 2**16, "uint32": 2**32}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -72,11 +73,6 @@ def _index_int(index: Mapping[str, object], key: str, path: Path, minimum: int) 
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise TrainDataError(f"{path}: {key} is {value!r}, expected an integer >= {minimum}; {_HINT}")
     return value
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class PackedDataset:
@@ -166,7 +162,7 @@ class PackedDataset:
                     f"{path}: {size} bytes, but {INDEX_FILE} says {sequences} sequences x {seq_len} tokens x "
                     f"{self.dtype.itemsize} bytes = {expected}; the file is truncated or altered: restore it or {_HINT}"
                 )
-            if verify and _sha256(path) != digest:
+            if verify and sha256_file(path) != digest:
                 raise TrainDataError(
                     f"{path}: sha256 differs from {INDEX_FILE}; the file was altered: restore it or {_HINT}"
                 )

@@ -41,12 +41,10 @@ from oracle.core.mlp import SwiGLU
 from oracle.moe850b.config import MoEConfig
 from oracle.moe850b.experts import (
     GroupedExperts,
-    capacity_keep_mask,
-    expert_capacity,
     grouped_mm_preferred,
     grouped_mm_supported,
 )
-from oracle.moe850b.moe import MoE, MoEOutput, RoutingStats
+from oracle.moe850b.moe import MoE, MoEOutput, route_with_capacity
 from oracle.moe850b.router import TopKRouter, count_assignments
 
 __all__ = ["ExpertParallelMoE", "all_to_all"]
@@ -172,22 +170,11 @@ class ExpertParallelMoE(nn.Module):
     def forward(self, x_BSD: torch.Tensor) -> MoEOutput:
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
-        routing = self.router(x_TD)
-        weights_TK = routing.weights_TK
-        keep_TK: torch.Tensor | None = None
-        zero = torch.zeros((), dtype=torch.int64, device=x_TD.device)
-        dropped_assignments, dropped_tokens = zero, zero
-        if self.capacity_factor is not None:
-            capacity = expert_capacity(B * S, self.n_experts, self.top_k, self.capacity_factor)
-            keep_TK = capacity_keep_mask(routing.experts_TK, self.n_experts, capacity)
-            weights_TK = weights_TK * keep_TK
-            dropped_assignments = (~keep_TK).sum()
-            dropped_tokens = (~keep_TK.any(dim=-1)).sum()
-        y_TD = self._routed(x_TD, routing.experts_TK, weights_TK, keep_TK)
+        r = route_with_capacity(self.router, x_TD, self.n_experts, self.top_k, self.capacity_factor)
+        y_TD = self._routed(x_TD, r.experts_TK, r.weights_TK, r.keep_TK)
         if self.shared_expert is not None:
             y_TD = y_TD + self.shared_expert(x_TD)
-        stats = RoutingStats(routing.tokens_per_expert_E, dropped_assignments, dropped_tokens)
-        return MoEOutput(y_TD.view(B, S, D), routing.load_balance_loss, routing.z_loss, stats)
+        return MoEOutput(y_TD.view(B, S, D), r.load_balance_loss, r.z_loss, r.stats)
 
     def _routed(
         self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor, keep_TK: torch.Tensor | None
