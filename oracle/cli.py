@@ -280,3 +280,100 @@ def train_command(
         raise fail(str(exc)) from exc
     if placement.is_main:
         stdout.print(f"training finished: {run_dir}", highlight=False)
+
+
+class SubmitTarget(StrEnum):
+    slurm = "slurm"
+    k8s = "k8s"
+    argo = "argo"
+
+
+class KillTarget(StrEnum):
+    slurm = "slurm"
+    k8s = "k8s"
+
+
+@app.command("submit")
+def submit_command(
+    target: Annotated[SubmitTarget, typer.Option("--target", help="Where the job runs.")],
+    config: Annotated[
+        str, typer.Option("--config", help="Training recipe: a name (oracle850b, oracle-mini) or a committed path.")
+    ] = "oracle850b",
+    nodes: Annotated[int | None, typer.Option("--nodes", help="Nodes (default: the recipe's world / GPUs).")] = None,
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", help="GPUs per node; 0 trains on CPU processes.")
+    ] = None,
+    time: Annotated[str, typer.Option("--time", help="Wall-time limit, HH:MM:SS.")] = "24:00:00",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run the gate, print the spec, send nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Submit even when the same commit and config is queued or running.")
+    ] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Submit a training job through the submit gate: clean tree, attestation for HEAD, spec checks, audit.
+
+    Example: oracle submit --target slurm --config oracle850b --nodes 32 --gpus-per-node 8 --time 72:00:00
+    """
+    from infra.spec import SpecError
+    from infra.submit import SubmitOptions, SubmitRefusedError, describe, submit
+    from policies.settings import SettingsError
+
+    options = SubmitOptions(
+        target=target.value,
+        config=config,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        time=time,
+        dry_run=dry_run,
+        force=force,
+    )
+    try:
+        outcome = submit(Path.cwd(), options)
+    except SubmitRefusedError as exc:
+        raise fail(f"submission refused: {exc}", EXIT_BLOCKED) from exc
+    except (SettingsError, SpecError) as exc:
+        raise fail(str(exc)) from exc
+    if output_format is OutputFormat.json:
+        print(json.dumps(outcome.as_json(), indent=2))
+        return
+    if outcome.dry_run or not outcome.submitted:
+        print(outcome.spec, end="" if outcome.spec.endswith("\n") else "\n")
+    if outcome.submitted and target is SubmitTarget.slurm:
+        print(outcome.job_id)
+    stderr.print(describe(outcome), highlight=False, soft_wrap=True)
+
+
+@app.command("kill")
+def kill_command(
+    target: Annotated[KillTarget, typer.Option("--target", help="The scheduler whose jobs to cancel.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """The kill switch: cancel every queued or running job of this project (and only this project's).
+
+    Example: oracle kill --target slurm --yes
+    """
+    from infra.kill_switch import kill
+    from infra.spec import ClusterError
+
+    def confirm(found: list[str]) -> bool:
+        if yes:
+            return True
+        stderr.print(f"{len(found)} job(s) of this project:\n  " + "\n  ".join(found), highlight=False)
+        if not sys.stdin.isatty():
+            stderr.print("not confirmed (no terminal to ask on): pass --yes to cancel them", highlight=False)
+            return False
+        return typer.confirm("cancel them all?", default=False)
+
+    try:
+        report = kill(Path.cwd(), target.value, confirm=confirm)
+    except ClusterError as exc:
+        raise fail(str(exc)) from exc
+    if output_format is OutputFormat.json:
+        print(json.dumps({"target": report.target, "found": report.found, "cancelled": report.cancelled}, indent=2))
+    elif not report.found:
+        stdout.print(f"no queued or running {report.target} job of project {report.project!r}", highlight=False)
+    elif report.cancelled:
+        stdout.print(f"cancelled {len(report.cancelled)} job(s): {', '.join(report.cancelled)}", highlight=False)
+    if report.found and not report.confirmed:
+        raise typer.Exit(EXIT_BLOCKED)

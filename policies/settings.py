@@ -81,6 +81,25 @@ class AttestationSettings(_Section):
     require_signature: bool = Field(default=False, description="Refuse unsigned attestations at publish/submit")
 
 
+class ClusterSettings(_Section):
+    """What `oracle submit` may ask of a cluster, and how this project's jobs are marked (the kill switch cancels
+    exactly the jobs that carry `project`)."""
+
+    project: str = Field(default="oracle", pattern=r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$", description="Job/label mark")
+    image_repository: str = Field(
+        default="cr.yandex/oracle/oracle-train",
+        pattern=r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+$",
+        description="Container image of the job; its tag is derived from requirements.lock (lock-<sha256[:16]>)",
+    )
+    slurm_partition: str = Field(default="gpu", pattern=r"^[A-Za-z0-9_-]+$")
+    k8s_namespace: str = Field(default="oracle", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    max_nodes: int = Field(default=32, gt=0, description="Most nodes one job may request")
+    max_gpus_per_node: int = Field(default=8, ge=0)
+    max_total_gpus: int = Field(default=256, gt=0, description="Most GPUs one job (and the GPU node group) may hold")
+    max_hours: int = Field(default=168, gt=0, description="Longest wall time one job may request")
+    monthly_budget_usd: int = Field(default=250_000, gt=0, description="Cap on the cloud budget (infra/terraform)")
+
+
 class Settings(_Section):
     scan: ScanSettings = Field(default_factory=ScanSettings)
     venv: VenvSettings = Field(default_factory=VenvSettings)
@@ -88,6 +107,7 @@ class Settings(_Section):
     external_weights: ExternalWeightsSettings = Field(default_factory=ExternalWeightsSettings)
     architecture: ArchitectureSettings = Field(default_factory=ArchitectureSettings)
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
 
 def read_toml(path: Path) -> tuple[str, dict[str, object]]:

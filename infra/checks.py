@@ -1,0 +1,121 @@
+"""The submit gate's own checks on what will run: the rendered spec and the job's inputs.
+
+The attestation proves the ci gate passed on this tree; these checks look at what the tree does not contain — the
+spec about to reach the scheduler and the data the job will read:
+
+- SUB001: every training container (every sbatch script) sets `ALLOW_LOCAL_TRAIN=false`, and nothing sets it to
+  anything else.
+- SUB002: the job runs the locked environment: on SLURM the virtualenv built from this commit's requirements.lock
+  (its stamp), on Kubernetes and Argo the image tagged with the lock's digest.
+- SUB003: no foreign weights among the job's inputs: the data files are token shards listed (with sha256) by
+  our packed format's index, and nothing else there is a weights file by content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from infra.spec import JobRequest
+
+_ASSIGNMENT = re.compile(r"\bALLOW_LOCAL_TRAIN\s*=\s*(\S*)")
+VENV_STAMP = ".requirements.lock.sha256"
+
+
+def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str]:
+    problems = []
+    values = [match.group(1).strip("'\"") for match in _ASSIGNMENT.finditer(script)]
+    if "false" not in values:
+        problems.append("SUB001 the sbatch script does not set ALLOW_LOCAL_TRAIN=false")
+    if any(value != "false" for value in values):
+        problems.append("SUB001 the sbatch script sets ALLOW_LOCAL_TRAIN to something other than false")
+    stamp = request.venv / VENV_STAMP
+    try:
+        have = stamp.read_text(encoding="utf-8").strip()
+    except OSError:
+        have = ""
+    if have != lock_sha256:
+        problems.append(
+            f"SUB002 {request.venv} is not built from requirements.lock (stamp {stamp} "
+            f"{'says ' + have[:12] if have else 'missing'}, lock is {lock_sha256[:12]}); run `make venv`"
+        )
+    if f"{request.venv}/bin/torchrun" not in script and '"$venv/bin/torchrun"' not in script:
+        problems.append(f"SUB002 the sbatch script does not run torchrun from the locked virtualenv {request.venv}")
+    return problems
+
+
+def _containers(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every container object in a manifest or workflow (keys `containers`, `initContainers`, `container`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else key
+            if key in {"containers", "initContainers"} and isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, dict):
+                        yield f"{where}[{index}]", item
+            elif key == "container" and isinstance(value, dict):
+                yield where, value
+            yield from _containers(value, where)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _containers(item, f"{path}[{index}]")
+
+
+def _runs_training(container: dict[str, Any]) -> bool:
+    words = [str(word) for key in ("command", "args") for word in container.get(key) or []]
+    return any(re.search(r"\boracle(\.cli)?\b.*\btrain\b", word) for word in words) or (
+        "train" in words and any("oracle" in word for word in words)
+    )
+
+
+def check_documents(documents: list[dict[str, Any]], request: JobRequest) -> list[str]:
+    """SUB001/SUB002 over Kubernetes manifests or an Argo workflow."""
+    problems = []
+    trainers = 0
+    for index, document in enumerate(documents):
+        name = f"{document.get('kind', '?')}/{(document.get('metadata') or {}).get('name', index)}"
+        for where, container in _containers(document):
+            env = {item.get("name"): item.get("value") for item in container.get("env") or [] if isinstance(item, dict)}
+            if "ALLOW_LOCAL_TRAIN" in env and env["ALLOW_LOCAL_TRAIN"] != "false":
+                problems.append(f"SUB001 {name} {where} sets ALLOW_LOCAL_TRAIN={env['ALLOW_LOCAL_TRAIN']!r}")
+            if _runs_training(container):
+                trainers += 1
+                if env.get("ALLOW_LOCAL_TRAIN") != "false":
+                    problems.append(f"SUB001 {name} {where} runs training without ALLOW_LOCAL_TRAIN=false")
+            if container.get("image") != request.image:
+                problems.append(
+                    f"SUB002 {name} {where} runs image {container.get('image')!r}, not the locked {request.image!r}"
+                )
+    if trainers == 0:
+        problems.append("SUB001 no container of the rendered spec runs `oracle train`")
+    return problems
+
+
+def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
+    """SUB003 over the job's data directory; returns the problems and the number of files examined."""
+    from policies.external_weights import sniff_weights
+
+    if not data_dir.is_dir():
+        return [f"SUB003 the recipe's data.path {data_dir} does not exist here; prepare it with `oracle data run`"], 0
+    listed: set[Path] = set()
+    index = data_dir / "tokens" / "index.json"
+    if index.is_file():
+        try:
+            manifest = json.loads(index.read_text(encoding="utf-8"))
+            listed = {(index.parent / entry["name"]).resolve() for entry in manifest.get("files", [])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return [f"SUB003 {index} is not a packed-data index ({exc}); rebuild it with `oracle data run`"], 0
+    problems, examined = [], 0
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        examined += 1
+        if path.resolve() in listed:
+            continue  # raw token ids, checked against their sha256 by the trainer
+        with path.open("rb") as handle:
+            head = handle.read(256)
+        kind = sniff_weights(head, path.stat().st_size)
+        if kind is not None:
+            problems.append(f"SUB003 {path} among the job's inputs is a {kind} weights file; remove it from the data")
+    return problems, examined

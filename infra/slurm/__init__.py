@@ -1,0 +1,123 @@
+"""The SLURM target: render the sbatch script, submit it with `sbatch --parsable`, find and cancel this project's jobs.
+
+The scheduler is driven through its own clients (`sbatch`, `squeue`, `scancel`), which every SLURM site has and
+which speak every Slurm version; PyPI's pyslurm binds one Slurm release only. A job is this project's when its
+comment starts with `<project>:commit=` (`JobRequest.mark`); the same comment names the commit and config hash, which
+is how a duplicate submission is found.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from infra.spec import RENDEZVOUS_PORT, ClusterError, JobRequest
+
+TEMPLATE = Path(__file__).with_name("train.sbatch.j2")
+# squeue's states of a job that has not finished (squeue lists nothing else by default)
+ACTIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STOPPED"}
+)
+_FIELDS = "%i|%j|%T|%u|%k"  # job id, name, state, user, comment
+
+
+class SlurmError(ClusterError):
+    """A SLURM client failed or is missing; the message is one line with the client's own words."""
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str
+    name: str
+    state: str
+    user: str
+    comment: str
+
+    def belongs_to(self, project: str) -> bool:
+        return self.comment.startswith(f"{project}:commit=")
+
+
+def render_sbatch(request: JobRequest, env: Mapping[str, str], *, lock_sha256: str, log_dir: Path) -> str:
+    """The batch script for `request`; values that reach the shell are quoted."""
+    environment = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, trim_blocks=False
+    )
+    environment.filters["shell"] = lambda value: shlex.quote(str(value))
+    template = environment.from_string(TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(
+        request=request,
+        env=dict(env),
+        root=request.root,
+        venv=request.venv,
+        lock_sha256=lock_sha256,
+        log_dir=log_dir,
+        port=RENDEZVOUS_PORT,
+    )
+
+
+def _client(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SlurmError(f"`{name}` is not on PATH: run `oracle submit --target slurm` on a SLURM login node")
+    return path
+
+
+def _run(args: list[str], *, stdin: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    try:
+        done = subprocess.run(
+            args,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=None if environ is None else dict(environ),
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmError(f"`{' '.join(args[:2])}` did not answer within 60 s: is slurmctld reachable?") from exc
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise SlurmError(f"`{Path(args[0]).name}` failed: {said[-1] if said else f'exit {done.returncode}'}")
+    return done.stdout
+
+
+def submit(script: Path, *, environ: Mapping[str, str] | None = None) -> str:
+    """`sbatch --parsable SCRIPT`; returns the job id."""
+    out = _run([_client("sbatch"), "--parsable", str(script)], environ=environ).strip()
+    job_id = out.split(";", 1)[0]  # "<id>[;<cluster>]"
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch answered {out!r}, not a job id")
+    return job_id
+
+
+def queued_jobs(*, environ: Mapping[str, str] | None = None) -> list[SlurmJob]:
+    """Every job squeue lists (all users): queued, running or completing."""
+    out = _run([_client("squeue"), "--noheader", "--all", f"--format={_FIELDS}"], environ=environ)
+    jobs = []
+    for line in out.splitlines():
+        parts = line.split("|", 4)
+        if len(parts) == 5:
+            jobs.append(SlurmJob(*(part.strip() for part in parts)))
+    return jobs
+
+
+def project_jobs(project: str, *, environ: Mapping[str, str] | None = None) -> list[SlurmJob]:
+    return [job for job in queued_jobs(environ=environ) if job.belongs_to(project) and job.state in ACTIVE_STATES]
+
+
+def find_duplicate(request: JobRequest, *, environ: Mapping[str, str] | None = None) -> SlurmJob | None:
+    """A queued or running job of this project for the same commit and config."""
+    for job in project_jobs(request.project, environ=environ):
+        if job.comment == request.mark:
+            return job
+    return None
+
+
+def cancel(job_ids: list[str], *, environ: Mapping[str, str] | None = None) -> None:
+    if job_ids:
+        _run([_client("scancel"), *job_ids], environ=environ)

@@ -1,0 +1,365 @@
+"""`oracle submit`: the submit gate, the submission record, and the hand-over to SLURM, Kubernetes or Argo.
+
+In order, and stopping at the first refusal with one line that says why (nothing reaches a scheduler then):
+1. the tree is clean and the attestation verifies for HEAD (guards.attestation.verify_attestation);
+2. the request is within policy (policies.toml `[cluster]` caps) and matches the recipe's world size;
+3. the `submit` gate's policies pass over the job's recipe (venv, external weights, local train, architecture),
+   and the job's data holds no foreign weights (SUB003);
+4. the spec is rendered and checked (SUB001 ALLOW_LOCAL_TRAIN=false, SUB002 the locked venv or image);
+5. no job of this project for the same commit and config is queued or running (SLURM; `--force` overrides);
+6. the submission record is written and its digest put into the job's environment, then the job is submitted.
+Every decision — refused, dry run, submitted — is appended to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from guards import git
+from guards.attestation import AttestationError, verify_attestation
+from guards.submission import new_record, write_submission_record
+from infra import checks, slurm
+from infra.spec import (
+    K8S_RECORD_PATH,
+    PENDING_DIGEST,
+    ClusterError,
+    JobRequest,
+    SpecError,
+    Target,
+    job_environment,
+    job_labels,
+    lock_tag,
+    parse_time,
+    spec_digest,
+)
+from policies.settings import Settings, load_settings
+
+SUBMISSIONS_DIR = Path(".oracle") / "submissions"
+SLURM_LOG_DIR = Path("runs") / "slurm"
+RECIPES_DIR = Path("oracle") / "moe850b" / "configs"
+
+
+class SubmitRefusedError(RuntimeError):
+    """The submit gate refuses: nothing was submitted. The message is one line: why, and what to do."""
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    target: Target
+    config: str = "oracle850b"
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    time: str = "24:00:00"
+    dry_run: bool = False
+    force: bool = False
+
+
+@dataclass
+class Submission:
+    """What `oracle submit` did: the rendered spec, the record (unless a dry run) and the scheduler's answer."""
+
+    target: Target
+    request: JobRequest
+    spec: str
+    spec_hash: str
+    dry_run: bool
+    record_path: Path | None = None
+    digest: str | None = None
+    job_id: str | None = None
+    applied: list[str] = field(default_factory=list)
+    submitted: bool = False
+    note: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "job_id": self.job_id,
+            "record": None if self.record_path is None else str(self.record_path),
+            "digest": self.digest,
+            "spec_hash": self.spec_hash,
+            "submitted": self.submitted,
+            "dry_run": self.dry_run,
+            "applied": self.applied,
+            "note": self.note,
+        }
+
+
+def _resolve_recipe(root: Path, config: str) -> Path:
+    """A preset name (the checkout's own recipes) or a path inside the checkout; must be committed."""
+    path = root / RECIPES_DIR / f"{config}.yaml" if not Path(config).suffix else Path(config)
+    path = (path if path.is_absolute() else root / path).resolve()
+    if not path.is_relative_to(root):
+        raise SubmitRefusedError(
+            f"--config {config}: {path} is outside the checkout; commit the recipe under {root} so the "
+            "attestation covers it"
+        )
+    relative = path.relative_to(root).as_posix()
+    if not path.is_file():
+        raise SubmitRefusedError(f"--config {config}: no recipe at {relative}")
+    if relative not in set(git.listed_files(root)):
+        raise SubmitRefusedError(f"--config {config}: {relative} is not committed; commit it, then `make guards`")
+    return path
+
+
+def _shape(options: SubmitOptions, world: int, settings: Settings) -> tuple[int, int, int]:
+    """(nodes, gpus per node, processes per node) for a recipe that trains on `world` processes."""
+    cap = settings.cluster
+    gpus = options.gpus_per_node if options.gpus_per_node is not None else min(cap.max_gpus_per_node, world)
+    if gpus < 0:
+        raise SpecError("--gpus-per-node must be 0 (CPU) or more")
+    nodes = options.nodes if options.nodes is not None else max(1, world // gpus) if gpus else 1
+    if nodes < 1:
+        raise SpecError("--nodes must be at least 1")
+    if nodes > cap.max_nodes:
+        raise SpecError(
+            f"--nodes {nodes} exceeds the policy's cap of {cap.max_nodes} (policies.toml cluster.max_nodes)"
+        )
+    if gpus > cap.max_gpus_per_node:
+        raise SpecError(
+            f"--gpus-per-node {gpus} exceeds the policy's cap of {cap.max_gpus_per_node} "
+            "(policies.toml cluster.max_gpus_per_node)"
+        )
+    if nodes * gpus > cap.max_total_gpus:
+        raise SpecError(
+            f"{nodes} nodes × {gpus} GPUs = {nodes * gpus} exceeds the policy's cap of {cap.max_total_gpus} GPUs "
+            "(policies.toml cluster.max_total_gpus)"
+        )
+    if gpus:
+        procs = gpus
+        if nodes * gpus != world:
+            raise SpecError(
+                f"{nodes} nodes × {gpus} GPUs = {nodes * gpus} processes, but the recipe trains on {world} "
+                f"(parallelism.data); pass e.g. --nodes {max(1, world // gpus)} --gpus-per-node {min(gpus, world)}"
+            )
+    else:
+        if world % nodes:
+            raise SpecError(f"the recipe's {world} processes (parallelism.data) do not divide over {nodes} CPU nodes")
+        procs = world // nodes
+    return nodes, gpus, procs
+
+
+def build_request(root: Path, options: SubmitOptions, settings: Settings, commit: str) -> tuple[JobRequest, Path, Path]:
+    """The request, the recipe file and the job's data directory."""
+    from oracle.moe850b.config import ConfigError
+    from oracle.train.config import load_train_config
+
+    recipe = _resolve_recipe(root, options.config)
+    try:
+        config = load_train_config(recipe)
+    except ConfigError as exc:
+        raise SubmitRefusedError(str(exc)) from exc
+    nodes, gpus, procs = _shape(options, config.parallelism.data, settings)
+    cluster = settings.cluster
+    venv = root / settings.venv.project_venv
+    request = JobRequest(
+        target=options.target,
+        project=cluster.project,
+        config=recipe.relative_to(root).as_posix() if Path(options.config).suffix else options.config,
+        config_name=config.name,
+        config_hash=config.sha256(),
+        commit=commit,
+        root=root,
+        nodes=nodes,
+        gpus_per_node=gpus,
+        procs_per_node=procs,
+        time=parse_time(options.time, cluster.max_hours),
+        image=f"{cluster.image_repository}:{lock_tag(root / settings.venv.lock)}",
+        venv=venv,
+        partition=cluster.slurm_partition,
+        namespace=cluster.k8s_namespace,
+    )
+    request = replace(request, labels=job_labels(request))
+    data_dir = Path(config.data.path)
+    return request, recipe, data_dir if data_dir.is_absolute() else root / data_dir
+
+
+def _render(request: JobRequest, digest: str, record_path: str, record_json: str, lock_sha: str) -> tuple[str, Any]:
+    """The spec text and its parsed documents (None for sbatch)."""
+    env = job_environment(digest, record_path)
+    if request.target == "slurm":
+        log_dir = request.root / SLURM_LOG_DIR
+        return slurm.render_sbatch(request, env, lock_sha256=lock_sha, log_dir=log_dir), None
+    if request.target == "k8s":
+        from infra.k8s.manifests import serving_manifests, to_yaml, training_manifests
+
+        documents = training_manifests(request, env, record_json) + serving_manifests(request)
+        return to_yaml(documents), documents
+    from infra.argo.workflow import build_workflow
+    from infra.argo.workflow import to_yaml as workflow_yaml
+
+    document = build_workflow(request, env, record_json)
+    return workflow_yaml(document), [document]
+
+
+def _validate(request: JobRequest, spec: str, documents: Any, lock_sha: str) -> list[str]:
+    if request.target == "slurm":
+        return checks.check_sbatch(spec, request, lock_sha)
+    if request.target == "k8s":
+        from infra.k8s.validate import validate_manifests
+
+        validate_manifests(documents)
+    else:
+        from infra.argo.workflow import validate_workflow
+
+        validate_workflow(documents[0])
+    return checks.check_documents(documents, request)
+
+
+def _audit(root: Path, result: str, commit: str | None, details: dict[str, object]) -> None:
+    from guards.audit import append_entry
+
+    append_entry(root, gate="submit", result=result, commit=commit, details=details)
+
+
+def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None = None) -> Submission:
+    """Run the submit gate and, when it passes, submit (or render, for a dry run). Raises SubmitRefusedError."""
+    root = root.resolve()
+    env = dict(os.environ if environ is None else environ)
+    commit: str | None = None
+    details: dict[str, object] = {"target": options.target, "config": options.config, "dry_run": options.dry_run}
+    try:
+        commit = git.head_commit(root)
+        outcome = _submit(root, options, env, commit)
+    except (SubmitRefusedError, SpecError, ClusterError, AttestationError) as exc:
+        reason = str(exc)
+        _audit(root, "refused", commit, {**details, "reason": reason})
+        raise SubmitRefusedError(reason) from exc
+    except git.GitError as exc:
+        _audit(root, "refused", commit, {**details, "reason": str(exc)})
+        raise SubmitRefusedError(f"{root} is not a git checkout ({exc}); submit from the repository") from exc
+    result = "dry-run" if outcome.dry_run else "submitted" if outcome.submitted else "rendered"
+    _audit(
+        root,
+        result,
+        commit,
+        {
+            **details,
+            "job_id": outcome.job_id,
+            "digest": outcome.digest,
+            "spec_hash": outcome.spec_hash,
+            "nodes": outcome.request.nodes,
+            "gpus_per_node": outcome.request.gpus_per_node,
+            "applied": outcome.applied,
+        },
+    )
+    return outcome
+
+
+def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str) -> Submission:
+    from guards.runner import run_gate
+    from policies.rule import Gate
+
+    settings = load_settings(root)
+    dirty = git.dirty_paths(root)
+    if dirty:
+        shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+        raise SubmitRefusedError(
+            f"the tree has uncommitted changes ({shown}); commit them and run `make guards`, then submit"
+        )
+    attestation = verify_attestation(root, require_signature=settings.attestation.require_signature)
+    request, recipe, data_dir = build_request(root, options, settings, commit)
+
+    gate = run_gate(root, Gate.submit, [recipe.relative_to(root).as_posix()])
+    if not gate.passed:
+        first = (
+            gate.errors[0]
+            if gate.errors
+            else (lambda f: f"{f.rule_id} {f.path}:{f.line}: {f.message}")(gate.findings[0])
+        )
+        count = len(gate.errors) + len(gate.findings)
+        raise SubmitRefusedError(
+            f"the submit gate failed ({count} problem{'s' if count > 1 else ''}; first: {first}); "
+            "run `oracle guards run --gate submit` for all"
+        )
+    if options.target == "slurm":  # the job reads this data from the shared filesystem
+        problems, _ = checks.check_data_inputs(data_dir)
+        if problems:
+            raise SubmitRefusedError(problems[0])
+
+    lock_sha = hashlib.sha256((root / settings.venv.lock).read_bytes()).hexdigest()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    record_path = root / SUBMISSIONS_DIR / f"{stamp}-{options.target}-{request.config_name}.json"
+    record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
+
+    pending_spec, documents = _render(request, PENDING_DIGEST, record_in_job, "{}", lock_sha)
+    problems = _validate(request, pending_spec, documents, lock_sha)
+    if problems:
+        raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
+    spec_hash = spec_digest(pending_spec)
+
+    if options.target == "slurm" and not options.dry_run and not options.force:
+        duplicate = slurm.find_duplicate(request, environ=env)
+        if duplicate is not None:
+            raise SubmitRefusedError(
+                f"commit {commit[:12]} with config {request.config_name} is already {duplicate.state.lower()} as "
+                f"SLURM job {duplicate.job_id}; cancel it (`oracle kill --target slurm`) or pass --force"
+            )
+
+    if options.dry_run:
+        return Submission(options.target, request, pending_spec, spec_hash, dry_run=True, note="dry run: nothing sent")
+
+    record = new_record(
+        commit=commit,
+        tree=git.head_tree(root),
+        attestation_digest=attestation.digest,
+        config_hash=request.config_hash,
+        spec_hash=spec_hash,
+        target=options.target,
+    )
+    digest = write_submission_record(record_path, record)
+    record_json = record_path.read_text(encoding="utf-8")
+    spec, documents = _render(request, digest, record_in_job, record_json, lock_sha)
+    problems = _validate(request, spec, documents, lock_sha)
+    if problems:  # the final rendering differs from the checked one only by the digest; this is a safety net
+        raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
+    outcome = Submission(
+        options.target, request, spec, spec_hash, dry_run=False, record_path=record_path, digest=digest
+    )
+    spec_file = record_path.with_suffix(".sbatch" if options.target == "slurm" else ".yaml")
+    from oracle.atomic_write import write_atomically
+
+    write_atomically(spec_file, spec.encode())
+    if options.target == "slurm":
+        (root / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
+        outcome.job_id = slurm.submit(spec_file, environ=env)
+        outcome.submitted = True
+    elif options.target == "k8s":
+        from infra.k8s.apply import apply_manifests, kubeconfig_present
+
+        kubeconfig = kubeconfig_present(env)
+        if kubeconfig is None:
+            outcome.note = f"no kubeconfig (KUBECONFIG or ~/.kube/config): rendered to {spec_file}, not applied"
+        else:
+            outcome.applied = apply_manifests(documents, kubeconfig=kubeconfig)
+            outcome.job_id = f"{request.namespace}/{request.job_name}"
+            outcome.submitted = True
+    else:
+        from infra.argo.workflow import argo_configured, submit_workflow
+
+        if not argo_configured(env):
+            outcome.note = f"no Argo API configured (ARGO_SERVER): rendered to {spec_file}, not submitted"
+        else:
+            outcome.job_id = submit_workflow(documents[0], environ=env)
+            outcome.submitted = True
+    return outcome
+
+
+def describe(outcome: Submission) -> str:
+    """The one-line human summary printed after the spec or job id."""
+    if outcome.dry_run:
+        return f"dry run: the {outcome.target} spec above passes the submit gate (spec sha256:{outcome.spec_hash[:16]})"
+    record = f"record {outcome.record_path} sha256:{outcome.digest}"
+    if outcome.submitted:
+        return f"submitted {outcome.target} job {outcome.job_id} ({record})"
+    return f"{outcome.note} ({record})"
+
+
+def dumps(outcome: Submission) -> str:
+    return json.dumps(outcome.as_json(), indent=2)

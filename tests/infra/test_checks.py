@@ -1,0 +1,161 @@
+"""The submit gate's own checks (SUB001-SUB003) and the request's limits, without a scheduler."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from infra import checks
+from infra.slurm import render_sbatch
+from infra.spec import JobRequest, SpecError, job_environment, parse_time
+from infra.submit import SubmitOptions, _shape
+from policies.settings import Settings
+from tests.train.conftest import write_corpus
+
+LOCK_SHA = "ab" * 32
+
+
+def request(tmp_path: Path, **changes: object) -> JobRequest:
+    fields: dict[str, object] = {
+        "target": "slurm",
+        "project": "oracle",
+        "config": "oracle-mini",
+        "config_name": "oracle-mini",
+        "config_hash": "cd" * 32,
+        "commit": "e" * 40,
+        "root": tmp_path,
+        "nodes": 2,
+        "gpus_per_node": 8,
+        "procs_per_node": 8,
+        "time": "04:00:00",
+        "image": "cr.yandex/oracle/oracle-train:lock-0123456789abcdef",
+        "venv": tmp_path / ".venv",
+        "partition": "gpu",
+        "namespace": "oracle",
+    }
+    fields.update(changes)
+    return JobRequest(**fields)  # type: ignore[arg-type]
+
+
+def locked_venv(tmp_path: Path, sha: str = LOCK_SHA) -> None:
+    (tmp_path / ".venv").mkdir(exist_ok=True)
+    (tmp_path / ".venv" / checks.VENV_STAMP).write_text(sha + "\n")
+
+
+def sbatch(job: JobRequest, env: dict[str, str] | None = None) -> str:
+    return render_sbatch(
+        job, env or job_environment("1" * 64, "/r/record.json"), lock_sha256=LOCK_SHA, log_dir=Path("/r/logs")
+    )
+
+
+def test_rendered_sbatch_passes_and_carries_the_contract(tmp_path: Path) -> None:
+    locked_venv(tmp_path)
+    job = request(tmp_path)
+    script = sbatch(job)
+    assert checks.check_sbatch(script, job, LOCK_SHA) == []
+    assert "#SBATCH --nodes=2\n" in script
+    assert "#SBATCH --gpus-per-node=8\n" in script
+    assert f"#SBATCH --comment={job.mark}\n" in script
+    assert "#SBATCH --job-name=oracle-train-oracle-mini\n" in script
+    assert "export ALLOW_LOCAL_TRAIN=false\n" in script
+    assert "export ORACLE_SUBMISSION_DIGEST=" + "1" * 64 in script
+    assert "--rdzv-backend=c10d" in script
+    assert "--nproc-per-node=8" in script
+    assert "DS_ACCELERATOR" not in script
+
+
+def test_cpu_single_node_sbatch_uses_standalone_rendezvous(tmp_path: Path) -> None:
+    script = sbatch(request(tmp_path, nodes=1, gpus_per_node=0, procs_per_node=2))
+    assert "--standalone" in script
+    assert "gpus-per-node" not in script
+    assert "export DS_ACCELERATOR=cpu" in script
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ALLOW_LOCAL_TRAIN": "true"}, "something other than false"),
+        ({"OTHER": "1"}, "does not set ALLOW_LOCAL_TRAIN=false"),
+    ],
+)
+def test_sub001_refuses_a_script_without_allow_local_train_false(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    locked_venv(tmp_path)
+    job = request(tmp_path)
+    problems = checks.check_sbatch(sbatch(job, env), job, LOCK_SHA)
+    assert any(p.startswith("SUB001") and expected in p for p in problems), problems
+
+
+def test_sub002_refuses_a_venv_not_built_from_the_lock(tmp_path: Path) -> None:
+    locked_venv(tmp_path, sha="99" * 32)
+    job = request(tmp_path)
+    problems = checks.check_sbatch(sbatch(job), job, LOCK_SHA)
+    assert len(problems) == 1
+    assert problems[0].startswith("SUB002")
+    assert "make venv" in problems[0]
+
+
+def _pod(image: str, env: dict[str, str], command: list[str]) -> dict[str, object]:
+    container = {
+        "name": "c",
+        "image": image,
+        "command": command,
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+    }
+    return {"kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [container]}}}}
+
+
+def test_documents_check_finds_foreign_images_and_local_training(tmp_path: Path) -> None:
+    job = request(tmp_path, target="k8s")
+    good = _pod(job.image, {"ALLOW_LOCAL_TRAIN": "false"}, ["torchrun", "-m", "oracle", "train"])
+    assert checks.check_documents([good], job) == []
+    foreign = _pod("docker.io/someone/trainer:latest", {"ALLOW_LOCAL_TRAIN": "false"}, ["oracle", "train"])
+    assert [p[:6] for p in checks.check_documents([foreign], job)] == ["SUB002"]
+    local = _pod(job.image, {"ALLOW_LOCAL_TRAIN": "true"}, ["oracle", "train"])
+    assert {p[:6] for p in checks.check_documents([local], job)} == {"SUB001"}
+    no_training = _pod(job.image, {}, ["oracle", "serve"])
+    assert any("no container" in p for p in checks.check_documents([no_training], job))
+
+
+def test_sub003_data_inputs(tmp_path: Path) -> None:
+    data = write_corpus(tmp_path / "data")
+    problems, examined = checks.check_data_inputs(data)
+    assert problems == []
+    assert examined == 4
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (data / "extra.bin").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    problems, _ = checks.check_data_inputs(data)
+    assert len(problems) == 1
+    assert "SUB003" in problems[0]
+    assert "extra.bin" in problems[0]
+    assert "safetensors" in problems[0]
+    missing, _ = checks.check_data_inputs(tmp_path / "nowhere")
+    assert "does not exist" in missing[0]
+
+
+def test_time_limits() -> None:
+    assert parse_time("4:00:00", 168) == "04:00:00"
+    assert parse_time("100:30:00", 168) == "100:30:00"
+    for bad, words in [("4h", "HH:MM:SS"), ("00:00:00", "no time"), ("169:00:00", "cap of 168 h")]:
+        with pytest.raises(SpecError, match=words):
+            parse_time(bad, 168)
+
+
+def test_shape_follows_the_recipe_and_the_caps() -> None:
+    settings = Settings()
+    assert _shape(SubmitOptions(target="slurm"), 256, settings) == (32, 8, 8)
+    assert _shape(SubmitOptions(target="slurm", gpus_per_node=0), 2, settings) == (1, 0, 2)
+    assert _shape(SubmitOptions(target="slurm"), 2, settings) == (1, 2, 2)
+    refusals = [
+        (SubmitOptions(target="slurm", nodes=33, gpus_per_node=8), 264, "cluster.max_nodes"),
+        (SubmitOptions(target="slurm", gpus_per_node=16), 16, "cluster.max_gpus_per_node"),
+        (SubmitOptions(target="slurm", nodes=4, gpus_per_node=8), 256, "trains on 256"),
+        (SubmitOptions(target="slurm", nodes=3, gpus_per_node=0), 2, "do not divide"),
+    ]
+    for options, world, words in refusals:
+        with pytest.raises(SpecError, match=words):
+            _shape(options, world, settings)

@@ -1,0 +1,155 @@
+"""`oracle submit --target slurm` and `oracle kill --target slurm` against a real one-node SLURM cluster.
+
+End to end: an attested checkout of this repository is submitted; the job runs `oracle train` (oracle-mini, two
+CPU processes under torchrun, on the token shards at data/mini) to completion and writes a checkpoint whose signed
+provenance names the commit, the attestation and the SLURM job id. Refusals leave the queue untouched; a duplicate
+is refused; the kill switch cancels our jobs and leaves another's alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from guards.attestation import verify_attestation
+from guards.provenance import verify_provenance
+from tests.infra.conftest import attest, git, make_repository_checkout, oracle
+from tests.infra.slurm_cluster import SlurmCluster
+
+SUBMIT = ["submit", "--target", "slurm", "--config", "oracle-mini", "--gpus-per-node", "0", "--time", "00:15:00"]
+
+
+def _audit(root: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (root / ".oracle" / "audit.jsonl").read_text().splitlines()]
+
+
+def _queue(cluster: SlurmCluster) -> list[str]:
+    return cluster.run("squeue", "--noheader", "--all", "--format=%i|%k").stdout.splitlines()
+
+
+def _our_jobs(cluster: SlurmCluster) -> list[str]:
+    return [line.split("|")[0] for line in _queue(cluster) if "|oracle:commit=" in line]
+
+
+def test_submit_runs_oracle_train_to_completion(repository_checkout: Path, slurm_cluster: SlurmCluster) -> None:
+    root = repository_checkout
+    key = root.parent / "signing.pem"
+    done = oracle(root, *SUBMIT, "--format", "json", env={**slurm_cluster.env, "ORACLE_SIGNING_KEY": str(key)})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    job_id = answer["job_id"]
+    assert job_id.isdigit()
+    assert answer["submitted"] is True
+    record = json.loads(Path(answer["record"]).read_text())
+    head = git(root, "rev-parse", "HEAD")
+    attestation = verify_attestation(root)
+    assert (record["commit"], record["target"], record["attestation_digest"]) == (head, "slurm", attestation.digest)
+
+    state = slurm_cluster.wait_for_state(job_id, {"COMPLETED"}, timeout=600)
+    log = root / "runs" / "slurm" / f"oracle-train-oracle-mini-{job_id}.out"
+    assert state == "COMPLETED", log.read_text() if log.exists() else slurm_cluster.logs()
+    run = root / "runs" / f"oracle-mini-{job_id}"
+    final = run / "step-00000040"
+    provenance = verify_provenance(final, root)  # signed with the key the job inherited from the submitter
+    assert (provenance["commit"], provenance["job_id"], provenance["step"]) == (head, job_id, 40)
+    assert provenance["attestation_digest"] == attestation.digest
+    assert provenance["submission_digest"] == answer["digest"]
+    assert "training finished" in log.read_text()
+    assert git(root, "status", "--porcelain") == ""  # the job's outputs never dirty the tree
+    decisions = [(e["gate"], e["result"]) for e in _audit(root)]
+    assert ("submit", "submitted") in decisions
+    assert decisions.count(("train", "allowed")) == 2  # one decision per rank, inside the job
+
+
+def _refused(root: Path, cluster: SlurmCluster, reason: str) -> None:
+    before = _our_jobs(cluster)
+    done = oracle(root, *SUBMIT, env=cluster.env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert reason in lines[0], lines[0]
+    assert done.stdout == ""
+    assert _our_jobs(cluster) == before  # nothing reached the scheduler
+    assert _audit(root)[-1]["result"] == "refused"
+
+
+def test_refusals_submit_nothing(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    root = make_repository_checkout(tmp_path)
+    _refused(root, slurm_cluster, "no attestation")  # never attested
+
+    attest(root, tmp_path / "signing.pem")
+    (root / "notes.txt").write_text("uncommitted\n")
+    _refused(root, slurm_cluster, "uncommitted changes (notes.txt)")
+
+    git(root, "add", "notes.txt")
+    git(root, "commit", "-qm", "a commit made after the attestation")
+    _refused(root, slurm_cluster, "but HEAD is commit")  # stale: the attestation vouches for the previous commit
+
+    attest(root, tmp_path / "signing.pem")
+    (root / "data" / "mini" / "tokens" / "index.json").unlink()  # data is outside git: the job's inputs are checked
+    (root / "data" / "mini" / "weights.bin").write_bytes(b"\x80\x04" + b"\0" * 64)  # a pickle by content
+    _refused(root, slurm_cluster, "SUB003")
+
+
+def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
+    tmp_path: Path, repository_checkout: Path, slurm_cluster: SlurmCluster
+) -> None:
+    root = repository_checkout
+    first = oracle(root, *SUBMIT, "--format", "json", env=slurm_cluster.env)
+    assert first.returncode == 0, first.stderr
+    job_id = json.loads(first.stdout)["job_id"]
+
+    again = oracle(root, *SUBMIT, env=slurm_cluster.env)
+    assert again.returncode == 1
+    assert "already" in again.stderr
+    assert f"SLURM job {job_id}" in again.stderr
+    assert "--force" in again.stderr
+
+    forced = oracle(root, *SUBMIT, "--force", "--format", "json", env=slurm_cluster.env)
+    assert forced.returncode == 0, forced.stderr
+    second = json.loads(forced.stdout)["job_id"]
+    foreign = slurm_cluster.sbatch(
+        "--job-name=someone-else", "--comment=not ours", f"--output={tmp_path}/foreign.out", "--wrap", "sleep 300"
+    )
+    assert sorted(_our_jobs(slurm_cluster)) == sorted([job_id, second])
+
+    unconfirmed = oracle(root, "kill", "--target", "slurm", env=slurm_cluster.env)  # no terminal to confirm on
+    assert unconfirmed.returncode == 1
+    assert sorted(_our_jobs(slurm_cluster)) == sorted([job_id, second])
+
+    started = time.monotonic()
+    killed = oracle(root, "kill", "--target", "slurm", "--yes", "--format", "json", env=slurm_cluster.env)
+    assert killed.returncode == 0, killed.stderr
+    assert sorted(json.loads(killed.stdout)["cancelled"]) == sorted([job_id, second])
+    while _our_jobs(slurm_cluster) and time.monotonic() - started < 10:
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    assert _our_jobs(slurm_cluster) == []
+    assert elapsed < 2.0 + _cli_start_seconds(root), f"our jobs left the queue {elapsed:.2f} s after `oracle kill`"
+    assert slurm_cluster.job_state(job_id) == "CANCELLED"
+    assert slurm_cluster.job_state(foreign) in {"RUNNING", "PENDING"}  # not ours: left alone
+    slurm_cluster.run("scancel", foreign)
+    assert [e["result"] for e in _audit(root) if e["gate"] == "kill"][-2:] == ["not-confirmed", "cancelled"]
+
+
+def _cli_start_seconds(root: Path) -> float:
+    """How long `oracle --help` takes here: the kill switch's own time is measured on top of starting Python."""
+    started = time.monotonic()
+    oracle(root, "--help")
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("target", ["slurm"])
+def test_dry_run_prints_the_script_and_sends_nothing(
+    repository_checkout: Path, slurm_cluster: SlurmCluster, target: str
+) -> None:
+    before = _our_jobs(slurm_cluster)
+    args = ["submit", "--target", target, "--config", "oracle-mini", "--gpus-per-node", "0", "--dry-run"]
+    done = oracle(repository_checkout, *args, env=slurm_cluster.env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("#!/bin/bash\n")
+    assert "export ALLOW_LOCAL_TRAIN=false" in done.stdout
+    assert _our_jobs(slurm_cluster) == before
