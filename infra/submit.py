@@ -337,7 +337,9 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
         if kubeconfig is None:
             outcome.note = f"no kubeconfig (KUBECONFIG or ~/.kube/config): rendered to {spec_file}, not applied"
         else:
-            outcome.applied = apply_manifests(documents, kubeconfig=kubeconfig)
+            # the training objects only: serving starts once a checkpoint exists (its manifests are in the spec file)
+            training = [d for d in documents if "oracle.dev/commit" in (d.get("metadata") or {}).get("labels", {})]
+            outcome.applied = apply_manifests(training, kubeconfig=kubeconfig)
             outcome.job_id = f"{request.namespace}/{request.job_name}"
             outcome.submitted = True
     else:

@@ -128,7 +128,11 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     assert _our_jobs(slurm_cluster) == []
-    assert elapsed < 2.0 + _cli_start_seconds(root), f"our jobs left the queue {elapsed:.2f} s after `oracle kill`"
+    start_up = _cli_start_seconds(root)
+    print(
+        f"kill switch: our jobs left the queue {elapsed:.2f} s after `oracle kill` started ({start_up:.2f} s start-up)"
+    )
+    assert elapsed < 2.0 + start_up, f"our jobs left the queue {elapsed:.2f} s after `oracle kill`"
     assert slurm_cluster.job_state(job_id) == "CANCELLED"
     assert slurm_cluster.job_state(foreign) in {"RUNNING", "PENDING"}  # not ours: left alone
     slurm_cluster.run("scancel", foreign)

@@ -1,0 +1,268 @@
+"""The Argo target: a data → tokenize → train → publish Workflow built from hera's typed models, validated offline
+and strictly against Argo's schema as hera ships it, and submitted to an Argo server's API."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import yaml
+
+from infra import checks
+from infra.argo.workflow import (
+    DEFAULT_REPO_ID,
+    STEPS,
+    argo_configured,
+    build_workflow,
+    submit_workflow,
+    to_yaml,
+    validate_workflow,
+)
+from infra.k8s.validate import validate_manifests
+from infra.spec import K8S_RECORD_PATH, ClusterError, JobRequest, SpecError, job_environment, job_labels
+from tests.infra.test_k8s import DIGEST, RECORD, StubApi, job_request
+
+
+def argo_request(**changes: Any) -> JobRequest:
+    return replace(job_request(**changes), target="argo")
+
+
+def workflow(request: JobRequest | None = None, **options: Any) -> dict[str, Any]:
+    return build_workflow(request or argo_request(), job_environment(DIGEST, K8S_RECORD_PATH), RECORD, **options)
+
+
+def templates(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {template["name"]: template for template in document["spec"]["templates"]}
+
+
+def containers(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: t["container"] for name, t in templates(document).items() if "container" in t}
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_the_workflow_validates(nodes: int) -> None:
+    document = workflow(argo_request(nodes=nodes))
+    assert (document["apiVersion"], document["kind"]) == ("argoproj.io/v1alpha1", "Workflow")
+    validate_workflow(document)
+
+
+def test_the_steps_run_data_tokenize_train_publish_in_order() -> None:
+    document = workflow()
+    pipeline = templates(document)[document["spec"]["entrypoint"]]
+    order = [step["name"] for group in pipeline["steps"] for step in group if step["name"] in STEPS]
+    assert order == ["data", "tokenize", "train", "publish"]
+    assert [len([s for s in group if s["name"] in STEPS]) for group in pipeline["steps"]] == [1, 1, 1, 1]
+
+
+def test_each_step_runs_oracle_in_the_locked_image_with_the_job_environment() -> None:
+    request = argo_request()
+    found = containers(workflow(request, repo_id="acme/model", data_inputs=["s3://corpus/a.jsonl.gz"]))
+    assert set(found) == set(STEPS)
+    for container in found.values():
+        assert container["image"] == request.image
+        env = {item["name"]: item for item in container["env"]}
+        assert env["ALLOW_LOCAL_TRAIN"]["value"] == "false"
+        assert env["ORACLE_SUBMISSION_DIGEST"]["value"] == DIGEST
+        assert env["ORACLE_SUBMISSION_RECORD"]["value"] == K8S_RECORD_PATH
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert found["data"]["command"] == [
+        "oracle",
+        "data",
+        "run",
+        "--input",
+        "s3://corpus/a.jsonl.gz",
+        "--output",
+        "/data/clean",
+    ]
+    assert found["tokenize"]["command"] == [
+        "oracle",
+        "tokenizer",
+        "train",
+        "--input",
+        "/data/clean",
+        "--vocab-size",
+        "65536",
+        "--out",
+        "/data/tokenizer",
+    ]
+    assert found["publish"]["command"] == ["oracle", "hub", "publish", "--repo-id", "acme/model"]
+    assert containers(workflow())["publish"]["command"][-1] == DEFAULT_REPO_ID
+
+
+def test_the_record_is_a_raw_artifact_written_to_the_record_path_byte_for_byte() -> None:
+    for template in templates(workflow()).values():
+        if "container" in template:
+            (artifact,) = template["inputs"]["artifacts"]
+            assert artifact["path"] == K8S_RECORD_PATH
+            assert artifact["raw"]["data"] == RECORD
+
+
+def test_one_node_trains_in_one_pod() -> None:
+    document = workflow(argo_request(nodes=1, procs_per_node=8))
+    train = templates(document)["train"]
+    assert "rendezvous" not in templates(document)
+    assert train["container"]["command"] == [
+        "torchrun",
+        "--nnodes=1",
+        "--nproc-per-node=8",
+        "--node-rank=0",
+        "--master-addr=127.0.0.1",
+        "--master-port=29500",
+        "-m",
+        "oracle",
+        "train",
+        "--config",
+        "oracle-mini",
+        "--run-name",
+        "oracle-mini",
+        "--resume",
+        "auto",
+    ]
+    assert train["container"]["resources"] == {"limits": {"nvidia.com/gpu": "8"}}
+
+
+def test_several_nodes_fan_out_one_pod_per_rank_behind_a_headless_service() -> None:
+    document = workflow(argo_request(nodes=3))
+    pipeline, train = templates(document)["pipeline"], templates(document)["train"]
+    step = next(s for group in pipeline["steps"] for s in group if s["name"] == "train")
+    assert step["withSequence"] == {"count": 3}
+    assert step["arguments"]["parameters"] == [{"name": "rank", "value": "{{item}}"}]
+    job = "oracle-train-oracle-mini"
+    assert json.loads(train["podSpecPatch"]) == {"hostname": f"{job}-{{{{inputs.parameters.rank}}}}", "subdomain": job}
+    command = train["container"]["command"]
+    assert "--node-rank={{inputs.parameters.rank}}" in command
+    assert f"--master-addr={job}-0.{job}" in command
+    # the rendezvous Service is created before training, owned by the workflow, and selects the train pods
+    groups = [[s["name"] for s in group] for group in pipeline["steps"]]
+    assert groups.index(["tokenize", "rendezvous"]) < groups.index(["train"])
+    resource = templates(document)["rendezvous"]["resource"]
+    assert (resource["action"], resource["setOwnerReference"]) == ("create", True)
+    (service,) = yaml.safe_load_all(resource["manifest"])
+    validate_manifests([service])
+    assert service["metadata"]["name"] == job
+    assert service["spec"]["clusterIP"] == "None"
+    pod_labels = {**document["spec"]["podMetadata"]["labels"], **train["metadata"]["labels"]}
+    assert service["spec"]["selector"] == {
+        **{k: pod_labels[k] for k in ("oracle.dev/project", "app.kubernetes.io/name", "oracle.dev/step")},
+        "workflows.argoproj.io/workflow": "{{workflow.name}}",
+    }
+
+
+def test_gpu_limits_only_when_the_job_asks_for_gpus() -> None:
+    assert "resources" not in templates(workflow(argo_request(gpus_per_node=0)))["train"]["container"]
+
+
+def test_labels_deadline_and_service_account_are_set() -> None:
+    request = argo_request(time="04:00:00")
+    document = workflow(request)
+    assert document["metadata"]["labels"] == job_labels(request)
+    assert document["metadata"]["namespace"] == "oracle"
+    assert document["metadata"]["generateName"] == "oracle-train-oracle-mini-"
+    assert document["metadata"]["annotations"]["oracle.dev/mark"] == request.mark
+    spec = document["spec"]
+    assert spec["podMetadata"]["labels"] == job_labels(request)
+    assert spec["activeDeadlineSeconds"] == 4 * 3600
+    assert spec["serviceAccountName"] == "oracle-jobs"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_workflow_passes_the_submit_gate_checks() -> None:
+    request = argo_request()
+    assert checks.check_documents([workflow(request)], request) == []
+
+
+def test_to_yaml_round_trips() -> None:
+    document = workflow()
+    assert yaml.safe_load(to_yaml(document)) == document
+
+
+# --- strict validation: what a broken workflow reports ------------------------------------------------------------
+
+
+def _train(document: dict[str, Any]) -> dict[str, Any]:
+    return templates(document)["train"]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        (
+            lambda d: _train(d)["container"]["env"][0].__setitem__("valeu", "x"),
+            "spec.templates[4].container.env[0]: Additional properties are not allowed ('valeu' was unexpected)",
+        ),
+        (
+            lambda d: _train(d)["inputs"]["artifacts"][0]["raw"].__setitem__("encoding", "b64"),
+            "spec.templates[4].inputs.artifacts[0].raw: Additional properties are not allowed",
+        ),
+        (
+            lambda d: d["spec"].__setitem__("activeDeadlineSeconds", "soon"),
+            "spec.activeDeadlineSeconds: 'soon' is not of type integer",
+        ),
+        (
+            lambda d: _train(d)["container"].__setitem__("command", "torchrun"),
+            "spec.templates[4].container.command: 'torchrun' is not of type array",
+        ),
+        (
+            lambda d: _train(d)["container"]["env"][0].pop("name"),
+            "spec.templates[4].container.env[0]: 'name' is a required property",
+        ),
+        (
+            lambda d: d.__setitem__("spek", {}),
+            "(top level): Additional properties are not allowed ('spek' was unexpected)",
+        ),
+    ],
+    ids=["unknown-key-deep", "unknown-key-in-artifact", "wrong-type", "wrong-type-list", "missing-required", "top"],
+)
+def test_a_broken_workflow_is_rejected_naming_the_field(
+    breakage: Callable[[dict[str, Any]], object], expected: str
+) -> None:
+    document = copy.deepcopy(workflow())
+    assert list(templates(document)) == ["pipeline", "data", "tokenize", "rendezvous", "train", "publish"]
+    breakage(document)
+    with pytest.raises(SpecError) as caught:
+        validate_workflow(document)
+    message = str(caught.value)
+    assert message.startswith(f"Workflow/oracle-train-oracle-mini-: {expected}")
+    assert "schema, strict" in message
+    assert "\n" not in message
+
+
+def test_a_document_of_another_kind_is_rejected() -> None:
+    document = {**workflow(), "kind": "CronWorkflow"}
+    with pytest.raises(SpecError, match=r"an Argo workflow is argoproj\.io/v1alpha1/Workflow"):
+        validate_workflow(document)
+
+
+# --- submission -----------------------------------------------------------------------------------------------------
+
+
+def test_argo_is_configured_by_argo_server() -> None:
+    assert argo_configured({"ARGO_SERVER": "argo.example:2746"})
+    assert not argo_configured({"ARGO_HTTP1": "true"})
+    assert not argo_configured({})
+
+
+def test_submit_posts_the_workflow_to_the_argo_server() -> None:
+    """Checks the request made to the Argo server's API, against a local stub (no Argo server here)."""
+    document = workflow()
+    created = {**document, "metadata": {**document["metadata"], "name": "oracle-train-oracle-mini-x7k2p"}}
+    with StubApi({("POST", "/api/v1/workflows/oracle"): (200, created)}) as api:
+        environ = {"ARGO_SERVER": api.url.removeprefix("http://"), "ARGO_SECURE": "false", "ARGO_TOKEN": "t0k"}
+        assert submit_workflow(document, environ=environ) == "oracle/oracle-train-oracle-mini-x7k2p"
+    (posted,) = api.requests
+    assert {k.lower(): v for k, v in posted["headers"].items()}["authorization"] == "Bearer t0k"
+    body = json.loads(posted["body"])
+    assert body["namespace"] == "oracle"
+    assert body["workflow"]["spec"]["templates"] == document["spec"]["templates"]
+
+
+def test_a_refused_submission_is_a_cluster_error() -> None:
+    refusal = {"code": 7, "message": 'workflows.argoproj.io is forbidden: User "x" cannot create'}
+    with StubApi({("POST", "/api/v1/workflows/oracle"): (403, refusal)}) as api:
+        environ = {"ARGO_SERVER": api.url}
+        with pytest.raises(ClusterError, match=f"^the Argo server {api.url} refused the workflow: .*forbidden"):
+            submit_workflow(workflow(), environ=environ)

@@ -1,0 +1,552 @@
+"""The Kubernetes target: manifests built from the client's typed models, validated strictly and offline against the
+Kubernetes API schema, and applied, listed and deleted through kubectl (or the Python client without it)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from infra import checks
+from infra.k8s.apply import apply_manifests, delete_project_jobs, kubeconfig_present, list_project_jobs
+from infra.k8s.manifests import (
+    RUNS_DIR,
+    serving_manifests,
+    to_yaml,
+    training_manifests,
+)
+from infra.k8s.validate import KUBERNETES_VERSION, validate_manifests
+from infra.spec import (
+    IMAGE_WORKDIR,
+    K8S_RECORD_DIR,
+    K8S_RECORD_PATH,
+    RENDEZVOUS_PORT,
+    ClusterError,
+    JobRequest,
+    SpecError,
+    job_environment,
+    job_labels,
+)
+
+DIGEST = "d" * 64
+RECORD = json.dumps({"commit": "c" * 40, "target": "k8s"}, indent=2, sort_keys=True) + "\n"
+
+
+def job_request(**changes: Any) -> JobRequest:
+    request = JobRequest(
+        target="k8s",
+        project="oracle",
+        config="oracle-mini",
+        config_name="oracle-mini",
+        config_hash="ab" * 32,
+        commit="c" * 40,
+        root=Path("/w"),
+        nodes=2,
+        gpus_per_node=8,
+        procs_per_node=8,
+        time="04:00:00",
+        image="cr.yandex/oracle/oracle-train:lock-0123456789abcdef",
+        venv=Path("/w/.venv"),
+        partition="gpu",
+        namespace="oracle",
+    )
+    return replace(request, **changes)
+
+
+def manifests(request: JobRequest | None = None) -> list[dict[str, Any]]:
+    request = request or job_request()
+    env = job_environment(DIGEST, K8S_RECORD_PATH)
+    return training_manifests(request, env, RECORD) + serving_manifests(request)
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in documents if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def pod_spec(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    spec: dict[str, Any] = by_kind(documents, kind)["spec"]["template"]["spec"]
+    return spec
+
+
+# --- the manifests --------------------------------------------------------------------------------------------------
+
+
+def test_training_and_serving_manifests_validate_strictly() -> None:
+    documents = manifests()
+    assert [d["kind"] for d in documents] == [
+        "ServiceAccount",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Service",
+        "Job",
+        "Deployment",
+        "Service",
+    ]
+    validate_manifests(documents)
+    validate_manifests(manifests(job_request(nodes=1, gpus_per_node=0, procs_per_node=4)))
+
+
+def test_default_schema_version_is_one_kubernetes_validate_ships() -> None:
+    shipped = {".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()}
+    assert KUBERNETES_VERSION in shipped
+
+
+def test_every_object_carries_the_project_labels_annotations_and_namespace() -> None:
+    request = job_request()
+    documents = manifests(request)
+    for document in documents[:5]:
+        assert document["metadata"]["labels"] == job_labels(request)
+    for document in documents:
+        metadata = document["metadata"]
+        assert metadata["namespace"] == "oracle"
+        assert metadata["labels"]["oracle.dev/project"] == "oracle"
+        assert metadata["annotations"] == {
+            "oracle.dev/mark": request.mark,
+            "oracle.dev/config-hash": "ab" * 32,
+            "oracle.dev/commit": "c" * 40,
+        }
+    job_pod = by_kind(documents, "Job")["spec"]["template"]["metadata"]
+    assert job_pod["labels"] == job_labels(request)
+    serve_pod = by_kind(documents, "Deployment")["spec"]["template"]["metadata"]
+    assert serve_pod["labels"]["oracle.dev/project"] == "oracle"
+    assert serve_pod["labels"]["app.kubernetes.io/name"] == "oracle-serve"
+
+
+def test_manifests_keep_api_version_kind_and_metadata_first() -> None:
+    for document in manifests():
+        assert list(document)[:3] == ["apiVersion", "kind", "metadata"]
+
+
+def test_training_is_an_indexed_job_whose_ranks_find_rank_zero_by_dns() -> None:
+    documents = manifests(job_request(nodes=4, procs_per_node=8))
+    job = by_kind(documents, "Job")
+    service = by_kind(documents, "Service", "oracle-train-oracle-mini")
+    spec = job["spec"]
+    assert job["metadata"]["name"] == "oracle-train-oracle-mini"
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 4
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 4 * 3600
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert pod["serviceAccountName"] == by_kind(documents, "ServiceAccount")["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"][0]["port"] == RENDEZVOUS_PORT
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (container,) = pod["containers"]
+    assert container["image"] == "cr.yandex/oracle/oracle-train:lock-0123456789abcdef"
+    assert container["workingDir"] == IMAGE_WORKDIR
+    assert container["command"] == [
+        "torchrun",
+        "--nnodes=4",
+        "--nproc-per-node=8",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        "--master-addr=oracle-train-oracle-mini-0.oracle-train-oracle-mini",
+        f"--master-port={RENDEZVOUS_PORT}",
+        "-m",
+        "oracle",
+        "train",
+        "--config",
+        "oracle-mini",
+        "--run-name",
+        "oracle-mini",
+        "--resume",
+        "auto",
+    ]
+
+
+def test_job_environment_carries_the_submission_and_the_pod_name() -> None:
+    (container,) = pod_spec(manifests(), "Job")["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["ALLOW_LOCAL_TRAIN"]["value"] == "false"
+    assert env["ORACLE_SUBMISSION_DIGEST"]["value"] == DIGEST
+    assert env["ORACLE_SUBMISSION_RECORD"]["value"] == K8S_RECORD_PATH
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["PYTHONUNBUFFERED"]["value"] == "1"
+
+
+def test_record_configmap_holds_the_exact_bytes_at_the_record_path() -> None:
+    documents = manifests()
+    config_map = by_kind(documents, "ConfigMap")
+    ((file_name, encoded),) = config_map["binaryData"].items()
+    assert base64.b64decode(encoded).decode() == RECORD
+    pod = pod_spec(documents, "Job")
+    volume = next(v for v in pod["volumes"] if v.get("configMap"))
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    assert mount == {"mountPath": K8S_RECORD_DIR, "name": volume["name"], "readOnly": True}
+    assert f"{mount['mountPath']}/{file_name}" == K8S_RECORD_PATH
+
+
+def test_checkpoints_are_a_shared_claim_that_serving_mounts_read_only() -> None:
+    documents = manifests()
+    claim = by_kind(documents, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Ti"
+    for kind, read_only in (("Job", False), ("Deployment", True)):
+        pod = pod_spec(documents, kind)
+        volume = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim"))
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["mountPath"] == RUNS_DIR == f"{IMAGE_WORKDIR}/runs"
+        assert mount.get("readOnly", False) is read_only
+
+
+@pytest.mark.parametrize("gpus", [0, 8])
+def test_gpu_limits_only_when_the_job_asks_for_gpus(gpus: int) -> None:
+    documents = manifests(job_request(gpus_per_node=gpus))
+    for kind in ("Job", "Deployment"):
+        resources = pod_spec(documents, kind)["containers"][0].get("resources")
+        assert resources == ({"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else None)
+
+
+def test_pods_run_as_non_root_without_privilege_escalation() -> None:
+    for kind in ("Job", "Deployment"):
+        pod = pod_spec(manifests(), kind)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 1000
+        assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_serving_runs_the_newest_checkpoint_behind_a_service_with_probes() -> None:
+    documents = serving_manifests(job_request(), replicas=3)
+    deployment, service = documents
+    assert deployment["spec"]["replicas"] == 3
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == [
+        "oracle",
+        "serve",
+        "--checkpoint",
+        f"{IMAGE_WORKDIR}/runs/oracle-mini",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["ports"] == [{"containerPort": 8000, "name": "http"}]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_rendered_manifests_pass_the_submit_gate_checks() -> None:
+    request = job_request()
+    assert checks.check_documents(manifests(request), request) == []
+
+
+def test_a_job_name_too_long_for_pod_hostnames_is_refused() -> None:
+    with pytest.raises(SpecError, match="exceeds 63 characters"):
+        training_manifests(job_request(config_name="x" * 50, nodes=10), {}, RECORD)
+
+
+def test_to_yaml_is_multi_document_and_round_trips() -> None:
+    documents = manifests()
+    text = to_yaml(documents)
+    assert text.startswith("---\napiVersion: v1\nkind: ServiceAccount\n")
+    assert text.count("---\n") == len(documents)
+    assert list(yaml.safe_load_all(text)) == documents
+
+
+# --- strict validation: what a broken manifest reports ------------------------------------------------------------
+
+
+def _container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = pod_spec(documents, "Job")["containers"][0]
+    return container
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        (
+            lambda d: _container(d).__setitem__("imagePullPolicyy", "Always"),
+            "Job/oracle-train-oracle-mini: spec.template.spec.containers[0]: Additional properties are not allowed "
+            "('imagePullPolicyy' was unexpected)",
+        ),
+        (
+            lambda d: by_kind(d, "Job")["spec"].__setitem__("completions", "2"),
+            "Job/oracle-train-oracle-mini: spec.completions: '2' is not of type 'integer'",
+        ),
+        (
+            lambda d: _container(d).pop("name"),
+            "Job/oracle-train-oracle-mini: spec.template.spec.containers[0]: 'name' is a required property",
+        ),
+        (
+            lambda d: by_kind(d, "Service", "oracle-serve")["spec"]["ports"][0].__setitem__("port", "eighty"),
+            "Service/oracle-serve: spec.ports[0].port: 'eighty' is not of type 'integer'",
+        ),
+        (
+            lambda d: by_kind(d, "ConfigMap")["metadata"].__setitem__("labelz", {}),
+            "ConfigMap/oracle-train-oracle-mini-submission: metadata: Additional properties are not allowed",
+        ),
+    ],
+    ids=["unknown-field", "wrong-type", "missing-required", "wrong-type-serving", "unknown-metadata-field"],
+)
+def test_a_broken_manifest_is_rejected_naming_the_object_and_field(
+    breakage: Callable[[list[dict[str, Any]]], object], expected: str
+) -> None:
+    documents = copy.deepcopy(manifests())
+    breakage(documents)
+    with pytest.raises(SpecError) as caught:
+        validate_manifests(documents)
+    message = str(caught.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+    assert f"Kubernetes {KUBERNETES_VERSION} schema, strict" in message
+
+
+def test_an_unknown_kind_is_rejected() -> None:
+    document = {"apiVersion": "batch/v1", "kind": "Jobb", "metadata": {"name": "x"}}
+    with pytest.raises(SpecError, match=r"^Jobb/x: Kubernetes 1\.37 has no kind Jobb in apiVersion batch/v1"):
+        validate_manifests([document])
+
+
+# --- applying, listing, deleting: a fake kubectl ------------------------------------------------------------------
+
+FAKE_KUBECTL = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "stdin": sys.stdin.read()}}) + "\\n")
+if os.environ.get("FAKE_KUBECTL_ERROR"):
+    sys.stderr.write(os.environ["FAKE_KUBECTL_ERROR"])
+    sys.exit(1)
+sys.stdout.write(os.environ.get("FAKE_KUBECTL_OUTPUT", ""))
+"""
+
+
+class FakeKubectl:
+    """A `kubectl` first on PATH that records its argv and stdin and prints canned output."""
+
+    def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.log = directory / "calls.jsonl"
+        script = directory / "bin" / "kubectl"
+        script.parent.mkdir()
+        script.write_text(FAKE_KUBECTL.format(python=sys.executable))
+        script.chmod(0o755)
+        self.kubeconfig = directory / "kubeconfig"
+        self.kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+        self._monkeypatch = monkeypatch
+        monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("FAKE_KUBECTL_LOG", str(self.log))
+
+    def answer(self, output: str = "", error: str = "") -> None:
+        self._monkeypatch.setenv("FAKE_KUBECTL_OUTPUT", output)
+        self._monkeypatch.setenv("FAKE_KUBECTL_ERROR", error)
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKubectl:
+    return FakeKubectl(tmp_path, monkeypatch)
+
+
+def test_apply_pipes_the_manifests_to_kubectl_server_side(kubectl: FakeKubectl) -> None:
+    """Checks the command line and the YAML kubectl receives, not a real cluster (none can run here)."""
+    documents = manifests()
+    kubectl.answer(output="serviceaccount/oracle-jobs serverside-applied\n")
+    applied = apply_manifests(documents, kubeconfig=kubectl.kubeconfig)
+    (call,) = kubectl.calls()
+    assert call["argv"] == [
+        "--kubeconfig",
+        str(kubectl.kubeconfig),
+        "apply",
+        "--server-side",
+        "--field-manager=oracle",
+        "-f",
+        "-",
+    ]
+    assert list(yaml.safe_load_all(call["stdin"])) == documents
+    assert applied == [
+        "ServiceAccount/oracle-jobs",
+        "ConfigMap/oracle-train-oracle-mini-submission",
+        "PersistentVolumeClaim/oracle-checkpoints",
+        "Service/oracle-train-oracle-mini",
+        "Job/oracle-train-oracle-mini",
+        "Deployment/oracle-serve",
+        "Service/oracle-serve",
+    ]
+
+
+def test_apply_without_a_kubeconfig_leaves_kubectl_its_default(kubectl: FakeKubectl) -> None:
+    """Checks the command line only (no cluster here)."""
+    apply_manifests(manifests()[:1], kubeconfig=None)
+    assert kubectl.calls()[0]["argv"][:2] == ["apply", "--server-side"]
+
+
+def test_kill_switch_lists_and_deletes_jobs_by_the_project_label(kubectl: FakeKubectl) -> None:
+    """Checks the command lines and how kubectl's `-o name` output is read, not a real cluster."""
+    kubectl.answer(output="job.batch/oracle-train-a\njob.batch/oracle-train-b\n")
+    assert list_project_jobs("oracle", "ml", kubeconfig=kubectl.kubeconfig) == [
+        "job.batch/oracle-train-a",
+        "job.batch/oracle-train-b",
+    ]
+    assert delete_project_jobs("oracle", "ml", kubeconfig=kubectl.kubeconfig) == [
+        "job.batch/oracle-train-a",
+        "job.batch/oracle-train-b",
+    ]
+    listed, deleted = (call["argv"] for call in kubectl.calls())
+    config = ["--kubeconfig", str(kubectl.kubeconfig)]
+    assert listed == [*config, "get", "jobs", "--namespace", "ml", "-l", "oracle.dev/project=oracle", "-o", "name"]
+    assert deleted == [
+        *config,
+        "delete",
+        "jobs",
+        "--namespace",
+        "ml",
+        "-l",
+        "oracle.dev/project=oracle",
+        "--cascade=foreground",
+        "--wait=false",
+        "-o",
+        "name",
+    ]
+
+
+def test_no_jobs_listed_is_an_empty_list(kubectl: FakeKubectl) -> None:
+    kubectl.answer(output="")
+    assert list_project_jobs("oracle", "ml", kubeconfig=None) == []
+
+
+def test_a_kubectl_failure_is_one_line_naming_kubectl_and_its_error(kubectl: FakeKubectl) -> None:
+    kubectl.answer(error="\nerror: You must be logged in to the server (Unauthorized)\nsecond line\n")
+    with pytest.raises(ClusterError) as caught:
+        apply_manifests(manifests(), kubeconfig=kubectl.kubeconfig)
+    assert str(caught.value) == "kubectl apply failed: error: You must be logged in to the server (Unauthorized)"
+    with pytest.raises(ClusterError, match=r"^kubectl delete failed: error: You must be logged in"):
+        delete_project_jobs("oracle", "ml", kubeconfig=None)
+
+
+def test_kubeconfig_present_follows_kubectl(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("apiVersion: v1\n")
+    home = tmp_path / "home"
+    assert kubeconfig_present({"KUBECONFIG": f"{tmp_path / 'missing'}{os.pathsep}{config}"}) == config
+    assert kubeconfig_present({"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(home)}) is None
+    assert kubeconfig_present({"HOME": str(home)}) is None
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text("apiVersion: v1\n")
+    assert kubeconfig_present({"HOME": str(home)}) == home / ".kube" / "config"
+
+
+# --- without kubectl: the Python client against a stub API server -------------------------------------------------
+
+
+class StubApi:
+    """A local HTTP server answering each (method, path) with a canned JSON reply and recording the requests."""
+
+    def __init__(self, replies: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> None:
+        self.replies = replies
+        self.requests: list[dict[str, Any]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode() if length else ""
+                path, _, query = self.path.partition("?")
+                stub.requests.append(
+                    {"method": self.command, "path": path, "query": query, "body": body, "headers": dict(self.headers)}
+                )
+                status, payload = stub.replies.get((self.command, path), (404, {"message": f"no stub for {path}"}))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = _reply
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> StubApi:
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def without_kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stub", "cluster": {"server": server}}],
+        "users": [{"name": "stub", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}],
+        "current-context": "stub",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.usefixtures("without_kubectl")
+def test_without_kubectl_the_client_lists_and_deletes_in_the_foreground(tmp_path: Path) -> None:
+    """Checks the API requests the client makes, against a stub server (no cluster here)."""
+    jobs = "/apis/batch/v1/namespaces/ml/jobs"
+    job_list = {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [{"metadata": {"name": "j1"}}]}
+    status = {"apiVersion": "v1", "kind": "Status", "status": "Success"}
+    with StubApi({("GET", jobs): (200, job_list), ("DELETE", f"{jobs}/j1"): (200, status)}) as api:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        assert list_project_jobs("oracle", "ml", kubeconfig=kubeconfig) == ["job.batch/j1"]
+        assert delete_project_jobs("oracle", "ml", kubeconfig=kubeconfig) == ["job.batch/j1"]
+    listing = api.requests[0]
+    assert parse_qs(listing["query"]) == {"labelSelector": ["oracle.dev/project=oracle"]}
+    assert {k.lower(): v for k, v in listing["headers"].items()}["authorization"] == "Bearer t0ken"
+    deletion = api.requests[-1]
+    assert (deletion["method"], deletion["path"]) == ("DELETE", f"{jobs}/j1")
+    assert parse_qs(deletion["query"]) == {"propagationPolicy": ["Foreground"]}
+
+
+@pytest.mark.usefixtures("without_kubectl")
+def test_without_kubectl_an_api_refusal_is_a_cluster_error(tmp_path: Path) -> None:
+    forbidden = {"kind": "Status", "message": 'jobs.batch is forbidden: User "x" cannot list'}
+    with StubApi({("GET", "/apis/batch/v1/namespaces/ml/jobs"): (403, forbidden)}) as api:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        with pytest.raises(ClusterError) as caught:
+            list_project_jobs("oracle", "ml", kubeconfig=kubeconfig)
+    assert str(caught.value) == (
+        'listing jobs in namespace ml failed: 403 jobs.batch is forbidden: User "x" cannot list'
+    )
+
+
+@pytest.mark.usefixtures("without_kubectl")
+def test_without_kubectl_an_unreadable_kubeconfig_is_a_cluster_error(tmp_path: Path) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\n")
+    with pytest.raises(ClusterError, match=f"^kubeconfig {broken} cannot be loaded: "):
+        apply_manifests(manifests()[:1], kubeconfig=broken)
