@@ -63,7 +63,7 @@ def run_case(base: Path, preset: str, *, world: int, steps: int, seq_len: int, m
         checkpoint__interval=10**6,
     )
     job = start_training(
-        checkout, ["--config", str(path)], world=world, env=job_environment(checkout), cpu=device == "cpu"
+        checkout, ["--config", str(path)], world=world, env=job_environment(checkout, config=path), cpu=device == "cpu"
     )
     codes = job.wait(timeout=3600)
     if codes != [0] * world:

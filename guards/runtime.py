@@ -25,6 +25,7 @@ class TrainingDecision:
     reason: str
     job_id: str | None = None
     override: bool = False
+    config_hash: str | None = None  # the submitted recipe's TrainConfig.sha256(); training must use that recipe
 
 
 def _job_identity(environ: Mapping[str, str], target: str) -> str | None:
@@ -49,7 +50,12 @@ def training_decision(root: Path, environ: Mapping[str, str]) -> TrainingDecisio
         if job_id is None:
             wanted = "SLURM_JOB_ID" if record.target == "slurm" else "a Kubernetes pod name (POD_NAME)"
             return TrainingDecision(False, f"training refused: no {wanted}; the record must be used inside its job")
-        return TrainingDecision(True, f"submitted {record.target} job {job_id} for commit {record.commit[:12]}", job_id)
+        return TrainingDecision(
+            True,
+            f"submitted {record.target} job {job_id} for commit {record.commit[:12]}",
+            job_id,
+            config_hash=record.config_hash,
+        )
     if environ.get("ALLOW_LOCAL_TRAIN", "false").lower() == "true":
         if load_settings(root).local_train.allow_override:
             return TrainingDecision(True, "local training allowed by ALLOW_LOCAL_TRAIN=true (override)", override=True)

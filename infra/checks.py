@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,11 @@ def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str
             f"SUB002 {request.venv} is not built from requirements.lock (stamp {stamp} "
             f"{'says ' + have[:12] if have else 'missing'}, lock is {lock_sha256[:12]}); run `make venv`"
         )
-    if f"{request.venv}/bin/torchrun" not in script and '"$venv/bin/torchrun"' not in script:
+    if (
+        f"\nvenv={shlex.quote(str(request.venv))}\n" not in script
+        or "\nsrun " not in script
+        or ('"$venv/bin/torchrun"' not in script)
+    ):
         problems.append(f"SUB002 the sbatch script does not run torchrun from the locked virtualenv {request.venv}")
     return problems
 
@@ -95,27 +100,44 @@ def check_documents(documents: list[dict[str, Any]], request: JobRequest) -> lis
 
 
 def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
-    """SUB003 over the job's data directory; returns the problems and the number of files examined."""
-    from policies.external_weights import sniff_weights
+    """SUB003 over the job's data directory; returns the problems and the number of files examined.
+
+    Every file is checked for a zip of weights (`torch.save` writes zips); every file except the token shards that
+    `tokens/index.json` lists by plain name is also checked for the other weight formats by its first bytes (raw
+    token ids could look like a pickle header by chance; their sha256 is checked by the trainer)."""
+    from policies.external_weights import sniff_weights, zip_weights
 
     if not data_dir.is_dir():
         return [f"SUB003 the recipe's data.path {data_dir} does not exist here; prepare it with `oracle data run`"], 0
+    tokens = data_dir / "tokens"
     listed: set[Path] = set()
-    index = data_dir / "tokens" / "index.json"
+    index = tokens / "index.json"
     if index.is_file():
         try:
             manifest = json.loads(index.read_text(encoding="utf-8"))
-            listed = {(index.parent / entry["name"]).resolve() for entry in manifest.get("files", [])}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            names = [str(entry["name"]) for entry in manifest.get("files", [])]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             return [f"SUB003 {index} is not a packed-data index ({exc}); rebuild it with `oracle data run`"], 0
+        for name in names:
+            if not re.fullmatch(r"tokens-\d{6}\.bin", name):
+                return [f"SUB003 {index} lists {name!r}, not a token shard name (tokens-NNNNNN.bin)"], 0
+            listed.add(tokens / name)
     problems, examined = [], 0
-    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file() or p.is_symlink()):
         examined += 1
-        if path.resolve() in listed:
-            continue  # raw token ids, checked against their sha256 by the trainer
-        with path.open("rb") as handle:
-            head = handle.read(256)
-        kind = sniff_weights(head, path.stat().st_size)
+        if path.is_symlink():
+            problems.append(f"SUB003 {path} is a symbolic link; the job's inputs must be the files themselves")
+            continue
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(256)
+            size = path.stat().st_size
+        except OSError as exc:
+            problems.append(f"SUB003 {path} cannot be read ({exc.strerror}); fix its permissions")
+            continue
+        kind = zip_weights(path) if head.startswith(b"PK\x03\x04") else None
+        if kind is None and path not in listed:
+            kind = sniff_weights(head, size)
         if kind is not None:
             problems.append(f"SUB003 {path} among the job's inputs is a {kind} weights file; remove it from the data")
     return problems, examined

@@ -61,8 +61,11 @@ def kill(
             report.found = [f"{job.job_id} {job.name} {job.state}" for job in jobs]
             if jobs and confirm(report.found):
                 report.confirmed = True
-                slurm.cancel([job.job_id for job in jobs], environ=env)
-                report.cancelled = [job.job_id for job in jobs]
+                try:
+                    report.cancelled = slurm.cancel([job.job_id for job in jobs], environ=env)
+                except slurm.PartialCancelError as exc:
+                    report.cancelled = exc.cancelled
+                    raise
         else:
             from infra.k8s.apply import delete_project_jobs, kubeconfig_present, list_project_jobs
 

@@ -13,10 +13,13 @@ Every decision — refused, dry run, submitted — is appended to the audit log.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +42,7 @@ from infra.spec import (
     parse_time,
     spec_digest,
 )
-from policies.settings import Settings, load_settings
+from policies.settings import Settings, SettingsError, load_settings
 
 SUBMISSIONS_DIR = Path(".oracle") / "submissions"
 SLURM_LOG_DIR = Path("runs") / "slurm"
@@ -156,6 +159,11 @@ def build_request(root: Path, options: SubmitOptions, settings: Settings, commit
     except ConfigError as exc:
         raise SubmitRefusedError(str(exc)) from exc
     nodes, gpus, procs = _shape(options, config.parallelism.data, settings)
+    if options.target == "slurm" and re.search(r"[\s%'\"$`\\]", str(root)):
+        raise SpecError(
+            f"the checkout path {str(root)!r} holds a space, quote, $, ` or %: sbatch options and the job script "
+            "cannot carry it safely; move the checkout"
+        )
     cluster = settings.cluster
     venv = root / settings.venv.project_venv
     request = JobRequest(
@@ -180,12 +188,20 @@ def build_request(root: Path, options: SubmitOptions, settings: Settings, commit
     return request, recipe, data_dir if data_dir.is_absolute() else root / data_dir
 
 
-def _render(request: JobRequest, digest: str, record_path: str, record_json: str, lock_sha: str) -> tuple[str, Any]:
+def _render(
+    request: JobRequest,
+    digest: str,
+    record_path: str,
+    record_json: str,
+    lock_sha: str,
+    submitter: Mapping[str, str],
+) -> tuple[str, Any]:
     """The spec text and its parsed documents (None for sbatch)."""
     env = job_environment(digest, record_path)
     if request.target == "slurm":
         log_dir = request.root / SLURM_LOG_DIR
-        return slurm.render_sbatch(request, env, lock_sha256=lock_sha, log_dir=log_dir), None
+        script = slurm.render_sbatch(request, env, lock_sha256=lock_sha, log_dir=log_dir, passed=submitter)
+        return script, None
     if request.target == "k8s":
         from infra.k8s.manifests import serving_manifests, to_yaml, training_manifests
 
@@ -234,6 +250,10 @@ def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None
     except git.GitError as exc:
         _audit(root, "refused", commit, {**details, "reason": str(exc)})
         raise SubmitRefusedError(f"{root} is not a git checkout ({exc}); submit from the repository") from exc
+    except (SettingsError, OSError) as exc:  # a malformed policies.toml, an unreadable file: audited, then reported
+        with contextlib.suppress(Exception):
+            _audit(root, "error", commit, {**details, "reason": str(exc)})
+        raise
     result = "dry-run" if outcome.dry_run else "submitted" if outcome.submitted else "rendered"
     _audit(
         root,
@@ -288,44 +308,81 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
     record_path = root / SUBMISSIONS_DIR / f"{stamp}-{options.target}-{request.config_name}.json"
     record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
 
-    pending_spec, documents = _render(request, PENDING_DIGEST, record_in_job, "{}", lock_sha)
+    pending_spec, documents = _render(request, PENDING_DIGEST, record_in_job, "{}", lock_sha, env)
     problems = _validate(request, pending_spec, documents, lock_sha)
     if problems:
         raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
     spec_hash = spec_digest(pending_spec)
 
-    if options.target == "slurm" and not options.dry_run and not options.force:
-        duplicate = slurm.find_duplicate(request, environ=env)
-        if duplicate is not None:
-            raise SubmitRefusedError(
-                f"commit {commit[:12]} with config {request.config_name} is already {duplicate.state.lower()} as "
-                f"SLURM job {duplicate.job_id}; cancel it (`oracle kill --target slurm`) or pass --force"
-            )
-
     if options.dry_run:
         return Submission(options.target, request, pending_spec, spec_hash, dry_run=True, note="dry run: nothing sent")
 
-    record = new_record(
-        commit=commit,
-        tree=git.head_tree(root),
-        attestation_digest=attestation.digest,
-        config_hash=request.config_hash,
-        spec_hash=spec_hash,
-        target=options.target,
-    )
-    digest = write_submission_record(record_path, record)
+    with _submissions_lock(root):  # two submits of the same commit and config cannot both pass the duplicate check
+        if options.target == "slurm" and not options.force:
+            duplicate = slurm.find_duplicate(request, environ=env)
+            if duplicate is not None:
+                raise SubmitRefusedError(
+                    f"commit {commit[:12]} with config {request.config_name} is already {duplicate.state.lower()} "
+                    f"as SLURM job {duplicate.job_id}; cancel it (`oracle kill --target slurm`) or pass --force"
+                )
+        record = new_record(
+            commit=commit,
+            tree=git.head_tree(root),
+            attestation_digest=attestation.digest,
+            config_hash=request.config_hash,
+            spec_hash=spec_hash,
+            target=options.target,
+        )
+        digest = write_submission_record(record_path, record)
+        spec_file = record_path.with_suffix(".sbatch" if options.target == "slurm" else ".yaml")
+        try:
+            return _send(root, options, env, request, record_path, digest, spec_file, spec_hash, lock_sha, commit)
+        except BaseException:
+            # nothing reached the scheduler: no record may claim otherwise
+            record_path.unlink(missing_ok=True)
+            spec_file.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _submissions_lock(root: Path) -> Iterator[None]:
+    folder = root / SUBMISSIONS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _send(
+    root: Path,
+    options: SubmitOptions,
+    env: dict[str, str],
+    request: JobRequest,
+    record_path: Path,
+    digest: str,
+    spec_file: Path,
+    spec_hash: str,
+    lock_sha: str,
+    commit: str,
+) -> Submission:
+    """Render the spec bound to the record, check it once more, audit the intent, then hand it to the scheduler."""
+    from oracle.atomic_write import write_atomically
+
+    record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
     record_json = record_path.read_text(encoding="utf-8")
-    spec, documents = _render(request, digest, record_in_job, record_json, lock_sha)
+    spec, documents = _render(request, digest, record_in_job, record_json, lock_sha, env)
     problems = _validate(request, spec, documents, lock_sha)
     if problems:  # the final rendering differs from the checked one only by the digest; this is a safety net
         raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
     outcome = Submission(
         options.target, request, spec, spec_hash, dry_run=False, record_path=record_path, digest=digest
     )
-    spec_file = record_path.with_suffix(".sbatch" if options.target == "slurm" else ".yaml")
-    from oracle.atomic_write import write_atomically
-
     write_atomically(spec_file, spec.encode())
+    # the decision is on the audit log before anything reaches a scheduler (an audit failure stops here)
+    _audit(root, "submitting", commit, {"target": options.target, "digest": digest, "spec_hash": spec_hash})
     if options.target == "slurm":
         (root / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
         outcome.job_id = slurm.submit(spec_file, environ=env)

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check or policy blocks the action, 2 usage or interna
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -270,6 +271,19 @@ def train_command(
 
     try:
         recipe = load_train_config(config)
+        if decision.config_hash is not None:  # inside a submitted job: exactly what the submit gate checked
+            if data is not None:
+                raise fail(
+                    "training refused: --data is not allowed in a submitted job (the gate checked the recipe's "
+                    "data.path); put the path in the recipe and submit it",
+                    EXIT_BLOCKED,
+                )
+            if recipe.sha256() != decision.config_hash:
+                raise fail(
+                    f"training refused: recipe {config} (config hash {recipe.sha256()[:12]}) is not the one this job "
+                    f"was submitted with ({decision.config_hash[:12]}); submit it with `oracle submit`",
+                    EXIT_BLOCKED,
+                )
         if data is not None:
             recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(data)})})
         placement = placement_from_env()
@@ -280,6 +294,14 @@ def train_command(
         raise fail(str(exc)) from exc
     if placement.is_main:
         stdout.print(f"training finished: {run_dir}", highlight=False)
+    if placement.world_size > 1:
+        # Everything is written, sealed and closed, and the process group is destroyed. Native threads of the
+        # collectives (gloo, DeepSpeed's shared-memory op) can still abort in C++ static destructors at interpreter
+        # exit ("terminate called without an active exception", seen on CPU under load), turning a finished run
+        # into exit -6 for torchrun and srun: leave without running them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class SubmitTarget(StrEnum):
@@ -314,6 +336,7 @@ def submit_command(
 
     Example: oracle submit --target slurm --config oracle850b --nodes 32 --gpus-per-node 8 --time 72:00:00
     """
+    from guards.audit import AuditError
     from infra.spec import SpecError
     from infra.submit import SubmitOptions, SubmitRefusedError, describe, submit
     from policies.settings import SettingsError
@@ -333,6 +356,10 @@ def submit_command(
         raise fail(f"submission refused: {exc}", EXIT_BLOCKED) from exc
     except (SettingsError, SpecError) as exc:
         raise fail(str(exc)) from exc
+    except AuditError as exc:
+        raise fail(f"submission refused: the audit log cannot record it ({exc})", EXIT_BLOCKED) from exc
+    except OSError as exc:
+        raise fail(f"submission failed: {exc.filename or ''} {exc.strerror or exc}; nothing was submitted") from exc
     if output_format is OutputFormat.json:
         print(json.dumps(outcome.as_json(), indent=2))
         return
@@ -353,8 +380,11 @@ def kill_command(
 
     Example: oracle kill --target slurm --yes
     """
+    from guards.audit import AuditError
     from infra.kill_switch import kill
+    from infra.slurm import PartialCancelError
     from infra.spec import ClusterError
+    from policies.settings import SettingsError
 
     def confirm(found: list[str]) -> bool:
         if yes:
@@ -367,7 +397,11 @@ def kill_command(
 
     try:
         report = kill(Path.cwd(), target.value, confirm=confirm)
-    except ClusterError as exc:
+    except PartialCancelError as exc:
+        if exc.cancelled:
+            stdout.print(f"cancelled {len(exc.cancelled)} job(s): {', '.join(exc.cancelled)}", highlight=False)
+        raise fail(str(exc)) from exc
+    except (ClusterError, SettingsError, AuditError) as exc:
         raise fail(str(exc)) from exc
     if output_format is OutputFormat.json:
         print(json.dumps({"target": report.target, "found": report.found, "cancelled": report.cancelled}, indent=2))

@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import zipfile
+from pathlib import Path
 
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
@@ -648,8 +649,13 @@ def sniff_weights(head: bytes, size: int) -> str | None:
 
 
 def _zip_weights(ctx: ScanContext, path: str) -> str | None:
+    return zip_weights(ctx.path(path))
+
+
+def zip_weights(path: Path) -> str | None:
+    """The weights format of a zip archive (a PyTorch `torch.save` file, a zip of weight files), or None."""
     try:
-        with zipfile.ZipFile(ctx.path(path)) as archive:
+        with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return None

@@ -20,15 +20,25 @@ import jinja2
 from infra.spec import RENDEZVOUS_PORT, ClusterError, JobRequest
 
 TEMPLATE = Path(__file__).with_name("train.sbatch.j2")
-# squeue's states of a job that has not finished (squeue lists nothing else by default)
-ACTIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STOPPED"}
+# States after which a job never runs again; squeue may still list them for a moment (everything else is live).
+FINAL_STATES = frozenset(
+    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
 )
-_FIELDS = "%i|%j|%T|%u|%k"  # job id, name, state, user, comment
+# Free text (the comment, the name) goes last in each query, so a `|` in it cannot shift the other fields.
+_STATE_FIELDS = "%i|%T|%u|%k"
+_NAME_FIELDS = "%i|%j"
 
 
 class SlurmError(ClusterError):
     """A SLURM client failed or is missing; the message is one line with the client's own words."""
+
+
+class PartialCancelError(SlurmError):
+    """Some jobs were cancelled, others not; `cancelled` lists the ones that were."""
+
+    def __init__(self, cancelled: list[str], message: str) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
 
 
 @dataclass(frozen=True)
@@ -43,8 +53,20 @@ class SlurmJob:
         return self.comment.startswith(f"{project}:commit=")
 
 
-def render_sbatch(request: JobRequest, env: Mapping[str, str], *, lock_sha256: str, log_dir: Path) -> str:
-    """The batch script for `request`; values that reach the shell are quoted."""
+# Passed from the submitting shell into the job on purpose (the job gets nothing else: --export=NONE).
+PASSED_VARIABLES = ("ORACLE_SIGNING_KEY",)
+
+
+def render_sbatch(
+    request: JobRequest,
+    env: Mapping[str, str],
+    *,
+    lock_sha256: str,
+    log_dir: Path,
+    passed: Mapping[str, str] | None = None,
+) -> str:
+    """The batch script for `request`; values that reach the shell are quoted. `passed`: variables of the
+    submitting environment the job should see (PASSED_VARIABLES)."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, trim_blocks=False
     )
@@ -53,6 +75,7 @@ def render_sbatch(request: JobRequest, env: Mapping[str, str], *, lock_sha256: s
     return template.render(
         request=request,
         env=dict(env),
+        passed={name: value for name, value in (passed or {}).items() if name in PASSED_VARIABLES and value},
         root=request.root,
         venv=request.venv,
         lock_sha256=lock_sha256,
@@ -97,17 +120,22 @@ def submit(script: Path, *, environ: Mapping[str, str] | None = None) -> str:
 
 def queued_jobs(*, environ: Mapping[str, str] | None = None) -> list[SlurmJob]:
     """Every job squeue lists (all users): queued, running or completing."""
-    out = _run([_client("squeue"), "--noheader", "--all", f"--format={_FIELDS}"], environ=environ)
+    squeue = _client("squeue")
+    states = _run([squeue, "--noheader", "--all", f"--format={_STATE_FIELDS}"], environ=environ)
+    names = _run([squeue, "--noheader", "--all", f"--format={_NAME_FIELDS}"], environ=environ)
+    name_of = dict(line.split("|", 1) for line in names.splitlines() if "|" in line)
     jobs = []
-    for line in out.splitlines():
-        parts = line.split("|", 4)
-        if len(parts) == 5:
-            jobs.append(SlurmJob(*(part.strip() for part in parts)))
+    for line in states.splitlines():
+        parts = line.split("|", 3)
+        if len(parts) == 4:
+            job_id, state, user, comment = parts
+            jobs.append(SlurmJob(job_id.strip(), name_of.get(job_id, "").strip(), state.strip(), user.strip(), comment))
     return jobs
 
 
 def project_jobs(project: str, *, environ: Mapping[str, str] | None = None) -> list[SlurmJob]:
-    return [job for job in queued_jobs(environ=environ) if job.belongs_to(project) and job.state in ACTIVE_STATES]
+    """This project's jobs that may still run (by the comment `<project>:commit=…`, never by the name)."""
+    return [job for job in queued_jobs(environ=environ) if job.belongs_to(project) and job.state not in FINAL_STATES]
 
 
 def find_duplicate(request: JobRequest, *, environ: Mapping[str, str] | None = None) -> SlurmJob | None:
@@ -118,6 +146,18 @@ def find_duplicate(request: JobRequest, *, environ: Mapping[str, str] | None = N
     return None
 
 
-def cancel(job_ids: list[str], *, environ: Mapping[str, str] | None = None) -> None:
-    if job_ids:
-        _run([_client("scancel"), *job_ids], environ=environ)
+def cancel(job_ids: list[str], *, environ: Mapping[str, str] | None = None) -> list[str]:
+    """`scancel` each job; returns the ids cancelled. A job that cannot be cancelled (another user's, without the
+    rights) does not stop the others: the error names every job left, after all were tried."""
+    scancel = _client("scancel")
+    cancelled, failures = [], []
+    for job_id in job_ids:
+        try:
+            _run([scancel, job_id], environ=environ)
+        except SlurmError as exc:
+            failures.append(f"{job_id} ({exc})")
+        else:
+            cancelled.append(job_id)
+    if failures:
+        raise PartialCancelError(cancelled, f"could not cancel {len(failures)} job(s): {'; '.join(failures)}")
+    return cancelled

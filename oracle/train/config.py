@@ -91,7 +91,10 @@ class LoggingSection(_Section):
 
 
 class TrainConfig(_Section):
-    name: str = Field(description="Run recipe name; matches the file name configs/<name>.yaml")
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="Run recipe name (lower case, digits, . _ -); the run folder and job names are built from it",
+    )
     model: str = Field(description="Model preset name or path to a .moe.json file")
     seed: int = Field(default=0, ge=0)
     precision: Literal["bf16", "fp32"] = "bf16"

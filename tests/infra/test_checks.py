@@ -137,6 +137,37 @@ def test_sub003_data_inputs(tmp_path: Path) -> None:
     assert "does not exist" in missing[0]
 
 
+def test_sub003_sees_torch_save_archives_and_distrusts_the_index(tmp_path: Path) -> None:
+    import torch
+
+    data = write_corpus(tmp_path / "data")
+    torch.save({"w": torch.zeros(2)}, data / "tokens" / "model.pt")
+    problems, _ = checks.check_data_inputs(data)
+    assert len(problems) == 1
+    assert "model.pt" in problems[0]
+    assert "PyTorch zip archive" in problems[0]
+    (data / "tokens" / "model.pt").unlink()
+    index = data / "tokens" / "index.json"
+    manifest = json.loads(index.read_text())
+    manifest["files"].append({"name": "../extra.safetensors", "sequences": 1, "sha256": "0" * 64})
+    index.write_text(json.dumps(manifest))
+    problems, _ = checks.check_data_inputs(data)
+    assert len(problems) == 1
+    assert "not a token shard name" in problems[0]
+
+
+def test_hostile_names_stay_arguments_in_the_script(tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+
+    hostile = 'mini"; touch /tmp/pwned; echo "'
+    script = sbatch(request(tmp_path, config=hostile, config_name=hostile, nodes=1, procs_per_node=8))
+    assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
+    assert f"--config {shlex.quote(hostile)}" in script
+    assert shlex.quote(hostile + "-") + '"$SLURM_JOB_ID"' in script
+    assert not any(line.strip().startswith("touch") for line in script.splitlines())
+
+
 def test_time_limits() -> None:
     assert parse_time("4:00:00", 168) == "04:00:00"
     assert parse_time("100:30:00", 168) == "100:30:00"

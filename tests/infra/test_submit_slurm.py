@@ -104,16 +104,22 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
 
     again = oracle(root, *SUBMIT, env=slurm_cluster.env)
     assert again.returncode == 1
-    assert "already" in again.stderr
-    assert f"SLURM job {job_id}" in again.stderr
-    assert "--force" in again.stderr
+    (line,) = again.stderr.strip().splitlines()
+    assert "already" in line
+    assert f"SLURM job {job_id}" in line
+    assert "--force" in line
+    assert _audit(root)[-1]["result"] == "refused"
 
     forced = oracle(root, *SUBMIT, "--force", "--format", "json", env=slurm_cluster.env)
     assert forced.returncode == 0, forced.stderr
     second = json.loads(forced.stdout)["job_id"]
-    foreign = slurm_cluster.sbatch(
-        "--job-name=someone-else", "--comment=not ours", f"--output={tmp_path}/foreign.out", "--wrap", "sleep 300"
-    )
+    out = f"--output={tmp_path}/foreign-%j.out"
+    foreign = [  # not ours: another project's mark, our job name without our mark, a name that fakes squeue fields
+        slurm_cluster.sbatch(
+            "--job-name=oracle-train-oracle-mini", "--comment=oracle2:commit=x:config=y", out, "--wrap", "sleep 300"
+        ),
+        slurm_cluster.sbatch("--job-name=x|RUNNING|root|oracle:commit=a:config=b", out, "--wrap", "sleep 300"),
+    ]
     assert sorted(_our_jobs(slurm_cluster)) == sorted([job_id, second])
 
     unconfirmed = oracle(root, "kill", "--target", "slurm", env=slurm_cluster.env)  # no terminal to confirm on
@@ -134,8 +140,9 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
     )
     assert elapsed < 2.0 + start_up, f"our jobs left the queue {elapsed:.2f} s after `oracle kill`"
     assert slurm_cluster.job_state(job_id) == "CANCELLED"
-    assert slurm_cluster.job_state(foreign) in {"RUNNING", "PENDING"}  # not ours: left alone
-    slurm_cluster.run("scancel", foreign)
+    for other in foreign:
+        assert slurm_cluster.job_state(other) in {"RUNNING", "PENDING"}  # not ours: left alone
+    slurm_cluster.run("scancel", *foreign)
     assert [e["result"] for e in _audit(root) if e["gate"] == "kill"][-2:] == ["not-confirmed", "cancelled"]
 
 

@@ -71,8 +71,9 @@ def make_checkout(tmp_path: Path) -> Path:
     return root
 
 
-def job_environment(root: Path, job_id: str = "4242") -> dict[str, str]:
-    """What a SLURM job started by `oracle submit` carries: the submission record's digest and path, the job id."""
+def job_environment(root: Path, job_id: str = "4242", config: Path | None = None) -> dict[str, str]:
+    """What a SLURM job started by `oracle submit` carries: the submission record's digest and path, the job id.
+    The record names `config`'s hash (training refuses any other recipe)."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     record = root / "jobs" / "submission.json"
     digest = write_submission_record(
@@ -81,7 +82,7 @@ def job_environment(root: Path, job_id: str = "4242") -> dict[str, str]:
             commit=head,
             tree="t",
             attestation_digest=verify_attestation(root).digest,
-            config_hash="c",
+            config_hash=load_train_config(config).sha256() if config is not None else "c",
             spec_hash="s",
             target="slurm",
         ),

@@ -51,8 +51,8 @@ def test_a_forged_submission_record_is_refused(checkout: Path, corpus: Path) -> 
 def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
     checkout: Path, corpus: Path, tmp_path: Path
 ) -> None:
-    env = job_environment(checkout, job_id="777") | {"ORACLE_SIGNING_KEY": str(tmp_path / "signing.pem")}
     path = recipe(tmp_path / "mini.yaml", corpus, schedule__total_steps=30, checkpoint__interval=15)
+    env = job_environment(checkout, job_id="777", config=path) | {"ORACLE_SIGNING_KEY": str(tmp_path / "signing.pem")}
     job = start_training(checkout, ["--config", str(path)], env=env)
     assert job.wait() == [0, 0], job.output()
     run = checkout / "runs" / "oracle-mini"
@@ -86,6 +86,19 @@ def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
         verify_provenance(final, checkout)
 
 
+def test_a_recipe_other_than_the_submitted_one_is_refused(checkout: Path, corpus: Path, tmp_path: Path) -> None:
+    submitted = recipe(tmp_path / "submitted.yaml", corpus)
+    other = recipe(tmp_path / "other.yaml", corpus, optimizer__lr=1e-3)
+    env = job_environment(checkout, config=submitted)
+    job = start_training(checkout, ["--config", str(other)], world=1, env=env)
+    assert job.wait() == [1], job.output()
+    assert "is not the one this job was submitted with" in job.output()
+    job = start_training(checkout, ["--config", str(submitted), "--data", str(corpus)], world=1, env=env)
+    assert job.wait() == [1], job.output()
+    assert "--data is not allowed in a submitted job" in job.output()
+    assert not (checkout / "runs").exists()
+
+
 def test_provenance_without_a_signing_key_does_not_verify(checkout: Path, corpus: Path, tmp_path: Path) -> None:
     path = recipe(
         tmp_path / "mini.yaml",
@@ -96,7 +109,7 @@ def test_provenance_without_a_signing_key_does_not_verify(checkout: Path, corpus
         schedule__total_steps=2,
         checkpoint__interval=2,
     )
-    job = start_training(checkout, ["--config", str(path)], world=1, env=job_environment(checkout))
+    job = start_training(checkout, ["--config", str(path)], world=1, env=job_environment(checkout, config=path))
     assert job.wait() == [0], job.output()
     with pytest.raises(ProvenanceError, match="is unsigned"):
         verify_provenance(checkout / "runs" / "oracle-mini" / "step-00000002", checkout)
@@ -105,7 +118,6 @@ def test_provenance_without_a_signing_key_does_not_verify(checkout: Path, corpus
 def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
     checkout: Path, corpus: Path, tmp_path: Path
 ) -> None:
-    env = job_environment(checkout)
     path = recipe(
         tmp_path / "mini.yaml",
         corpus,
@@ -114,6 +126,7 @@ def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
         checkpoint__interval=4,
         checkpoint__keep_last=2,
     )
+    env = job_environment(checkout, config=path)
     reference = start_training(checkout, ["--config", str(path), "--run-name", "reference"], env=env)
     assert reference.wait() == [0, 0], reference.output()
     expected = {m["step"]: m for m in _metrics(checkout / "runs" / "reference")}
