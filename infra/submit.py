@@ -381,6 +381,18 @@ def _send(
         options.target, request, spec, spec_hash, dry_run=False, record_path=record_path, digest=digest
     )
     write_atomically(spec_file, spec.encode())
+    kubeconfig: Path | None = None
+    if options.target == "k8s":
+        from infra.k8s.apply import kubeconfig_present, list_project_jobs
+
+        kubeconfig = kubeconfig_present(env)
+        if kubeconfig is not None:
+            existing = list_project_jobs(request.project, request.namespace, kubeconfig=kubeconfig)
+            if f"job.batch/{request.job_name}" in existing:  # applying would replace its record under it
+                raise SubmitRefusedError(
+                    f"Job {request.namespace}/{request.job_name} already exists (a Job cannot be changed in place); "
+                    "cancel it with `oracle kill --target k8s`, then submit"
+                )
     # the decision is on the audit log before anything reaches a scheduler (an audit failure stops here)
     _audit(root, "submitting", commit, {"target": options.target, "digest": digest, "spec_hash": spec_hash})
     if options.target == "slurm":
@@ -388,9 +400,8 @@ def _send(
         outcome.job_id = slurm.submit(spec_file, environ=env)
         outcome.submitted = True
     elif options.target == "k8s":
-        from infra.k8s.apply import apply_manifests, kubeconfig_present
+        from infra.k8s.apply import apply_manifests
 
-        kubeconfig = kubeconfig_present(env)
         if kubeconfig is None:
             outcome.note = f"no kubeconfig (KUBECONFIG or ~/.kube/config): rendered to {spec_file}, not applied"
         else:

@@ -68,14 +68,15 @@ def test_k8s_with_a_kubeconfig_applies_the_training_objects(
     repository_checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kubectl = FakeKubectl(tmp_path, monkeypatch)
-    kubectl.answer(output="job.batch/oracle-train-oracle-mini serverside-applied\n")
+    kubectl.answer(output="")  # no Job of ours yet
     env = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": os.environ["PATH"], "FAKE_KUBECTL_LOG": str(kubectl.log)}
     done = oracle(repository_checkout, "submit", "--target", "k8s", *ARGS, "--format", "json", env=env)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["submitted"] is True
     assert answer["job_id"] == "oracle/oracle-train-oracle-mini"
-    (call,) = kubectl.calls()
+    listing, call = kubectl.calls()
+    assert listing["argv"][2:5] == ["get", "jobs", "--namespace"]
     assert call["argv"] == [
         "--kubeconfig",
         str(kubectl.kubeconfig),
@@ -88,6 +89,20 @@ def test_k8s_with_a_kubeconfig_applies_the_training_objects(
     applied = list(yaml.safe_load_all(call["stdin"]))
     assert [d["kind"] for d in applied] == ["ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Service", "Job"]
     assert _env(applied)[DIGEST_ENV] == answer["digest"]
+
+
+def test_k8s_refuses_to_replace_a_job_that_exists(
+    repository_checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubectl = FakeKubectl(tmp_path, monkeypatch)
+    kubectl.answer(output="job.batch/oracle-train-oracle-mini\n")
+    env = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": os.environ["PATH"], "FAKE_KUBECTL_LOG": str(kubectl.log)}
+    before = _records(repository_checkout)
+    done = oracle(repository_checkout, "submit", "--target", "k8s", *ARGS, env=env)
+    assert done.returncode == 1
+    assert "already exists" in done.stderr
+    assert [call["argv"][2] for call in kubectl.calls()] == ["get"]  # nothing applied
+    assert _records(repository_checkout) == before  # no record of a submission that did not happen
 
 
 def test_argo_dry_run_prints_a_valid_workflow(repository_checkout: Path) -> None:
