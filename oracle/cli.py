@@ -54,6 +54,8 @@ data_app = typer.Typer(
     help="The data pipeline: ingest, clean, dedup, decontaminate, shard, stats.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+hub_app = typer.Typer(help="The Hugging Face Hub publish gate: build the files, publish them.", no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
 
 
 @app.command("params")
@@ -411,3 +413,101 @@ def kill_command(
         stdout.print(f"cancelled {len(report.cancelled)} job(s): {', '.join(report.cancelled)}", highlight=False)
     if report.found and not report.confirmed:
         raise typer.Exit(EXIT_BLOCKED)
+
+
+DEFAULT_REPO_ID = "oracle-ai/oracle850b-moe"
+
+
+@hub_app.command("build")
+def hub_build_command(
+    out: Annotated[Path | None, typer.Option("--out", help="Where to stage (default .oracle/hub/staged).")] = None,
+    repo_id: Annotated[str, typer.Option("--repo-id", help="The repository the card names.")] = DEFAULT_REPO_ID,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="A checkpoint folder whose signed provenance verifies.")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="A saved tokenizer folder (default: the committed one, if any).")
+    ] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Stage exactly the files to publish — model card, config, generation config, prompts, tokenizer, attestation,
+    weights with verifying provenance — validated offline. Sends nothing.
+
+    Example: oracle hub build --out /tmp/oracle-card
+    """
+    from guards.attestation import AttestationError
+    from hub.stage import StageError, build
+    from policies.settings import SettingsError
+
+    try:
+        staged = build(Path.cwd(), repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer)
+    except (AttestationError, StageError) as exc:
+        raise fail(f"hub build refused: {exc}", EXIT_BLOCKED) from exc
+    except (SettingsError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    if output_format is OutputFormat.json:
+        print(json.dumps(staged.manifest(), indent=2))
+        return
+    for name, digest in staged.files.items():
+        stdout.print(f"{name:32} sha256:{digest[:16]}", highlight=False)
+    stdout.print(f"staged {len(staged.files)} files in {staged.directory} (validated; nothing sent)", highlight=False)
+
+
+@hub_app.command("publish")
+def hub_publish_command(
+    repo_id: Annotated[str, typer.Option("--repo-id", help="ORG/NAME on the Hub.")],
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Hub URL (default $HF_ENDPOINT or https://huggingface.co).")
+    ] = None,
+    private: Annotated[bool, typer.Option("--private/--public", help="Visibility of a new repository.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would change; send nothing.")] = False,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Publish these weights (signed provenance required).")
+    ] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="A saved tokenizer folder.")] = None,
+    staged: Annotated[
+        Path | None, typer.Option("--staged", help="Publish a folder `oracle hub build --out` staged (re-checked).")
+    ] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Publish through the publish gate: attestation for HEAD on a clean tree, the staged files checked, one commit.
+
+    The token comes from HF_TOKEN (or HUGGINGFACE_TOKEN); it is never printed, logged or published.
+
+    Example: HF_TOKEN=hf_… oracle hub publish --repo-id oracle-ai/oracle850b-moe --dry-run
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # the client's retry chatter would bury our one line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if endpoint:
+        os.environ["HF_ENDPOINT"] = endpoint.rstrip("/")  # read by huggingface_hub when it is imported
+    from guards.audit import AuditError
+    from hub.publish import PublishError, publish
+    from policies.settings import SettingsError
+
+    try:
+        publication = publish(
+            Path.cwd(),
+            repo_id=repo_id,
+            endpoint=endpoint,
+            private=private,
+            dry_run=dry_run,
+            checkpoint=checkpoint,
+            tokenizer=tokenizer,
+            staged_dir=staged,
+        )
+    except PublishError as exc:
+        raise fail(str(exc), EXIT_BLOCKED if exc.refused else EXIT_ERROR) from exc
+    except (SettingsError, AuditError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    if output_format is OutputFormat.json:
+        print(json.dumps(publication.as_json(), indent=2))
+        return
+    for change in publication.changes:
+        stdout.print(f"{change.action:10} {change.path}", highlight=False)
+    if publication.dry_run:
+        stdout.print(f"dry run: nothing sent to {publication.endpoint}", highlight=False)
+    elif publication.commit_oid is None:
+        stdout.print(f"{repo_id} already holds exactly these files: no commit made", highlight=False)
+    else:
+        stdout.print(f"published {repo_id} commit {publication.commit_oid} ({publication.commit_url})", highlight=False)

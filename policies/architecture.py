@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from policies.context import ScanContext
@@ -234,39 +235,55 @@ def _load_structured(path: Path) -> object:
     return yaml.safe_load(text)
 
 
+def cross_file_mismatches(path: Path, config: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(key, message) for every number in a JSON/YAML file or a card's front matter that disagrees with `config`
+    (vocab_size, context_length, n_experts, top_k): exact keys must equal, bound keys must not exceed."""
+    data = _load_structured(path)
+    found: list[tuple[str, str]] = []
+    for meaning, keys in _EXACT_KEYS.items():
+        for key, value in _values(data, keys):
+            if value != config[meaning]:
+                found.append((f"{key}={value}", f"{key} is {value}, the model's {meaning} is {config[meaning]}"))
+    for meaning, keys in _BOUND_KEYS.items():
+        limit = config[meaning]
+        assert isinstance(limit, int)
+        for key, value in _values(data, keys):
+            assert isinstance(value, int)
+            if value > limit:
+                found.append((f"{key}={value}", f"{key} is {value}, beyond the model's {meaning} {limit}"))
+    return found
+
+
+def flagship_numbers(root: Path) -> dict[str, object]:
+    """The shared numbers of the flagship config declared in policies.toml (what cross_file_mismatches compares)."""
+    from policies.settings import load_settings
+
+    flagship = load_settings(root).architecture.flagship
+    data = json.loads((root / CONFIG_DIR / f"{flagship}.moe.json").read_text(encoding="utf-8"))
+    return {key: data[key] for key in _EXACT_KEYS}
+
+
 def _check_cross_files(ctx: ScanContext, config: dict[str, object], result: PolicyResult) -> None:
+    import yaml
+
     for role, relative in ctx.settings.architecture.consistency_files.items():
         path = ctx.root / relative
         if not path.is_file():
             result.skipped[relative] = f"{role} file not present"
             continue
         result.examined.append(relative)
-        import yaml
-
         try:
-            data = _load_structured(path)
+            mismatches = cross_file_mismatches(path, config)
         except (ValueError, OSError, yaml.YAMLError) as exc:
             result.findings.append(
                 CROSS_FILE_MISMATCH.finding(relative, 0, 0, f"cannot read the {role} file: {exc}", "x")
             )
             continue
-        for meaning, keys in _EXACT_KEYS.items():
-            for key, value in _values(data, keys):
-                if value != config[meaning]:
-                    message = f"{role}: {key} is {value}, the model's {meaning} is {config[meaning]}"
-                    result.findings.append(
-                        CROSS_FILE_MISMATCH.finding(relative, _line(ctx, relative, key), 1, message, f"{key}={value}")
-                    )
-        for meaning, keys in _BOUND_KEYS.items():
-            limit = config[meaning]
-            assert isinstance(limit, int)
-            for key, value in _values(data, keys):
-                assert isinstance(value, int)
-                if value > limit:
-                    message = f"{role}: {key} is {value}, beyond the model's {meaning} {limit}"
-                    result.findings.append(
-                        CROSS_FILE_MISMATCH.finding(relative, _line(ctx, relative, key), 1, message, f"{key}={value}")
-                    )
+        for fingerprint, message in mismatches:
+            key = fingerprint.split("=", 1)[0]
+            result.findings.append(
+                CROSS_FILE_MISMATCH.finding(relative, _line(ctx, relative, key), 1, f"{role}: {message}", fingerprint)
+            )
 
 
 def model_facts(root: Path, configs: list[str], *, flagship: str) -> dict[str, dict[str, object]]:

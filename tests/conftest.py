@@ -1,6 +1,8 @@
-"""Shared fixtures: small configs and seeded models."""
+"""Shared fixtures: small configs and seeded models, and an attested checkout of this repository for the gates."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,3 +35,15 @@ def micro_config(**overrides: object) -> MoEConfig:
 def mini_model() -> OracleMoE:
     torch.manual_seed(0)
     return OracleMoE(load_config("oracle-mini")).eval()
+
+
+@pytest.fixture(scope="session")
+def repository_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One attested checkout of this repository for the session (tests.checkouts); tests that change it make their
+    own. The signing key that attested it is `repository_checkout.parent / "signing.pem"`."""
+    from tests.checkouts import attest, make_repository_checkout
+
+    tmp = tmp_path_factory.mktemp("checkout")
+    root = make_repository_checkout(tmp)
+    attest(root, tmp / "signing.pem")
+    return root

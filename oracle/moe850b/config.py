@@ -108,7 +108,30 @@ def load_config(name_or_path: str | Path) -> MoEConfig:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg}); fix the syntax there") from exc
+    if isinstance(raw, dict):
+        raw = without_hub_mirrors(raw, path)
     try:
         return MoEConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(path, text, exc)) from exc
+
+
+# The config.json published to the Hub carries transformers-style names beside ours, for tools that read them.
+HUB_CONFIG_MIRRORS = {
+    "max_position_embeddings": "context_length",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "num_experts": "n_experts",
+    "num_experts_per_tok": "top_k",
+    "tie_word_embeddings": "tie_embeddings",
+}
+HUB_ONLY_CONFIG_KEYS = ("architectures", *HUB_CONFIG_MIRRORS)
+
+
+def without_hub_mirrors(raw: dict[str, object], path: Path | str = "config.json") -> dict[str, object]:
+    """A published config.json read back: each mirror must equal the field it mirrors, then the Hub-only keys go."""
+    for key, field in HUB_CONFIG_MIRRORS.items():
+        if key in raw and raw[key] != raw.get(field):
+            raise ConfigError(f"{path}: {key} is {raw[key]!r} but {field} is {raw.get(field)!r}; make them equal")
+    return {key: value for key, value in raw.items() if key not in HUB_ONLY_CONFIG_KEYS}

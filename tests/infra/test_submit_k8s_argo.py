@@ -14,7 +14,7 @@ import yaml
 
 from guards.submission import DIGEST_ENV
 from infra.k8s.validate import validate_manifests
-from tests.infra.conftest import oracle
+from tests.checkouts import oracle
 from tests.infra.test_k8s import FakeKubectl
 
 ARGS = ["--config", "oracle-mini", "--nodes", "1", "--gpus-per-node", "2", "--time", "01:00:00"]

@@ -16,7 +16,7 @@ import pytest
 
 from guards.attestation import verify_attestation
 from guards.provenance import verify_provenance
-from tests.infra.conftest import attest, git, make_repository_checkout, oracle
+from tests.checkouts import attest, git, make_repository_checkout, oracle
 from tests.infra.slurm_cluster import SlurmCluster
 
 SUBMIT = ["submit", "--target", "slurm", "--config", "oracle-mini", "--gpus-per-node", "0", "--time", "00:15:00"]

@@ -1,0 +1,297 @@
+"""`oracle hub build`: stage exactly the files to publish, validated offline, and the publish gate over them.
+
+A staged folder holds the model card (`README.md`), `config.json`, `generation_config.json`, the default prompts,
+the tokenizer files when a tokenizer is given (or committed under oracle/tokenization/assets), the attestation the
+publish is gated on (`attestation.json`), and — only when a checkpoint's signed provenance verifies — its weights
+(`model.safetensors` with `model.safetensors.index.json`, and `provenance.json`). It is written into a temporary
+folder and renamed into place, so a failed build leaves the previous one whole.
+
+The staged-file checks (PUB001-PUB005) look at the files themselves, which the tree-wide gates never see:
+PUB001 a file outside the allowed set, PUB002 an environment file, PUB003 a secret (tokens, keys), PUB004 a weights
+file without verifying provenance, PUB005 the card's metadata or the cross-file numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HUB_DIR = Path(__file__).parent
+ASSETS = HUB_DIR / "assets"
+DEFAULT_OUT = Path(".oracle") / "hub" / "staged"
+TOKENIZER_ASSETS = Path("oracle") / "tokenization" / "assets"
+
+CARD = "README.md"
+CONFIG = "config.json"
+GENERATION = "generation_config.json"
+PROMPTS = ("default_system.txt", "default_intro.txt")
+ATTESTATION = "attestation.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+PROVENANCE = "provenance.json"
+ALLOWED_FILES = frozenset(
+    {CARD, CONFIG, GENERATION, *PROMPTS, ATTESTATION, *TOKENIZER_FILES, WEIGHTS, WEIGHTS_INDEX, PROVENANCE}
+)
+
+# What must never be published (PUB003): tokens and keys by their documented shapes.
+_SECRETS = (
+    ("a Hugging Face token", re.compile(rb"\bhf_[A-Za-z0-9]{30,}\b")),
+    ("an AWS access key id", re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("a private key", re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")),
+    ("a GitHub token", re.compile(rb"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
+    ("an OpenAI-style API key", re.compile(rb"\bsk-[A-Za-z0-9_-]{32,}\b")),
+    ("a Slack token", re.compile(rb"\bxox[abprs]-[A-Za-z0-9-]{10,}\b")),
+)
+
+
+class StageError(RuntimeError):
+    """The files cannot be staged, or the staged files fail the publish gate; one line says which and why."""
+
+
+@dataclass
+class Staged:
+    directory: Path
+    commit: str
+    attestation_digest: str
+    has_weights: bool
+    has_tokenizer: bool
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "commit": self.commit,
+            "attestation_digest": self.attestation_digest,
+            "files": self.files,
+        }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_bytes(value: object) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()
+
+
+def build(
+    root: Path,
+    *,
+    repo_id: str,
+    out: Path | None = None,
+    checkpoint: Path | None = None,
+    tokenizer: Path | None = None,
+    config_name: str = "oracle850b",
+) -> Staged:
+    """Stage the files to publish into `out` (default .oracle/hub/staged), validate them, and return what was
+    staged. Raises StageError (and AttestationError when HEAD has no valid attestation)."""
+    from guards.attestation import verify_attestation
+    from hub.card import generation_config_json, model_config_json, render_card
+    from policies.settings import load_settings
+
+    root = root.resolve()
+    settings = load_settings(root)
+    attestation = verify_attestation(root, require_signature=settings.attestation.require_signature)
+    commit = _head(root)  # the attestation verified for HEAD
+    out = (out if out is not None else root / DEFAULT_OUT).resolve()
+    tokenizer_dir = tokenizer if tokenizer is not None else root / TOKENIZER_ASSETS
+    has_tokenizer = all((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES)
+    if tokenizer is not None and not has_tokenizer:
+        missing = [name for name in TOKENIZER_FILES if not (tokenizer / name).is_file()]
+        raise StageError(
+            f"--tokenizer {tokenizer}: missing {', '.join(missing)}; save it with `oracle tokenizer train`"
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        card = render_card(
+            config_name=config_name,
+            repo_id=repo_id,
+            has_weights=checkpoint is not None,
+            has_tokenizer=has_tokenizer,
+            commit=commit,
+            attestation_digest=attestation.digest,
+        )
+        (staging / CARD).write_text(card, encoding="utf-8")
+        (staging / CONFIG).write_bytes(_json_bytes(model_config_json(config_name)))
+        generation = generation_config_json(config_name)
+        committed = json.loads((ASSETS / GENERATION).read_text(encoding="utf-8"))
+        if committed != generation:
+            raise StageError(
+                f"hub/assets/{GENERATION} differs from the generation config built from {config_name}; "
+                "regenerate it (hub.card.generation_config_json) and commit it"
+            )
+        (staging / GENERATION).write_bytes(_json_bytes(generation))
+        for name in PROMPTS:
+            shutil.copyfile(ASSETS / name, staging / name)
+        if has_tokenizer:
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(tokenizer_dir / name, staging / name)
+        shutil.copyfile(attestation.path, staging / ATTESTATION)
+        if checkpoint is not None:
+            _stage_weights(root, checkpoint, staging)
+        staged = Staged(staging, commit, attestation.digest, checkpoint is not None, has_tokenizer)
+        problems = check_staged(root, staging)
+        if problems:
+            raise StageError(f"the staged files fail the publish gate: {problems[0]}")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staged.directory = out
+    staged.files = {p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
+    return staged
+
+
+def reviewed(root: Path, directory: Path) -> Staged:
+    """A folder staged earlier by `oracle hub build` (and reviewed), re-checked as if new: its attestation must be
+    the one that verifies for HEAD now, and every file passes the staged-file checks."""
+    from guards.attestation import verify_attestation
+    from policies.settings import load_settings
+
+    root = root.resolve()
+    directory = directory.resolve()
+    attestation = verify_attestation(root, require_signature=load_settings(root).attestation.require_signature)
+    if not directory.is_dir():
+        raise StageError(f"--staged {directory}: no such folder; stage with `oracle hub build --out DIR`")
+    staged_attestation = directory / ATTESTATION
+    if not staged_attestation.is_file() or _sha256(staged_attestation) != attestation.digest:
+        raise StageError(
+            f"--staged {directory}: its {ATTESTATION} is not HEAD's attestation (sha256:{attestation.digest[:16]}); "
+            "stage again with `oracle hub build`"
+        )
+    problems = check_staged(root, directory)
+    if problems:
+        raise StageError(f"the staged files fail the publish gate: {problems[0]}")
+    files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    return Staged(directory, _head(root), attestation.digest, WEIGHTS in files, "tokenizer.json" in files, files)
+
+
+def _head(root: Path) -> str:
+    from guards import git
+
+    return git.head_commit(root)
+
+
+def _stage_weights(root: Path, checkpoint: Path, staging: Path) -> None:
+    """The checkpoint's consolidated weights, only when its provenance verifies (our own, signed, unaltered)."""
+    from guards.provenance import ProvenanceError, verify_provenance
+
+    try:
+        record = verify_provenance(checkpoint, root)
+    except ProvenanceError as exc:
+        raise StageError(
+            f"--checkpoint {checkpoint}: {exc}; only weights with verifying provenance are published"
+        ) from exc
+    if WEIGHTS not in record.get("files", {}):
+        raise StageError(f"--checkpoint {checkpoint}: its provenance lists no {WEIGHTS}")
+    shutil.copyfile(checkpoint / WEIGHTS, staging / WEIGHTS)
+    shutil.copyfile(checkpoint / PROVENANCE, staging / PROVENANCE)
+    (staging / WEIGHTS_INDEX).write_bytes(_json_bytes(_weights_index(staging / WEIGHTS)))
+
+
+def _weights_index(path: Path) -> dict[str, Any]:
+    """The sharded-checkpoint index loaders read (`weight_map`), for a single file."""
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    names = sorted(key for key in header if key != "__metadata__")
+    return {"metadata": {"total_size": path.stat().st_size}, "weight_map": dict.fromkeys(names, WEIGHTS)}
+
+
+def check_staged(root: Path, directory: Path) -> list[str]:
+    """PUB001-PUB005 over a staged folder: problems, one line each, naming the file and the fix."""
+    from hub.metadata import CardError, split_front_matter, validate_card_metadata
+    from policies.external_weights import sniff_weights, zip_weights
+    from policies.settings import load_settings
+
+    settings = load_settings(root)
+    problems: list[str] = []
+    entries = sorted(directory.rglob("*"))
+    for path in entries:
+        name = path.relative_to(directory).as_posix()
+        if path.is_dir():
+            continue
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"PUB001 {name} is not a regular file; stage the file itself")
+            continue
+        if re.search(r"(^|/)\.env(\.|$)", name) or name.endswith(".env"):
+            problems.append(f"PUB002 {name} is an environment file; never publish one (remove it)")
+            continue
+        if name not in ALLOWED_FILES:
+            allowed = ", ".join(sorted(ALLOWED_FILES))
+            problems.append(f"PUB001 {name} is not one of the files Oracle publishes ({allowed}); remove it")
+            continue
+        data = _read_head(path, 50_000_000)
+        for what, pattern in _SECRETS:
+            if pattern.search(data):
+                problems.append(f"PUB003 {name} contains {what}; remove it and rotate the secret")
+                break
+        kind = sniff_weights(data[:256], path.stat().st_size) or (
+            zip_weights(path) if data.startswith(b"PK\x03\x04") else None
+        )
+        if kind is not None and not _provenance_covers(root, directory, name):
+            problems.append(
+                f"PUB004 {name} is a {kind} weights file without verifying provenance; publish only "
+                "checkpoints from `oracle train` with a signed provenance.json"
+            )
+    card = directory / CARD
+    if card.is_file():
+        try:
+            metadata, _ = split_front_matter(card.read_text(encoding="utf-8"))
+        except CardError as exc:
+            problems.append(f"PUB005 {CARD}: {exc}")
+        else:
+            namespaces = settings.external_weights.allowed_namespaces
+            for problem in validate_card_metadata(metadata, allowed_namespaces=namespaces):
+                problems.append(f"PUB005 {CARD}: {problem}")
+    else:
+        problems.append(f"PUB005 {CARD} (the model card) is missing; run `oracle hub build`")
+    problems.extend(f"PUB005 {problem}" for problem in cross_file_problems(root, directory))
+    return problems
+
+
+def _read_head(path: Path, limit: int) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(limit)
+
+
+def _provenance_covers(root: Path, directory: Path, name: str) -> bool:
+    from guards.provenance import ProvenanceError, verify_provenance
+
+    if not (directory / PROVENANCE).is_file():
+        return False
+    try:
+        record = verify_provenance(directory, root)
+    except ProvenanceError:
+        return False
+    return name in record.get("files", {})
+
+
+def cross_file_problems(root: Path, directory: Path) -> list[str]:
+    """The architecture policy's consistency rule (ARCH004) over the staged card, config, generation and tokenizer
+    configs: vocabulary, context, experts and top-k must equal the flagship's."""
+    from policies.architecture import cross_file_mismatches, flagship_numbers
+
+    numbers = flagship_numbers(root)
+    problems: list[str] = []
+    for name in (CARD, CONFIG, GENERATION, "tokenizer_config.json"):
+        path = directory / name
+        if path.is_file():
+            problems.extend(f"{name}: {message}" for message in cross_file_mismatches(path, numbers))
+    return problems
