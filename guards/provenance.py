@@ -40,8 +40,9 @@ def write_provenance(
     return write_atomically(path, data)
 
 
-def verify_provenance(directory: Path, root: Path) -> dict[str, Any]:
-    """The verified record of `directory`; raises ProvenanceError saying exactly what is wrong."""
+def verify_provenance(directory: Path, root: Path, *, only: list[str] | None = None) -> dict[str, Any]:
+    """The verified record of `directory`; raises ProvenanceError saying exactly what is wrong. `only`: check just
+    these files of the record (each must be listed), e.g. weights staged beside a rewritten config.json."""
     path = directory / PROVENANCE_FILE
     try:
         document = json.loads(path.read_bytes())
@@ -67,7 +68,13 @@ def verify_provenance(directory: Path, root: Path) -> dict[str, Any]:
         keys.verify(public_keys, str(s.get("keyid")), pae(PAYLOAD_TYPE, body), str(s.get("sig"))) for s in signed
     ):
         raise ProvenanceError(f"{path}: a signature does not verify with the keys in policies/keys/")
-    for name, digest in record["files"].items():
+    files: dict[str, Any] = record["files"]
+    if only is not None:
+        unlisted = [name for name in only if name not in files]
+        if unlisted:
+            raise ProvenanceError(f"{path} does not list {', '.join(unlisted)}")
+        files = {name: files[name] for name in only}
+    for name, digest in files.items():
         target = directory / name
         if not target.is_file() or file_digest(target) != digest:
             raise ProvenanceError(f"{path}: {name} is missing or its sha256 differs from the signed record")

@@ -163,6 +163,7 @@ def _publish(
     tokenizer: Path | None = None,
     out: Path | None = None,
     staged_dir: Path | None = None,
+    config_name: str = "oracle850b",
     environ: Mapping[str, str] | None = None,
 ) -> Publication:
     """Gate, stage and publish (or, for a dry run, say what would change). Raises PublishError."""
@@ -188,7 +189,9 @@ def _publish(
         if staged_dir is not None:
             staged = reviewed(root, staged_dir)
         else:
-            staged = build(root, repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer)
+            staged = build(
+                root, repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer, config_name=config_name
+            )
     except AttestationError as exc:
         raise PublishError(f"publish refused: {exc}", refused=True) from exc
     except StageError as exc:

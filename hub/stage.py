@@ -129,7 +129,7 @@ def build(
         (staging / CONFIG).write_bytes(_json_bytes(model_config_json(config_name)))
         generation = generation_config_json(config_name)
         committed = json.loads((ASSETS / GENERATION).read_text(encoding="utf-8"))
-        if committed != generation:
+        if config_name == settings.architecture.flagship and committed != generation:  # the asset is the flagship's
             raise StageError(
                 f"hub/assets/{GENERATION} differs from the generation config built from {config_name}; "
                 "regenerate it (hub.card.generation_config_json) and commit it"
@@ -142,9 +142,9 @@ def build(
                 shutil.copyfile(tokenizer_dir / name, staging / name)
         shutil.copyfile(attestation.path, staging / ATTESTATION)
         if checkpoint is not None:
-            _stage_weights(root, checkpoint, staging)
+            _stage_weights(root, checkpoint, staging, config_name)
         staged = Staged(staging, commit, attestation.digest, checkpoint is not None, has_tokenizer)
-        problems = check_staged(root, staging)
+        problems = check_staged(root, staging, config_name)
         if problems:
             raise StageError(f"the staged files fail the publish gate: {problems[0]}")
         if out.exists():
@@ -175,11 +175,22 @@ def reviewed(root: Path, directory: Path) -> Staged:
             f"--staged {directory}: its {ATTESTATION} is not HEAD's attestation (sha256:{attestation.digest[:16]}); "
             "stage again with `oracle hub build`"
         )
-    problems = check_staged(root, directory)
+    problems = check_staged(root, directory, _staged_config_name(directory))
     if problems:
         raise StageError(f"the staged files fail the publish gate: {problems[0]}")
     files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
     return Staged(directory, _head(root), attestation.digest, WEIGHTS in files, "tokenizer.json" in files, files)
+
+
+def _staged_config_name(directory: Path) -> str | None:
+    """The preset a staged config.json describes (its `name`), when it is one of ours."""
+    from oracle.moe850b.config import available_presets
+
+    try:
+        name = json.loads((directory / CONFIG).read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name in available_presets() else None
 
 
 def _head(root: Path) -> str:
@@ -188,9 +199,21 @@ def _head(root: Path) -> str:
     return git.head_commit(root)
 
 
-def _stage_weights(root: Path, checkpoint: Path, staging: Path) -> None:
-    """The checkpoint's consolidated weights, only when its provenance verifies (our own, signed, unaltered)."""
+def _stage_weights(root: Path, checkpoint: Path, staging: Path, config_name: str) -> None:
+    """The checkpoint's consolidated weights, only when its provenance verifies (our own, signed, unaltered) and its
+    config is the architecture the card and config.json describe."""
     from guards.provenance import ProvenanceError, verify_provenance
+    from oracle.moe850b.config import ConfigError, load_config
+
+    try:
+        same = load_config(checkpoint / "config.json") == load_config(config_name)
+    except ConfigError as exc:
+        raise StageError(f"--checkpoint {checkpoint}: {exc}") from exc
+    if not same:
+        raise StageError(
+            f"--checkpoint {checkpoint}: its config.json is not the {config_name} architecture the card describes; "
+            "pass the matching --config"
+        )
 
     try:
         record = verify_provenance(checkpoint, root)
@@ -214,7 +237,7 @@ def _weights_index(path: Path) -> dict[str, Any]:
     return {"metadata": {"total_size": path.stat().st_size}, "weight_map": dict.fromkeys(names, WEIGHTS)}
 
 
-def check_staged(root: Path, directory: Path) -> list[str]:
+def check_staged(root: Path, directory: Path, config_name: str | None = None) -> list[str]:
     """PUB001-PUB005 over a staged folder: problems, one line each, naming the file and the fix."""
     from hub.metadata import CardError, split_front_matter, validate_card_metadata
     from policies.external_weights import sniff_weights, zip_weights
@@ -262,7 +285,7 @@ def check_staged(root: Path, directory: Path) -> list[str]:
                 problems.append(f"PUB005 {CARD}: {problem}")
     else:
         problems.append(f"PUB005 {CARD} (the model card) is missing; run `oracle hub build`")
-    problems.extend(f"PUB005 {problem}" for problem in cross_file_problems(root, directory))
+    problems.extend(f"PUB005 {problem}" for problem in cross_file_problems(root, directory, config_name))
     return problems
 
 
@@ -277,21 +300,27 @@ def _provenance_covers(root: Path, directory: Path, name: str) -> bool:
     if not (directory / PROVENANCE).is_file():
         return False
     try:
-        record = verify_provenance(directory, root)
+        verify_provenance(directory, root, only=[name])  # the staged config.json is the Hub's rewrite, not the run's
     except ProvenanceError:
         return False
-    return name in record.get("files", {})
+    return True
 
 
-def cross_file_problems(root: Path, directory: Path) -> list[str]:
+def cross_file_problems(root: Path, directory: Path, config_name: str | None = None) -> list[str]:
     """The architecture policy's consistency rule (ARCH004) over the staged card, config, generation and tokenizer
-    configs: vocabulary, context, experts and top-k must equal the flagship's."""
+    configs: vocabulary, context, experts and top-k must equal those of the published architecture (the flagship
+    unless a preset is named)."""
+    from oracle.moe850b.config import load_config
     from policies.architecture import cross_file_mismatches, flagship_numbers
 
-    numbers = flagship_numbers(root)
+    if config_name is None:
+        numbers = flagship_numbers(root)
+    else:
+        config = load_config(config_name)
+        numbers = {key: getattr(config, key) for key in ("vocab_size", "context_length", "n_experts", "top_k")}
     problems: list[str] = []
     for name in (CARD, CONFIG, GENERATION, "tokenizer_config.json"):
         path = directory / name
         if path.is_file():
-            problems.extend(f"{name}: {message}" for message in cross_file_mismatches(path, numbers))
+            problems.extend(f"{name}: {message}" for _, message in cross_file_mismatches(path, numbers))
     return problems

@@ -422,6 +422,7 @@ DEFAULT_REPO_ID = "oracle-ai/oracle850b-moe"
 def hub_build_command(
     out: Annotated[Path | None, typer.Option("--out", help="Where to stage (default .oracle/hub/staged).")] = None,
     repo_id: Annotated[str, typer.Option("--repo-id", help="The repository the card names.")] = DEFAULT_REPO_ID,
+    config: Annotated[str, typer.Option("--config", help="The model preset the card describes.")] = "oracle850b",
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="A checkpoint folder whose signed provenance verifies.")
     ] = None,
@@ -437,13 +438,16 @@ def hub_build_command(
     """
     from guards.attestation import AttestationError
     from hub.stage import StageError, build
+    from oracle.moe850b.config import ConfigError
     from policies.settings import SettingsError
 
     try:
-        staged = build(Path.cwd(), repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer)
+        staged = build(
+            Path.cwd(), repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer, config_name=config
+        )
     except (AttestationError, StageError) as exc:
         raise fail(f"hub build refused: {exc}", EXIT_BLOCKED) from exc
-    except (SettingsError, OSError) as exc:
+    except (SettingsError, ConfigError, OSError) as exc:
         raise fail(str(exc)) from exc
     if output_format is OutputFormat.json:
         print(json.dumps(staged.manifest(), indent=2))
@@ -460,6 +464,7 @@ def hub_publish_command(
         str | None, typer.Option("--endpoint", help="Hub URL (default $HF_ENDPOINT or https://huggingface.co).")
     ] = None,
     private: Annotated[bool, typer.Option("--private/--public", help="Visibility of a new repository.")] = True,
+    config: Annotated[str, typer.Option("--config", help="The model preset the card describes.")] = "oracle850b",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would change; send nothing.")] = False,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Publish these weights (signed provenance required).")
@@ -483,6 +488,7 @@ def hub_publish_command(
         os.environ["HF_ENDPOINT"] = endpoint.rstrip("/")  # read by huggingface_hub when it is imported
     from guards.audit import AuditError
     from hub.publish import PublishError, publish
+    from oracle.moe850b.config import ConfigError
     from policies.settings import SettingsError
 
     try:
@@ -495,10 +501,11 @@ def hub_publish_command(
             checkpoint=checkpoint,
             tokenizer=tokenizer,
             staged_dir=staged,
+            config_name=config,
         )
     except PublishError as exc:
         raise fail(str(exc), EXIT_BLOCKED if exc.refused else EXIT_ERROR) from exc
-    except (SettingsError, AuditError, OSError) as exc:
+    except (SettingsError, AuditError, ConfigError, OSError) as exc:
         raise fail(str(exc)) from exc
     if output_format is OutputFormat.json:
         print(json.dumps(publication.as_json(), indent=2))

@@ -226,3 +226,48 @@ def test_server_errors_are_one_line_and_a_non_zero_exit(repository_checkout: Pat
     for stderr in (err, done.stderr):
         assert len(stderr.strip().splitlines()) == 1
     assert _ours(hub) == []
+
+
+def _signed_checkpoint(root: Path, directory: Path, *, signed: bool = True) -> Path:
+    """An oracle-mini checkpoint (bf16, random weights) with provenance signed by the key the checkout trusts."""
+    import torch
+
+    from guards.keys import load_signing_key
+    from guards.provenance import write_provenance
+    from oracle.moe850b.config import load_config
+    from oracle.moe850b.model import OracleMoE
+    from oracle.moe850b.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(OracleMoE(load_config("oracle-mini")).to(torch.bfloat16), directory)
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(root.parent / "signing.pem")}) if signed else None
+    write_provenance(directory, ["model.safetensors", "config.json"], {"step": 1, "job_id": "1"}, key)
+    return directory
+
+
+def test_weights_are_published_only_with_verifying_provenance(
+    repository_checkout: Path, hub: HubServer, tmp_path: Path
+) -> None:
+    from huggingface_hub import hf_hub_download
+
+    unsigned = _signed_checkpoint(repository_checkout, tmp_path / "unsigned", signed=False)
+    args = ["--config", "oracle-mini", "--checkpoint", str(unsigned)]
+    code, _, err = _publish(repository_checkout, hub, *args)
+    assert code == 1
+    assert "is unsigned" in err
+    assert hub.commits(REPO) == []
+
+    checkpoint = _signed_checkpoint(repository_checkout, tmp_path / "signed")
+    code, _, err = _publish(repository_checkout, hub, "--config", "oracle-mini", "--checkpoint", str(checkpoint))
+    assert code == 0, err
+    assert {"model.safetensors", "model.safetensors.index.json", "provenance.json"} <= set(hub.files(REPO))
+    path = hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "c")  # type: ignore[attr-defined]
+    assert Path(path).read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+    index = json.loads(hub.files(REPO)["model.safetensors.index.json"])
+    assert set(index["weight_map"].values()) == {"model.safetensors"}
+    card = hub.files(REPO)["README.md"].decode()
+    assert "No weights are published yet" not in card
+
+    code, _, err = _publish(repository_checkout, hub, "--checkpoint", str(checkpoint))  # card says oracle850b
+    assert code == 1
+    assert "not the oracle850b architecture" in err
