@@ -80,10 +80,14 @@ def git_blob_id(path: Path) -> str:
 
 
 def _describe_http_error(exc: Exception, repo_id: str, endpoint: str) -> PublishError:
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(exc, RepositoryNotFoundError) and status != 401:
+    if isinstance(exc, OSError) and not isinstance(exc, HfHubHTTPError) and getattr(exc, "filename", None):
+        return PublishError(f"cannot read {exc.filename} ({exc.strerror}); nothing was published")
+    if isinstance(exc, GatedRepoError):
+        status = 403
+    if isinstance(exc, RepositoryNotFoundError) and status not in {401, 403}:
         return PublishError(f"repository {repo_id} not found at {endpoint} (404); check --repo-id")
     if isinstance(exc, RevisionNotFoundError):
         return PublishError(f"revision main of {repo_id} not found (404); the repository has no main branch")
@@ -99,10 +103,13 @@ def _describe_http_error(exc: Exception, repo_id: str, endpoint: str) -> Publish
         )
     if status == 404:
         return PublishError(f"{repo_id} not found at {endpoint} (404); check --repo-id")
-    if status == 409:
-        return PublishError(f"the Hub refused the commit as a conflict (409): {repo_id} changed meanwhile; run again")
+    if status in {409, 412}:
+        return PublishError(
+            f"the Hub refused the commit as a conflict ({status}): {repo_id} changed meanwhile; run again"
+        )
     if status == 400 or status == 422:
-        server = getattr(exc, "server_message", None) or str(exc).splitlines()[0]
+        lines = [line for line in (getattr(exc, "server_message", None) or str(exc)).splitlines() if line.strip()]
+        server = lines[0] if lines else "no reason given"
         return PublishError(f"the Hub refused the request ({status}): {server}")
     if status is not None and status >= 500:
         return PublishError(
@@ -133,6 +140,11 @@ def publish(root: Path, *, repo_id: str, **options: Any) -> Publication:
             result="refused" if exc.refused else "error",
             commit=commit,
             details={**details, "reason": str(exc)},
+        )
+        raise
+    except Exception as exc:  # anything else (settings, I/O): on the log as an error, then reported by the caller
+        append_entry(
+            root, gate="publish", result="error", commit=commit, details={**details, "reason": type(exc).__name__}
         )
         raise
     result = "dry-run" if publication.dry_run else "published" if publication.commit_oid else "unchanged"
@@ -166,50 +178,117 @@ def _publish(
     config_name: str = "oracle850b",
     environ: Mapping[str, str] | None = None,
 ) -> Publication:
-    """Gate, stage and publish (or, for a dry run, say what would change). Raises PublishError."""
+    """Gate, stage privately and publish from that copy (or, for a dry run, say what would change)."""
     import re
+    import shutil
 
     from guards import git
     from guards.attestation import AttestationError
-    from hub.stage import StageError, build, reviewed
+    from hub.stage import StageError, build, check_staged, reviewed, staged_config_name
 
     env = os.environ if environ is None else environ
     root = root.resolve()
     if not re.fullmatch(_REPO_ID, repo_id):
         raise PublishError(f"--repo-id {repo_id!r} is not ORG/NAME (letters, digits, . _ -)", refused=True)
     endpoint = (endpoint or env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    dirty = git.dirty_paths(root)
+    _check_endpoint(endpoint)
+    if staged_dir is not None and (checkpoint is not None or tokenizer is not None):
+        raise PublishError("--staged publishes a folder as built: drop --checkpoint and --tokenizer", refused=True)
+    try:
+        dirty = git.dirty_paths(root)
+    except git.GitError as exc:
+        raise PublishError(f"{root} is not a git checkout ({exc}); publish from the repository", refused=True) from exc
     if dirty:
         raise PublishError(
             f"the tree has uncommitted changes ({', '.join(dirty[:3])}); commit them and run `make guards`, "
             "then publish",
             refused=True,
         )
+    _run_publish_gate(root)
+    token = token_from(env)
+    if token is None and not dry_run:
+        raise PublishError("no token: set HF_TOKEN (or HUGGINGFACE_TOKEN) to a write token for the Hub", refused=True)
     try:
         if staged_dir is not None:
-            staged = reviewed(root, staged_dir)
-        else:
+            staged = reviewed(root, staged_dir, repo_id=repo_id)
+        else:  # staged into a folder only this process uses: what is checked is what is sent
             staged = build(
-                root, repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer, config_name=config_name
+                root,
+                repo_id=repo_id,
+                out=out,
+                checkpoint=checkpoint,
+                tokenizer=tokenizer,
+                config_name=config_name,
+                private=True,
             )
     except AttestationError as exc:
         raise PublishError(f"publish refused: {exc}", refused=True) from exc
     except StageError as exc:
         raise PublishError(f"publish refused: {exc}", refused=True) from exc
-    publication = Publication(repo_id, endpoint, staged, dry_run=dry_run)
-    token = token_from(env)
-    if token is None and not dry_run:
-        raise PublishError("no token: set HF_TOKEN (or HUGGINGFACE_TOKEN) to a write token for the Hub", refused=True)
+    try:
+        if token is not None:
+            name = staged_config_name(staged.directory)
+            leaks = check_staged(root, staged.directory, name, secret_values=(token,))
+            if leaks:
+                raise PublishError(f"publish refused: {leaks[0]}", refused=True)
+        return _send(root, repo_id, endpoint, staged, token, private=private, dry_run=dry_run)
+    finally:
+        shutil.rmtree(staged.directory, ignore_errors=True)
 
+
+def _check_endpoint(endpoint: str) -> None:
+    """The token travels in a header: only over TLS, or to this machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    loopback = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise PublishError(
+            f"--endpoint {endpoint}: the token is sent only over https (or plain http to localhost)", refused=True
+        )
+
+
+def _run_publish_gate(root: Path) -> None:
+    """The `publish` gate's policies over what the publish reads (the environment, the lock, the model config)."""
+    from guards.runner import run_gate
+    from policies.rule import Gate
+    from policies.settings import load_settings
+
+    flagship = load_settings(root).architecture.flagship
+    files = [f"oracle/moe850b/configs/{flagship}.moe.json", "hub/assets/generation_config.json"]
+    result = run_gate(root, Gate.publish, [f for f in files if (root / f).is_file()])
+    if not result.passed:
+        first = (
+            result.errors[0]
+            if result.errors
+            else (f"{result.findings[0].rule_id} {result.findings[0].path}: {result.findings[0].message}")
+        )
+        raise PublishError(
+            f"publish refused: the publish gate failed ({first}); run `oracle guards run --gate publish`", refused=True
+        )
+
+
+def _send(
+    root: Path, repo_id: str, endpoint: str, staged: Staged, token: str | None, *, private: bool, dry_run: bool
+) -> Publication:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+    publication = Publication(repo_id, endpoint, staged, dry_run=dry_run)
     api = HfApi(endpoint=endpoint, token=token or False)
     try:
-        remote = _remote_files(api, repo_id) if token is not None else {}
+        head, remote = _remote_files(api, repo_id) if token is not None else (None, {})
         publication.changes = _plan(staged.directory, remote)
         if dry_run or not publication.changed:
             return publication
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        dropped = [c.path for c in publication.changes if c.action == "delete" and c.path in _WEIGHT_FILES]
+        if dropped:
+            raise PublishError(
+                f"publish refused: {repo_id} holds published weights ({', '.join(dropped)}) that this publish would "
+                "delete; publish with --checkpoint, or remove them on the Hub deliberately",
+                refused=True,
+            )
+        if head is None:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         operations: list[CommitOperationAdd | CommitOperationDelete] = []
         for change in publication.changes:
             if change.action in {"add", "update"}:
@@ -226,6 +305,7 @@ def _publish(
             ),
             repo_type="model",
             revision="main",
+            parent_commit=head,  # the plan was made against this head: a commit in between is a conflict
         )
     except PublishError:
         raise
@@ -236,24 +316,30 @@ def _publish(
     return publication
 
 
-def _remote_files(api: Any, repo_id: str) -> dict[str, tuple[str, str | None]]:
-    """path -> (git blob id, LFS sha256 or None) of the files on main; empty when the repository does not exist."""
+_WEIGHT_FILES = frozenset({"model.safetensors", "model.safetensors.index.json", "provenance.json"})
+
+
+def _remote_files(api: Any, repo_id: str) -> tuple[str | None, dict[str, tuple[str, str | None]]]:
+    """The head commit of main and path -> (git blob id, LFS sha256 or None) of its files; (None, {}) when the
+    repository does not exist yet."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
 
     try:
-        entries = list(api.list_repo_tree(repo_id, recursive=True, repo_type="model", revision="main"))
+        head = api.repo_info(repo_id, repo_type="model", revision="main").sha
+        entries = list(api.list_repo_tree(repo_id, recursive=True, repo_type="model", revision=head))
     except RepositoryNotFoundError as exc:
-        if getattr(getattr(exc, "response", None), "status_code", None) == 401:
+        if getattr(getattr(exc, "response", None), "status_code", None) in {401, 403}:
             raise
-        return {}
+        return None, {}
     except RevisionNotFoundError:
-        return {}
-    return {
+        return None, {}
+    files = {
         entry.path: (entry.blob_id, entry.lfs.sha256 if entry.lfs is not None else None)
         for entry in entries
         if isinstance(entry, RepoFile)
     }
+    return head, files
 
 
 # Files the Hub itself keeps in every repository; never deleted by a publish.

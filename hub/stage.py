@@ -94,18 +94,55 @@ def build(
     checkpoint: Path | None = None,
     tokenizer: Path | None = None,
     config_name: str = "oracle850b",
+    private: bool = False,
 ) -> Staged:
     """Stage the files to publish into `out` (default .oracle/hub/staged), validate them, and return what was
-    staged. Raises StageError (and AttestationError when HEAD has no valid attestation)."""
+    staged. Raises StageError (and AttestationError when HEAD has no valid attestation). `private`: stage into a
+    fresh folder only this process uses (what publish uploads from) and leave `out` alone."""
     from guards.attestation import verify_attestation
-    from hub.card import generation_config_json, model_config_json, render_card
+    from oracle.moe850b.config import available_presets
     from policies.settings import load_settings
 
     root = root.resolve()
+    _require_own_code(root)
+    if config_name not in available_presets():
+        raise StageError(f"--config {config_name!r}: publish one of the presets ({', '.join(available_presets())})")
     settings = load_settings(root)
     attestation = verify_attestation(root, require_signature=settings.attestation.require_signature)
-    commit = _head(root)  # the attestation verified for HEAD
     out = (out if out is not None else root / DEFAULT_OUT).resolve()
+    if not private:
+        _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        staged = _stage(root, staging, repo_id, checkpoint, tokenizer, config_name, attestation)
+        problems = check_staged(root, staging, config_name)
+        if problems:
+            raise StageError(f"the staged files fail the publish gate: {problems[0]}")
+        if not private:
+            _replace(staging, out)
+            staged.directory = out
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staged.files = {p.name: _sha256(p) for p in sorted(staged.directory.iterdir()) if p.is_file()}
+    return staged
+
+
+def _stage(
+    root: Path,
+    staging: Path,
+    repo_id: str,
+    checkpoint: Path | None,
+    tokenizer: Path | None,
+    config_name: str,
+    attestation: Any,
+) -> Staged:
+    from hub.card import generation_config_json, model_config_json, render_card
+    from hub.metadata import CardError
+    from policies.settings import load_settings
+
+    settings = load_settings(root)
     tokenizer_dir = tokenizer if tokenizer is not None else root / TOKENIZER_ASSETS
     has_tokenizer = all((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES)
     if tokenizer is not None and not has_tokenizer:
@@ -113,9 +150,7 @@ def build(
         raise StageError(
             f"--tokenizer {tokenizer}: missing {', '.join(missing)}; save it with `oracle tokenizer train`"
         )
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    commit = _head(root)  # the attestation verified for HEAD
     try:
         card = render_card(
             config_name=config_name,
@@ -125,64 +160,125 @@ def build(
             commit=commit,
             attestation_digest=attestation.digest,
         )
-        (staging / CARD).write_text(card, encoding="utf-8")
-        (staging / CONFIG).write_bytes(_json_bytes(model_config_json(config_name)))
-        generation = generation_config_json(config_name)
-        committed = json.loads((ASSETS / GENERATION).read_text(encoding="utf-8"))
-        if config_name == settings.architecture.flagship and committed != generation:  # the asset is the flagship's
-            raise StageError(
-                f"hub/assets/{GENERATION} differs from the generation config built from {config_name}; "
-                "regenerate it (hub.card.generation_config_json) and commit it"
-            )
-        (staging / GENERATION).write_bytes(_json_bytes(generation))
-        for name in PROMPTS:
-            shutil.copyfile(ASSETS / name, staging / name)
-        if has_tokenizer:
-            for name in TOKENIZER_FILES:
-                shutil.copyfile(tokenizer_dir / name, staging / name)
-        shutil.copyfile(attestation.path, staging / ATTESTATION)
-        if checkpoint is not None:
-            _stage_weights(root, checkpoint, staging, config_name)
-        staged = Staged(staging, commit, attestation.digest, checkpoint is not None, has_tokenizer)
-        problems = check_staged(root, staging, config_name)
-        if problems:
-            raise StageError(f"the staged files fail the publish gate: {problems[0]}")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    staged.directory = out
-    staged.files = {p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
-    return staged
+    except CardError as exc:
+        raise StageError(str(exc)) from exc
+    (staging / CARD).write_text(card, encoding="utf-8")
+    (staging / CONFIG).write_bytes(_json_bytes(model_config_json(config_name)))
+    generation = generation_config_json(config_name)
+    committed = json.loads((ASSETS / GENERATION).read_text(encoding="utf-8"))
+    if config_name == settings.architecture.flagship and committed != generation:  # the asset is the flagship's
+        raise StageError(
+            f"hub/assets/{GENERATION} differs from the generation config built from {config_name}; "
+            "regenerate it (hub.card.generation_config_json) and commit it"
+        )
+    (staging / GENERATION).write_bytes(_json_bytes(generation))
+    for name in PROMPTS:
+        shutil.copyfile(ASSETS / name, staging / name)
+    if has_tokenizer:
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(tokenizer_dir / name, staging / name)
+    shutil.copyfile(attestation.path, staging / ATTESTATION)
+    if checkpoint is not None:
+        _stage_weights(root, checkpoint, staging, config_name)
+    return Staged(staging, commit, attestation.digest, checkpoint is not None, has_tokenizer)
 
 
-def reviewed(root: Path, directory: Path) -> Staged:
-    """A folder staged earlier by `oracle hub build` (and reviewed), re-checked as if new: its attestation must be
-    the one that verifies for HEAD now, and every file passes the staged-file checks."""
+def _require_own_code(root: Path) -> None:
+    """The card, configs and assets come from the running code: it must be this checkout's (attested) code."""
+    if not HUB_DIR.resolve().is_relative_to(root):
+        raise StageError(
+            f"the running oracle code ({HUB_DIR.parent}) is not the checkout's ({root}); run the checkout's own "
+            "`oracle` (its .venv, or PYTHONPATH set to the checkout)"
+        )
+
+
+def _check_replaceable(out: Path) -> None:
+    """`--out` is replaced whole: only an empty folder or an earlier staging (allowed files only) may be."""
+    if not out.exists():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise StageError(f"--out {out} exists and is not a folder; choose another --out")
+    strangers = [p.name for p in out.iterdir() if p.name not in ALLOWED_FILES or not p.is_file()]
+    if strangers:
+        raise StageError(
+            f"--out {out} holds {', '.join(sorted(strangers)[:3])}, which a staging never writes; it is not replaced "
+            "(choose an empty or new folder)"
+        )
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`; the previous staging stays whole until the new one is in place."""
+    old: Path | None = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def reviewed(root: Path, directory: Path, *, repo_id: str) -> Staged:
+    """A folder staged earlier by `oracle hub build` (and reviewed), re-checked as if new. It is copied into a folder
+    only this process uses (links refused), the copy passes the staged-file checks, and every file equals what a
+    fresh build from HEAD writes (weights: their signed provenance and config, as in a build). Returns the copy."""
     from guards.attestation import verify_attestation
     from policies.settings import load_settings
 
     root = root.resolve()
     directory = directory.resolve()
+    _require_own_code(root)
     attestation = verify_attestation(root, require_signature=load_settings(root).attestation.require_signature)
     if not directory.is_dir():
         raise StageError(f"--staged {directory}: no such folder; stage with `oracle hub build --out DIR`")
-    staged_attestation = directory / ATTESTATION
-    if not staged_attestation.is_file() or _sha256(staged_attestation) != attestation.digest:
-        raise StageError(
-            f"--staged {directory}: its {ATTESTATION} is not HEAD's attestation (sha256:{attestation.digest[:16]}); "
-            "stage again with `oracle hub build`"
+    private = Path(tempfile.mkdtemp(prefix=".reviewed-", dir=_private_parent(root)))
+    try:
+        for path in sorted(directory.iterdir()):
+            if path.is_symlink() or not path.is_file():
+                raise StageError(f"--staged {directory}: {path.name} is not a regular file; stage the file itself")
+            shutil.copyfile(path, private / path.name, follow_symlinks=False)
+        staged_attestation = private / ATTESTATION
+        if not staged_attestation.is_file() or _sha256(staged_attestation) != attestation.digest:
+            raise StageError(
+                f"--staged {directory}: its {ATTESTATION} is not HEAD's attestation "
+                f"(sha256:{attestation.digest[:16]}); stage again with `oracle hub build`"
+            )
+        config_name = staged_config_name(private)
+        problems = check_staged(root, private, config_name)
+        if problems:
+            raise StageError(f"the staged files fail the publish gate: {problems[0]}")
+        fresh = build(
+            root,
+            repo_id=repo_id,
+            out=private.parent / (private.name + "-fresh"),
+            checkpoint=private if (private / WEIGHTS).is_file() else None,
+            tokenizer=private if (private / TOKENIZER_FILES[0]).is_file() else None,
+            config_name=config_name or "oracle850b",
+            private=True,
         )
-    problems = check_staged(root, directory, _staged_config_name(directory))
-    if problems:
-        raise StageError(f"the staged files fail the publish gate: {problems[0]}")
-    files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
-    return Staged(directory, _head(root), attestation.digest, WEIGHTS in files, "tokenizer.json" in files, files)
+        try:
+            expected = {p.name: _sha256(p) for p in fresh.directory.iterdir() if p.is_file()}
+        finally:
+            shutil.rmtree(fresh.directory, ignore_errors=True)
+        actual = {p.name: _sha256(p) for p in sorted(private.iterdir()) if p.is_file()}
+        differing = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+        if differing:
+            raise StageError(
+                f"--staged {directory}: {', '.join(differing[:3])} differ from what HEAD builds; publish what "
+                "`oracle hub build` staged, unedited"
+            )
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    return Staged(private, _head(root), attestation.digest, WEIGHTS in actual, TOKENIZER_FILES[0] in actual, actual)
 
 
-def _staged_config_name(directory: Path) -> str | None:
+def _private_parent(root: Path) -> Path:
+    parent = root / DEFAULT_OUT.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def staged_config_name(directory: Path) -> str | None:
     """The preset a staged config.json describes (its `name`), when it is one of ours."""
     from oracle.moe850b.config import available_presets
 
@@ -225,6 +321,9 @@ def _stage_weights(root: Path, checkpoint: Path, staging: Path, config_name: str
         raise StageError(f"--checkpoint {checkpoint}: its provenance lists no {WEIGHTS}")
     shutil.copyfile(checkpoint / WEIGHTS, staging / WEIGHTS)
     shutil.copyfile(checkpoint / PROVENANCE, staging / PROVENANCE)
+    if CONFIG in record.get("files", {}):
+        # the run's own config.json (our keys, with model_type), which its signed provenance covers
+        shutil.copyfile(checkpoint / CONFIG, staging / CONFIG)
     (staging / WEIGHTS_INDEX).write_bytes(_json_bytes(_weights_index(staging / WEIGHTS)))
 
 
@@ -237,8 +336,11 @@ def _weights_index(path: Path) -> dict[str, Any]:
     return {"metadata": {"total_size": path.stat().st_size}, "weight_map": dict.fromkeys(names, WEIGHTS)}
 
 
-def check_staged(root: Path, directory: Path, config_name: str | None = None) -> list[str]:
-    """PUB001-PUB005 over a staged folder: problems, one line each, naming the file and the fix."""
+def check_staged(
+    root: Path, directory: Path, config_name: str | None = None, *, secret_values: tuple[str, ...] = ()
+) -> list[str]:
+    """PUB001-PUB005 over a staged folder: problems, one line each, naming the file and the fix. `secret_values`:
+    secrets in use (the Hub token) that no file may contain."""
     from hub.metadata import CardError, split_front_matter, validate_card_metadata
     from policies.external_weights import sniff_weights, zip_weights
     from policies.settings import load_settings
@@ -265,19 +367,29 @@ def check_staged(root: Path, directory: Path, config_name: str | None = None) ->
             if pattern.search(data):
                 problems.append(f"PUB003 {name} contains {what}; remove it and rotate the secret")
                 break
+        for value in secret_values:
+            if value.encode() in data:
+                problems.append(f"PUB003 {name} contains the Hub token in use; remove it and rotate the token")
+                break
         kind = sniff_weights(data[:256], path.stat().st_size) or (
             zip_weights(path) if data.startswith(b"PK\x03\x04") else None
         )
+        if name == WEIGHTS and kind is None:
+            kind = "weights"  # by its name: whatever its bytes look like, it is published as weights
         if kind is not None and not _provenance_covers(root, directory, name):
             problems.append(
                 f"PUB004 {name} is a {kind} weights file without verifying provenance; publish only "
                 "checkpoints from `oracle train` with a signed provenance.json"
             )
+        elif name != WEIGHTS:
+            problem = _malformed(name, data)
+            if problem:
+                problems.append(f"PUB005 {name}: {problem}")
     card = directory / CARD
     if card.is_file():
         try:
             metadata, _ = split_front_matter(card.read_text(encoding="utf-8"))
-        except CardError as exc:
+        except (CardError, UnicodeDecodeError) as exc:
             problems.append(f"PUB005 {CARD}: {exc}")
         else:
             namespaces = settings.external_weights.allowed_namespaces
@@ -285,8 +397,23 @@ def check_staged(root: Path, directory: Path, config_name: str | None = None) ->
                 problems.append(f"PUB005 {CARD}: {problem}")
     else:
         problems.append(f"PUB005 {CARD} (the model card) is missing; run `oracle hub build`")
-    problems.extend(f"PUB005 {problem}" for problem in cross_file_problems(root, directory, config_name))
+    if not any(problem.startswith("PUB005") for problem in problems):  # the numbers of files that parse
+        problems.extend(f"PUB005 {problem}" for problem in cross_file_problems(root, directory, config_name))
     return problems
+
+
+def _malformed(name: str, data: bytes) -> str | None:
+    """Why a text file that is published cannot be read as what its name says, or None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start}); write it as UTF-8"
+    if name.endswith(".json"):
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            return f"not valid JSON ({exc}); rebuild it with `oracle hub build`"
+    return None
 
 
 def _read_head(path: Path, limit: int) -> bytes:

@@ -57,7 +57,7 @@ def oracle(
     return subprocess.run(
         [ORACLE, *args],
         cwd=root,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},  # the checkout's own code, as a job runs it
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -85,7 +85,7 @@ def test_publish_makes_one_commit_that_reads_back_identical_and_republishing_mak
     head = git(repository_checkout, "rev-parse", "HEAD")
     assert head[:12] in str(commit["title"])
     assert head in str(commit["message"])
-    staged = repository_checkout / ".oracle" / "hub" / "staged"
+    staged = _staged_copy(repository_checkout, tmp_path)  # what `oracle hub build` stages for the same HEAD
     files = {p.name: p.read_bytes() for p in staged.iterdir()}
     assert set(hub.files(REPO)) == set(files) | {".gitattributes"}
     for name, data in files.items():
@@ -121,6 +121,14 @@ def test_dry_run_lists_the_changes_and_sends_nothing(repository_checkout: Path, 
     assert [method for method, _, _ in hub.requests if method not in {"GET", "HEAD"}] == []
     assert hub.commits(REPO) == []
 
+    assert _publish(repository_checkout, hub)[0] == 0
+    log, requests = hub.commits(REPO), len(hub.requests)
+    code, out, err = _publish(repository_checkout, hub, "--dry-run")
+    assert code == 0, err
+    assert "unchanged  README.md" in out  # compared with what the repository holds
+    assert [method for method, _, _ in hub.requests[requests:] if method not in {"GET", "HEAD"}] == []
+    assert hub.commits(REPO) == log
+
 
 def _staged_copy(root: Path, tmp_path: Path) -> Path:
     out = tmp_path / "review"
@@ -149,20 +157,31 @@ def _safetensors() -> bytes:
             lambda d, token: (d / "default_intro.txt").write_text(f"my key is {token}\n"),
             "PUB003",
         ),
+        (lambda d, token: (d / "model.safetensors").write_bytes(b" " + _safetensors()[1:]), "PUB004"),
+        (lambda d, token: (d / "default_intro.txt").write_text("An edited introduction.\n"), "differ from what HEAD"),
     ],
-    ids=["env-file", "weights-without-provenance", "foreign-base-model", "token-in-a-file"],
+    ids=[
+        "env-file",
+        "weights-without-provenance",
+        "foreign-base-model",
+        "token-in-a-file",
+        "weights-by-name",
+        "edited-after-build",
+    ],
 )
 def test_a_staged_folder_that_fails_the_gate_sends_nothing(
     repository_checkout: Path, hub: HubServer, tmp_path: Path, plant: object, reason: str
 ) -> None:
+    assert _publish(repository_checkout, hub)[0] == 0  # the repository exists: a refusal must leave its log alone
+    log, requests = hub.commits(REPO), len(hub.requests)
     staged = _staged_copy(repository_checkout, tmp_path)
     plant(staged, hub.token)  # type: ignore[attr-defined,operator]
     code, _, err = _publish(repository_checkout, hub, "--staged", str(staged))
     assert code == 1
     assert reason in err
     assert len(err.strip().splitlines()) == 1
-    assert hub.commits(REPO) == []
-    assert [method for method, _, _ in hub.requests if method == "POST"] == []
+    assert hub.commits(REPO) == log
+    assert [method for method, _, _ in hub.requests[requests:] if method == "POST"] == []
 
 
 def test_refusals_of_the_checkout_send_nothing(tmp_path: Path, hub: HubServer) -> None:
@@ -212,7 +231,7 @@ def test_server_errors_are_one_line_and_a_non_zero_exit(repository_checkout: Pat
 
     code, _, err = _publish(repository_checkout, hub, token=hub.other_token)  # type: ignore[attr-defined]
     assert code != 0
-    assert "no write access" in err or "not found" in err
+    assert "no write access to the namespace 'oracle-ai' (403)" in err
 
     hub.fail_next(500, methods={"POST"})  # the client retries reads, not writes
     code, _, err = _publish(repository_checkout, hub)
