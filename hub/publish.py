@@ -117,7 +117,13 @@ def _describe_http_error(exc: Exception, repo_id: str, endpoint: str) -> Publish
         )
     if isinstance(exc, HfHubHTTPError):
         return PublishError(f"the Hub answered {status}: {str(exc).splitlines()[0]}")
-    return PublishError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}); check --endpoint and the network")
+    if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__module__.split(".")[0] in {"httpx2", "httpx"}:
+        return PublishError(
+            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}); check --endpoint and the network"
+        )
+    return PublishError(
+        f"the Hub client failed on {endpoint}'s answer ({type(exc).__name__}: {exc}); nothing was published"
+    )
 
 
 def publish(root: Path, *, repo_id: str, **options: Any) -> Publication:

@@ -233,6 +233,11 @@ def test_server_errors_are_one_line_and_a_non_zero_exit(repository_checkout: Pat
     assert code != 0
     assert "no write access to the namespace 'oracle-ai' (403)" in err
 
+    hub.fail_next(412, methods={"POST"})  # the head moved under the plan
+    code, _, err = _publish(repository_checkout, hub)
+    assert code != 0
+    assert "conflict (412)" in err
+
     hub.fail_next(500, methods={"POST"})  # the client retries reads, not writes
     code, _, err = _publish(repository_checkout, hub)
     assert code != 0
