@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from guards.submission import DIGEST_ENV
 from infra.spec import (
     IMAGE_WORKDIR,
     K8S_RECORD_DIR,
@@ -78,8 +79,9 @@ def encode_record(record_json: str) -> str:
 
 
 def torchrun_command(request: JobRequest, *, node_rank: str, master_addr: str) -> list[str]:
-    """`torchrun … -m oracle train --config <recipe> --run-name <recipe> --resume auto`: the training command line
-    of the Kubernetes and Argo targets (a restarted pod resumes the run's newest verified checkpoint)."""
+    """`torchrun … -m oracle train --config <recipe> --run-name <recipe>-<submission digest> --resume auto`: the
+    training command line of the Kubernetes and Argo targets. The run belongs to one submission: a new commit never
+    resumes another submission's checkpoints from the shared volume."""
     return [
         "torchrun",
         f"--nnodes={request.nodes}",
@@ -93,7 +95,7 @@ def torchrun_command(request: JobRequest, *, node_rank: str, master_addr: str) -
         "--config",
         request.config,
         "--run-name",
-        request.config_name,
+        f"{request.config_name}-$({DIGEST_ENV})",  # one run per submission; Kubernetes expands $(VAR) from env
         "--resume",
         "auto",
     ]

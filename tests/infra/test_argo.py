@@ -118,7 +118,7 @@ def test_one_node_trains_in_one_pod() -> None:
         "--config",
         "oracle-mini",
         "--run-name",
-        "oracle-mini",
+        "oracle-mini-$(ORACLE_SUBMISSION_DIGEST)",
         "--resume",
         "auto",
     ]

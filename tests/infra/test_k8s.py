@@ -166,7 +166,7 @@ def test_training_is_an_indexed_job_whose_ranks_find_rank_zero_by_dns() -> None:
         "--config",
         "oracle-mini",
         "--run-name",
-        "oracle-mini",
+        "oracle-mini-$(ORACLE_SUBMISSION_DIGEST)",
         "--resume",
         "auto",
     ]
