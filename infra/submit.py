@@ -276,6 +276,11 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
     from guards.runner import run_gate
     from policies.rule import Gate
 
+    if not Path(__file__).resolve().is_relative_to(root):
+        raise SubmitRefusedError(
+            f"the running oracle code ({Path(__file__).parent.parent}) is not the checkout's ({root}); run the "
+            "checkout's own `oracle` (its .venv, or PYTHONPATH set to the checkout): the spec is rendered from it"
+        )
     settings = load_settings(root)
     dirty = git.dirty_paths(root)
     if dirty:
