@@ -31,6 +31,14 @@ def head_commit(root: Path) -> str:
     return _git(root, "rev-parse", "HEAD").strip()
 
 
+def head_commit_or_none(root: Path) -> str | None:
+    """HEAD's commit, or None outside a repository (what an audit entry records when there is no commit)."""
+    try:
+        return head_commit(root)
+    except GitError:
+        return None
+
+
 def head_tree(root: Path) -> str:
     return _git(root, "rev-parse", "HEAD^{tree}").strip()
 

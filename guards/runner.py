@@ -205,10 +205,7 @@ def run_and_record(root: Path, gate: Gate, files: list[str] | None = None, **kwa
     from guards.audit import append_entry
 
     result = run_gate(root, gate, files, **kwargs)  # type: ignore[arg-type]
-    try:
-        commit: str | None = git.head_commit(root)
-    except git.GitError:
-        commit = None
+    commit = git.head_commit_or_none(root)
     waivers_used = sorted({f"{use.rule_id} {use.selector} ({use.owner})" for _, use in result.waived})
     append_entry(
         root,

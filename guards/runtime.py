@@ -79,13 +79,11 @@ def require_training_allowed(root: Path | None = None, environ: Mapping[str, str
     env = os.environ if environ is None else environ
     decision = training_decision(root, env)
     result = "allowed-override" if decision.override else "allowed" if decision.allowed else "refused"
-    try:
-        from guards import git
+    from guards import git
 
-        commit: str | None = git.head_commit(root)
-    except Exception:
-        commit = None
-    append_entry(root, gate="train", result=result, commit=commit, details={"reason": decision.reason})
+    append_entry(
+        root, gate="train", result=result, commit=git.head_commit_or_none(root), details={"reason": decision.reason}
+    )
     if not decision.allowed:
         raise TrainingRefusedError(decision.reason)
     return decision

@@ -132,10 +132,7 @@ def publish(root: Path, *, repo_id: str, **options: Any) -> Publication:
     from guards.audit import append_entry
 
     root = root.resolve()
-    try:
-        commit: str | None = git.head_commit(root)
-    except git.GitError:
-        commit = None
+    commit = git.head_commit_or_none(root)
     details: dict[str, object] = {"repo_id": repo_id, "dry_run": bool(options.get("dry_run"))}
     try:
         publication = _publish(root, repo_id=repo_id, **options)
@@ -190,7 +187,7 @@ def _publish(
 
     from guards import git
     from guards.attestation import AttestationError
-    from hub.stage import StageError, build, check_staged, reviewed, staged_config_name
+    from hub.stage import StageError, build, reviewed
 
     env = os.environ if environ is None else environ
     root = root.resolve()
@@ -214,9 +211,10 @@ def _publish(
     token = token_from(env)
     if token is None and not dry_run:
         raise PublishError("no token: set HF_TOKEN (or HUGGINGFACE_TOKEN) to a write token for the Hub", refused=True)
+    secrets = (token,) if token is not None else ()
     try:
         if staged_dir is not None:
-            staged = reviewed(root, staged_dir, repo_id=repo_id)
+            staged = reviewed(root, staged_dir, repo_id=repo_id, secret_values=secrets)
         else:  # staged into a folder only this process uses: what is checked is what is sent
             staged = build(
                 root,
@@ -226,17 +224,13 @@ def _publish(
                 tokenizer=tokenizer,
                 config_name=config_name,
                 private=True,
+                secret_values=secrets,
             )
     except AttestationError as exc:
         raise PublishError(f"publish refused: {exc}", refused=True) from exc
     except StageError as exc:
         raise PublishError(f"publish refused: {exc}", refused=True) from exc
     try:
-        if token is not None:
-            name = staged_config_name(staged.directory)
-            leaks = check_staged(root, staged.directory, name, secret_values=(token,))
-            if leaks:
-                raise PublishError(f"publish refused: {leaks[0]}", refused=True)
         return _send(root, repo_id, endpoint, staged, token, private=private, dry_run=dry_run)
     finally:
         shutil.rmtree(staged.directory, ignore_errors=True)

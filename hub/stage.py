@@ -13,7 +13,6 @@ file without verifying provenance, PUB005 the card's metadata or the cross-file 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from guards.attestation import file_digest
 
 HUB_DIR = Path(__file__).parent
 ASSETS = HUB_DIR / "assets"
@@ -74,14 +75,6 @@ class Staged:
         }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _json_bytes(value: object) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()
 
@@ -95,10 +88,12 @@ def build(
     tokenizer: Path | None = None,
     config_name: str = "oracle850b",
     private: bool = False,
+    secret_values: tuple[str, ...] = (),
 ) -> Staged:
     """Stage the files to publish into `out` (default .oracle/hub/staged), validate them, and return what was
     staged. Raises StageError (and AttestationError when HEAD has no valid attestation). `private`: stage into a
-    fresh folder only this process uses (what publish uploads from) and leave `out` alone."""
+    fresh folder only this process uses (what publish uploads from) and leave `out` alone. `secret_values`: secrets
+    in use (the Hub token) that no staged file may contain."""
     from guards.attestation import verify_attestation
     from oracle.moe850b.config import available_presets
     from policies.settings import load_settings
@@ -116,7 +111,7 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         staged = _stage(root, staging, repo_id, checkpoint, tokenizer, config_name, attestation)
-        problems = check_staged(root, staging, config_name)
+        problems = check_staged(root, staging, config_name, secret_values=secret_values)
         if problems:
             raise StageError(f"the staged files fail the publish gate: {problems[0]}")
         if not private:
@@ -125,7 +120,7 @@ def build(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    staged.files = {p.name: _sha256(p) for p in sorted(staged.directory.iterdir()) if p.is_file()}
+    staged.files = {p.name: file_digest(p) for p in sorted(staged.directory.iterdir()) if p.is_file()}
     return staged
 
 
@@ -217,7 +212,7 @@ def _replace(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def reviewed(root: Path, directory: Path, *, repo_id: str) -> Staged:
+def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[str, ...] = ()) -> Staged:
     """A folder staged earlier by `oracle hub build` (and reviewed), re-checked as if new. It is copied into a folder
     only this process uses (links refused), the copy passes the staged-file checks, and every file equals what a
     fresh build from HEAD writes (weights: their signed provenance and config, as in a build). Returns the copy."""
@@ -237,13 +232,13 @@ def reviewed(root: Path, directory: Path, *, repo_id: str) -> Staged:
                 raise StageError(f"--staged {directory}: {path.name} is not a regular file; stage the file itself")
             shutil.copyfile(path, private / path.name, follow_symlinks=False)
         staged_attestation = private / ATTESTATION
-        if not staged_attestation.is_file() or _sha256(staged_attestation) != attestation.digest:
+        if not staged_attestation.is_file() or file_digest(staged_attestation) != attestation.digest:
             raise StageError(
                 f"--staged {directory}: its {ATTESTATION} is not HEAD's attestation "
                 f"(sha256:{attestation.digest[:16]}); stage again with `oracle hub build`"
             )
         config_name = staged_config_name(private)
-        problems = check_staged(root, private, config_name)
+        problems = check_staged(root, private, config_name, secret_values=secret_values)
         if problems:
             raise StageError(f"the staged files fail the publish gate: {problems[0]}")
         fresh = build(
@@ -256,10 +251,10 @@ def reviewed(root: Path, directory: Path, *, repo_id: str) -> Staged:
             private=True,
         )
         try:
-            expected = {p.name: _sha256(p) for p in fresh.directory.iterdir() if p.is_file()}
+            expected = {p.name: file_digest(p) for p in fresh.directory.iterdir() if p.is_file()}
         finally:
             shutil.rmtree(fresh.directory, ignore_errors=True)
-        actual = {p.name: _sha256(p) for p in sorted(private.iterdir()) if p.is_file()}
+        actual = {p.name: file_digest(p) for p in sorted(private.iterdir()) if p.is_file()}
         differing = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
         if differing:
             raise StageError(
@@ -342,7 +337,7 @@ def check_staged(
     """PUB001-PUB005 over a staged folder: problems, one line each, naming the file and the fix. `secret_values`:
     secrets in use (the Hub token) that no file may contain."""
     from hub.metadata import CardError, split_front_matter, validate_card_metadata
-    from policies.external_weights import sniff_weights, zip_weights
+    from policies.external_weights import weights_kind
     from policies.settings import load_settings
 
     settings = load_settings(root)
@@ -371,9 +366,7 @@ def check_staged(
             if value.encode() in data:
                 problems.append(f"PUB003 {name} contains the Hub token in use; remove it and rotate the token")
                 break
-        kind = sniff_weights(data[:256], path.stat().st_size) or (
-            zip_weights(path) if data.startswith(b"PK\x03\x04") else None
-        )
+        kind = weights_kind(path)
         if name == WEIGHTS and kind is None:
             kind = "weights"  # by its name: whatever its bytes look like, it is published as weights
         if kind is not None and not _provenance_covers(root, directory, name):

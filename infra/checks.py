@@ -105,7 +105,7 @@ def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
     Every file is checked for a zip of weights (`torch.save` writes zips); every file except the token shards that
     `tokens/index.json` lists by plain name is also checked for the other weight formats by its first bytes (raw
     token ids could look like a pickle header by chance; their sha256 is checked by the trainer)."""
-    from policies.external_weights import sniff_weights, zip_weights
+    from policies.external_weights import weights_kind, zip_weights
 
     if not data_dir.is_dir():
         return [f"SUB003 the recipe's data.path {data_dir} does not exist here; prepare it with `oracle data run`"], 0
@@ -128,16 +128,11 @@ def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
         if path.is_symlink():
             problems.append(f"SUB003 {path} is a symbolic link; the job's inputs must be the files themselves")
             continue
-        try:
-            with path.open("rb") as handle:
-                head = handle.read(256)
-            size = path.stat().st_size
+        try:  # a listed shard is raw token ids: only a zip (never a token file) would be a disguise there
+            kind = zip_weights(path) if path in listed else weights_kind(path)
         except OSError as exc:
             problems.append(f"SUB003 {path} cannot be read ({exc.strerror}); fix its permissions")
             continue
-        kind = zip_weights(path) if head.startswith(b"PK\x03\x04") else None
-        if kind is None and path not in listed:
-            kind = sniff_weights(head, size)
         if kind is not None:
             problems.append(f"SUB003 {path} among the job's inputs is a {kind} weights file; remove it from the data")
     return problems, examined

@@ -32,10 +32,7 @@ def _audit(root: Path, result: str, report: KillReport, reason: str = "") -> Non
     from guards import git
     from guards.audit import append_entry
 
-    try:
-        commit: str | None = git.head_commit(root)
-    except git.GitError:
-        commit = None
+    commit = git.head_commit_or_none(root)
     details: dict[str, object] = {"target": report.target, "project": report.project, "cancelled": report.cancelled}
     if reason:
         details["reason"] = reason

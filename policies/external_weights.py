@@ -648,6 +648,16 @@ def sniff_weights(head: bytes, size: int) -> str | None:
     return None
 
 
+def weights_kind(path: Path) -> str | None:
+    """The weights format of a file by its content (first bytes, or the members of a zip), or None."""
+    with path.open("rb") as handle:
+        head = handle.read(256)
+    kind = sniff_weights(head, path.stat().st_size)
+    if kind is None and head.startswith(b"PK\x03\x04"):
+        kind = zip_weights(path)
+    return kind
+
+
 def _zip_weights(ctx: ScanContext, path: str) -> str | None:
     return zip_weights(ctx.path(path))
 
