@@ -1,5 +1,8 @@
 """Runtime checks that train and serve call before doing anything: kept free of heavy imports.
 
+`require_serving_allowed(checkpoint)` lets a server load weights only when the checkpoint's signed provenance
+verifies (guards.provenance) and lists both the weights and the config they are loaded with; it audits either way.
+
 `require_training_allowed()` lets training start only inside a cluster job started by `oracle submit`: the job's
 environment carries the submission record's digest and path, the record must verify (guards.submission), and the
 scheduler's job identity must be present (SLURM_JOB_ID, or the pod name on Kubernetes). Everywhere else it refuses
@@ -87,3 +90,42 @@ def require_training_allowed(root: Path | None = None, environ: Mapping[str, str
     if not decision.allowed:
         raise TrainingRefusedError(decision.reason)
     return decision
+
+
+class ServingRefusedError(RuntimeError):
+    """These weights may not be served; the message says why and what to do instead."""
+
+
+SERVED_FILES = ("model.safetensors", "config.json")  # what a server reads, so what the record must cover
+
+
+def require_serving_allowed(checkpoint: Path, root: Path | None = None) -> dict[str, object]:
+    """The verified provenance record of `checkpoint`; ServingRefusedError when it does not verify or does not cover
+    every file the server loads. Audits either way (gate `serve`)."""
+    from guards import git
+    from guards.audit import append_entry
+    from guards.keys import SigningKeyError
+    from guards.provenance import ProvenanceError, verify_provenance
+
+    root = (root or Path.cwd()).resolve()
+    details: dict[str, object] = {"checkpoint": str(checkpoint)}
+    reason = ""
+    record: dict[str, object] = {}
+    try:
+        record = verify_provenance(checkpoint, root, only=list(SERVED_FILES))
+    except (ProvenanceError, SigningKeyError) as exc:
+        reason = f"serving refused: {exc}"
+    if not reason:
+        details.update({k: record[k] for k in ("commit", "run", "step", "job_id") if k in record})
+    else:
+        details["reason"] = reason
+    append_entry(
+        root,
+        gate="serve",
+        result="refused" if reason else "allowed",
+        commit=git.head_commit_or_none(root),
+        details=details,
+    )
+    if reason:
+        raise ServingRefusedError(reason)
+    return record

@@ -518,3 +518,65 @@ def hub_publish_command(
         stdout.print(f"{repo_id} already holds exactly these files: no commit made", highlight=False)
     else:
         stdout.print(f"published {repo_id} commit {publication.commit_oid} ({publication.commit_url})", highlight=False)
+
+
+@app.command("serve")
+def serve_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", help="A checkpoint folder (with provenance.json) or a run folder (newest one)."),
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).", min=0, max=65535)] = 8000,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", help="Requests generated together (KV-cache slots).", min=1)
+    ] = 16,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Requests that may wait for a slot; beyond them: 429.", min=0)
+    ] = 64,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: the checkpoint's, else committed).")
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option("--served-model-name", help="Model id for clients (default: the config's name).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda when present).")
+    ] = None,
+    shutdown_timeout: Annotated[
+        float, typer.Option("--shutdown-timeout", help="Seconds to let in-flight requests finish on SIGTERM.", min=0)
+    ] = 30.0,
+) -> None:
+    """Serve a checkpoint through an OpenAI-compatible API; refuses weights whose signed provenance does not verify.
+
+    Example: oracle serve --checkpoint runs/oracle-mini-42/step-00000040 --tokenizer tokenizer/ --port 8000
+    """
+    import logging
+
+    from guards.audit import AuditError
+    from guards.runtime import ServingRefusedError
+    from oracle.serve.loading import ServeLoadError, ServeOptions
+    from oracle.serve.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = ServeOptions(
+        checkpoint=checkpoint,
+        root=Path.cwd(),
+        tokenizer=tokenizer,
+        name=served_model_name,
+        max_batch=max_concurrency,
+        max_queue=max_queue,
+        device=device,
+    )
+    try:
+        failure = serve(options, host=host, port=port, shutdown_timeout=shutdown_timeout)
+    except ServingRefusedError as exc:
+        raise fail(str(exc), EXIT_BLOCKED) from exc
+    except (ServeLoadError, AuditError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    if failure is not None:
+        raise fail(f"loading {checkpoint} failed: {failure}")

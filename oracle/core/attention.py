@@ -16,7 +16,7 @@ from torch import nn
 from oracle.core.rope import apply_rotary
 
 if TYPE_CHECKING:
-    from oracle.core.kv_cache import KVCache
+    from oracle.core.kv_cache import AnyKVCache
 
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 
@@ -26,9 +26,15 @@ def flash_attn_usable(q: torch.Tensor) -> bool:
     return HAS_FLASH_ATTN and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
-def causal_attention(q_BHSHd: torch.Tensor, k_BGLHd: torch.Tensor, v_BGLHd: torch.Tensor) -> torch.Tensor:
-    """Causal attention where the S queries are the last S of the L key positions (bottom-right aligned mask)."""
+def causal_attention(
+    q_BHSHd: torch.Tensor, k_BGLHd: torch.Tensor, v_BGLHd: torch.Tensor, mask_B1SL: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Causal attention where the S queries are the last S of the L key positions (bottom-right aligned mask), or,
+    given `mask_B1SL` (True: may attend), exactly the keys it allows: rows whose sequences have different lengths."""
     S, L = q_BHSHd.shape[2], k_BGLHd.shape[2]
+    gqa = q_BHSHd.shape[1] != k_BGLHd.shape[1]
+    if mask_B1SL is not None:
+        return F.scaled_dot_product_attention(q_BHSHd, k_BGLHd, v_BGLHd, attn_mask=mask_B1SL, enable_gqa=gqa)
     if flash_attn_usable(q_BHSHd):
         from flash_attn import flash_attn_func
 
@@ -37,7 +43,6 @@ def causal_attention(q_BHSHd: torch.Tensor, k_BGLHd: torch.Tensor, v_BGLHd: torc
             q_BHSHd.transpose(1, 2), k_BGLHd.transpose(1, 2), v_BGLHd.transpose(1, 2), causal=True
         )
         return out_BSHHd.transpose(1, 2)  # type: ignore[no-any-return]
-    gqa = q_BHSHd.shape[1] != k_BGLHd.shape[1]
     if S == L:
         return F.scaled_dot_product_attention(q_BHSHd, k_BGLHd, v_BGLHd, is_causal=True, enable_gqa=gqa)
     if S == 1:  # one new token sees every cached position
@@ -63,7 +68,7 @@ class Attention(nn.Module):
         x_BSD: torch.Tensor,
         cos_SHd: torch.Tensor,
         sin_SHd: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: AnyKVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         B, S, _ = x_BSD.shape
@@ -72,8 +77,10 @@ class Attention(nn.Module):
         v_BGSHd = self.v_proj(x_BSD).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q_BHSHd = apply_rotary(q_BHSHd, cos_SHd, sin_SHd)
         k_BGSHd = apply_rotary(k_BGSHd, cos_SHd, sin_SHd)
+        mask_B1SL = None
         if cache is not None:
             k_BGSHd, v_BGSHd = cache.update(layer, k_BGSHd, v_BGSHd)
-        out_BHSHd = causal_attention(q_BHSHd, k_BGSHd, v_BGSHd)
+            mask_B1SL = cache.attention_mask(S)
+        out_BHSHd = causal_attention(q_BHSHd, k_BGSHd, v_BGSHd, mask_B1SL)
         out_BSD: torch.Tensor = self.o_proj(out_BHSHd.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
         return out_BSD

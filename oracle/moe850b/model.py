@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle.core.attention import Attention
-from oracle.core.kv_cache import KVCache
+from oracle.core.kv_cache import AnyKVCache, KVCache
 from oracle.core.norm import RMSNorm
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
@@ -45,7 +45,7 @@ class DecoderBlock(nn.Module):
         self.moe = MoE(config)
 
     def forward(
-        self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
+        self, x_BSD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: AnyKVCache | None, layer: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RoutingStats]:
         x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos, sin, cache, layer)
         moe_out = self.moe(self.moe_norm(x_BSD))
@@ -91,13 +91,18 @@ class OracleMoE(nn.Module):
         elif isinstance(module, TopKRouter):
             module.expert_bias.zero_()
 
-    def forward(self, input_ids_BS: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, input_ids_BS: torch.Tensor, cache: AnyKVCache | None = None) -> ModelOutput:
         S = input_ids_BS.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + S > self.config.context_length:
-            raise ValueError(f"{start + S} positions exceed the context length {self.config.context_length}")
-        positions = torch.arange(start, start + S, device=input_ids_BS.device)
+        end = cache.end(S) if cache is not None else S
+        if end > self.config.context_length:
+            raise ValueError(f"{end} positions exceed the context length {self.config.context_length}")
+        if cache is None:
+            positions = torch.arange(S, device=input_ids_BS.device)
+        else:
+            positions = cache.positions(S, input_ids_BS.device)  # (S,) or, per row, (B, S)
         cos, sin = self.rope(positions)
+        if cos.dim() == 3:  # per-row positions: broadcast over the heads of (B, H, S, Hd)
+            cos, sin = cos[:, None], sin[:, None]
         x_BSD = self.embed_tokens(input_ids_BS)
         load_balance, z, routing = [], [], []
         for index, layer in enumerate(self.blocks()):

@@ -1,0 +1,185 @@
+"""What a server loads: the checkpoint (after its provenance verifies), the tokenizer, the default system prompt and
+the generation defaults, put together into a running `Engine`.
+
+`--checkpoint` is a checkpoint folder (`runs/<run>/step-NNNNNNNN`, or any folder with model.safetensors, config.json
+and provenance.json) or a run folder, whose newest complete checkpoint is taken (oracle.train.checkpoint). The
+tokenizer is `--tokenizer`, else the checkpoint's own tokenizer files, else the committed one
+(oracle/tokenization/assets). Prompts and generation defaults come from the checkpoint folder (a published repo
+holds them) or else from the repository's hub/assets, the same files the model card publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from oracle.moe850b.config import ConfigError, load_config
+from oracle.moe850b.weights import CheckpointError, load_checkpoint
+from oracle.serve.engine import Engine
+from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, SPECIAL_TOKENS
+from oracle.tokenization.tokenizer import TOKENIZER_FILE, TokenizerError, load_tokenizer
+
+log = logging.getLogger("oracle.serve")
+
+PROVENANCE_FILE = "provenance.json"
+SYSTEM_PROMPT_FILE = "default_system.txt"
+GENERATION_CONFIG_FILE = "generation_config.json"
+HUB_ASSETS = Path("hub") / "assets"
+TOKENIZER_ASSETS = Path("oracle") / "tokenization" / "assets"
+
+
+class ServeLoadError(RuntimeError):
+    """The checkpoint, tokenizer or settings cannot be served; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    checkpoint: Path
+    root: Path  # the checkout whose policies/keys verify the provenance
+    tokenizer: Path | None = None
+    name: str | None = None  # the model id clients ask for; default: the config's name
+    max_batch: int = 16
+    max_queue: int = 64
+    device: str = "cpu"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    checkpoint: Path
+    engine: Engine
+    tokenizer: Tokenizer
+    vocab_size: int
+    max_length: int  # prompt + completion tokens a request may use
+    default_system: str | None
+    temperature: float  # used when a request does not say
+    top_p: float
+    special_ids: frozenset[int]  # special and reserved token ids
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def special_in(self, text: str) -> str | None:
+        """The first special token `text` would be read as (chat content may not contain control tokens)."""
+        for token_id in self.encode(text):
+            if token_id in self.special_ids:
+                return str(self.tokenizer.id_to_token(token_id))
+        return None
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder as given, or the newest complete checkpoint of a run folder."""
+    from oracle.train.checkpoint import checkpoint_dirs, newest_complete
+
+    if not path.is_dir():
+        raise ServeLoadError(f"--checkpoint {path}: no such folder")
+    if (path / PROVENANCE_FILE).is_file() or not checkpoint_dirs(path):
+        return path
+    found = newest_complete(path)
+    for skipped, why in found.skipped if found else []:
+        log.warning("skipping %s: %s", skipped, why)
+    if found is None:
+        raise ServeLoadError(f"--checkpoint {path}: the run folder has no complete checkpoint (every step-* failed)")
+    return found.directory
+
+
+def resolve_tokenizer(options: ServeOptions, checkpoint: Path) -> Path:
+    if options.tokenizer is not None:
+        return options.tokenizer
+    for candidate in (checkpoint, options.root / TOKENIZER_ASSETS):
+        if (candidate / TOKENIZER_FILE).is_file():
+            return candidate
+    raise ServeLoadError(
+        f"--checkpoint {checkpoint} holds no {TOKENIZER_FILE} and none is committed under {TOKENIZER_ASSETS}; "
+        "pass --tokenizer DIR (a folder written by `oracle tokenizer train`)"
+    )
+
+
+def _asset(checkpoint: Path, root: Path, name: str) -> Path | None:
+    for candidate in (checkpoint / name, root / HUB_ASSETS / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _generation_defaults(path: Path | None) -> tuple[float, float, list[int]]:
+    if path is None:
+        return 1.0, 1.0, []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        eos = data.get("eos_token_id", [])
+        eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        return float(data.get("temperature", 1.0)), float(data.get("top_p", 1.0)), [int(i) for i in eos_ids]
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ServeLoadError(f"{path}: not a readable generation config ({exc}); fix or remove it") from exc
+
+
+def check_servable(options: ServeOptions) -> tuple[Path, Path]:
+    """Everything that can be refused before the weights are read: the provenance (guards.runtime, audited), the
+    config and the tokenizer. Returns (checkpoint folder, tokenizer folder)."""
+    from guards.runtime import require_serving_allowed
+
+    checkpoint = resolve_checkpoint(options.checkpoint)
+    require_serving_allowed(checkpoint, options.root)
+    try:
+        config = load_config(checkpoint / "config.json")
+        tokenizer_dir = resolve_tokenizer(options, checkpoint)
+        load_tokenizer(tokenizer_dir, expected_vocab_size=config.vocab_size)
+    except (ConfigError, TokenizerError) as exc:
+        raise ServeLoadError(str(exc)) from exc
+    return checkpoint, tokenizer_dir
+
+
+def load_served_model(options: ServeOptions, checkpoint: Path, tokenizer_dir: Path) -> ServedModel:
+    """Load what `check_servable` accepted and start its engine."""
+    try:
+        model = load_checkpoint(checkpoint, device=options.device)
+        tokenizer = load_tokenizer(tokenizer_dir, expected_vocab_size=model.config.vocab_size)
+    except (CheckpointError, TokenizerError) as exc:
+        raise ServeLoadError(str(exc)) from exc
+    # Capacity dropping is a training-time device: at inference every token gets its experts, so a request's
+    # output never depends on what else is in its batch.
+    for block in model.blocks():
+        block.moe.capacity_factor = None
+    model.eval()
+    temperature, top_p, eos_ids = _generation_defaults(_asset(checkpoint, options.root, GENERATION_CONFIG_FILE))
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    stop_ids = sorted({vocab[END_OF_TEXT], vocab[END_OF_TURN], *eos_ids})
+    # ids that carry no text a model should produce: padding and the reserved (unused) ids
+    suppress = [i for token, i in vocab.items() if token == PAD or token.startswith("<|reserved_")]
+    system_path = _asset(checkpoint, options.root, SYSTEM_PROMPT_FILE)
+    default_system = system_path.read_text(encoding="utf-8").strip() if system_path else None
+    engine = Engine(
+        model,
+        lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+        stop_token_ids=stop_ids,
+        suppress_token_ids=suppress,
+        max_batch=options.max_batch,
+        max_queue=options.max_queue,
+    )
+    served = ServedModel(
+        name=options.name or model.config.name,
+        checkpoint=checkpoint,
+        engine=engine,
+        tokenizer=tokenizer,
+        vocab_size=model.config.vocab_size,
+        max_length=engine.max_length,
+        default_system=default_system,
+        temperature=temperature,
+        top_p=top_p,
+        special_ids=frozenset(
+            i for token, i in vocab.items() if token in SPECIAL_TOKENS or token.startswith("<|reserved_")
+        ),
+    )
+    served.engine.start()
+    log.info("loaded %s (%s, %d parameters) on %s", served.name, checkpoint, _n_params(model), options.device)
+    return served
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,121 @@
+"""A tiny servable checkpoint made on the spot: the mini preset with random weights, a tokenizer trained on a few KB
+of text, and a provenance record signed with a throwaway key that the checkout root (policies/keys/) trusts.
+
+Used by the serving tests and by bench/serve.py. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2 as httpx
+import torch
+
+from guards.keys import generate_keypair, load_signing_key
+from guards.provenance import write_provenance
+from oracle.moe850b.config import load_config
+from oracle.moe850b.model import OracleMoE
+from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
+from oracle.tokenization.tokenizer import save_tokenizer, train_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog while the model learns to answer questions.",
+    "Oracle serves its checkpoints through an API that speaks the same language as other servers.",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "def generate(prompt: str) -> str:\n    return model.complete(prompt, max_tokens=16)\n",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation: commas, periods; colons: and (brackets).",
+]
+
+
+@dataclass(frozen=True)
+class ServedCheckpoint:
+    root: Path  # the working directory of `oracle serve`: policies/keys trusts the signing key, hub/assets
+    checkpoint: Path
+    tokenizer: Path
+    signing_key: Path
+
+
+def make_served_checkpoint(directory: Path, *, config: str = "oracle-mini", seed: int = 0) -> ServedCheckpoint:
+    root = directory / "root"
+    (root / "hub").mkdir(parents=True)
+    shutil.copytree(REPO / "hub" / "assets", root / "hub" / "assets")
+    signing_key = directory / "signing.pem"
+    generate_keypair(signing_key, root / "policies" / "keys" / "serve-test.pub")
+
+    model_config = load_config(config)
+    corpus = directory / "corpus"
+    corpus.mkdir()
+    (corpus / "text.txt").write_text("\n".join(TEXTS * 12), encoding="utf-8")
+    tokenizer, _ = train_tokenizer([corpus], model_config.vocab_size, min_frequency=2)
+    tokenizer_dir = save_tokenizer(tokenizer, directory / "tokenizer", context_length=model_config.context_length)
+
+    torch.manual_seed(seed)
+    checkpoint = save_checkpoint(OracleMoE(model_config), directory / "runs" / "serve-test" / "step-00000001")
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(signing_key)})
+    facts = {"commit": "0" * 40, "run": "serve-test", "step": 1, "job_id": "test"}
+    write_provenance(checkpoint, [WEIGHTS_FILE, CONFIG_FILE], facts, key)
+    return ServedCheckpoint(root, checkpoint, tokenizer_dir, signing_key)
+
+
+class RunningServer:
+    """`python -m oracle serve` in a subprocess on a free port, its output in a log file."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process, self.port, self.log = process, port, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def start_server(
+    served: ServedCheckpoint, log: Path, *extra: str, checkpoint: Path | None = None, wait_ready: bool = True
+) -> RunningServer:
+    """Start the server on port 0 and read the port uvicorn bound from its log; wait until /ready (or it exits)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("ORACLE_TRUSTED_KEY_IDS", None)
+    command = [sys.executable, "-m", "oracle", "serve", "--checkpoint", str(checkpoint or served.checkpoint)]
+    command += ["--tokenizer", str(served.tokenizer), "--port", "0", *extra]
+    handle = log.open("wb")
+    process = subprocess.Popen(command, cwd=served.root, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    port = None
+    while port is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the server did not start:\n{log.read_text(errors='replace')}")
+        for line in log.read_text(errors="replace").splitlines():
+            if "Uvicorn running on http://" in line:
+                port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
+        time.sleep(0.05)
+    server = RunningServer(process, port, log)
+    while wait_ready:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the server did not become ready:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return server
