@@ -559,6 +559,10 @@ def serve_command(
     from oracle.serve.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to stderr
     if device is None:
         import torch
 

@@ -266,6 +266,7 @@ def _params(served: ServedModel, body: _Sampling, prompt_ids: list[int], max_tok
         top_p=body.top_p if body.top_p is not None else served.top_p,
         seed=body.seed,
         stop=tuple(body.stop_sequences()),
+        ignore_eos=body.ignore_eos,
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return Prepared(prompt_ids, params, body.stream, include_usage)

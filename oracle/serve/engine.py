@@ -34,7 +34,8 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None  # None: a fresh random seed
-    stop: tuple[str, ...] = ()  # stop sequences (text); the stop tokens of the model always stop too
+    stop: tuple[str, ...] = ()  # stop sequences (text); the model's stop tokens stop too, unless ignore_eos
+    ignore_eos: bool = False  # generate through stop tokens (benchmarks, load tests), as vLLM's extension
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,13 @@ class _Request:
 
 
 class RequestHandle:
-    def __init__(self, request: _Request) -> None:
-        self._request = request
+    def __init__(self, engine: Engine, request: _Request) -> None:
+        self._engine, self._request = engine, request
 
     def cancel(self) -> None:
-        """Stop generating for this request (the client went away); its slot is freed at the next step."""
-        self._request.cancelled = True
+        """Stop generating for this request (the client went away): it leaves the queue at once, or frees its slot
+        at the next step. A no-op once it has finished."""
+        self._engine._cancel(self._request)
 
 
 @dataclass
@@ -220,7 +222,13 @@ class Engine:
                 raise QueueFullError(f"{len(self._active)} requests running and {len(self._waiting)} waiting")
             self._waiting.append(request)
             self._cond.notify()
-        return RequestHandle(request)
+        return RequestHandle(self, request)
+
+    def _cancel(self, request: _Request) -> None:
+        with self._cond:
+            request.cancelled = True
+            if request in self._waiting:
+                self._waiting.remove(request)
 
     # --- the engine thread -----------------------------------------------------------------------------------
 
@@ -292,7 +300,7 @@ class Engine:
         if request.cancelled:
             return
         n_out = len(request.output_ids)
-        if token in self.stop_token_ids:
+        if token in self.stop_token_ids and not request.params.ignore_eos:
             self._finish(request, "stop", request.text.flush(request.output_ids[:-1]))
             return
         delta, stopped = request.text.push(request.output_ids)

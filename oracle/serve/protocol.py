@@ -54,6 +54,7 @@ class _Sampling(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    ignore_eos: bool = False  # an extension (as vLLM's): keep generating through the model's stop tokens
 
     @field_validator("stop")
     @classmethod

@@ -6,6 +6,7 @@ Used by the serving tests and by bench/serve.py. Nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from oracle.moe850b.config import load_config
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.tokenization.tokenizer import save_tokenizer, train_tokenizer
+from oracle.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,11 +60,15 @@ def make_served_checkpoint(directory: Path, *, config: str = "oracle-mini", seed
     tokenizer, _ = train_tokenizer([corpus], model_config.vocab_size, min_frequency=2)
     tokenizer_dir = save_tokenizer(tokenizer, directory / "tokenizer", context_length=model_config.context_length)
 
+    # laid out as `oracle train` leaves a checkpoint: weights, config, signed provenance, trainer state, manifest
     torch.manual_seed(seed)
-    checkpoint = save_checkpoint(OracleMoE(model_config), directory / "runs" / "serve-test" / "step-00000001")
+    run = directory / "runs" / "serve-test"
+    partial = save_checkpoint(OracleMoE(model_config), ckpt.partial_dir(run, 1))
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(signing_key)})
-    facts = {"commit": "0" * 40, "run": "serve-test", "step": 1, "job_id": "test"}
-    write_provenance(checkpoint, [WEIGHTS_FILE, CONFIG_FILE], facts, key)
+    facts = {"commit": "0" * 40, "run": run.name, "step": 1, "job_id": "test"}
+    write_provenance(partial, [WEIGHTS_FILE, CONFIG_FILE], facts, key)
+    (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 1}) + "\n", encoding="utf-8")
+    checkpoint = ckpt.seal(partial, run / ckpt.step_dir_name(1))
     return ServedCheckpoint(root, checkpoint, tokenizer_dir, signing_key)
 
 
