@@ -1,5 +1,4 @@
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -23,7 +22,3 @@ def server(served: ServedCheckpoint, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def client(server: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def log_of(server: RunningServer) -> Path:
-    return server.log
