@@ -205,7 +205,7 @@ def _render(
     if request.target == "k8s":
         from infra.k8s.manifests import serving_manifests, to_yaml, training_manifests
 
-        documents = training_manifests(request, env, record_json) + serving_manifests(request)
+        documents = training_manifests(request, env, record_json) + serving_manifests(request, digest=digest)
         return to_yaml(documents), documents
     from infra.argo.workflow import build_workflow
     from infra.argo.workflow import to_yaml as workflow_yaml

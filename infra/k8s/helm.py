@@ -197,7 +197,9 @@ def _sentinel_manifests() -> list[dict[str, Any]]:
     env = job_environment(text("submission.digest"), K8S_RECORD_PATH)
     objects = [
         *build_training(request, env, text("submission.record"), checkpoint_size=text("training.checkpointSize")),
-        *build_serving(request, replicas=number("serving.replicas"), port=number("serving.port")),
+        *build_serving(
+            request, digest=text("submission.digest"), replicas=number("serving.replicas"), port=number("serving.port")
+        ),
     ]
     return [to_manifest(item) for item in objects]
 

@@ -268,12 +268,13 @@ def training_manifests(
 
 
 def build_serving(
-    request: JobRequest, *, replicas: int = 1, port: int = DEFAULT_SERVE_PORT
+    request: JobRequest, *, digest: str, replicas: int = 1, port: int = DEFAULT_SERVE_PORT
 ) -> list[client.V1Deployment | client.V1Service]:
-    """The typed serving objects: a Deployment serving the recipe's latest checkpoint and its ClusterIP Service."""
+    """The typed serving objects: a Deployment serving the newest verified checkpoint of this submission's run (the
+    run folder the training Job writes, `<recipe>-<submission digest>`) and its ClusterIP Service."""
     name = serving_name(request.project)
     labels = {**project_labels(request.project), "app.kubernetes.io/name": name}
-    checkpoint = f"{RUNS_DIR}/{request.config_name}"  # the run folder: its newest verified checkpoint
+    checkpoint = f"{RUNS_DIR}/{request.config_name}-{digest}"  # `oracle serve` takes the run's newest checkpoint
     http = "http"
     container = client.V1Container(
         name="serve",
@@ -324,9 +325,12 @@ def build_serving(
     return [deployment, service]
 
 
-def serving_manifests(request: JobRequest, *, replicas: int = 1, port: int = DEFAULT_SERVE_PORT) -> list[Manifest]:
-    """The serving Deployment and Service, as dicts; they mount the checkpoint claim the training objects create."""
-    return [to_manifest(item) for item in build_serving(request, replicas=replicas, port=port)]
+def serving_manifests(
+    request: JobRequest, *, digest: str, replicas: int = 1, port: int = DEFAULT_SERVE_PORT
+) -> list[Manifest]:
+    """The serving Deployment and Service, as dicts; they mount the checkpoint claim the training objects create and
+    serve the run of the submission whose record has this digest."""
+    return [to_manifest(item) for item in build_serving(request, digest=digest, replicas=replicas, port=port)]
 
 
 def to_yaml(manifests: Sequence[Manifest]) -> str:

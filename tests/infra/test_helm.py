@@ -78,7 +78,7 @@ def test_the_chart_has_one_template_per_object() -> None:
 def test_the_chart_renders_exactly_the_validated_manifests_of_the_default_request() -> None:
     request = default_request()
     expected = training_manifests(request, job_environment(PENDING_DIGEST, K8S_RECORD_PATH), "{}") + (
-        serving_manifests(request)
+        serving_manifests(request, digest=PENDING_DIGEST)
     )
     rendered = render_chart(committed_values())
     assert rendered == expected
@@ -95,7 +95,7 @@ def test_the_chart_renders_any_requests_manifests_exactly() -> None:
     values = chart_values(request, digest="e" * 64, record_json=record, checkpoint_size="500Gi", replicas=2, port=9000)
     expected = training_manifests(
         request, job_environment("e" * 64, K8S_RECORD_PATH), record, checkpoint_size="500Gi"
-    ) + serving_manifests(request, replicas=2, port=9000)
+    ) + serving_manifests(request, digest="e" * 64, replicas=2, port=9000)
     rendered = render_chart(nest(values))
     assert rendered == expected
     validate_manifests(rendered)

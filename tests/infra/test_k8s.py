@@ -69,7 +69,7 @@ def job_request(**changes: Any) -> JobRequest:
 def manifests(request: JobRequest | None = None) -> list[dict[str, Any]]:
     request = request or job_request()
     env = job_environment(DIGEST, K8S_RECORD_PATH)
-    return training_manifests(request, env, RECORD) + serving_manifests(request)
+    return training_manifests(request, env, RECORD) + serving_manifests(request, digest=DIGEST)
 
 
 def by_kind(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -225,8 +225,8 @@ def test_pods_run_as_non_root_without_privilege_escalation() -> None:
         assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
 
 
-def test_serving_runs_the_newest_checkpoint_behind_a_service_with_probes() -> None:
-    documents = serving_manifests(job_request(), replicas=3)
+def test_serving_runs_the_newest_checkpoint_of_the_submissions_run_behind_a_service_with_probes() -> None:
+    documents = serving_manifests(job_request(), digest=DIGEST, replicas=3)
     deployment, service = documents
     assert deployment["spec"]["replicas"] == 3
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -234,7 +234,7 @@ def test_serving_runs_the_newest_checkpoint_behind_a_service_with_probes() -> No
         "oracle",
         "serve",
         "--checkpoint",
-        f"{IMAGE_WORKDIR}/runs/oracle-mini",
+        f"{IMAGE_WORKDIR}/runs/oracle-mini-{DIGEST}",  # the folder the training Job's --run-name writes
         "--host",
         "0.0.0.0",
         "--port",
