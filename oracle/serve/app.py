@@ -160,7 +160,7 @@ def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[st
         try:
             slot.model = load()
         except Exception as exc:  # the server stays up to say so on /ready, and the CLI exits non-zero
-            slot.error = f"{type(exc).__name__}: {exc}" if not str(exc).startswith("--") else str(exc)
+            slot.error = str(exc) or type(exc).__name__
             log.error("loading failed: %s", exc)
             if on_load_failure is not None:
                 on_load_failure(str(exc))

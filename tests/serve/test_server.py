@@ -114,6 +114,16 @@ def test_a_run_folder_serves_its_newest_complete_checkpoint(served: ServedCheckp
     assert entry["details"]["step"] == 1
 
 
+def test_a_model_that_fails_to_load_stops_the_server_with_exit_2(served: ServedCheckpoint) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "oracle", "serve", "--checkpoint", str(served.checkpoint), "--port", "0"]
+    command += ["--tokenizer", str(served.tokenizer), "--device", "cuda:99"]  # no such device: the load fails
+    result = subprocess.run(command, cwd=served.root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Uvicorn running" in result.stderr  # it was up (liveness) while loading
+    assert result.stderr.splitlines()[-1].startswith(f"error: loading {served.checkpoint} failed:")
+
+
 def test_a_full_queue_answers_429_with_retry_after(served: ServedCheckpoint, tmp_path: Path) -> None:
     server = start_server(served, tmp_path / "busy.log", "--max-concurrency", "1", "--max-queue", "0")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
