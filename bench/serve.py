@@ -16,21 +16,25 @@ Cases, interleaved within each repeat (the order rotates from one repeat to the 
 - cached loop: in this process, `model.generate(ids, max_tokens, temperature=0)` (the model's own KV cache).
 - server, 1 stream: `--requests` streaming requests one after another.
 - server, 8 streams: 8 threads, each sending `--requests` streaming requests one after another, all at once.
+- engine, 1 and 8 streams (a reference that separates the engine from HTTP): the server's own `Engine`, loaded in
+  this process as `oracle serve` loads it, with threads submitting straight to it in the same pattern.
 
 tokens/s is completion tokens over wall time: for the server cases from the first request sent to the last stream
 ended (HTTP, SSE and the client's parsing included), for the loops from the first forward pass to the last. Each
-figure is the median over the repeats; ratios are taken between medians of the same run. Latency (request sent to
-the stream's end) and time to first token (request sent to the first chunk carrying text) are per request, pooled
-over the repeats: p50 and p99. During the 8-stream case /metrics is polled for oracle_serve_running_requests, which
-shows whether the engine really batches.
+figure is the median over the repeats; ratios are taken between medians of the same run (the per-repeat range is
+printed too). Latency (request sent to the stream's end) and time to first token (request sent to the first chunk
+carrying text) are per request, pooled over the repeats: p50 and p99. During the server cases /metrics is polled
+for oracle_serve_running_requests (does the engine really batch?) and the CPU time of server and client is taken.
+The script also checks that the cached and uncached loops produce the same tokens, and that every text, batched or
+not, equals its prompt's text when it was served alone.
 
 Threads: the client runs on the same machine as the server. By default the server (OMP_NUM_THREADS) and the
 in-process loops (torch.set_num_threads) use one intra-op thread each, leaving the other core of a 2-core machine to
 the client; `--threads 0` keeps torch's default (all cores), where OpenMP threads of a tiny model spin against the
 client's threads and a busy neighbour can slow a forward pass a hundredfold.
 
-Usage: python bench/serve.py [--repeats N] [--requests N] [--max-tokens N] [--prompt-tokens N] [--streams N]
-                             [--threads N] [--json FILE]
+Usage: python bench/serve.py [--repeats N] [--requests N] [--loop-runs N] [--max-tokens N] [--prompt-tokens N]
+                             [--streams N] [--threads N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -58,10 +62,19 @@ sys.path.insert(0, str(ROOT))
 
 from oracle.moe850b.model import OracleMoE  # noqa: E402
 from oracle.moe850b.weights import load_checkpoint  # noqa: E402
+from oracle.serve.engine import Delta, Engine, Event, Finished, SamplingParams  # noqa: E402
+from oracle.serve.loading import ServeOptions, load_served_model  # noqa: E402
 from oracle.tokenization.tokenizer import load_tokenizer  # noqa: E402
 from tests.serve.fixtures import TEXTS, RunningServer, make_served_checkpoint, start_server  # noqa: E402
 
-CASES = ("no-cache loop", "cached loop", "server 1 stream", "server N streams")
+CASES = (
+    "no-cache loop",
+    "cached loop",
+    "engine 1 stream",
+    "engine N streams",
+    "server 1 stream",
+    "server N streams",
+)
 
 
 @dataclass
@@ -176,6 +189,55 @@ def server_streams(
     for client in clients:
         client.close()
     return seconds, results, sampler.samples
+
+
+# --- the engine alone, in this process (no HTTP) --------------------------------------------------------------------
+
+
+def engine_request(engine: Engine, prompts: list[list[int]], index: int, max_tokens: int) -> RequestResult:
+    done = threading.Event()
+    pieces: list[str] = []
+    first: list[float] = []
+    finished: list[Finished] = []
+
+    def sink(event: Event) -> None:  # called from the engine thread
+        if isinstance(event, Delta):
+            if not first:
+                first.append(time.perf_counter())
+            pieces.append(event.text)
+            return
+        if isinstance(event, Finished):
+            finished.append(event)
+        done.set()
+
+    start = time.perf_counter()
+    engine.submit(prompts[index], SamplingParams(max_tokens=max_tokens, temperature=0.0), sink)
+    done.wait()
+    end = time.perf_counter()
+    if not finished:
+        raise RuntimeError("the engine failed a request")
+    ttft = first[0] - start if first else None
+    return RequestResult(end - start, ttft, finished[0].completion_tokens, finished[0].reason, "".join(pieces), index)
+
+
+def engine_streams(
+    engine: Engine, prompts: list[list[int]], *, streams: int, requests: int, max_tokens: int
+) -> tuple[float, list[RequestResult]]:
+    """As `server_streams`, with each thread submitting straight to the server's engine."""
+    barrier = threading.Barrier(streams + 1)
+
+    def worker(index: int) -> list[RequestResult]:
+        barrier.wait()
+        n = len(prompts)
+        return [engine_request(engine, prompts, (index + k) % n, max_tokens) for k in range(requests)]
+
+    with ThreadPoolExecutor(streams) as pool:
+        futures = [pool.submit(worker, i) for i in range(streams)]
+        barrier.wait()
+        start = time.perf_counter()
+        results = [r for future in futures for r in future.result()]
+        seconds = time.perf_counter() - start
+    return seconds, results
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -311,8 +373,8 @@ def report(
     runs: list[CaseRun], alone: list[str], loop_outputs: dict[str, list[list[int]]], args: argparse.Namespace
 ) -> dict[str, Any]:
     streams = args.streams
-    label = {"server N streams": f"server {streams} streams"}
-    table = {label.get(c, c): summary([r for r in runs if r.case == c]) for c in CASES}
+    label = {c: c.replace(" N ", f" {streams} ") for c in CASES}
+    table = {label[c]: summary([r for r in runs if r.case == c]) for c in CASES}
     print(
         f"\noracle-mini, prompt {args.prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy; medians of "
         f"{args.repeats} interleaved repeats; {torch.get_num_threads()} intra-op thread(s)"
@@ -334,16 +396,20 @@ def report(
             )
         print(line)
 
-    pairs = {
-        "server 1 stream / no-cache loop": ("server 1 stream", "no-cache loop"),
-        f"server {streams} streams / server 1 stream": ("server N streams", "server 1 stream"),
-        f"server {streams} streams / no-cache loop": ("server N streams", "no-cache loop"),
-        "cached loop / no-cache loop": ("cached loop", "no-cache loop"),
-        "server 1 stream / cached loop": ("server 1 stream", "cached loop"),
-    }
+    pairs = [
+        ("server 1 stream", "no-cache loop"),
+        ("server N streams", "server 1 stream"),
+        ("server N streams", "no-cache loop"),
+        ("cached loop", "no-cache loop"),
+        ("server 1 stream", "cached loop"),
+        ("engine N streams", "engine 1 stream"),
+        ("server 1 stream", "engine 1 stream"),
+        ("server N streams", "engine N streams"),
+    ]
     ratios: dict[str, dict[str, Any]] = {}
-    for name, (top, bottom) in pairs.items():
-        of_medians = table[label.get(top, top)]["tokens_per_s_median"] / table[bottom]["tokens_per_s_median"]
+    for top, bottom in pairs:
+        name = f"{label[top]} / {label[bottom]}"
+        of_medians = table[label[top]]["tokens_per_s_median"] / table[label[bottom]]["tokens_per_s_median"]
         rate = {(r.case, r.repeat): r.tokens_per_s for r in runs}
         per_repeat = [rate[top, k] / rate[bottom, k] for k in range(args.repeats)]
         ratios[name] = {"ratio_of_medians": of_medians, "per_repeat": per_repeat}
@@ -352,10 +418,10 @@ def report(
     # correctness on the way: the same greedy tokens with and without the cache, the same text batched or alone
     agree = sum(a == b for a, b in zip(loop_outputs["no-cache loop"], loop_outputs["cached loop"], strict=True))
     print(f"cached loop == no-cache loop (token ids): {agree}/{len(loop_outputs['cached loop'])} generations")
-    for case in ("server 1 stream", "server N streams"):
+    for case in CASES[2:]:
         texts = [(r.prompt, r.text) for run in runs if run.case == case for r in run.requests]
         same = sum(text == alone[index] for index, text in texts)
-        print(f"{label.get(case, case)}: {same}/{len(texts)} texts equal the prompt's text when served alone")
+        print(f"{label[case]}: {same}/{len(texts)} texts equal the prompt's text when served alone")
     return {"summary": table, "ratios": ratios}
 
 
@@ -383,12 +449,17 @@ def main() -> None:
         for block in model.blocks():  # as the server does: no capacity dropping at inference
             block.moe.capacity_factor = None
         candidates = tokenized_prompts(served.tokenizer, args.prompt_tokens, 4 * streams)
-        server = start_server(served, base / "server.log", "--max-concurrency", str(max(streams, 8)))
+        slots = max(streams, 8)
+        # the server's own engine, loaded as `oracle serve` loads it, to run in this process without HTTP
+        options = ServeOptions(served.checkpoint, served.root, served.tokenizer, max_batch=slots)
+        engine = load_served_model(options, served.checkpoint, served.tokenizer).engine
+        server = start_server(served, base / "server.log", "--max-concurrency", str(slots))
         try:
             with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
                 name = client.models.list().data[0].id
             prompts, alone = choose_prompts(server, name, candidates, streams, max_tokens)
             server_streams(server, name, prompts, streams=streams, requests=1, max_tokens=max_tokens)  # warm-up
+            engine_streams(engine, prompts, streams=streams, requests=1, max_tokens=max_tokens)
             timed_loop(no_cache_loop, model, prompts, 1, max_tokens)
             timed_loop(cached_loop, model, prompts, 1, max_tokens)
             for repeat in range(args.repeats):
@@ -400,11 +471,17 @@ def main() -> None:
                         loop_outputs[case] = outputs
                         runs.append(CaseRun(case, repeat, tokens, seconds))
                     else:
-                        n = 1 if case == "server 1 stream" else streams
+                        n = 1 if " 1 " in case else streams
                         sizes = {"streams": n, "requests": args.requests, "max_tokens": max_tokens}
-                        runs.append(server_case(server, name, prompts, case, repeat, **sizes))
+                        if case.startswith("server"):
+                            runs.append(server_case(server, name, prompts, case, repeat, **sizes))
+                        else:
+                            seconds, requests = engine_streams(engine, prompts, **sizes)
+                            tokens = sum(r.completion_tokens for r in requests)
+                            runs.append(CaseRun(case, repeat, tokens, seconds, requests))
                     print(f"repeat {repeat + 1}/{args.repeats} {case:>16}: {runs[-1].tokens_per_s:8.1f} tokens/s")
         finally:
+            engine.stop()
             print(f"server stopped (exit code {server.stop()}; -15: uvicorn re-raises SIGTERM once drained)")
 
     results = report(runs, alone, loop_outputs, args)

@@ -546,6 +546,10 @@ def serve_command(
     shutdown_timeout: Annotated[
         float, typer.Option("--shutdown-timeout", help="Seconds to let in-flight requests finish on SIGTERM.", min=0)
     ] = 30.0,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="CPU threads for the model's operators (default: torch's, all cores).", min=1),
+    ] = None,
 ) -> None:
     """Serve a checkpoint through an OpenAI-compatible API; refuses weights whose signed provenance does not verify.
 
@@ -563,9 +567,11 @@ def serve_command(
     import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to stderr
-    if device is None:
-        import torch
+    import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     options = ServeOptions(
         checkpoint=checkpoint,

@@ -436,11 +436,20 @@ async def _stream(
         opening = shape.first_chunk()
         if opening is not None:
             yield chunk([opening])
+        pending: Event | None = None
         while True:
-            event = await events.get()
+            event, pending = (pending or await events.get()), None
             if isinstance(event, Delta):
                 first.seen()
-                yield chunk([shape.chunk(event.text, None)])
+                texts = [event.text]
+                # when the client reads slower than the engine writes, what has piled up goes out as one chunk
+                while pending is None and not events.empty():
+                    queued = events.get_nowait()
+                    if isinstance(queued, Delta):
+                        texts.append(queued.text)
+                    else:
+                        pending = queued
+                yield chunk([shape.chunk("".join(texts), None)])
             elif isinstance(event, Failed):
                 error = APIError(500, event.message, kind="server_error", code="generation_failed")
                 yield _sse(error.body())

@@ -67,15 +67,29 @@ class EngineStoppedError(RuntimeError):
 
 
 class TextTracker:
-    """Turns the growing list of generated ids into text deltas, honouring stop sequences."""
+    """Turns the growing list of generated ids into text deltas, honouring stop sequences.
+
+    Only the ids after the last clean boundary (a point where the decoded text ended in a whole character) are
+    decoded again for each new token, so a long completion costs O(window) per token, not O(length): byte-level BPE
+    decodes to UTF-8 bytes, and bytes split at a character boundary decode to the concatenation of their halves."""
+
+    WINDOW = 16  # ids kept before the boundary moves on
 
     def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str]) -> None:
         self.decode, self.stop = decode, tuple(stop)
         self.emitted = 0  # characters of the decoded text already handed out
+        self._base_ids, self._base_text = 0, ""  # ids[:_base_ids] decode to _base_text, ending at a boundary
+
+    def text(self, ids: list[int]) -> str:
+        tail = self.decode(ids[self._base_ids :])
+        text = self._base_text + tail
+        if len(ids) - self._base_ids > self.WINDOW and not tail.endswith("\ufffd"):
+            self._base_ids, self._base_text = len(ids), text
+        return text
 
     def push(self, ids: list[int]) -> tuple[str, bool]:
         """The new text to hand out, and whether a stop sequence ended it."""
-        text = self.decode(ids)
+        text = self.text(ids)
         matches = [index for index in (text.find(s, self.emitted) for s in self.stop) if index >= 0]
         if matches:
             end = min(matches)
@@ -91,7 +105,7 @@ class TextTracker:
 
     def flush(self, ids: list[int]) -> str:
         """Everything not yet handed out, once generation has ended without a stop sequence."""
-        return self._take(self.decode(ids), None)
+        return self._take(self.text(ids), None)
 
     def _take(self, text: str, end: int | None) -> str:
         end = len(text) if end is None else end

@@ -94,6 +94,24 @@ def test_text_tracker_waits_for_whole_characters_and_flushes_at_the_end() -> Non
     assert tracker.flush([0, 1, 2]) == "\ufffd"  # a truly broken sequence is shown once generation ended
 
 
+def test_streamed_text_equals_the_full_decode_of_long_random_outputs(engine_parts: tuple) -> None:
+    """Random ids (broken UTF-8, special tokens, multi-byte characters) decoded incrementally through the moving
+    window give exactly the text of decoding everything at once."""
+    _, tokenizer = engine_parts
+
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    generator = torch.Generator().manual_seed(5)
+    learned = tokenizer.get_vocab_size(with_added_tokens=False)
+    for _ in range(5):
+        ids = torch.randint(0, learned, (300,), generator=generator).tolist()
+        tracker = TextTracker(decode, stop=[])
+        pieces = [tracker.push(ids[: n + 1])[0] for n in range(len(ids))]
+        assert "".join(pieces) + tracker.flush(ids) == decode(ids)
+        assert tracker._base_ids > 200  # the window moved on: old ids are not decoded again
+
+
 def test_greedy_output_is_the_same_alone_and_in_a_busy_batch(engine_parts: tuple, engine: Engine) -> None:
     alone = [run(engine, prompt, max_tokens=12) for prompt in PROMPTS]
     collectors = [Collector() for _ in PROMPTS]
