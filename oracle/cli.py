@@ -544,8 +544,8 @@ def serve_command(
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda when present).")
     ] = None,
     shutdown_timeout: Annotated[
-        float, typer.Option("--shutdown-timeout", help="Seconds to let in-flight requests finish on SIGTERM.", min=0)
-    ] = 30.0,
+        int, typer.Option("--shutdown-timeout", help="Seconds to let in-flight requests finish on SIGTERM.", min=0)
+    ] = 30,
     threads: Annotated[
         int | None,
         typer.Option("--threads", help="CPU threads for the model's operators (default: torch's, all cores).", min=1),

@@ -104,6 +104,11 @@ def load_config(name_or_path: str | Path) -> MoEConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror}); check the path") from exc
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> MoEConfig:
+    """A config from the text of `path` (named in errors), e.g. bytes already read and checked."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -5,16 +5,18 @@ Writes go to temporary files that are renamed into place, so a crash never leave
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from oracle.atomic_write import write_atomically
 from oracle.core.rope import RotaryEmbedding
-from oracle.moe850b.config import ConfigError, load_config
+from oracle.moe850b.config import ConfigError, load_config, parse_config
 from oracle.moe850b.model import OracleMoE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -42,17 +44,31 @@ def save_checkpoint(model: OracleMoE, directory: str | Path) -> Path:
     return directory
 
 
-def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> OracleMoE:
+def load_checkpoint(
+    directory: str | Path, *, device: str | torch.device = "cpu", expected_sha256: Mapping[str, str] | None = None
+) -> OracleMoE:
+    """The model saved in `directory`. With `expected_sha256` ({file name: sha256}, e.g. from a verified provenance
+    record), config.json and the weights are read once, checked against those digests and loaded from the very
+    bytes that were checked, so a file swapped after an earlier check is refused, never loaded (this holds both
+    files in memory at once while loading)."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     try:
-        config = load_config(config_path)
-    except ConfigError as exc:
+        if expected_sha256 is None:
+            config = load_config(config_path)
+        else:
+            config = parse_config(_checked_bytes(config_path, expected_sha256).decode("utf-8"), config_path)
+    except (ConfigError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{exc}; a checkpoint needs a valid config.json beside its weights") from exc
     with torch.device("meta"):
         model = OracleMoE(config)
     try:
-        tensors = load_file(weights_path, device=str(device))
+        if expected_sha256 is None:
+            tensors = load_file(weights_path, device=str(device))
+        else:
+            data = _checked_bytes(weights_path, expected_sha256)
+            tensors = {name: t.to(device) for name, t in load(data).items()}
+            del data
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
     expected = {name: tuple(t.shape) for name, t in _stored_state(model).items()}
@@ -75,3 +91,14 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     # The rotary tables are not stored (non-persistent buffers): rebuild them on the target device.
     model.rope = RotaryEmbedding(config.resolved_head_dim, config.context_length, config.rope_theta).to(device)
     return model
+
+
+def _checked_bytes(path: Path, expected_sha256: Mapping[str, str]) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected_sha256.get(path.name):
+        raise CheckpointError(f"{path}: its sha256 is not the verified one (the file changed after the check)")
+    return data

@@ -48,6 +48,7 @@ log = logging.getLogger("oracle.serve")
 ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/ready", "/metrics"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 RETRY_AFTER_S = "1"
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
 
 
 class ModelSlot:
@@ -145,10 +146,14 @@ def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(part) for part in loc if part != "body"]
-    # pydantic names the union member it tried (`str`, `list[...]`); the client only needs the field path
-    return ".".join(p for p in parts if not p.startswith(("list[", "str", "int", "function-")))
+    """The field path a validation error is about. pydantic also names the union member it tried (`str`,
+    `list[int]`, `function-after[...]`); those are not fields."""
+    parts = [str(part) for part in loc[1:] if part != "body"] if loc and loc[0] == "body" else [str(p) for p in loc]
+    return ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p)
 
 
 def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
@@ -170,9 +175,10 @@ def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[st
         loader = threading.Thread(target=load_in_background, name="oracle-load", daemon=True)
         loader.start()
         yield
-        loader.join()
+        # Not joined: a load still running when the server is told to stop must not hold up the exit (the thread
+        # is a daemon). A loaded engine finishes what is left, then stops.
         if slot.model is not None:
-            await asyncio.to_thread(slot.model.engine.stop)
+            await asyncio.to_thread(slot.model.engine.stop, 60.0)
 
     app = FastAPI(title="Oracle", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -194,9 +200,17 @@ def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[st
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error_response(APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        error = APIError(500, f"internal error: {type(exc).__name__}", kind="server_error", code="internal_error")
+        return _error_response(error)
+
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if slot.model is not None and not slot.model.engine.alive:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -209,22 +223,31 @@ def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[st
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def model_card(served: ServedModel) -> dict[str, Any]:
+        return {"id": served.name, "object": "model", "created": _CREATED, "owned_by": "oracle"}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        served = slot.require()
-        card = {"id": served.name, "object": "model", "created": _CREATED, "owned_by": "oracle"}
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [model_card(slot.require())]}
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        served = slot.require()
+        if model_id != served.name:
+            raise APIError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found")
+        return model_card(served)
+
+    # Tokenizing runs in a worker thread: a long prompt must not stall the streams on the event loop.
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         served = slot.require()
-        prepared = _prepare_chat(served, body)
+        prepared = await asyncio.to_thread(_prepare_chat, served, body)
         return await _respond(served, prepared, _ChatShape(served.name), metrics, request)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         served = slot.require()
-        prepared = _prepare_completion(served, body)
+        prepared = await asyncio.to_thread(_prepare_completion, served, body)
         return await _respond(served, prepared, _CompletionShape(served.name), metrics, request)
 
     app.state.model_slot = slot
@@ -394,7 +417,12 @@ async def _respond(
     pieces: list[str] = []
     try:
         while True:
-            event = await events.get()
+            try:
+                event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():  # the client gave up: free the slot now
+                    return Response(status_code=499)
+                continue
             if isinstance(event, Delta):
                 first.seen()
                 pieces.append(event.text)

@@ -27,6 +27,8 @@ from oracle.moe850b.sampling import sample_next_token
 
 log = logging.getLogger("oracle.serve")
 
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily: dividing logits by less overflows to inf and NaN
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -187,6 +189,7 @@ class Engine:
         self.stats = EngineStats()
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []  # index = cache slot
+        self._admitting = 0  # taken from the queue, not yet prefilled into a slot
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -199,7 +202,11 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._active)
+        return len(self._active) + self._admitting
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="oracle-engine", daemon=True)
@@ -232,8 +239,8 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise EngineStoppedError("the server is shutting down")
-            if len(self._active) + len(self._waiting) >= self.max_batch + self.max_queue:
-                raise QueueFullError(f"{len(self._active)} requests running and {len(self._waiting)} waiting")
+            if self.running + len(self._waiting) >= self.max_batch + self.max_queue:
+                raise QueueFullError(f"{self.running} requests running and {len(self._waiting)} waiting")
             self._waiting.append(request)
             self._cond.notify()
         return RequestHandle(self, request)
@@ -256,33 +263,51 @@ class Engine:
                 admitted: list[_Request] = []
                 while self._waiting and len(self._active) + len(admitted) < self.max_batch:
                     admitted.append(self._waiting.popleft())
+                self._admitting = len(admitted)  # still counted against the capacity while they prefill
             try:
                 with torch.inference_mode():
                     for request in admitted:
                         self._prefill(request)
                     self._release_finished()
                     if self._active:
-                        self._decode_step()
+                        try:
+                            self._decode_step()
+                        except Exception as exc:  # e.g. out of memory: fail the batch in flight, keep serving
+                            log.exception("decode step failed")
+                            for request in self._active:
+                                self._fail(request, exc)
                     self._release_finished()
-            except Exception as exc:  # e.g. out of memory: fail what is in flight, keep serving
-                log.exception("generation step failed")
-                for request in [*self._active, *(r for r in admitted if r not in self._active)]:
-                    if not request.done:
-                        request.done = True
-                        request.emit(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
-                self._active.clear()
+            except Exception as exc:  # a bug in the bookkeeping: end everything in flight rather than hang it
+                log.exception("engine step failed")
+                with self._cond:
+                    for request in [*self._active, *admitted]:
+                        self._fail(request, exc)
+                    self._active.clear()
+                    self._admitting = 0
 
     def _prefill(self, request: _Request) -> None:
-        if request.cancelled:
-            return
-        slot = len(self._active)
-        self._active.append(request)
-        self.cache.reset(slot)
-        self.cache.select(slot, slot + 1)
-        input_1S = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        logits_1V = self.model(input_1S, self.cache).logits_BSV[:, -1]
-        self.stats.prompt_tokens += len(request.prompt_ids)
-        self._accept(request, int(self._sample(logits_1V, [request])[0]))
+        """Run the prompt through a free slot; a failure here (a bad request, memory) ends only this request."""
+        with self._cond:
+            self._admitting -= 1
+            if request.cancelled:
+                return
+            slot = len(self._active)
+            self._active.append(request)
+        try:
+            self.cache.reset(slot)
+            self.cache.select(slot, slot + 1)
+            input_1S = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+            logits_1V = self.model(input_1S, self.cache).logits_BSV[:, -1]
+            self.stats.prompt_tokens += len(request.prompt_ids)
+            self._accept(request, int(self._sample(logits_1V, [request])[0]))
+        except Exception as exc:
+            log.exception("prefill failed")
+            self._fail(request, exc)
+
+    def _fail(self, request: _Request, exc: Exception) -> None:
+        if not request.done:
+            request.done = True
+            request.emit(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _decode_step(self) -> None:
         rows = self._active
@@ -298,21 +323,25 @@ class Engine:
         tokens_B = logits_BV.argmax(dim=-1)
         for row, request in enumerate(requests):
             params = request.params
-            if params.temperature > 0:
-                tokens_B[row] = sample_next_token(
-                    logits_BV[row : row + 1],
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    generator=request.generator,
-                )[0]
+            if params.temperature >= GREEDY_BELOW:
+                try:
+                    tokens_B[row] = sample_next_token(
+                        logits_BV[row : row + 1],
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        generator=request.generator,
+                    )[0]
+                except Exception as exc:  # only this request's sampling failed: the others go on
+                    log.exception("sampling failed")
+                    self._fail(request, exc)
         return tokens_B
 
     def _accept(self, request: _Request, token: int) -> None:
         """Record one generated token, hand out its text, and end the request when it is done."""
+        if request.cancelled or request.done:
+            return
         request.output_ids.append(token)
         self.stats.generated_tokens += 1
-        if request.cancelled:
-            return
         n_out = len(request.output_ids)
         if token in self.stop_token_ids and not request.params.ignore_eos:
             self._finish(request, "stop", request.text.flush(request.output_ids[:-1]))

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from oracle.moe850b.config import ConfigError, load_config
 from oracle.moe850b.weights import CheckpointError, load_checkpoint
 from oracle.serve.engine import Engine
-from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, SPECIAL_TOKENS
+from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS
 from oracle.tokenization.tokenizer import TOKENIZER_FILE, TokenizerError, load_tokenizer
 
 log = logging.getLogger("oracle.serve")
@@ -119,27 +119,40 @@ def _generation_defaults(path: Path | None) -> tuple[float, float, list[int]]:
         raise ServeLoadError(f"{path}: not a readable generation config ({exc}); fix or remove it") from exc
 
 
-def check_servable(options: ServeOptions) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class Servable:
+    checkpoint: Path
+    tokenizer: Path
+    sha256: dict[str, str]  # the signed digests of the files the server loads: checked again on the bytes loaded
+
+
+def check_servable(options: ServeOptions) -> Servable:
     """Everything that can be refused before the weights are read: the provenance (guards.runtime, audited), the
-    config and the tokenizer. Returns (checkpoint folder, tokenizer folder)."""
-    from guards.runtime import require_serving_allowed
+    config and the tokenizer."""
+    from guards.runtime import SERVED_FILES, require_serving_allowed
 
     checkpoint = resolve_checkpoint(options.checkpoint)
-    require_serving_allowed(checkpoint, options.root)
+    record = require_serving_allowed(checkpoint, options.root)
+    files = record["files"]
+    if not isinstance(files, dict):  # verify_provenance has checked it; kept for the type
+        raise ServeLoadError(f"{checkpoint}/{PROVENANCE_FILE}: `files` is not a mapping")
+    sha256 = {name: str(files[name]) for name in SERVED_FILES}
     try:
         config = load_config(checkpoint / "config.json")
         tokenizer_dir = resolve_tokenizer(options, checkpoint)
         load_tokenizer(tokenizer_dir, expected_vocab_size=config.vocab_size)
     except (ConfigError, TokenizerError) as exc:
         raise ServeLoadError(str(exc)) from exc
-    return checkpoint, tokenizer_dir
+    return Servable(checkpoint, tokenizer_dir, sha256)
 
 
-def load_served_model(options: ServeOptions, checkpoint: Path, tokenizer_dir: Path) -> ServedModel:
-    """Load what `check_servable` accepted and start its engine."""
+def load_served_model(options: ServeOptions, servable: Servable) -> ServedModel:
+    """Load what `check_servable` accepted (the very bytes whose digests the signed record lists) and start its
+    engine."""
+    checkpoint = servable.checkpoint
     try:
-        model = load_checkpoint(checkpoint, device=options.device)
-        tokenizer = load_tokenizer(tokenizer_dir, expected_vocab_size=model.config.vocab_size)
+        model = load_checkpoint(checkpoint, device=options.device, expected_sha256=servable.sha256)
+        tokenizer = load_tokenizer(servable.tokenizer, expected_vocab_size=model.config.vocab_size)
     except (CheckpointError, TokenizerError) as exc:
         raise ServeLoadError(str(exc)) from exc
     # Capacity dropping is a training-time device: at inference every token gets its experts, so a request's
@@ -149,7 +162,8 @@ def load_served_model(options: ServeOptions, checkpoint: Path, tokenizer_dir: Pa
     model.eval()
     temperature, top_p, eos_ids = _generation_defaults(_asset(checkpoint, options.root, GENERATION_CONFIG_FILE))
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    stop_ids = sorted({vocab[END_OF_TEXT], vocab[END_OF_TURN], *eos_ids})
+    # the end of the text or of the turn, or the start of another turn (the model may not speak for the user)
+    stop_ids = sorted({vocab[token] for token in (END_OF_TEXT, END_OF_TURN, *ROLE_TOKENS.values())} | set(eos_ids))
     # ids that carry no text a model should produce: padding and the reserved (unused) ids
     suppress = [i for token, i in vocab.items() if token == PAD or token.startswith("<|reserved_")]
     system_path = _asset(checkpoint, options.root, SYSTEM_PROMPT_FILE)

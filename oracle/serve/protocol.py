@@ -46,7 +46,7 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what a torch generator takes
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -76,6 +76,8 @@ class _Sampling(BaseModel):
             found.append((field, "penalties are not supported; leave them at 0"))
         if self.logit_bias:
             found.append(("logit_bias", "logit_bias is not supported"))
+        if self.stream_options is not None and not self.stream:
+            found.append(("stream_options", "stream_options is only allowed when stream is true"))
         return found
 
     def stop_sequences(self) -> list[str]:

@@ -1,5 +1,5 @@
-"""Running the API under uvicorn: the model loads after the socket is bound, and SIGTERM/SIGINT drain in-flight
-requests (up to `shutdown_timeout` seconds) before the engine stops."""
+"""Running the API under uvicorn: the model loads in the background once the server starts (so /health answers while
+it loads), and SIGTERM/SIGINT drain in-flight requests (up to `shutdown_timeout` seconds) before the engine stops."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from oracle.serve.loading import ServeOptions, check_servable, load_served_model
 log = logging.getLogger("oracle.serve")
 
 
-def serve(options: ServeOptions, *, host: str, port: int, shutdown_timeout: float = 30.0) -> str | None:
+def serve(options: ServeOptions, *, host: str, port: int, shutdown_timeout: int = 30) -> str | None:
     """Check, bind, load and serve until told to stop. Returns why loading failed, or None after a clean stop.
     ServingRefusedError (provenance) and ServeLoadError (files) are raised before anything listens."""
-    checkpoint, tokenizer_dir = check_servable(options)
+    servable = check_servable(options)
     failures: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -25,17 +25,17 @@ def serve(options: ServeOptions, *, host: str, port: int, shutdown_timeout: floa
         if server is not None:
             server.should_exit = True
 
-    app = create_app(lambda: load_served_model(options, checkpoint, tokenizer_dir), on_load_failure=loading_failed)
+    app = create_app(lambda: load_served_model(options, servable), on_load_failure=loading_failed)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="on",
-        timeout_graceful_shutdown=int(shutdown_timeout),
+        timeout_graceful_shutdown=shutdown_timeout,
         log_level="info",
         access_log=False,
     )
     server = uvicorn.Server(config)
-    log.info("provenance of %s verified; loading it once the server is up", checkpoint)
+    log.info("provenance of %s verified; loading it once the server is up", servable.checkpoint)
     server.run()
     return failures[0] if failures else None
