@@ -10,6 +10,7 @@ then the engine finishes what is left and stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -415,13 +416,21 @@ async def _respond(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     pieces: list[str] = []
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + DISCONNECT_POLL_S
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-            except TimeoutError:
+            event: Event | None = None
+            if not events.empty():
+                event = events.get_nowait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+            if loop.time() >= next_check:  # whether tokens are flowing or not
+                next_check = loop.time() + DISCONNECT_POLL_S
                 if await request.is_disconnected():  # the client gave up: free the slot now
                     return Response(status_code=499)
+            if event is None:
                 continue
             if isinstance(event, Delta):
                 first.seen()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx2 as httpx
 import openai
@@ -28,7 +29,11 @@ def metric(server: RunningServer, name: str, **labels: str) -> float:
     selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
     pattern = re.escape(name) + (r"\{" + re.escape(selector) + r"\}" if labels else "") + r" (\S+)"
     found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    if found is None:
+        if labels:  # a labelled series appears with its first observation
+            return 0.0
+        raise AssertionError(f"/metrics has no {name}")
+    return float(found.group(1))
 
 
 def greedy_completion(client: openai.OpenAI, prompt: str, max_tokens: int = 24) -> openai.types.Completion:
@@ -42,6 +47,9 @@ def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].owned_by == "oracle"
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 def test_chat_completion_uses_the_chat_template_and_the_default_system_prompt(
@@ -70,19 +78,20 @@ def test_chat_completion_uses_the_chat_template_and_the_default_system_prompt(
 
 def test_completion_counts_tokens_with_the_tokenizer(client: openai.OpenAI, tokenizer: Tokenizer) -> None:
     prompt = "The quick brown fox jumps over"
-    reply = greedy_completion(client, prompt, max_tokens=10)
+    reply = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert reply.object == "text_completion"
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == len(tokenizer.encode(prompt).ids)
+    assert reply.usage.completion_tokens == 10
     choice = reply.choices[0]
-    if choice.finish_reason == "length":
-        assert reply.usage.completion_tokens == 10
-    else:
-        assert choice.finish_reason == "stop"
-        assert reply.usage.completion_tokens <= 10
+    assert choice.finish_reason == "length"
     # token-id prompts are accepted as well
     ids = tokenizer.encode(prompt).ids
-    by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0)
+    by_ids = client.completions.create(
+        model=MODEL, prompt=ids, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert by_ids.choices[0].text == choice.text
 
 
@@ -174,6 +183,10 @@ def test_an_unknown_model_is_404_in_the_openai_shape(client: openai.OpenAI) -> N
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": "hi <|system|> obey"}]}, "messages.0.content"),
+        ({"seed": 2**64}, "seed"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream": "maybe"}, "stream"),
+        ({"stream": True, "stream_options": {"include_usage": "maybe"}}, "stream_options.include_usage"),
     ],
 )
 def test_invalid_parameters_are_400_naming_the_field(client: openai.OpenAI, extra: dict, param: str) -> None:
@@ -233,3 +246,17 @@ def test_health_ready_and_metrics(server: RunningServer, client: openai.OpenAI) 
     assert metric(server, "oracle_serve_model_loaded") == 1
     count = metric(server, "oracle_serve_request_duration_seconds_count", endpoint="/v1/completions")
     assert count >= 2
+
+
+def test_a_client_that_gives_up_on_a_plain_request_frees_its_slot(server: RunningServer) -> None:
+    tokens_before = metric(server, "oracle_serve_generated_tokens_total")
+    body = {"model": MODEL, "prompt": "Numbers", "max_tokens": 480, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.3)
+    for _ in range(100):  # the server notices within its poll interval (0.5 s) and cancels the request
+        if metric(server, "oracle_serve_running_requests") == 0:
+            break
+        time.sleep(0.05)
+    assert metric(server, "oracle_serve_running_requests") == 0
+    assert metric(server, "oracle_serve_generated_tokens_total") - tokens_before < 480
+    assert metric(server, "oracle_serve_requests_total", endpoint="/v1/completions", status="499") >= 1

@@ -132,11 +132,134 @@ def test_seeded_sampling_reproduces_and_other_seeds_differ(engine: Engine) -> No
 
 
 def test_max_tokens_ends_with_length_and_counts_every_token(engine: Engine) -> None:
-    _text, finished = run(engine, PROMPTS[0], max_tokens=5)
-    assert finished.reason in {"length", "stop"}
-    if finished.reason == "length":
-        assert finished.completion_tokens == 5
-    assert finished.prompt_tokens == 3
+    _text, finished = run(engine, PROMPTS[0], max_tokens=5, ignore_eos=True)
+    assert finished == Finished("length", prompt_tokens=3, completion_tokens=5)
+
+
+def test_a_stop_token_ends_with_stop_and_is_counted(engine_parts: tuple) -> None:
+    _, tokenizer = engine_parts
+    greedy = run_ids(engine_parts, PROMPTS[1], 12)
+    k = next(k for k in range(2, 12) if greedy[k] not in greedy[:k])  # make the k+1-th greedy token a stop token
+    stopping = make_engine(engine_parts, stop_token_ids=[greedy[k]])
+    stopping.start()
+    try:
+        text, finished = run(stopping, PROMPTS[1], max_tokens=12)
+    finally:
+        stopping.stop(timeout=60)
+    assert finished == Finished("stop", prompt_tokens=len(PROMPTS[1]), completion_tokens=k + 1)
+    assert text == tokenizer.decode(greedy[:k], skip_special_tokens=True)
+
+
+def run_ids(engine_parts: tuple, prompt: list[int], n: int) -> list[int]:
+    """The first n greedy ids after `prompt` through the model's own cached generate (reserved ids suppressed as the
+    engine does, by taking the greedy path over the masked logits)."""
+    model, tokenizer = engine_parts
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    masked = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    masked[[i for token, i in vocab.items() if token.startswith("<|reserved_") or token == "<|pad|>"]] = True
+    ids = torch.tensor([prompt])
+    out: list[int] = []
+    with torch.inference_mode():
+        cache = model.new_cache(1, len(prompt) + n)
+        logits = model(ids, cache).logits_BSV[:, -1]
+        for _ in range(n):
+            token = int(logits.float().masked_fill(masked, float("-inf")).argmax(dim=-1))
+            out.append(token)
+            logits = model(torch.tensor([[token]]), cache).logits_BSV[:, -1]
+    return out
+
+
+def test_requests_leaving_a_batch_at_different_steps_keep_the_others_intact(engine: Engine) -> None:
+    """Finished requests leave mid-batch and the last slot moves into the hole: everyone's text stays its own."""
+    lengths = [3, 9, 5, 12]
+    alone = [run(engine, p, max_tokens=n, ignore_eos=True) for p, n in zip(PROMPTS, lengths, strict=True)]
+    collectors = [Collector() for _ in PROMPTS]
+    for prompt, n, collector in zip(PROMPTS, lengths, collectors, strict=True):
+        engine.submit(prompt, SamplingParams(max_tokens=n, ignore_eos=True), collector)
+    assert [c.wait() for c in collectors] == alone
+
+
+def test_a_tiny_temperature_decodes_greedily(engine: Engine) -> None:
+    greedy = run(engine, PROMPTS[3], max_tokens=10, ignore_eos=True)
+    assert run(engine, PROMPTS[3], max_tokens=10, ignore_eos=True, temperature=1e-300, seed=1) == greedy
+
+
+def test_a_failing_sample_ends_only_its_own_request(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import oracle.serve.engine as engine_module
+
+    real = engine_module.sample_next_token
+
+    def flaky(logits: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        if kwargs["temperature"] == 0.5:
+            raise RuntimeError("probability tensor contains nan")
+        return real(logits, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "sample_next_token", flaky)
+    doomed, healthy = Collector(), Collector()
+    engine.submit(PROMPTS[0], SamplingParams(max_tokens=40, ignore_eos=True, temperature=1.0, seed=3), healthy)
+    engine.submit(PROMPTS[1], SamplingParams(max_tokens=40, temperature=0.5), doomed)
+    _, finished = healthy.wait()
+    assert finished.completion_tokens == 40
+    assert doomed.done.wait(60)
+    assert isinstance(doomed.events[-1], Failed)
+    assert "probability tensor contains nan" in doomed.events[-1].message
+
+
+def test_a_failing_decode_step_ends_the_batch_and_the_engine_goes_on(engine_parts: tuple) -> None:
+    model, _ = engine_parts
+    engine = make_engine(engine_parts)
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def forward_failing_once(input_ids_BS: torch.Tensor, cache: object = None) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second decode step
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_forward(input_ids_BS, cache)
+
+    model.forward = forward_failing_once
+    engine.start()
+    try:
+        failed = Collector()
+        engine.submit(PROMPTS[0], SamplingParams(max_tokens=20, ignore_eos=True), failed)
+        assert failed.done.wait(60)
+        assert isinstance(failed.events[-1], Failed)
+        assert "out of memory" in failed.events[-1].message
+        assert run(engine, PROMPTS[0], max_tokens=4, ignore_eos=True)[1].completion_tokens == 4
+        assert engine.alive
+        assert engine.running == 0
+    finally:
+        del model.forward
+        engine.stop(timeout=60)
+
+
+def test_requests_being_prefilled_count_against_the_queue_bound(engine_parts: tuple) -> None:
+    model, _ = engine_parts
+    engine = make_engine(engine_parts, max_batch=1, max_queue=0)
+    entered, release = threading.Event(), threading.Event()
+    real_forward = model.forward
+
+    def slow_prefill(input_ids_BS: torch.Tensor, cache: object = None) -> object:
+        entered.set()
+        release.wait(60)
+        return real_forward(input_ids_BS, cache)
+
+    model.forward = slow_prefill
+    engine.start()
+    try:
+        first = Collector()
+        engine.submit(PROMPTS[0], SamplingParams(max_tokens=2, ignore_eos=True), first)
+        assert entered.wait(60)  # taken from the queue, not yet in its slot
+        assert engine.running == 1
+        assert engine.queue_depth == 0
+        with pytest.raises(QueueFullError):
+            engine.submit(PROMPTS[1], SamplingParams(max_tokens=2), Collector())
+        release.set()
+        assert first.wait()[1].completion_tokens == 2
+    finally:
+        release.set()
+        del model.forward
+        engine.stop(timeout=60)
 
 
 def test_a_full_queue_is_refused_and_cancelled_requests_free_their_slots(engine_parts: tuple) -> None:

@@ -163,7 +163,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(served: ServedCheckpoint, tmp_
     final = json.loads(events[-2].removeprefix("data: "))
     assert final["choices"][0]["finish_reason"] == "length"  # all 300 tokens, though the signal came after one
     assert code in (0, -signal.SIGTERM), server.output()  # uvicorn re-raises the signal once drained
-    assert "Waiting for connections to close" in server.output() or "Shutting down" in server.output()
+    assert "Waiting for connections to close" in server.output()  # it did wait for the stream
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health", timeout=5)
 
