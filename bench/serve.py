@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from oracle.moe850b.model import OracleMoE  # noqa: E402
 from oracle.moe850b.weights import load_checkpoint  # noqa: E402
 from oracle.serve.engine import Delta, Engine, Event, Finished, SamplingParams  # noqa: E402
-from oracle.serve.loading import ServeOptions, load_served_model  # noqa: E402
+from oracle.serve.loading import ServeOptions, check_servable, load_served_model  # noqa: E402
 from oracle.tokenization.tokenizer import load_tokenizer  # noqa: E402
 from tests.serve.fixtures import TEXTS, RunningServer, make_served_checkpoint, start_server  # noqa: E402
 
@@ -452,7 +452,7 @@ def main() -> None:
         slots = max(streams, 8)
         # the server's own engine, loaded as `oracle serve` loads it, to run in this process without HTTP
         options = ServeOptions(served.checkpoint, served.root, served.tokenizer, max_batch=slots)
-        engine = load_served_model(options, served.checkpoint, served.tokenizer).engine
+        engine = load_served_model(options, check_servable(options)).engine
         server = start_server(served, base / "server.log", "--max-concurrency", str(slots))
         try:
             with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:

@@ -41,7 +41,7 @@ from oracle.serve.engine import (
     SamplingParams,
 )
 from oracle.serve.loading import ServedModel
-from oracle.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, _Sampling
+from oracle.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingRequest
 from oracle.tokenization.chat_template import ChatTemplateError, render_chat
 
 log = logging.getLogger("oracle.serve")
@@ -261,7 +261,7 @@ _CREATED = int(time.time())
 # --- turning requests into prompts -----------------------------------------------------------------------------
 
 
-def _check_common(served: ServedModel, body: _Sampling) -> None:
+def _check_common(served: ServedModel, body: SamplingRequest) -> None:
     if body.model != served.name:
         raise APIError(
             404, f"The model `{body.model}` does not exist; this server serves `{served.name}`",
@@ -271,7 +271,9 @@ def _check_common(served: ServedModel, body: _Sampling) -> None:
         raise APIError(400, f"{field}: {why}", param=field, code="unsupported_parameter")
 
 
-def _params(served: ServedModel, body: _Sampling, prompt_ids: list[int], max_tokens: int | None, what: str) -> Prepared:
+def _params(
+    served: ServedModel, body: SamplingRequest, prompt_ids: list[int], max_tokens: int | None, what: str
+) -> Prepared:
     limit = served.max_length
     n_prompt = len(prompt_ids)
     wanted = max_tokens if max_tokens is not None else max(limit - n_prompt, 1)

@@ -38,7 +38,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
@@ -102,7 +102,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
@@ -126,7 +126,7 @@ class ChatCompletionRequest(_Sampling):
         return found
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] = Field(min_length=1)
     max_tokens: int | None = Field(default=16, ge=1)  # the OpenAI default for completions
     echo: bool = False
