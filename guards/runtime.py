@@ -1,7 +1,8 @@
 """Runtime checks that train and serve call before doing anything: kept free of heavy imports.
 
 `require_serving_allowed(checkpoint)` lets a server load weights only when the checkpoint's signed provenance
-verifies (guards.provenance) and lists both the weights and the config they are loaded with; it audits either way.
+verifies (guards.provenance: every file it lists, the tokenizer too when the checkpoint carries it) and lists both
+the weights and the config they are loaded with; it audits either way.
 
 `require_training_allowed()` lets training start only inside a cluster job started by `oracle submit`: the job's
 environment carries the submission record's digest and path, the record must verify (guards.submission), and the
@@ -16,6 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class TrainingRefusedError(RuntimeError):
@@ -99,20 +101,24 @@ class ServingRefusedError(RuntimeError):
 SERVED_FILES = ("model.safetensors", "config.json")  # what a server reads, so what the record must cover
 
 
-def require_serving_allowed(checkpoint: Path, root: Path | None = None) -> dict[str, object]:
+def require_serving_allowed(checkpoint: Path, root: Path | None = None) -> dict[str, Any]:
     """The verified provenance record of `checkpoint`; ServingRefusedError when it does not verify or does not cover
     every file the server loads. Audits either way (gate `serve`)."""
     from guards import git
     from guards.audit import append_entry
     from guards.keys import SigningKeyError
-    from guards.provenance import ProvenanceError, verify_provenance
+    from guards.provenance import PROVENANCE_FILE, ProvenanceError, verify_provenance
 
     root = (root or Path.cwd()).resolve()
     details: dict[str, object] = {"checkpoint": str(checkpoint)}
     reason = ""
-    record: dict[str, object] = {}
+    record: dict[str, Any] = {}
     try:
-        record = verify_provenance(checkpoint, root, only=list(SERVED_FILES))
+        record = verify_provenance(checkpoint, root)  # every file it lists: weights, config, the tokenizer if any
+        files: dict[str, object] = record["files"]  # verify_provenance checked it is a mapping
+        unlisted = [name for name in SERVED_FILES if name not in files]
+        if unlisted:
+            raise ProvenanceError(f"{checkpoint / PROVENANCE_FILE} does not list {', '.join(unlisted)}")
     except (ProvenanceError, SigningKeyError) as exc:
         reason = f"serving refused: {exc}"
     if not reason:

@@ -23,18 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from guards.attestation import file_digest
+from oracle.tokenization.tokenizer import TOKENIZER_ASSETS, TOKENIZER_FILES
 
 HUB_DIR = Path(__file__).parent
 ASSETS = HUB_DIR / "assets"
 DEFAULT_OUT = Path(".oracle") / "hub" / "staged"
-TOKENIZER_ASSETS = Path("oracle") / "tokenization" / "assets"
 
 CARD = "README.md"
 CONFIG = "config.json"
 GENERATION = "generation_config.json"
 PROMPTS = ("default_system.txt", "default_intro.txt")
 ATTESTATION = "attestation.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PROVENANCE = "provenance.json"

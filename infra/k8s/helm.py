@@ -98,7 +98,7 @@ VALUES = (
     ChartValue("training.config", "zzconfigzz", "the recipe: a preset name or a path inside the image's checkout"),
     ChartValue("training.configName", "zzconfignamezz", "the recipe's `name` (lower case): names the Job"),
     ChartValue("training.nodes", 9100001, "pods of the Indexed Job, one per node"),
-    ChartValue("training.gpusPerNode", 9100002, "nvidia.com/gpu limit per pod (training and serving)"),
+    ChartValue("training.gpusPerNode", 9100002, "nvidia.com/gpu limit per training pod (serving pods ask for 1)"),
     ChartValue("training.procsPerNode", 9100003, "torchrun --nproc-per-node"),
     ChartValue("training.activeDeadlineSeconds", 9100006, "the job's time limit (--time) in seconds"),
     ChartValue("training.checkpointSize", "zzcheckpointsizezz", "the ReadWriteMany checkpoint claim's size"),
@@ -258,7 +258,8 @@ def values_yaml(values: dict[str, str | int] | None = None) -> str:
         "#     --set-string submission.digest=<sha256 of the file, as submit printed> \\",
         "#     --set-string submission.commit=<commit> --set-string submission.configHash=<hash> \\",
         "#     --set-string submission.configHashLabel=<first 16 hex of it> --set-string image.tag=<lock tag>",
-        "# Limitation: without template logic, gpusPerNode 0 renders a zero GPU limit rather than none.",
+        "# Limitation: without template logic, gpusPerNode 0 renders a zero GPU limit rather than none for training,",
+        "# and the serving pod still asks for one GPU (`oracle submit` itself renders neither).",
     ]
     section = ""
     for value in VALUES:

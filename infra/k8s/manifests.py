@@ -78,6 +78,11 @@ def encode_record(record_json: str) -> str:
     return base64.b64encode(record_json.encode()).decode("ascii")
 
 
+def run_name(request: JobRequest, digest: str) -> str:
+    """The run folder (under runs/) of one submission: training writes it, serving reads it."""
+    return f"{request.config_name}-{digest}"
+
+
 def torchrun_command(request: JobRequest, *, node_rank: str, master_addr: str) -> list[str]:
     """`torchrun … -m oracle train --config <recipe> --run-name <recipe>-<submission digest> --resume auto`: the
     training command line of the Kubernetes and Argo targets. The run belongs to one submission: a new commit never
@@ -95,7 +100,7 @@ def torchrun_command(request: JobRequest, *, node_rank: str, master_addr: str) -
         "--config",
         request.config,
         "--run-name",
-        f"{request.config_name}-$({DIGEST_ENV})",  # one run per submission; Kubernetes expands $(VAR) from env
+        run_name(request, f"$({DIGEST_ENV})"),  # one run per submission; Kubernetes expands $(VAR) from env
         "--resume",
         "auto",
     ]
@@ -274,7 +279,7 @@ def build_serving(
     run folder the training Job writes, `<recipe>-<submission digest>`) and its ClusterIP Service."""
     name = serving_name(request.project)
     labels = {**project_labels(request.project), "app.kubernetes.io/name": name}
-    checkpoint = f"{RUNS_DIR}/{request.config_name}-{digest}"  # `oracle serve` takes the run's newest checkpoint
+    checkpoint = f"{RUNS_DIR}/{run_name(request, digest)}"  # `oracle serve` takes the run's newest checkpoint
     http = "http"
     container = client.V1Container(
         name="serve",
@@ -289,7 +294,7 @@ def build_serving(
         ),
         readiness_probe=client.V1Probe(http_get=client.V1HTTPGetAction(path="/ready", port=http), period_seconds=5),
         liveness_probe=client.V1Probe(http_get=client.V1HTTPGetAction(path="/health", port=http), period_seconds=10),
-        resources=gpu_resources(request.gpus_per_node),
+        resources=gpu_resources(min(request.gpus_per_node, 1)),  # `oracle serve` runs on one device
         security_context=_container_security(),
         volume_mounts=[client.V1VolumeMount(name="checkpoints", mount_path=RUNS_DIR, read_only=True)],
     )

@@ -87,18 +87,27 @@ class SlotKVCache:
         self._start, self._stop = start, stop
 
     def reset(self, slot: int) -> None:
-        """Forget what `slot` holds (its old keys stay in memory but are masked: they sit beyond its length)."""
+        """Empty `slot`. What it held is zeroed, not just masked: SDPA adds a boolean mask, so a NaN or inf left by an
+        earlier sequence at a masked position would still turn the next occupant's attention into NaN."""
+        self._clear(slot, 0, self.lengths[slot])
         self.lengths[slot] = 0
         self._lengths_N[slot] = 0
 
     def move(self, source: int, target: int) -> None:
-        """Copy slot `source` (its cached positions and length) into `target`."""
+        """Copy slot `source` (its cached positions and length) into `target` (whose longer leftovers are zeroed)."""
         n = self.lengths[source]
         for buffers in (self.keys, self.values):
             for layer in buffers:
                 layer[target, :, :n] = layer[source, :, :n]
+        self._clear(target, n, self.lengths[target])
         self.lengths[target] = n
         self._lengths_N[target] = n
+
+    def _clear(self, slot: int, start: int, stop: int) -> None:
+        if stop > start:
+            for buffers in (self.keys, self.values):
+                for layer in buffers:
+                    layer[slot, :, start:stop] = 0
 
     def _rows(self) -> slice:
         return slice(self._start, self._stop)

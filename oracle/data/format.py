@@ -4,7 +4,10 @@ Layout under `DIR/tokens/`:
 - `tokens-NNNNNN.bin`: fixed-length sequences of `seq_len` token ids, little-endian unsigned integers of `dtype`
   (`uint16` when the vocabulary fits in 65,536 ids, else `uint32`), back to back, no header;
 - `index.json`: `{"format": "oracle-packed-v1", "dtype", "seq_len", "vocab_size", "eos_id", "pad_id",
-  "files": [{"name", "sequences", "sha256"}], "tokens", "padded_tokens"}`.
+  "files": [{"name", "sequences", "sha256"}], "tokens", "padded_tokens"}`, and `"tokenizer": {file name: sha256}`
+  when the tokenizer that encoded the tokens is kept beside them;
+- `tokenizer/`: that tokenizer's files (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`), so
+  training can put the tokenizer into every checkpoint (serving needs it, and the provenance covers it).
 Documents are concatenated in pipeline order, each followed by `<|endoftext|>`, and cut into sequences of `seq_len`;
 the last sequence is padded with `<|pad|>` (counted in `padded_tokens`). A file holds at most `sequences_per_file`
 sequences, so data-parallel ranks can take whole files.
@@ -24,6 +27,7 @@ from oracle.atomic_write import write_atomically
 
 FORMAT = "oracle-packed-v1"
 INDEX_FILE = "index.json"
+TOKENIZER_DIR = "tokenizer"
 
 
 class PackedFormatError(ValueError):
@@ -38,6 +42,7 @@ class PackedWriter:
     eos_id: int
     pad_id: int
     sequences_per_file: int = 4096
+    tokenizer_dir: Path | None = None  # copied to tokenizer/ on close and listed in the index
     _buffer: list[int] = field(default_factory=list)
     _pending: list[np.ndarray] = field(default_factory=list)
     _files: list[dict[str, object]] = field(default_factory=list)
@@ -84,6 +89,15 @@ class PackedWriter:
             "tokens": self.tokens,
             "padded_tokens": self.padded_tokens,
         }
+        if self.tokenizer_dir is not None:
+            from oracle.tokenization.tokenizer import TOKENIZER_FILES
+
+            digests = {}
+            for name in TOKENIZER_FILES:
+                data = (self.tokenizer_dir / name).read_bytes()
+                write_atomically(self.directory / TOKENIZER_DIR / name, data)
+                digests[name] = hashlib.sha256(data).hexdigest()
+            index["tokenizer"] = digests
         return write_atomically(self.directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
 
 

@@ -49,7 +49,9 @@ def _packer(config: PipelineConfig) -> tuple[PackedWriter | None, Tokenizer | No
     eos, pad = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(PAD)
     assert eos is not None
     assert pad is not None
-    packer = PackedWriter(config.output / "tokens", config.seq_len, tokenizer.get_vocab_size(), eos, pad)
+    packer = PackedWriter(
+        config.output / "tokens", config.seq_len, tokenizer.get_vocab_size(), eos, pad, tokenizer_dir=config.tokenizer
+    )
     return packer, tokenizer
 
 

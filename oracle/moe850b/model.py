@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from oracle.core.attention import Attention
-from oracle.core.kv_cache import AnyKVCache, KVCache
+from oracle.core.kv_cache import AnyKVCache, KVCache, SlotKVCache
 from oracle.core.norm import RMSNorm
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
@@ -25,6 +25,8 @@ from oracle.moe850b.experts import GroupedExperts
 from oracle.moe850b.moe import MoE, RoutingStats
 from oracle.moe850b.router import TopKRouter
 from oracle.moe850b.sampling import sample_next_token
+
+CacheT = TypeVar("CacheT", KVCache, SlotKVCache)
 
 
 @dataclass
@@ -136,16 +138,19 @@ class OracleMoE(nn.Module):
                 layer.moe.router.update_bias(counts_E)
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        """A cache whose rows all start together (`generate`)."""
+        return self._new_cache(KVCache, batch_size, max_length)
+
+    def new_slot_cache(self, n_slots: int, max_length: int | None = None) -> SlotKVCache:
+        """A cache of `n_slots` independent sequences (continuous batching, oracle/serve/engine.py)."""
+        return self._new_cache(SlotKVCache, n_slots, max_length)
+
+    def _new_cache(self, kind: type[CacheT], rows: int, max_length: int | None) -> CacheT:
         weight = self.embed_tokens.weight
-        return KVCache(
-            self.config.n_layers,
-            batch_size,
-            self.config.n_kv_heads,
-            self.config.resolved_head_dim,
-            max_length or self.config.context_length,
-            dtype=weight.dtype,
-            device=weight.device,
-        )
+        config = self.config
+        length = max_length or config.context_length
+        shape = (config.n_layers, rows, config.n_kv_heads, config.resolved_head_dim, length)
+        return kind(*shape, dtype=weight.dtype, device=weight.device)
 
     @torch.no_grad()
     def generate(

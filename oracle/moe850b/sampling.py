@@ -2,6 +2,8 @@
 
 import torch
 
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily: dividing logits by less overflows to inf and NaN
+
 
 def sample_next_token(
     logits_BV: torch.Tensor,
@@ -11,14 +13,15 @@ def sample_next_token(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token id per row. temperature 0 is greedy; top_k and top_p restrict the candidates before sampling."""
+    """One token id per row. temperature 0 (or below GREEDY_BELOW) is greedy; top_k and top_p restrict the
+    candidates before sampling."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:
         return logits_BV.argmax(dim=-1)
     logits_BV = logits_BV.float() / temperature
     if top_k is not None and top_k < logits_BV.shape[-1]:

@@ -49,8 +49,8 @@ def load_checkpoint(
 ) -> OracleMoE:
     """The model saved in `directory`. With `expected_sha256` ({file name: sha256}, e.g. from a verified provenance
     record), config.json and the weights are read once, checked against those digests and loaded from the very
-    bytes that were checked, so a file swapped after an earlier check is refused, never loaded (this holds both
-    files in memory at once while loading)."""
+    bytes that were checked, so a file swapped after an earlier check is refused, never loaded. The price: while
+    loading, host memory holds the file's bytes and the tensors built from them (about twice the weights)."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     try:
@@ -98,7 +98,8 @@ def _checked_bytes(path: Path, expected_sha256: Mapping[str, str]) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != expected_sha256.get(path.name):
+    if path.name not in expected_sha256:
+        raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")
+    if hashlib.sha256(data).hexdigest() != expected_sha256[path.name]:
         raise CheckpointError(f"{path}: its sha256 is not the verified one (the file changed after the check)")
     return data

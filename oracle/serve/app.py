@@ -218,6 +218,8 @@ def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[st
         if slot.model is None:
             state = "failed" if slot.error else "loading"
             return JSONResponse({"status": state, "error": slot.error}, status_code=503)
+        if not slot.model.engine.alive:
+            return JSONResponse({"status": "engine stopped", "error": None}, status_code=503)
         return JSONResponse({"status": "ready", "model": slot.model.name})
 
     @app.get("/metrics")

@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from oracle.core.kv_cache import SlotKVCache
 from oracle.moe850b.model import OracleMoE
-from oracle.moe850b.sampling import sample_next_token
+from oracle.moe850b.sampling import GREEDY_BELOW, sample_next_token
 
 log = logging.getLogger("oracle.serve")
-
-GREEDY_BELOW = 1e-5  # temperatures below this decode greedily: dividing logits by less overflows to inf and NaN
 
 
 @dataclass(frozen=True)
@@ -72,8 +69,9 @@ class TextTracker:
     """Turns the growing list of generated ids into text deltas, honouring stop sequences.
 
     Only the ids after the last clean boundary (a point where the decoded text ended in a whole character) are
-    decoded again for each new token, so a long completion costs O(window) per token, not O(length): byte-level BPE
-    decodes to UTF-8 bytes, and bytes split at a character boundary decode to the concatenation of their halves."""
+    decoded again for each new token, so the decoding per token is bounded by the window, not the length: byte-level
+    BPE decodes to UTF-8 bytes, and bytes split at a character boundary decode to the concatenation of their
+    halves. (Joining the strings still copies the text: cheap next to decoding.)"""
 
     WINDOW = 16  # ids kept before the boundary moves on
 
@@ -83,6 +81,9 @@ class TextTracker:
         self._base_ids, self._base_text = 0, ""  # ids[:_base_ids] decode to _base_text, ending at a boundary
 
     def text(self, ids: list[int]) -> str:
+        """The decoded text of `ids`, which extend the ids of every earlier call."""
+        if len(ids) < self._base_ids:
+            raise ValueError(f"{len(ids)} ids, but {self._base_ids} were decoded before: ids only grow")
         tail = self.decode(ids[self._base_ids :])
         text = self._base_text + tail
         if len(ids) - self._base_ids > self.WINDOW and not tail.endswith("\ufffd"):
@@ -166,23 +167,18 @@ class Engine:
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        # Capacity dropping is a training-time device: at inference every token gets its experts, so no request
+        # loses them to the others in its batch.
+        for block in model.blocks():
+            block.moe.capacity_factor = None
         self.model = model.eval()
         self.decode = decode
         self.stop_token_ids = frozenset(stop_token_ids)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.context_length = model.config.context_length
         self.max_length = min(max_length or self.context_length, self.context_length)
-        weight = model.embed_tokens.weight
-        self.device = weight.device
-        self.cache = SlotKVCache(
-            model.config.n_layers,
-            max_batch,
-            model.config.n_kv_heads,
-            model.config.resolved_head_dim,
-            self.max_length,
-            dtype=weight.dtype,
-            device=weight.device,
-        )
+        self.device = model.embed_tokens.weight.device
+        self.cache = model.new_slot_cache(max_batch, self.max_length)
         vocab = model.config.vocab_size
         self.suppress_V = torch.zeros(vocab, dtype=torch.bool)
         self.suppress_V[[i for i in suppress_token_ids if 0 <= i < vocab]] = True
@@ -239,6 +235,8 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise EngineStoppedError("the server is shutting down")
+            if self._thread is not None and not self._thread.is_alive():
+                raise EngineStoppedError("the generation engine has stopped; restart the server")
             if self.running + len(self._waiting) >= self.max_batch + self.max_queue:
                 raise QueueFullError(f"{self.running} requests running and {len(self._waiting)} waiting")
             self._waiting.append(request)
@@ -254,6 +252,17 @@ class Engine:
     # --- the engine thread -----------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._run()
+        finally:  # normally nothing is left; after an error that escaped everything, nobody may wait forever
+            with self._cond:
+                for request in [*self._active, *self._waiting]:
+                    self._fail(request, EngineStoppedError("the generation engine stopped"))
+                self._active.clear()
+                self._waiting.clear()
+                self._admitting = 0
+
+    def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._waiting and not self._active and not self._stopping:
@@ -362,14 +371,18 @@ class Engine:
 
     def _release_finished(self) -> None:
         """Free the slots of finished or cancelled requests, moving the last active slot into each hole."""
+
+        def finished(request: _Request) -> bool:
+            return request.done or request.cancelled
+
         slot = 0
         while slot < len(self._active):
-            if self._active[slot].done or self._active[slot].cancelled:
-                last = len(self._active) - 1
-                if slot != last:
-                    self.cache.move(last, slot)
-                    self._active[slot] = self._active[last]
+            while self._active and finished(self._active[-1]):  # finished at the end: nothing to move
                 self._active.pop()
+                self.cache.reset(len(self._active))
+            if slot < len(self._active) and finished(self._active[slot]):
+                last = len(self._active) - 1
+                self.cache.move(last, slot)
+                self._active[slot] = self._active.pop()
                 self.cache.reset(last)
-            else:
-                slot += 1
+            slot += 1

@@ -21,16 +21,21 @@ from tokenizers import Tokenizer
 from oracle.moe850b.config import ConfigError, load_config
 from oracle.moe850b.weights import CheckpointError, load_checkpoint
 from oracle.serve.engine import Engine
-from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS
-from oracle.tokenization.tokenizer import TOKENIZER_FILE, TokenizerError, load_tokenizer
+from oracle.tokenization.special_tokens import (
+    END_OF_TEXT,
+    END_OF_TURN,
+    ROLE_TOKENS,
+    SPECIAL_TOKENS,
+    is_reserved,
+    never_generated,
+)
+from oracle.tokenization.tokenizer import TOKENIZER_ASSETS, TOKENIZER_FILE, TokenizerError, load_tokenizer
 
 log = logging.getLogger("oracle.serve")
 
-PROVENANCE_FILE = "provenance.json"
 SYSTEM_PROMPT_FILE = "default_system.txt"
 GENERATION_CONFIG_FILE = "generation_config.json"
 HUB_ASSETS = Path("hub") / "assets"
-TOKENIZER_ASSETS = Path("oracle") / "tokenization" / "assets"
 
 
 class ServeLoadError(RuntimeError):
@@ -73,19 +78,23 @@ class ServedModel:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder as given, or the newest complete checkpoint of a run folder."""
-    from oracle.train.checkpoint import checkpoint_dirs, newest_complete
+    """A checkpoint folder as given, or the newest sealed checkpoint of a run folder: one under its final name with
+    its manifest (written last), so the save finished. Its files are not hashed here, the optimizer state least of
+    all: what the server reads is checked against the signed provenance, once before listening and again on the
+    bytes loaded."""
+    from guards.provenance import PROVENANCE_FILE
+    from oracle.train.checkpoint import MANIFEST, checkpoint_dirs
 
     if not path.is_dir():
         raise ServeLoadError(f"--checkpoint {path}: no such folder")
-    if (path / PROVENANCE_FILE).is_file() or not checkpoint_dirs(path):
+    steps = checkpoint_dirs(path)
+    if (path / PROVENANCE_FILE).is_file() or not steps:
         return path
-    found = newest_complete(path)
-    for skipped, why in found.skipped if found else []:
-        log.warning("skipping %s: %s", skipped, why)
-    if found is None:
-        raise ServeLoadError(f"--checkpoint {path}: the run folder has no complete checkpoint (every step-* failed)")
-    return found.directory
+    for directory in steps:
+        if (directory / MANIFEST).is_file():
+            return directory
+        log.warning("skipping %s: no %s, the save did not finish", directory, MANIFEST)
+    raise ServeLoadError(f"--checkpoint {path}: the run folder has no finished checkpoint (no step-*/{MANIFEST})")
 
 
 def resolve_tokenizer(options: ServeOptions, checkpoint: Path) -> Path:
@@ -114,9 +123,15 @@ def _generation_defaults(path: Path | None) -> tuple[float, float, list[int]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         eos = data.get("eos_token_id", [])
         eos_ids = [eos] if isinstance(eos, int) else list(eos)
-        return float(data.get("temperature", 1.0)), float(data.get("top_p", 1.0)), [int(i) for i in eos_ids]
+        temperature, top_p = float(data.get("temperature", 1.0)), float(data.get("top_p", 1.0))
+        eos_ids = [int(i) for i in eos_ids]
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ServeLoadError(f"{path}: not a readable generation config ({exc}); fix or remove it") from exc
+    if not 0.0 <= temperature <= 2.0 or not 0.0 < top_p <= 1.0:
+        raise ServeLoadError(
+            f"{path}: temperature {temperature} must be in [0, 2] and top_p {top_p} in (0, 1]; fix the file"
+        )
+    return temperature, top_p, eos_ids
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ def check_servable(options: ServeOptions) -> Servable:
     record = require_serving_allowed(checkpoint, options.root)
     files = record["files"]
     if not isinstance(files, dict):  # verify_provenance has checked it; kept for the type
-        raise ServeLoadError(f"{checkpoint}/{PROVENANCE_FILE}: `files` is not a mapping")
+        raise ServeLoadError(f"{checkpoint}: the provenance record's `files` is not a mapping")
     sha256 = {name: str(files[name]) for name in SERVED_FILES}
     try:
         config = load_config(checkpoint / "config.json")
@@ -155,17 +170,11 @@ def load_served_model(options: ServeOptions, servable: Servable) -> ServedModel:
         tokenizer = load_tokenizer(servable.tokenizer, expected_vocab_size=model.config.vocab_size)
     except (CheckpointError, TokenizerError) as exc:
         raise ServeLoadError(str(exc)) from exc
-    # Capacity dropping is a training-time device: at inference every token gets its experts, so a request's
-    # output never depends on what else is in its batch.
-    for block in model.blocks():
-        block.moe.capacity_factor = None
-    model.eval()
     temperature, top_p, eos_ids = _generation_defaults(_asset(checkpoint, options.root, GENERATION_CONFIG_FILE))
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     # the end of the text or of the turn, or the start of another turn (the model may not speak for the user)
     stop_ids = sorted({vocab[token] for token in (END_OF_TEXT, END_OF_TURN, *ROLE_TOKENS.values())} | set(eos_ids))
-    # ids that carry no text a model should produce: padding and the reserved (unused) ids
-    suppress = [i for token, i in vocab.items() if token == PAD or token.startswith("<|reserved_")]
+    suppress = [i for token, i in vocab.items() if never_generated(token)]
     system_path = _asset(checkpoint, options.root, SYSTEM_PROMPT_FILE)
     default_system = system_path.read_text(encoding="utf-8").strip() if system_path else None
     engine = Engine(
@@ -186,9 +195,7 @@ def load_served_model(options: ServeOptions, servable: Servable) -> ServedModel:
         default_system=default_system,
         temperature=temperature,
         top_p=top_p,
-        special_ids=frozenset(
-            i for token, i in vocab.items() if token in SPECIAL_TOKENS or token.startswith("<|reserved_")
-        ),
+        special_ids=frozenset(i for token, i in vocab.items() if token in SPECIAL_TOKENS or is_reserved(token)),
     )
     served.engine.start()
     log.info("loaded %s (%s, %d parameters) on %s", served.name, checkpoint, _n_params(model), options.device)

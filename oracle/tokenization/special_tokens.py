@@ -31,3 +31,12 @@ ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
 def reserved_token(index: int) -> str:
     return f"<|reserved_{index}|>"
+
+
+def is_reserved(token: str) -> bool:
+    return token.startswith("<|reserved_") and token.endswith("|>")
+
+
+def never_generated(token: str) -> bool:
+    """Tokens a model has no reason to produce: padding and the reserved (unused) ids. Serving never samples them."""
+    return token == PAD or is_reserved(token)

@@ -20,12 +20,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from oracle.tokenization.chat_template import CHAT_TEMPLATE
 from oracle.tokenization.corpus import input_files, iter_documents
-from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, PAD, SPECIAL_TOKENS, reserved_token
+from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, PAD, SPECIAL_TOKENS, is_reserved, reserved_token
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens
+TOKENIZER_FILES = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
+TOKENIZER_ASSETS = Path("oracle") / "tokenization" / "assets"  # where a committed tokenizer lives (repo-relative)
 
 
 class TokenizerError(ValueError):
@@ -98,7 +100,7 @@ def _config(tokenizer: Tokenizer, context_length: int) -> dict[str, object]:
             "special": True,
         }
         for token in tokenizer.get_vocab(with_added_tokens=True)
-        if token in SPECIAL_TOKENS or token.startswith("<|reserved_")
+        if token in SPECIAL_TOKENS or is_reserved(token)
     }
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from oracle.data.format import FORMAT, INDEX_FILE, PackedFormatError, read_index
+from oracle.data.format import FORMAT, INDEX_FILE, TOKENIZER_DIR, PackedFormatError, read_index
+from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle.train.checkpoint import sha256_file
 
 _DTYPES = {"uint16": 2**16, "uint32": 2**32}
@@ -169,6 +170,24 @@ class PackedDataset:
             self._arrays.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(sequences, seq_len)))
             counts.append(sequences)
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.tokenizer_dir = self._tokenizer(index, index_path, verify=verify)
+
+    def _tokenizer(self, index: dict[str, object], index_path: Path, *, verify: bool) -> Path | None:
+        """The folder of the tokenizer that encoded these tokens, when the index lists one (checked like the
+        token files); training copies it into every checkpoint."""
+        listed = index.get("tokenizer")
+        if listed is None:
+            return None
+        if not isinstance(listed, dict) or set(listed) != set(TOKENIZER_FILES):
+            raise TrainDataError(f"{index_path}: tokenizer must map {', '.join(TOKENIZER_FILES)} to sha256; {_HINT}")
+        folder = self.directory / TOKENIZER_DIR
+        for name, digest in listed.items():
+            path = folder / name
+            if not path.is_file():
+                raise TrainDataError(f"{path}: listed in {INDEX_FILE} but missing; restore it or {_HINT}")
+            if verify and sha256_file(path) != digest:
+                raise TrainDataError(f"{path}: sha256 differs from {INDEX_FILE}; restore it or {_HINT}")
+        return folder
 
     def __len__(self) -> int:
         return int(self._starts[-1])

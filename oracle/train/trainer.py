@@ -28,6 +28,7 @@ from torch import nn
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
 from oracle.moe850b.model import OracleMoE, lm_loss
+from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle.train import checkpoint as ckpt
 from oracle.train.config import TrainConfig
 from oracle.train.data import DataPosition, PackedDataset, ShardedBatches
@@ -357,7 +358,13 @@ class Trainer:
                 "train_config": self.config.model_dump(mode="json"),
             }
             write_atomically(partial / ckpt.TRAINER_STATE, json.dumps(trainer_state, indent=2) + "\n")
-            self._write_provenance(partial, [WEIGHTS_FILE, CONFIG_FILE])
+            served = [WEIGHTS_FILE, CONFIG_FILE]
+            tokenizer = self.dataset.tokenizer_dir
+            if tokenizer is not None:  # the tokenizer the data was encoded with travels with the weights
+                for name in TOKENIZER_FILES:
+                    write_atomically(partial / name, (tokenizer / name).read_bytes())
+                served += TOKENIZER_FILES
+            self._write_provenance(partial, served)
             ckpt.seal(partial, final)
             ckpt.prune(self.run_dir, self.config.checkpoint.keep_last, current=self.step)
 

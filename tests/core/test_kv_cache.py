@@ -16,8 +16,7 @@ def no_grad() -> object:
 
 
 def slot_cache(model: OracleMoE, slots: int, max_length: int = 64) -> SlotKVCache:
-    config = model.config
-    return SlotKVCache(config.n_layers, slots, config.n_kv_heads, config.resolved_head_dim, max_length)
+    return model.new_slot_cache(slots, max_length)
 
 
 def alone(model: OracleMoE, prompt: torch.Tensor, continuation: list[int]) -> torch.Tensor:
@@ -65,6 +64,20 @@ def test_moving_a_slot_keeps_its_sequence_and_reset_forgets_it(mini_model: Oracl
     moved = mini_model(next_token, cache).logits_BSV[0, -1]
     expected = alone(mini_model, second, [42, 0])[1]
     torch.testing.assert_close(moved, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_slot_left_with_nan_does_not_poison_its_next_occupant(mini_model: OracleMoE) -> None:
+    torch.manual_seed(5)
+    prompt = torch.randint(0, 4096, (4,))
+    cache = slot_cache(mini_model, slots=1)
+    cache.select(0, 1)
+    mini_model(torch.randint(0, 4096, (1, 20)), cache)
+    for layer in cache.values:  # what an overflowing (fp16) sequence can leave behind
+        layer[0, :, :20] = float("nan")
+    cache.reset(0)
+    logits = mini_model(prompt[None], cache).logits_BSV[0, -1]
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, alone(mini_model, prompt, [0])[0], atol=1e-5, rtol=1e-4)
 
 
 def test_a_full_slot_and_bad_selections_are_refused(mini_model: OracleMoE) -> None:

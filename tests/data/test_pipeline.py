@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 import subprocess
@@ -227,6 +228,13 @@ def test_with_a_tokenizer_the_pipeline_also_writes_packed_sequences(tmp_path: Pa
     assert result.exit_code == 0, result.output
     index = read_index(out / "tokens")
     assert (index["dtype"], index["seq_len"], index["vocab_size"]) == ("uint16", 64, 1024)
+    # the tokenizer is kept beside the tokens (training puts it into every checkpoint), listed with its digests
+    kept = out / "tokens" / "tokenizer"
+    assert index["tokenizer"] == {
+        name: hashlib.sha256((tmp_path / "tok" / name).read_bytes()).hexdigest() for name in sorted(index["tokenizer"])
+    }
+    assert sorted(p.name for p in kept.iterdir()) == sorted(index["tokenizer"])
+    assert all((kept / n).read_bytes() == (tmp_path / "tok" / n).read_bytes() for n in index["tokenizer"])
     sequences = list(read_sequences(out / "tokens"))
     flat = [int(t) for seq in sequences for t in seq]
     assert len(flat) == index["tokens"] + index["padded_tokens"]

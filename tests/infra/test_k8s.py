@@ -211,10 +211,11 @@ def test_checkpoints_are_a_shared_claim_that_serving_mounts_read_only() -> None:
 
 @pytest.mark.parametrize("gpus", [0, 8])
 def test_gpu_limits_only_when_the_job_asks_for_gpus(gpus: int) -> None:
+    """Training takes the node's GPUs; `oracle serve` runs on one device, so a serving pod asks for one."""
     documents = manifests(job_request(gpus_per_node=gpus))
-    for kind in ("Job", "Deployment"):
+    for kind, wanted in (("Job", gpus), ("Deployment", min(gpus, 1))):
         resources = pod_spec(documents, kind)["containers"][0].get("resources")
-        assert resources == ({"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else None)
+        assert resources == ({"limits": {"nvidia.com/gpu": str(wanted)}} if wanted else None)
 
 
 def test_pods_run_as_non_root_without_privilege_escalation() -> None:

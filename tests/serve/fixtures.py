@@ -18,13 +18,14 @@ from pathlib import Path
 
 import httpx2 as httpx
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from guards.keys import generate_keypair, load_signing_key
 from guards.provenance import write_provenance
 from oracle.moe850b.config import load_config
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
-from oracle.tokenization.tokenizer import save_tokenizer, train_tokenizer
+from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,16 +61,50 @@ def make_served_checkpoint(directory: Path, *, config: str = "oracle-mini", seed
     tokenizer, _ = train_tokenizer([corpus], model_config.vocab_size, min_frequency=2)
     tokenizer_dir = save_tokenizer(tokenizer, directory / "tokenizer", context_length=model_config.context_length)
 
-    # laid out as `oracle train` leaves a checkpoint: weights, config, signed provenance, trainer state, manifest
+    # laid out as `oracle train` leaves a checkpoint: weights, config, the data's tokenizer, signed provenance over
+    # them, trainer state, manifest
     torch.manual_seed(seed)
     run = directory / "runs" / "serve-test"
     partial = save_checkpoint(OracleMoE(model_config), ckpt.partial_dir(run, 1))
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(tokenizer_dir / name, partial / name)
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(signing_key)})
     facts = {"commit": "0" * 40, "run": run.name, "step": 1, "job_id": "test"}
-    write_provenance(partial, [WEIGHTS_FILE, CONFIG_FILE], facts, key)
+    write_provenance(partial, [WEIGHTS_FILE, CONFIG_FILE, *TOKENIZER_FILES], facts, key)
     (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 1}) + "\n", encoding="utf-8")
     checkpoint = ckpt.seal(partial, run / ckpt.step_dir_name(1))
     return ServedCheckpoint(root, checkpoint, tokenizer_dir, signing_key)
+
+
+def flip_last_byte(path: Path) -> None:
+    """Alter a file the way a bit flip on disk or a deliberate edit would."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def serve_command(served: ServedCheckpoint, checkpoint: Path | None = None, *extra: str) -> list[str]:
+    """`python -m oracle serve` for this checkpoint on any free port (its tokenizer is the one the checkpoint
+    carries, as for a checkpoint `oracle train` wrote)."""
+    command = [sys.executable, "-m", "oracle", "serve", "--checkpoint", str(checkpoint or served.checkpoint)]
+    return [*command, "--port", "0", *extra]
+
+
+def serve_env() -> dict[str, str]:
+    """This checkout's code; only the root's keys are trusted."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("ORACLE_TRUSTED_KEY_IDS", None)
+    return env
+
+
+def metric_value(url: str, name: str, **labels: str) -> float | None:
+    """One sample of the server's /metrics (parsed with prometheus_client's own parser); None when absent."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 class RunningServer:
@@ -97,12 +132,9 @@ def start_server(
     served: ServedCheckpoint, log: Path, *extra: str, checkpoint: Path | None = None, wait_ready: bool = True
 ) -> RunningServer:
     """Start the server on port 0 and read the port uvicorn bound from its log; wait until /ready (or it exits)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    env.pop("ORACLE_TRUSTED_KEY_IDS", None)
-    command = [sys.executable, "-m", "oracle", "serve", "--checkpoint", str(checkpoint or served.checkpoint)]
-    command += ["--tokenizer", str(served.tokenizer), "--port", "0", *extra]
+    command = serve_command(served, checkpoint, *extra)
     handle = log.open("wb")
-    process = subprocess.Popen(command, cwd=served.root, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=served.root, env=serve_env(), stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     port = None
     while port is None:

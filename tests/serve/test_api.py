@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from oracle.tokenization.chat_template import render_chat
-from tests.serve.fixtures import RunningServer, ServedCheckpoint
+from tests.serve.fixtures import RunningServer, ServedCheckpoint, metric_value
 
 MODEL = "oracle-mini"
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
@@ -25,15 +25,12 @@ def tokenizer(served: ServedCheckpoint) -> Tokenizer:
 
 
 def metric(server: RunningServer, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = re.escape(name) + (r"\{" + re.escape(selector) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-    if found is None:
+    value = metric_value(server.url, name, **labels)
+    if value is None:
         if labels:  # a labelled series appears with its first observation
             return 0.0
         raise AssertionError(f"/metrics has no {name}")
-    return float(found.group(1))
+    return value
 
 
 def greedy_completion(client: openai.OpenAI, prompt: str, max_tokens: int = 24) -> openai.types.Completion:

@@ -1,7 +1,8 @@
 """The engine alone: text deltas and stop sequences, continuous batching, seeds, capacity, cancellation."""
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from oracle.serve.engine import (
     SamplingParams,
     TextTracker,
 )
+from oracle.tokenization.special_tokens import never_generated
 from oracle.tokenization.tokenizer import load_tokenizer
 from tests.serve.fixtures import ServedCheckpoint
 
@@ -50,7 +52,7 @@ def engine_parts(served: ServedCheckpoint) -> tuple[torch.nn.Module, object]:
 def make_engine(engine_parts: tuple, **kwargs: object) -> Engine:
     model, tokenizer = engine_parts
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    suppress = [i for token, i in vocab.items() if token.startswith("<|reserved_") or token == "<|pad|>"]
+    suppress = [i for token, i in vocab.items() if never_generated(token)]
     options: dict = {"stop_token_ids": [0, 5], "suppress_token_ids": suppress, "max_batch": 4, "max_queue": 4}
     options.update(kwargs)
     return Engine(model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), **options)
@@ -62,6 +64,15 @@ def engine(engine_parts: tuple) -> Iterator[Engine]:
     running.start()
     yield running
     running.stop(timeout=60)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def run(engine: Engine, prompt: list[int], **params: object) -> tuple[str, Finished]:
@@ -156,7 +167,7 @@ def run_ids(engine_parts: tuple, prompt: list[int], n: int) -> list[int]:
     model, tokenizer = engine_parts
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     masked = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    masked[[i for token, i in vocab.items() if token.startswith("<|reserved_") or token == "<|pad|>"]] = True
+    masked[[i for token, i in vocab.items() if never_generated(token)]] = True
     ids = torch.tensor([prompt])
     out: list[int] = []
     with torch.inference_mode():
@@ -227,7 +238,7 @@ def test_a_failing_decode_step_ends_the_batch_and_the_engine_goes_on(engine_part
         assert "out of memory" in failed.events[-1].message
         assert run(engine, PROMPTS[0], max_tokens=4, ignore_eos=True)[1].completion_tokens == 4
         assert engine.alive
-        assert engine.running == 0
+        assert wait_until(lambda: engine.running == 0)  # its slot is freed right after its last event
     finally:
         del model.forward
         engine.stop(timeout=60)

@@ -5,25 +5,45 @@ from pathlib import Path
 
 import pytest
 
+from guards.keys import load_signing_key
+from guards.provenance import write_provenance
+from guards.runtime import SERVED_FILES, ServingRefusedError
 from oracle.serve.loading import ServeLoadError, ServeOptions, check_servable, load_served_model
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, END_OF_TURN, PAD, SYSTEM, USER
-from tests.serve.fixtures import ServedCheckpoint
+from oracle.tokenization.tokenizer import TOKENIZER_FILES
+from tests.serve.fixtures import ServedCheckpoint, flip_last_byte
 
 
 def options(served: ServedCheckpoint, checkpoint: Path) -> ServeOptions:
-    return ServeOptions(checkpoint=checkpoint, root=served.root, tokenizer=served.tokenizer, max_batch=2)
+    return ServeOptions(checkpoint=checkpoint, root=served.root, max_batch=2)
 
 
 def test_weights_swapped_after_the_check_are_refused_at_load(served: ServedCheckpoint, tmp_path: Path) -> None:
     checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
     opts = options(served, checkpoint)
     servable = check_servable(opts)  # provenance verified here
-    weights = checkpoint / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01
-    weights.write_bytes(bytes(data))  # ... and the file changes before the load
+    flip_last_byte(checkpoint / "model.safetensors")  # ... and the file changes before the load
     with pytest.raises(ServeLoadError, match="changed after the check"):
         load_served_model(opts, servable)
+
+
+def test_an_altered_tokenizer_in_the_checkpoint_is_refused(served: ServedCheckpoint, tmp_path: Path) -> None:
+    checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
+    flip_last_byte(checkpoint / "tokenizer_config.json")  # covered by the signed record like the weights
+    with pytest.raises(ServingRefusedError, match=r"tokenizer_config\.json is missing or its sha256 differs"):
+        check_servable(options(served, checkpoint))
+
+
+def test_a_checkpoint_without_a_tokenizer_asks_for_one(served: ServedCheckpoint, tmp_path: Path) -> None:
+    checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
+    for name in TOKENIZER_FILES:
+        (checkpoint / name).unlink()
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(served.signing_key)})
+    write_provenance(checkpoint, list(SERVED_FILES), {"run": "older"}, key)  # as trained before tokenizers travelled
+    with pytest.raises(ServeLoadError, match=r"holds no tokenizer\.json .* pass --tokenizer DIR"):
+        check_servable(options(served, checkpoint))
+    tokenizer_given = ServeOptions(checkpoint=checkpoint, root=served.root, tokenizer=served.tokenizer)
+    assert check_servable(tokenizer_given).tokenizer == served.tokenizer
 
 
 def test_the_loaded_model_stops_on_turn_markers_and_never_samples_reserved_ids(served: ServedCheckpoint) -> None:

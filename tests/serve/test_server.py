@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -20,16 +17,31 @@ import pytest
 
 from guards.keys import generate_keypair, load_signing_key
 from guards.provenance import write_provenance
-from tests.serve.fixtures import REPO, RunningServer, ServedCheckpoint, start_server
+from guards.runtime import SERVED_FILES
+from tests.serve.fixtures import (
+    RunningServer,
+    ServedCheckpoint,
+    flip_last_byte,
+    metric_value,
+    serve_command,
+    serve_env,
+    start_server,
+)
 
 MODEL = "oracle-mini"
 
 
-def serve_once(served: ServedCheckpoint, checkpoint: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "oracle", "serve", "--checkpoint", str(checkpoint), "--port", "0"]
-    command += ["--tokenizer", str(served.tokenizer)]
-    return subprocess.run(command, cwd=served.root, env=env, capture_output=True, text=True, timeout=120, check=False)
+def serve_once(served: ServedCheckpoint, checkpoint: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run `oracle serve` expecting it to exit by itself (a refusal or a failed load)."""
+    return subprocess.run(
+        serve_command(served, checkpoint, *extra),
+        cwd=served.root,
+        env=serve_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def copy_checkpoint(served: ServedCheckpoint, target: Path) -> Path:
@@ -38,7 +50,7 @@ def copy_checkpoint(served: ServedCheckpoint, target: Path) -> Path:
 
 def unsigned(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "unsigned")
-    write_provenance(checkpoint, ["model.safetensors", "config.json"], {"run": "x"}, None)
+    write_provenance(checkpoint, list(SERVED_FILES), {"run": "x"}, None)
     return checkpoint
 
 
@@ -46,16 +58,13 @@ def foreign_key(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "foreign")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")  # not in policies/keys
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(tmp_path / "other.pem")})
-    write_provenance(checkpoint, ["model.safetensors", "config.json"], {"run": "x"}, key)
+    write_provenance(checkpoint, list(SERVED_FILES), {"run": "x"}, key)
     return checkpoint
 
 
 def altered_weights(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "altered")
-    weights = checkpoint / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01
-    weights.write_bytes(bytes(data))
+    flip_last_byte(checkpoint / "model.safetensors")
     return checkpoint
 
 
@@ -115,10 +124,7 @@ def test_a_run_folder_serves_its_newest_complete_checkpoint(served: ServedCheckp
 
 
 def test_a_model_that_fails_to_load_stops_the_server_with_exit_2(served: ServedCheckpoint) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "oracle", "serve", "--checkpoint", str(served.checkpoint), "--port", "0"]
-    command += ["--tokenizer", str(served.tokenizer), "--device", "cuda:99"]  # no such device: the load fails
-    result = subprocess.run(command, cwd=served.root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    result = serve_once(served, served.checkpoint, "--device", "cuda:99")  # no such device: the load fails
     assert result.returncode == 2, result.stderr
     assert "Uvicorn running" in result.stderr  # it was up (liveness) while loading
     assert result.stderr.splitlines()[-1].startswith(f"error: loading {served.checkpoint} failed:")
@@ -141,9 +147,10 @@ def test_a_full_queue_answers_429_with_retry_after(served: ServedCheckpoint, tmp
         # closing the stream cancels its request; the SDK's own retries (honouring Retry-After) then get the slot
         patient = client.with_options(max_retries=5)
         assert patient.completions.create(model=MODEL, prompt="x", max_tokens=1).usage is not None
-        text = httpx.get(f"{server.url}/metrics", timeout=30).text
-        assert re.search(r'oracle_serve_requests_total\{endpoint="/v1/completions",status="429"\} [2-7]\.0', text)
-        assert 'oracle_serve_requests_total{endpoint="/v1/completions",status="200"} 2.0' in text
+        refusals = metric_value(server.url, "oracle_serve_requests_total", endpoint="/v1/completions", status="429")
+        assert refusals is not None
+        assert 2 <= refusals <= 7  # the two above, and the retries that came before the slot was free
+        assert metric_value(server.url, "oracle_serve_requests_total", endpoint="/v1/completions", status="200") == 2
     finally:
         server.stop()
 
@@ -180,9 +187,7 @@ def test_load_32_concurrent_streaming_clients_x_10_requests_without_an_error(
     def poll_running() -> None:  # the engine really batches: several requests share the decode steps
         nonlocal max_running
         while not stop_polling.is_set():
-            for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
-                if line.startswith("oracle_serve_running_requests "):
-                    max_running = max(max_running, int(float(line.split()[1])))
+            max_running = max(max_running, int(metric_value(server.url, "oracle_serve_running_requests") or 0))
             stop_polling.wait(0.05)
 
     async def one_client(index: int, client: openai.AsyncOpenAI) -> None:
@@ -230,7 +235,4 @@ def test_load_32_concurrent_streaming_clients_x_10_requests_without_an_error(
 
 
 def _ok_chat(server: RunningServer) -> float:
-    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
-        if line.startswith('oracle_serve_requests_total{endpoint="/v1/chat/completions",status="200"}'):
-            return float(line.split()[1])
-    return 0.0
+    return metric_value(server.url, "oracle_serve_requests_total", endpoint="/v1/chat/completions", status="200") or 0.0

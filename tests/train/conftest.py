@@ -32,11 +32,26 @@ GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-c", "commit.gpgsign
 ORACLE = str(Path(sys.executable).parent / "oracle")
 
 
-def write_corpus(directory: Path, *, sequences: int = 96, seq_len: int = 65, vocab: int = 4096, seed: int = 0) -> Path:
-    """Token sequences with learnable structure (repeating ramps), written in the packed format."""
+def write_corpus(
+    directory: Path,
+    *,
+    sequences: int = 96,
+    seq_len: int = 65,
+    vocab: int = 4096,
+    seed: int = 0,
+    tokenizer: Path | None = None,
+) -> Path:
+    """Token sequences with learnable structure (repeating ramps), written in the packed format (with `tokenizer`
+    kept beside them, as `oracle data run --tokenizer` does)."""
     rng = np.random.default_rng(seed)
     writer = PackedWriter(
-        directory / "tokens", seq_len=seq_len, vocab_size=vocab, eos_id=0, pad_id=1, sequences_per_file=32
+        directory / "tokens",
+        seq_len=seq_len,
+        vocab_size=vocab,
+        eos_id=0,
+        pad_id=1,
+        sequences_per_file=32,
+        tokenizer_dir=tokenizer,
     )
     for _ in range(sequences):
         start, stride = int(rng.integers(9, 200)), int(rng.integers(1, 4))

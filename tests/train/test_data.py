@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from oracle.data.format import INDEX_FILE, PackedWriter, read_sequences
+from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle.train.data import DataPosition, PackedDataset, ShardedBatches, TrainDataError
 
 VOCAB = 300
@@ -283,3 +284,18 @@ def test_a_position_from_another_batch_size_or_dataset_is_refused(data_dir: Path
             world_size=1,
             position=DataPosition(epoch=0, consumed=consumed),
         )
+
+
+def test_the_tokenizer_kept_with_the_tokens_is_found_and_checked(tmp_path: Path) -> None:
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    for name in TOKENIZER_FILES:
+        (tokenizer / name).write_text(f"{name} of the tokenizer that encoded the data\n")
+    writer = PackedWriter(tmp_path / "tokens", seq_len=8, vocab_size=64, eos_id=0, pad_id=1, tokenizer_dir=tokenizer)
+    writer.add(list(range(2, 20)))
+    writer.close()
+    dataset = PackedDataset(tmp_path, seq_len=8, vocab_size=64)
+    assert dataset.tokenizer_dir == tmp_path / "tokens" / "tokenizer"
+    (dataset.tokenizer_dir / "tokenizer.json").write_text("altered\n")
+    with pytest.raises(TrainDataError, match=r"tokenizer\.json: sha256 differs from index\.json"):
+        PackedDataset(tmp_path, seq_len=8, vocab_size=64)

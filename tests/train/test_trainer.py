@@ -14,8 +14,9 @@ import torch
 
 from guards.provenance import ProvenanceError, verify_provenance
 from oracle.moe850b.weights import load_checkpoint
+from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
-from tests.train.conftest import ORACLE, job_environment, recipe, start_training
+from tests.train.conftest import ORACLE, job_environment, recipe, start_training, write_corpus
 
 
 def _metrics(run: Path) -> list[dict[str, object]]:
@@ -48,9 +49,11 @@ def test_a_forged_submission_record_is_refused(checkout: Path, corpus: Path) -> 
     assert not (checkout / "runs").exists()
 
 
-def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
-    checkout: Path, corpus: Path, tmp_path: Path
-) -> None:
+def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(checkout: Path, tmp_path: Path) -> None:
+    (tmp_path / "text.txt").write_text("A few words to learn merges from, again and again.\n" * 50)
+    tokenizer, _ = train_tokenizer([tmp_path / "text.txt"], 4096)
+    save_tokenizer(tokenizer, tmp_path / "tokenizer", context_length=512)
+    corpus = write_corpus(tmp_path / "corpus", tokenizer=tmp_path / "tokenizer")
     path = recipe(tmp_path / "mini.yaml", corpus, schedule__total_steps=30, checkpoint__interval=15)
     env = job_environment(checkout, job_id="777", config=path) | {"ORACLE_SIGNING_KEY": str(tmp_path / "signing.pem")}
     job = start_training(checkout, ["--config", str(path)], env=env)
@@ -71,7 +74,10 @@ def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
     assert (record["commit"], record["job_id"], record["step"]) == (head, "777", 30)
     assert record["submission_digest"] == env["ORACLE_SUBMISSION_DIGEST"]
-    assert set(record["files"]) == {"model.safetensors", "config.json"}
+    # the weights, their config and the tokenizer the data was encoded with (which `oracle serve` loads from here)
+    assert set(record["files"]) == {"model.safetensors", "config.json", *TOKENIZER_FILES}
+    for name in TOKENIZER_FILES:
+        assert (final / name).read_bytes() == (tmp_path / "tokenizer" / name).read_bytes()
     assert len(record["data_manifest_sha256"]) == len(record["train_config_sha256"]) == 64
     model = load_checkpoint(final)  # the consolidated weights are an ordinary Oracle checkpoint
     assert model.embed_tokens.weight.dtype == torch.bfloat16
