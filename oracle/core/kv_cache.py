@@ -76,6 +76,7 @@ class SlotKVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.n_slots, self.max_length = n_slots, max_length
         self.lengths = [0] * n_slots  # host copy: no device sync to plan a step
+        self._written = [0] * n_slots  # how far a prefill wrote, advanced or not (a forward pass may fail midway)
         self.device = torch.device(device)
         self._lengths_N = torch.zeros(n_slots, dtype=torch.long, device=device)
         self._start, self._stop = 0, 0
@@ -89,8 +90,9 @@ class SlotKVCache:
     def reset(self, slot: int) -> None:
         """Empty `slot`. What it held is zeroed, not just masked: SDPA adds a boolean mask, so a NaN or inf left by an
         earlier sequence at a masked position would still turn the next occupant's attention into NaN."""
-        self._clear(slot, 0, self.lengths[slot])
-        self.lengths[slot] = 0
+        # a decode step writes one position past the length before advancing, a prefill up to _written
+        self._clear(slot, 0, min(self.max_length, max(self.lengths[slot] + 1, self._written[slot])))
+        self.lengths[slot] = self._written[slot] = 0
         self._lengths_N[slot] = 0
 
     def move(self, source: int, target: int) -> None:
@@ -99,8 +101,8 @@ class SlotKVCache:
         for buffers in (self.keys, self.values):
             for layer in buffers:
                 layer[target, :, :n] = layer[source, :, :n]
-        self._clear(target, n, self.lengths[target])
-        self.lengths[target] = n
+        self._clear(target, n, min(self.max_length, max(self.lengths[target] + 1, self._written[target])))
+        self.lengths[target] = self._written[target] = n
         self._lengths_N[target] = n
 
     def _clear(self, slot: int, start: int, stop: int) -> None:
@@ -141,6 +143,8 @@ class SlotKVCache:
             for row, length in enumerate(self.lengths[rows]):
                 keys[row, :, length : length + S] = k_BGSHd[row]
                 values[row, :, length : length + S] = v_BGSHd[row]
+                slot = rows.start + row
+                self._written[slot] = max(self._written[slot], length + S)
         return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n_positions: int) -> None:

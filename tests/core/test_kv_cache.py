@@ -80,6 +80,16 @@ def test_a_slot_left_with_nan_does_not_poison_its_next_occupant(mini_model: Orac
     torch.testing.assert_close(logits, alone(mini_model, prompt, [0])[0], atol=1e-5, rtol=1e-4)
 
 
+def test_a_prefill_that_failed_midway_leaves_nothing_behind_after_reset() -> None:
+    cache = SlotKVCache(2, 1, 2, 4, 16)
+    cache.select(0, 1)
+    nan = torch.full((1, 2, 5, 4), float("nan"))
+    cache.update(0, nan, nan)  # layer 0 wrote 5 positions, then the pass failed: the length never advanced
+    assert cache.lengths == [0]
+    cache.reset(0)
+    assert all(bool((layer == 0).all()) for layer in [*cache.keys, *cache.values])
+
+
 def test_a_full_slot_and_bad_selections_are_refused(mini_model: OracleMoE) -> None:
     cache = slot_cache(mini_model, slots=2, max_length=8)
     with pytest.raises(ValueError, match="outside"):
