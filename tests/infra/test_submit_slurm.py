@@ -26,6 +26,11 @@ def _audit(root: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (root / ".oracle" / "audit.jsonl").read_text().splitlines()]
 
 
+def _last_submit_decision(root: Path) -> object:
+    """The submit gate's latest result (jobs already running in the checkout append their own `train` entries)."""
+    return [e for e in _audit(root) if e["gate"] == "submit"][-1]["result"]
+
+
 def _queue(cluster: SlurmCluster) -> list[str]:
     return cluster.run("squeue", "--noheader", "--all", "--format=%i|%k").stdout.splitlines()
 
@@ -73,7 +78,7 @@ def _refused(root: Path, cluster: SlurmCluster, reason: str) -> None:
     assert reason in lines[0], lines[0]
     assert done.stdout == ""
     assert _our_jobs(cluster) == before  # nothing reached the scheduler
-    assert _audit(root)[-1]["result"] == "refused"
+    assert _last_submit_decision(root) == "refused"
 
 
 def test_refusals_submit_nothing(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
@@ -108,7 +113,7 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
     assert "already" in line
     assert f"SLURM job {job_id}" in line
     assert "--force" in line
-    assert _audit(root)[-1]["result"] == "refused"
+    assert _last_submit_decision(root) == "refused"
 
     forced = oracle(root, *SUBMIT, "--force", "--format", "json", env=slurm_cluster.env)
     assert forced.returncode == 0, forced.stderr
