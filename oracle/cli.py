@@ -553,6 +553,8 @@ def serve_command(
 ) -> None:
     """Serve a checkpoint through an OpenAI-compatible API; refuses weights whose signed provenance does not verify.
 
+    With ORACLE_SERVE_API_KEY set, the /v1 routes require `Authorization: Bearer <that key>`.
+
     Example: oracle serve --checkpoint runs/oracle-mini-42/step-00000040 --tokenizer tokenizer/ --port 8000
     """
     import logging
@@ -560,8 +562,12 @@ def serve_command(
     from guards.audit import AuditError
     from guards.runtime import ServingRefusedError
     from oracle.serve.loading import ServeLoadError, ServeOptions
-    from oracle.serve.server import serve
+    from oracle.serve.server import api_key_from_env, serve
 
+    try:
+        api_key = api_key_from_env(os.environ)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     import faulthandler
     import signal
@@ -583,7 +589,7 @@ def serve_command(
         device=device,
     )
     try:
-        failure = serve(options, host=host, port=port, shutdown_timeout=shutdown_timeout)
+        failure = serve(options, host=host, port=port, shutdown_timeout=shutdown_timeout, api_key=api_key)
     except ServingRefusedError as exc:
         raise fail(str(exc), EXIT_BLOCKED) from exc
     except (ServeLoadError, AuditError, OSError) as exc:

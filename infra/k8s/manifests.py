@@ -30,6 +30,7 @@ from infra.spec import (
     project_labels,
     time_seconds,
 )
+from oracle.serve import API_KEY_ENV
 
 Manifest = dict[str, Any]
 TrainingObject = (
@@ -38,6 +39,7 @@ TrainingObject = (
 
 DEFAULT_CHECKPOINT_SIZE = "2Ti"
 DEFAULT_SERVE_PORT = 8000
+SERVING_API_KEY_FIELD = "api-key"
 RUNS_DIR = f"{IMAGE_WORKDIR}/runs"
 RECORD_FILE = K8S_RECORD_PATH.rsplit("/", 1)[1]
 RUN_AS_USER = 1000
@@ -67,6 +69,13 @@ def checkpoints_claim_name(project: str) -> str:
 
 def serving_name(project: str) -> str:
     return f"{project}-serve"
+
+
+def serving_api_key_secret(project: str) -> str:
+    """The Secret whose `api-key` the serving pods require of clients (created by the operator, never by us:
+    `kubectl create secret generic <project>-serve-api-key --from-literal=api-key=...`). Not optional: a pod
+    listening on the cluster network does not start open."""
+    return f"{project}-serve-api-key"
 
 
 def record_config_map_name(request: JobRequest) -> str:
@@ -286,7 +295,17 @@ def build_serving(
         image=request.image,
         working_dir=IMAGE_WORKDIR,
         command=["oracle", "serve", "--checkpoint", checkpoint, "--host", "0.0.0.0", "--port", str(port)],
-        env=[client.V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
+        env=[
+            client.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+            client.V1EnvVar(
+                name=API_KEY_ENV,
+                value_from=client.V1EnvVarSource(
+                    secret_key_ref=client.V1SecretKeySelector(
+                        name=serving_api_key_secret(request.project), key=SERVING_API_KEY_FIELD
+                    )
+                ),
+            ),
+        ],
         ports=[client.V1ContainerPort(name=http, container_port=port)],
         # loading the weights can take minutes: liveness starts counting only once /health first answers
         startup_probe=client.V1Probe(

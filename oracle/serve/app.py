@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import threading
@@ -80,6 +81,10 @@ class Metrics:
             "oracle_serve_request_duration_seconds", "Time from request to the last byte of the response",
             ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.outcomes = Counter(
+            "oracle_serve_generations", "Generation requests by how they ended: stop, length, failed (the model or "
+            "sampler raised), cancelled (the client went away first)", ["outcome"], registry=self.registry,
+        )  # fmt: skip
         self.first_token = Histogram(
             "oracle_serve_time_to_first_token_seconds", "Time from request to the first generated text",
             buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -135,6 +140,28 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+class APIKeyMiddleware:
+    """With an API key set, every /v1 request must carry `Authorization: Bearer <key>` (as the OpenAI API and vLLM's
+    --api-key); /health, /ready and /metrics stay open for probes and scrapers. Compared in constant time."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                what = "no API key was given" if not given else "the API key given is not this server's"
+                error = APIError(
+                    401, f"{what}; send it as `Authorization: Bearer <key>` (the openai SDK's api_key)",
+                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
+                )  # fmt: skip
+                await _error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 @dataclass(frozen=True)
 class Prepared:
     prompt_ids: list[int]
@@ -157,8 +184,16 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p)
 
 
-def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
-    """The API around a model that `load` returns (called once, in a thread, after the server starts)."""
+def create_app(
+    load: Callable[[], ServedModel],
+    *,
+    on_load_failure: Callable[[str], None] | None = None,
+    api_key: str | None = None,
+) -> FastAPI:
+    """The API around a model that `load` returns (called once, in a thread, after the server starts); with
+    `api_key`, the /v1 routes require it."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty; give a key or none")
     slot = ModelSlot()
     metrics = Metrics(slot)
 
@@ -182,7 +217,9 @@ def create_app(load: Callable[[], ServedModel], *, on_load_failure: Callable[[st
             await asyncio.to_thread(slot.model.engine.stop, 60.0)
 
     app = FastAPI(title="Oracle", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # the outermost: refused requests are counted too
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -412,10 +449,10 @@ async def _respond(
     events, handle = _submit(served, prepared)
     ident, created = f"{shape.prefix}-{uuid.uuid4().hex}", int(time.time())
     envelope = {"id": ident, "created": created, "model": shape.model, "system_fingerprint": None}
-    first = _FirstToken(metrics, start)
+    progress = _Progress(metrics, start)
     if prepared.stream:
         return StreamingResponse(
-            _stream(events, handle, shape, envelope, prepared.include_usage, first),
+            _stream(events, handle, shape, envelope, prepared.include_usage, progress),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -437,25 +474,36 @@ async def _respond(
             if event is None:
                 continue
             if isinstance(event, Delta):
-                first.seen()
+                progress.text()
                 pieces.append(event.text)
             elif isinstance(event, Failed):
+                progress.end("failed")
                 raise APIError(500, event.message, kind="server_error", code="generation_failed")
             else:
+                progress.end(event.reason)
                 body = {**envelope, "object": shape.object, "choices": [shape.choice("".join(pieces), event.reason)]}
                 return JSONResponse({**body, "usage": _usage(event)})
     finally:
+        progress.end("cancelled")  # counted only when nothing above ended it
         handle.cancel()  # a no-op once finished; frees the slot when the client went away mid-way
 
 
-class _FirstToken:
-    def __init__(self, metrics: Metrics, start: float) -> None:
-        self.metrics, self.start, self.done = metrics, start, False
+class _Progress:
+    """What the metrics learn of one generation: when its first text came, and how it ended (once)."""
 
-    def seen(self) -> None:
-        if not self.done:
-            self.done = True
+    def __init__(self, metrics: Metrics, start: float) -> None:
+        self.metrics, self.start = metrics, start
+        self.first_seen = self.ended = False
+
+    def text(self) -> None:
+        if not self.first_seen:
+            self.first_seen = True
             self.metrics.first_token.observe(time.perf_counter() - self.start)
+
+    def end(self, outcome: str) -> None:
+        if not self.ended:
+            self.ended = True
+            self.metrics.outcomes.labels(outcome).inc()
 
 
 def _sse(data: dict[str, Any] | str) -> str:
@@ -468,7 +516,7 @@ async def _stream(
     shape: _ChatShape,
     envelope: dict[str, Any],
     include_usage: bool,
-    first: _FirstToken,
+    progress: _Progress,
 ) -> AsyncIterator[str]:
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         return _sse({**envelope, "object": shape.chunk_object, "choices": choices, **extra})
@@ -481,7 +529,7 @@ async def _stream(
         while True:
             event, pending = (pending or await events.get()), None
             if isinstance(event, Delta):
-                first.seen()
+                progress.text()
                 texts = [event.text]
                 # when the client reads slower than the engine writes, what has piled up goes out as one chunk
                 while pending is None and not events.empty():
@@ -492,14 +540,17 @@ async def _stream(
                         pending = queued
                 yield chunk([shape.chunk("".join(texts), None)])
             elif isinstance(event, Failed):
+                progress.end("failed")
                 error = APIError(500, event.message, kind="server_error", code="generation_failed")
                 yield _sse(error.body())
                 break
             else:
+                progress.end(event.reason)
                 yield chunk([shape.chunk(None, event.reason)])
                 if include_usage:
                     yield chunk([], usage=_usage(event))
                 break
         yield _sse("[DONE]")
     finally:
+        progress.end("cancelled")  # the client went away (or the server stopped the stream) before the end
         handle.cancel()

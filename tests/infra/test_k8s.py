@@ -244,6 +244,12 @@ def test_serving_runs_the_newest_checkpoint_of_the_submissions_run_behind_a_serv
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["ports"] == [{"containerPort": 8000, "name": "http"}]
+    # the API key comes from a Secret the operator creates; without it the pod does not start (never open)
+    (key,) = [item for item in container["env"] if item["name"] == "ORACLE_SERVE_API_KEY"]
+    assert key == {
+        "name": "ORACLE_SERVE_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "oracle-serve-api-key", "key": "api-key"}},
+    }
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

@@ -25,6 +25,7 @@ from guards.provenance import write_provenance
 from oracle.moe850b.config import load_config
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
+from oracle.serve import API_KEY_ENV
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
 
@@ -90,11 +91,12 @@ def serve_command(served: ServedCheckpoint, checkpoint: Path | None = None, *ext
     return [*command, "--port", "0", *extra]
 
 
-def serve_env() -> dict[str, str]:
-    """This checkout's code; only the root's keys are trusted."""
+def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This checkout's code; only the root's keys are trusted; no API key unless `extra` sets one."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env.pop("ORACLE_TRUSTED_KEY_IDS", None)
-    return env
+    env.pop(API_KEY_ENV, None)
+    return {**env, **(extra or {})}
 
 
 def metric_value(url: str, name: str, **labels: str) -> float | None:
@@ -129,12 +131,17 @@ class RunningServer:
 
 
 def start_server(
-    served: ServedCheckpoint, log: Path, *extra: str, checkpoint: Path | None = None, wait_ready: bool = True
+    served: ServedCheckpoint,
+    log: Path,
+    *extra: str,
+    checkpoint: Path | None = None,
+    wait_ready: bool = True,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
     """Start the server on port 0 and read the port uvicorn bound from its log; wait until /ready (or it exits)."""
     command = serve_command(served, checkpoint, *extra)
     handle = log.open("wb")
-    process = subprocess.Popen(command, cwd=served.root, env=serve_env(), stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=served.root, env=serve_env(env), stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     port = None
     while port is None:

@@ -232,6 +232,7 @@ def test_health_ready_and_metrics(server: RunningServer, client: openai.OpenAI) 
     ok_before = metric(server, "oracle_serve_requests_total", endpoint="/v1/completions", status="200")
     bad_before = metric(server, "oracle_serve_requests_total", endpoint="/v1/completions", status="404")
     tokens_before = metric(server, "oracle_serve_generated_tokens_total")
+    ended_before = {o: metric(server, "oracle_serve_generations_total", outcome=o) for o in ("stop", "length")}
     reply = greedy_completion(client, "Numbers", max_tokens=5)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x", max_tokens=1)
@@ -239,6 +240,9 @@ def test_health_ready_and_metrics(server: RunningServer, client: openai.OpenAI) 
     assert metric(server, "oracle_serve_requests_total", endpoint="/v1/completions", status="200") == ok_before + 1
     assert metric(server, "oracle_serve_requests_total", endpoint="/v1/completions", status="404") == bad_before + 1
     assert metric(server, "oracle_serve_generated_tokens_total") == tokens_before + reply.usage.completion_tokens
+    for outcome, before in ended_before.items():  # the 404 never reached the engine
+        wanted = before + (reply.choices[0].finish_reason == outcome)
+        assert metric(server, "oracle_serve_generations_total", outcome=outcome) == wanted
     assert metric(server, "oracle_serve_queue_depth") == 0
     assert metric(server, "oracle_serve_model_loaded") == 1
     count = metric(server, "oracle_serve_request_duration_seconds_count", endpoint="/v1/completions")
@@ -247,6 +251,7 @@ def test_health_ready_and_metrics(server: RunningServer, client: openai.OpenAI) 
 
 def test_a_client_that_gives_up_on_a_plain_request_frees_its_slot(server: RunningServer) -> None:
     tokens_before = metric(server, "oracle_serve_generated_tokens_total")
+    cancelled_before = metric(server, "oracle_serve_generations_total", outcome="cancelled")
     body = {"model": MODEL, "prompt": "Numbers", "max_tokens": 480, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.3)
@@ -257,3 +262,4 @@ def test_a_client_that_gives_up_on_a_plain_request_frees_its_slot(server: Runnin
     assert metric(server, "oracle_serve_running_requests") == 0
     assert metric(server, "oracle_serve_generated_tokens_total") - tokens_before < 480
     assert metric(server, "oracle_serve_requests_total", endpoint="/v1/completions", status="499") >= 1
+    assert metric(server, "oracle_serve_generations_total", outcome="cancelled") >= cancelled_before + 1

@@ -18,6 +18,7 @@ import pytest
 from guards.keys import generate_keypair, load_signing_key
 from guards.provenance import write_provenance
 from guards.runtime import SERVED_FILES
+from oracle.serve import API_KEY_ENV
 from tests.serve.fixtures import (
     RunningServer,
     ServedCheckpoint,
@@ -31,12 +32,14 @@ from tests.serve.fixtures import (
 MODEL = "oracle-mini"
 
 
-def serve_once(served: ServedCheckpoint, checkpoint: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def serve_once(
+    served: ServedCheckpoint, checkpoint: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `oracle serve` expecting it to exit by itself (a refusal or a failed load)."""
     return subprocess.run(
         serve_command(served, checkpoint, *extra),
         cwd=served.root,
-        env=serve_env(),
+        env=serve_env(env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -151,8 +154,50 @@ def test_a_full_queue_answers_429_with_retry_after(served: ServedCheckpoint, tmp
         assert refusals is not None
         assert 2 <= refusals <= 7  # the two above, and the retries that came before the slot was free
         assert metric_value(server.url, "oracle_serve_requests_total", endpoint="/v1/completions", status="200") == 2
+        # the stream closed midway counts as a 200 (its headers went out first), but its generation as cancelled
+        assert metric_value(server.url, "oracle_serve_generations_total", outcome="cancelled") == 1
     finally:
         server.stop()
+
+
+def test_an_api_key_guards_the_v1_routes_and_leaves_the_probes_open(served: ServedCheckpoint, tmp_path: Path) -> None:
+    key = "sk-oracle-test-" + "k" * 24
+    server = start_server(served, tmp_path / "auth.log", env={API_KEY_ENV: key})
+    body = {"model": MODEL, "prompt": "Numbers", "max_tokens": 2}
+    try:
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": key}):  # the last lacks Bearer
+            refused = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=30)
+            assert refused.status_code == 401, refused.text
+            assert refused.headers["www-authenticate"] == "Bearer"
+            error = refused.json()["error"]
+            assert error["code"] == "invalid_api_key"
+            assert error["type"] == "invalid_request_error"
+            assert key not in refused.text
+        assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
+        assert [model.id for model in client.models.list()] == [MODEL]
+        reply = client.completions.create(**body)
+        assert reply.usage is not None
+        assert reply.usage.completion_tokens >= 1
+        for path in ("/health", "/ready", "/metrics"):  # probes and scrapers need no key
+            assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200
+        assert metric_value(server.url, "oracle_serve_requests_total", endpoint="/v1/completions", status="401") == 3
+        assert metric_value(server.url, "oracle_serve_requests_total", endpoint="/v1/completions", status="200") == 1
+    finally:
+        server.stop()
+    assert key not in server.output()
+    assert f"require the API key from {API_KEY_ENV}" in server.output()
+
+
+def test_an_empty_api_key_is_refused_before_listening(served: ServedCheckpoint) -> None:
+    result = serve_once(served, served.checkpoint, env={API_KEY_ENV: "  "})
+    assert result.returncode == 2, result.stderr  # a setting to fix (as a file that fails to load), not a refusal
+    assert result.stderr.strip().splitlines() == [
+        f"error: {API_KEY_ENV} is set but empty; set it to the key clients must send, or unset it"
+    ]
+    assert "Uvicorn running" not in result.stdout + result.stderr
 
 
 def test_sigterm_lets_the_stream_in_flight_finish(served: ServedCheckpoint, tmp_path: Path) -> None:
