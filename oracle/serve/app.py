@@ -50,6 +50,7 @@ log = logging.getLogger("oracle.serve")
 ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/ready", "/metrics"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 RETRY_AFTER_S = "1"
+OUTCOMES = ("stop", "length", "failed", "cancelled")
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
 
 
@@ -85,6 +86,8 @@ class Metrics:
             "oracle_serve_generations", "Generation requests by how they ended: stop, length, failed (the model or "
             "sampler raised), cancelled (the client went away first)", ["outcome"], registry=self.registry,
         )  # fmt: skip
+        for outcome in OUTCOMES:  # every series exists from the start, so rate() and alerts have one to read
+            self.outcomes.labels(outcome)
         self.first_token = Histogram(
             "oracle_serve_time_to_first_token_seconds", "Time from request to the first generated text",
             buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -140,18 +143,23 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapers: no key, whatever the settings
+
+
 class APIKeyMiddleware:
-    """With an API key set, every /v1 request must carry `Authorization: Bearer <key>` (as the OpenAI API and vLLM's
-    --api-key); /health, /ready and /metrics stay open for probes and scrapers. Compared in constant time."""
+    """With an API key set, every request but the probes' and the scraper's must carry `Authorization: Bearer <key>`
+    (as the OpenAI API and vLLM's --api-key): deny by default, so a route added later is never open by accident.
+    The scheme is case-insensitive (RFC 9110); the key is compared in constant time."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode("ascii")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            scheme, _, token = given.strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
                 what = "no API key was given" if not given else "the API key given is not this server's"
                 error = APIError(
                     401, f"{what}; send it as `Authorization: Bearer <key>` (the openai SDK's api_key)",
@@ -470,6 +478,7 @@ async def _respond(
             if loop.time() >= next_check:  # whether tokens are flowing or not
                 next_check = loop.time() + DISCONNECT_POLL_S
                 if await request.is_disconnected():  # the client gave up: free the slot now
+                    progress.end("cancelled")
                     return Response(status_code=499)
             if event is None:
                 continue
@@ -483,8 +492,13 @@ async def _respond(
                 progress.end(event.reason)
                 body = {**envelope, "object": shape.object, "choices": [shape.choice("".join(pieces), event.reason)]}
                 return JSONResponse({**body, "usage": _usage(event)})
+    except asyncio.CancelledError:  # the server stopped the request (uvicorn cancels it at shutdown's deadline)
+        progress.end("cancelled")
+        raise
+    except BaseException:  # a fault of ours is not the client's leaving
+        progress.end("failed")
+        raise
     finally:
-        progress.end("cancelled")  # counted only when nothing above ended it
         handle.cancel()  # a no-op once finished; frees the slot when the client went away mid-way
 
 
@@ -551,6 +565,11 @@ async def _stream(
                     yield chunk([], usage=_usage(event))
                 break
         yield _sse("[DONE]")
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the server stopped the stream
+        progress.end("cancelled")
+        raise
+    except BaseException:
+        progress.end("failed")
+        raise
     finally:
-        progress.end("cancelled")  # the client went away (or the server stopped the stream) before the end
         handle.cancel()

@@ -22,9 +22,15 @@ def api_key_from_env(environ: Mapping[str, str]) -> str | None:
     value = environ.get(API_KEY_ENV)
     if value is None:
         return None
-    if not value.strip():
+    key = value.strip()
+    if not key:
         raise ValueError(f"{API_KEY_ENV} is set but empty; set it to the key clients must send, or unset it")
-    return value.strip()
+    if not (key.isascii() and key.isprintable()) or " " in key:
+        raise ValueError(  # a header value is ASCII: such a key could never be sent (the value is not shown)
+            f"{API_KEY_ENV} holds characters an Authorization header cannot carry (non-ASCII, control characters "
+            "or spaces); use printable ASCII, e.g. `openssl rand -hex 32`"
+        )
+    return key
 
 
 def _loopback(host: str) -> bool:

@@ -173,7 +173,10 @@ def test_an_api_key_guards_the_v1_routes_and_leaves_the_probes_open(served: Serv
             assert error["code"] == "invalid_api_key"
             assert error["type"] == "invalid_request_error"
             assert key not in refused.text
-        assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 401
+        for path in ("/v1/models", "/openapi.json", "/v2/anything"):  # deny by default: only the probes are open
+            assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 401
+        lower = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"bearer {key}"}, timeout=30)
+        assert lower.status_code == 200  # the scheme is case-insensitive
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0).models.list()
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
@@ -191,12 +194,18 @@ def test_an_api_key_guards_the_v1_routes_and_leaves_the_probes_open(served: Serv
     assert f"require the API key from {API_KEY_ENV}" in server.output()
 
 
-def test_an_empty_api_key_is_refused_before_listening(served: ServedCheckpoint) -> None:
-    result = serve_once(served, served.checkpoint, env={API_KEY_ENV: "  "})
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("  ", "is set but empty"), ("clé-secrète", "holds characters an Authorization header cannot carry")],
+)
+def test_an_api_key_that_cannot_work_is_refused_before_listening(
+    served: ServedCheckpoint, value: str, why: str
+) -> None:
+    result = serve_once(served, served.checkpoint, env={API_KEY_ENV: value})
     assert result.returncode == 2, result.stderr  # a setting to fix (as a file that fails to load), not a refusal
-    assert result.stderr.strip().splitlines() == [
-        f"error: {API_KEY_ENV} is set but empty; set it to the key clients must send, or unset it"
-    ]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {API_KEY_ENV} {why}")
+    assert value.strip() not in line or not value.strip()  # the value itself is never shown
     assert "Uvicorn running" not in result.stdout + result.stderr
 
 
