@@ -459,8 +459,10 @@ async def _respond(
     envelope = {"id": ident, "created": created, "model": shape.model, "system_fingerprint": None}
     progress = _Progress(metrics, start)
     if prepared.stream:
-        return StreamingResponse(
+        return _GenerationStream(
             _stream(events, handle, shape, envelope, prepared.include_usage, progress),
+            handle,
+            progress,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -500,6 +502,23 @@ async def _respond(
         raise
     finally:
         handle.cancel()  # a no-op once finished; frees the slot when the client went away mid-way
+
+
+class _GenerationStream(StreamingResponse):
+    """A stream that frees its engine slot however the response ends: the generator's own `finally` does it when the
+    generator runs, but a response that ends before its generator starts, or while it waits at a `yield`, would
+    otherwise leave the request generating until the generator is collected."""
+
+    def __init__(self, content: AsyncIterator[str], handle: RequestHandle, progress: _Progress, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.handle, self.progress = handle, progress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.progress.end("cancelled")  # a no-op once the stream ended by itself
+            self.handle.cancel()  # a no-op once finished
 
 
 class _Progress:
