@@ -553,7 +553,8 @@ def serve_command(
 ) -> None:
     """Serve a checkpoint through an OpenAI-compatible API; refuses weights whose signed provenance does not verify.
 
-    With ORACLE_SERVE_API_KEY set, the /v1 routes require `Authorization: Bearer <that key>`.
+    With ORACLE_SERVE_API_KEY set, every route but /health, /ready and /metrics requires
+    `Authorization: Bearer <that key>`.
 
     Example: oracle serve --checkpoint runs/oracle-mini-42/step-00000040 --tokenizer tokenizer/ --port 8000
     """

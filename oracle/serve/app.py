@@ -199,7 +199,7 @@ def create_app(
     api_key: str | None = None,
 ) -> FastAPI:
     """The API around a model that `load` returns (called once, in a thread, after the server starts); with
-    `api_key`, the /v1 routes require it."""
+    `api_key`, every route but /health, /ready and /metrics requires it."""
     if api_key is not None and not api_key.strip():
         raise ValueError("the API key is empty; give a key or none")
     slot = ModelSlot()
@@ -479,8 +479,7 @@ async def _respond(
                     event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
             if loop.time() >= next_check:  # whether tokens are flowing or not
                 next_check = loop.time() + DISCONNECT_POLL_S
-                if await request.is_disconnected():  # the client gave up: free the slot now
-                    progress.end("cancelled")
+                if await request.is_disconnected():  # the client gave up: free the slot now (counted below)
                     return Response(status_code=499)
             if event is None:
                 continue
@@ -494,20 +493,18 @@ async def _respond(
                 progress.end(event.reason)
                 body = {**envelope, "object": shape.object, "choices": [shape.choice("".join(pieces), event.reason)]}
                 return JSONResponse({**body, "usage": _usage(event)})
-    except asyncio.CancelledError:  # the server stopped the request (uvicorn cancels it at shutdown's deadline)
-        progress.end("cancelled")
-        raise
-    except BaseException:  # a fault of ours is not the client's leaving
+    except Exception:  # a fault of ours is not the client's leaving
         progress.end("failed")
         raise
     finally:
+        progress.end("cancelled")  # a no-op once ended above; else the client left or the server cancelled it
         handle.cancel()  # a no-op once finished; frees the slot when the client went away mid-way
 
 
 class _GenerationStream(StreamingResponse):
-    """A stream that frees its engine slot however the response ends: the generator's own `finally` does it when the
-    generator runs, but a response that ends before its generator starts, or while it waits at a `yield`, would
-    otherwise leave the request generating until the generator is collected."""
+    """A stream that frees its engine slot and counts a client's leaving however the response ends: also before its
+    generator starts, or while the generator waits at a `yield` (which a `finally` inside it would only see once the
+    generator is collected)."""
 
     def __init__(self, content: AsyncIterator[str], handle: RequestHandle, progress: _Progress, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
@@ -584,11 +581,6 @@ async def _stream(
                     yield chunk([], usage=_usage(event))
                 break
         yield _sse("[DONE]")
-    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the server stopped the stream
-        progress.end("cancelled")
-        raise
-    except BaseException:
+    except Exception:  # a fault of ours; the client's leaving (CancelledError, GeneratorExit) is _GenerationStream's
         progress.end("failed")
         raise
-    finally:
-        handle.cancel()

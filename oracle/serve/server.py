@@ -45,7 +45,7 @@ def serve(
 ) -> str | None:
     """Check, bind, load and serve until told to stop. Returns why loading failed, or None after a clean stop.
     ServingRefusedError (provenance) and ServeLoadError (files) are raised before anything listens. With `api_key`,
-    the /v1 routes require `Authorization: Bearer <api_key>`."""
+    the API routes require `Authorization: Bearer <api_key>` (app.APIKeyMiddleware)."""
     servable = check_servable(options)
     failures: list[str] = []
     server: uvicorn.Server | None = None
@@ -72,6 +72,6 @@ def serve(
             "listening on %s without an API key: anyone who reaches it can generate (set %s)", host, API_KEY_ENV
         )
     elif api_key is not None:
-        log.info("the /v1 routes require the API key from %s", API_KEY_ENV)
+        log.info("the API routes require the API key from %s (not /health, /ready, /metrics)", API_KEY_ENV)
     server.run()
     return failures[0] if failures else None
