@@ -1,0 +1,330 @@
+"""The trust root: the one file, outside the checkout, that decides which keys may sign what, and the policy floor.
+
+A gate proves something only if what it relies on cannot be written by the change it judges. The keys that verify
+attestations, submission records, training provenance and waiver approvals therefore come from a file the
+organisation controls, never from the tree: `ORACLE_TRUST_ROOT` names it; on machines where the organisation installs
+`/etc/oracle/trust-root.json` (CI runners, cluster login nodes, publish and serving hosts) that file wins and the
+environment cannot point elsewhere. A trust root inside the checkout being judged is refused.
+
+The file is a DSSE envelope (the signing format of in-toto and sigstore: a payload type, a base64 payload and
+Ed25519 signatures over the DSSE pre-authentication encoding) whose payload is shaped like a TUF root:
+
+    {"type": "oracle-trust-root", "version": 3, "expires": "2027-12-05T00:00:00Z",
+     "keys":  {"<keyid>": {"keytype": "ed25519", "public": "<PEM SubjectPublicKeyInfo>"}},
+     "roles": {"root": {"keyids": [...], "threshold": 1}, "attestation": {...}, "submission": {...},
+               "provenance": {...}, "waiver-approval": {...}},
+     "floor": {...}}
+
+It verifies when at least `roles.root.threshold` distinct root keys listed in it sign it and it has not expired;
+key ids are recomputed from the keys, so a key cannot be listed under another key's id. python-tuf's `Root` fixes its
+roles to TUF's four (root, targets, snapshot, timestamp); ours are the four signing duties of this project, so the
+format keeps TUF's semantics (threshold, expiry, version) under our own role names.
+
+Without a trust root the embedded development default applies: the public keys committed under `policies/keys/`
+verify (unsigned attestations too, unless policies.toml requires signatures), so a newcomer's `make guards` and
+`make test` work, but everything it yields is development-only, and the actions that leave this machine (sending a
+job to a scheduler, publishing to the Hub, serving weights) refuse it with one line saying how to set up trust.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from guards import keys
+
+TRUST_ROOT_ENV = "ORACLE_TRUST_ROOT"
+SYSTEM_TRUST_ROOT = Path("/etc/oracle/trust-root.json")
+PAYLOAD_TYPE = "application/vnd.oracle.trust-root+json"
+DOCUMENT_TYPE = "oracle-trust-root"
+
+ROOT_ROLE = "root"
+ATTESTATION = "attestation"  # CI: `oracle guards attest` on a passing ci gate
+SUBMISSION = "submission"  # the submitter: `oracle submit` records
+PROVENANCE = "provenance"  # the training job: checkpoint provenance
+WAIVER_APPROVAL = "waiver-approval"  # reviewers: approvals of waivers of critical rules
+SIGNING_ROLES = (ATTESTATION, SUBMISSION, PROVENANCE, WAIVER_APPROVAL)
+ROLES = (ROOT_ROLE, *SIGNING_ROLES)
+
+SETUP_HINT = (
+    "set up trust: `oracle keys new` for each signer, `oracle trust init`, then point ORACLE_TRUST_ROOT at the "
+    "file (README: Trust root and keys)"
+)
+
+
+class TrustError(RuntimeError):
+    """The trust root cannot be found, read or verified, or a development-only record meets a gate that needs trust."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyEntry(_Model):
+    keytype: Literal["ed25519"] = "ed25519"
+    public: str = Field(min_length=1, description="PEM SubjectPublicKeyInfo")
+
+
+class RoleEntry(_Model):
+    keyids: list[str] = Field(default_factory=list)
+    threshold: int = Field(default=1, ge=1)
+
+
+class TrustRootDocument(_Model):
+    type: Literal["oracle-trust-root"] = DOCUMENT_TYPE
+    version: int = Field(ge=1)
+    expires: datetime
+    keys: dict[str, KeyEntry]
+    roles: dict[str, RoleEntry]
+    floor: dict[str, Any] = Field(default_factory=dict, description="The policy floor (policies.floor.PolicyFloor)")
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """A verified trust root, or the embedded development default (`development=True`)."""
+
+    source: str
+    development: bool
+    version: int = 0
+    expires: datetime | None = None
+    digest: str | None = None  # sha256 of the trust root file's bytes
+    role_keys: Mapping[str, Mapping[str, Ed25519PublicKey]] = field(default_factory=dict)
+    thresholds: Mapping[str, int] = field(default_factory=dict)
+    floor: Mapping[str, Any] = field(default_factory=dict)
+
+    def keys_for(self, role: str) -> dict[str, Ed25519PublicKey]:
+        if role not in SIGNING_ROLES:
+            raise ValueError(f"unknown signing role {role!r}; one of {', '.join(SIGNING_ROLES)}")
+        return dict(self.role_keys.get(role, {}))
+
+    def all_keys(self) -> dict[str, Ed25519PublicKey]:
+        merged: dict[str, Ed25519PublicKey] = {}
+        for role in SIGNING_ROLES:
+            merged.update(self.role_keys.get(role, {}))
+        return merged
+
+    def describe(self) -> dict[str, object]:
+        """What records say about the trust they were made under."""
+        if self.development:
+            return {"development": True}
+        return {"development": False, "version": self.version, "digest": self.digest}
+
+    @property
+    def label(self) -> str:
+        if self.development:
+            return "development-only (no trust root: the embedded default, keys from policies/keys/)"
+        return f"trust root v{self.version} sha256:{(self.digest or '')[:16]} ({self.source})"
+
+
+def require_trusted(trust: TrustRoot, action: str) -> None:
+    """Refuse, in one line, an action that leaves this machine while only the development default applies."""
+    if trust.development:
+        raise TrustError(f"{action} refused: development-only (no trust root); {SETUP_HINT}")
+
+
+def trust_root_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where the trust root is: the system file when installed (the environment may only name that same file), else
+    ORACLE_TRUST_ROOT; None when neither is configured."""
+    env = os.environ if environ is None else environ
+    named = env.get(TRUST_ROOT_ENV, "").strip()
+    if SYSTEM_TRUST_ROOT.exists():
+        if named and Path(named).expanduser().resolve() != SYSTEM_TRUST_ROOT.resolve():
+            raise TrustError(
+                f"{TRUST_ROOT_ENV}={named} but this machine's trust root is {SYSTEM_TRUST_ROOT}, which the "
+                f"environment cannot replace; unset {TRUST_ROOT_ENV}"
+            )
+        return SYSTEM_TRUST_ROOT
+    return Path(named).expanduser().resolve() if named else None
+
+
+def load_trust_root(
+    checkout: Path | None = None, environ: Mapping[str, str] | None = None, *, now: datetime | None = None
+) -> TrustRoot:
+    """The verified trust root, or the development default when none is configured. `checkout`: the tree being
+    judged (a trust root inside it is refused; in development its policies/keys/ verify)."""
+    path = trust_root_path(environ)
+    if path is None:
+        in_tree = keys.load_public_keys(checkout) if checkout is not None else {}
+        return TrustRoot(
+            source="embedded development default",
+            development=True,
+            role_keys={role: in_tree for role in SIGNING_ROLES},
+            thresholds={role: 1 for role in SIGNING_ROLES},
+        )
+    if checkout is not None and path.is_relative_to(checkout.resolve()):
+        raise TrustError(
+            f"trust root {path} lies inside the checkout {checkout}: a change could write it; keep it outside "
+            f"the tree ({SETUP_HINT})"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TrustError(f"trust root {path} cannot be read ({exc.strerror}); {SETUP_HINT}") from exc
+    document = parse_trust_root(path, data)
+    verify_root_signatures(path, data, document)
+    moment = now or datetime.now(UTC)
+    if document.expires <= moment:
+        raise TrustError(
+            f"trust root {path} (version {document.version}) expired on {document.expires.isoformat()}; the root "
+            "key holders must issue a new version (`oracle trust init --version N+1`)"
+        )
+    return TrustRoot(
+        source=str(path),
+        development=False,
+        version=document.version,
+        expires=document.expires,
+        digest=hashlib.sha256(data).hexdigest(),
+        role_keys={role: _role_keys(document, role) for role in SIGNING_ROLES},
+        thresholds={role: entry.threshold for role, entry in document.roles.items()},
+        floor=document.floor,
+    )
+
+
+def _envelope_parts(path: Path, data: bytes) -> tuple[bytes, list[dict[str, str]]]:
+    try:
+        envelope = json.loads(data)
+        if not isinstance(envelope, dict) or envelope.get("payloadType") != PAYLOAD_TYPE:
+            raise ValueError(f"not a DSSE envelope of payloadType {PAYLOAD_TYPE}")
+        body = base64.b64decode(envelope["payload"], validate=True)
+        signatures = envelope["signatures"]
+        if not isinstance(signatures, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)
+            for s in signatures
+        ):
+            raise ValueError("signatures is not a list of {keyid, sig} strings")
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise TrustError(f"trust root {path} is malformed ({exc}); re-issue it with `oracle trust init`") from exc
+    return body, signatures
+
+
+def parse_trust_root(path: Path, data: bytes) -> TrustRootDocument:
+    """The document inside the envelope, validated; TrustError naming the field otherwise (signatures unchecked)."""
+    body, _ = _envelope_parts(path, data)
+    try:
+        document = TrustRootDocument.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(document)"
+        raise TrustError(f"trust root {path}: {where}: {error['msg']}; re-issue it with `oracle trust init`") from exc
+    if body != keys_canonical(document):
+        raise TrustError(f"trust root {path}: the payload is not in canonical form; re-issue it (`oracle trust init`)")
+    unknown = sorted(set(document.roles) - set(ROLES))
+    missing = sorted(set(ROLES) - set(document.roles))
+    if unknown or missing:
+        raise TrustError(
+            f"trust root {path}: roles must be exactly {', '.join(ROLES)} (unknown: {unknown or 'none'}; "
+            f"missing: {missing or 'none'})"
+        )
+    for keyid, entry in document.keys.items():
+        actual = keys.key_id(_public_key(path, keyid, entry))
+        if actual != keyid:
+            raise TrustError(f"trust root {path}: key listed as {keyid} is key {actual}; key ids come from the key")
+    for role, role_entry in document.roles.items():
+        unlisted = [keyid for keyid in role_entry.keyids if keyid not in document.keys]
+        if unlisted:
+            raise TrustError(f"trust root {path}: roles.{role} names keys not in `keys`: {', '.join(unlisted)}")
+        if role_entry.threshold > len(set(role_entry.keyids)):
+            raise TrustError(
+                f"trust root {path}: roles.{role}.threshold {role_entry.threshold} exceeds its "
+                f"{len(set(role_entry.keyids))} keys"
+            )
+    return document
+
+
+def verify_root_signatures(path: Path, data: bytes, document: TrustRootDocument) -> None:
+    """At least `roles.root.threshold` distinct root keys of the document signed it."""
+    from guards.attestation import pae
+
+    body, signatures = _envelope_parts(path, data)
+    root_role = document.roles[ROOT_ROLE]
+    root_keys = {keyid: _public_key(path, keyid, document.keys[keyid]) for keyid in root_role.keyids}
+    valid = {s["keyid"] for s in signatures if keys.verify(root_keys, s["keyid"], pae(PAYLOAD_TYPE, body), s["sig"])}
+    if len(valid) < root_role.threshold:
+        raise TrustError(
+            f"trust root {path} carries {len(valid)} valid root signature(s) of the {root_role.threshold} required: "
+            "it was altered or signed by a key that is not its root key"
+        )
+
+
+def _public_key(path: Path, keyid: str, entry: KeyEntry) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(entry.public.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:
+        raise TrustError(f"trust root {path}: keys.{keyid} is not a PEM public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise TrustError(f"trust root {path}: keys.{keyid} is a {type(key).__name__}, not Ed25519")
+    return key
+
+
+def _role_keys(document: TrustRootDocument, role: str) -> dict[str, Ed25519PublicKey]:
+    return {
+        keyid: _public_key(Path("trust root"), keyid, document.keys[keyid]) for keyid in document.roles[role].keyids
+    }
+
+
+def keys_canonical(document: TrustRootDocument) -> bytes:
+    from guards.attestation import canonical_json
+
+    return canonical_json(document.model_dump(mode="json"))
+
+
+def public_pem(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def build_trust_root(
+    root_keys: list[Ed25519PrivateKey],
+    role_members: Mapping[str, list[Ed25519PublicKey]],
+    *,
+    version: int = 1,
+    expires: datetime | None = None,
+    floor: Mapping[str, Any] | None = None,
+    threshold: int = 1,
+) -> bytes:
+    """The signed trust root file's bytes: `root_keys` sign it and form the root role; `role_members` name the
+    public keys of each signing role."""
+    from guards.attestation import envelope
+
+    entries: dict[str, KeyEntry] = {}
+    roles: dict[str, RoleEntry] = {}
+    members = {ROOT_ROLE: [key.public_key() for key in root_keys], **role_members}
+    for role in ROLES:
+        ids = []
+        for public in members.get(role, []):
+            keyid = keys.key_id(public)
+            entries[keyid] = KeyEntry(public=public_pem(public))
+            ids.append(keyid)
+        roles[role] = RoleEntry(keyids=sorted(set(ids)), threshold=threshold if role == ROOT_ROLE else 1)
+    when = expires or (datetime.now(UTC) + timedelta(days=365))
+    document = TrustRootDocument(
+        version=version,
+        expires=when.astimezone(UTC).replace(microsecond=0),
+        keys=entries,
+        roles=roles,
+        floor=dict(floor or {}),
+    )
+    parse_trust_root(Path("(new trust root)"), _bare_envelope(document))  # the same checks a reader applies
+    payload = document.model_dump(mode="json")
+    signed = envelope(payload, root_keys[0], payload_type=PAYLOAD_TYPE)
+    for extra in root_keys[1:]:
+        other = envelope(payload, extra, payload_type=PAYLOAD_TYPE)
+        signed["signatures"].extend(other["signatures"])
+    return json.dumps(signed, indent=2).encode("utf-8") + b"\n"
+
+
+def _bare_envelope(document: TrustRootDocument) -> bytes:
+    body = base64.b64encode(keys_canonical(document)).decode("ascii")
+    return json.dumps({"payloadType": PAYLOAD_TYPE, "payload": body, "signatures": []}).encode()
