@@ -84,7 +84,7 @@ class RoleEntry(_Model):
 
 
 class TrustRootDocument(_Model):
-    type: Literal["oracle-trust-root"] = DOCUMENT_TYPE
+    type: Literal["oracle-trust-root"] = "oracle-trust-root"
     version: int = Field(ge=1)
     expires: datetime
     keys: dict[str, KeyEntry]
