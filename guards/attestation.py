@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import git, keys, paths
 from guards.result import GateResult
+from guards.trust import ATTESTATION as ATTESTATION_ROLE
+from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle.atomic_write import write_atomically
 from policies.rule import Gate
 
@@ -69,6 +71,7 @@ class VerifiedAttestation:
     digest: str  # sha256 of the envelope file's bytes: the "attestation digest" other records name
     statement: dict[str, Any]
     keyid: str | None  # the key that signed it; None when unsigned
+    development: bool = True  # verified under the development default (no trust root): never enough to leave here
 
 
 def canonical_json(value: object) -> bytes:
@@ -151,6 +154,7 @@ def build_statement(
             "findings": len(result.findings),
             "waived": sorted({finding.fingerprint for finding, _ in result.waived}),
             "examined": {policy: len(examined.files) for policy, examined in sorted(result.examined.items())},
+            "trust": _trust_root(root).describe(),
         },
     }
 
@@ -197,6 +201,21 @@ def write_attestation(root: Path, result: GateResult, signing_key: Ed25519Privat
     dirty = git.dirty_paths(root)
     if dirty:
         raise _dirty_tree_error(dirty, "cannot attest")
+    trust = _trust_root(root)
+    if not trust.development:
+        if signing_key is None:
+            raise AttestationError(
+                "unsigned",
+                f"cannot attest: a trust root is configured ({trust.source}) and attestations must be signed; set "
+                f"{paths.SIGNING_KEY_ENV} to the private key of a key its attestation role names",
+            )
+        signer = keys.key_id(signing_key.public_key())
+        if signer not in trust.keys_for(ATTESTATION_ROLE):
+            raise AttestationError(
+                "bad-signature",
+                f"cannot attest: the key in {paths.SIGNING_KEY_ENV} ({signer}) is not an attestation key of the trust "
+                f"root {trust.source}; use one it names (`oracle trust show`)",
+            )
     commit, tree = git.head_commit(root), git.head_tree(root)
     statement = build_statement(root, result, commit=commit, tree=tree)
     path = paths.attestation_path(root, tree)
@@ -296,25 +315,31 @@ def _stale_error(root: Path, expected: Path, tree: str) -> AttestationError:
 
 
 def _check_signatures(
-    root: Path, path: Path, body: bytes, signatures: list[dict[str, str]], require_signature: bool
+    trust: TrustRoot, path: Path, body: bytes, signatures: list[dict[str, str]], require_signature: bool
 ) -> str | None:
-    """The signing key id when every signature verifies; None when unsigned and that is allowed."""
+    """The signing key id when every signature verifies; None when unsigned and that is allowed. With a trust root
+    a signature by one of its `attestation` keys is always required; keys committed in the tree never count then."""
+    where = (
+        f"{paths.PUBLIC_KEYS_DIR.as_posix()}/ (development default)"
+        if trust.development
+        else f"the trust root's attestation role ({trust.source})"
+    )
     if not signatures:
-        if require_signature:
+        if require_signature or not trust.development:
             raise AttestationError(
                 "unsigned",
                 f"attestation {path.name} is unsigned but a signature is required; set {paths.SIGNING_KEY_ENV} to "
-                f"the private key of a public key in {paths.PUBLIC_KEYS_DIR.as_posix()}/ and {_REATTEST}",
+                f"the private key of a key in {where} and {_REATTEST}",
             )
         return None
-    public_keys = keys.load_public_keys(root)
+    public_keys = trust.keys_for(ATTESTATION_ROLE)
     signed = pae(PAYLOAD_TYPE, body)
     for entry in signatures:
         if entry["keyid"] not in public_keys:
             raise AttestationError(
                 "bad-signature",
-                f"attestation {path.name} is signed by key {entry['keyid']}, which is not in "
-                f"{paths.PUBLIC_KEYS_DIR.as_posix()}/; commit its public key there or re-attest with a known key",
+                f"attestation {path.name} is signed by key {entry['keyid']}, which is not in {where}; "
+                "re-attest with a key the trust root names for attestations",
             )
         if not keys.verify(public_keys, entry["keyid"], signed, entry["sig"]):
             raise AttestationError(
@@ -325,8 +350,12 @@ def _check_signatures(
     return signatures[0]["keyid"]
 
 
-def verify_attestation(root: Path, *, require_signature: bool = False) -> VerifiedAttestation:
-    """The attestation that vouches for HEAD's tree as it is now; AttestationError (with `reason`) otherwise."""
+def verify_attestation(
+    root: Path, *, require_signature: bool = False, trust: TrustRoot | None = None
+) -> VerifiedAttestation:
+    """The attestation that vouches for HEAD's tree as it is now; AttestationError (with `reason`) otherwise.
+    `trust`: the trust root to verify against (default: the one configured for this machine, guards.trust)."""
+    trust = trust if trust is not None else _trust_root(root)
     dirty = git.dirty_paths(root)
     if dirty:
         raise _dirty_tree_error(dirty, "cannot verify the attestation")
@@ -340,7 +369,7 @@ def verify_attestation(root: Path, *, require_signature: bool = False) -> Verifi
         raise _malformed(path, f"unreadable: {exc}") from exc
     statement, body, signatures = _parse(path, data)
     # authenticate before trusting any field: a tampered statement is reported as tampered, not as whatever it claims
-    keyid = _check_signatures(root, path, body, signatures, require_signature)
+    keyid = _check_signatures(trust, path, body, signatures, require_signature)
     attested_tree = _attested_digests(statement)[TREE_SUBJECT]
     if attested_tree != tree:
         raise AttestationError(
@@ -357,4 +386,17 @@ def verify_attestation(root: Path, *, require_signature: bool = False) -> Verifi
             f"attestation {path.name} records gate {predicate.get('gate')!r} with passed={predicate.get('passed')!r}, "
             f"not a passing ci gate; fix the findings and {_REATTEST}",
         )
-    return VerifiedAttestation(path=path, digest=hashlib.sha256(data).hexdigest(), statement=statement, keyid=keyid)
+    return VerifiedAttestation(
+        path=path,
+        digest=hashlib.sha256(data).hexdigest(),
+        statement=statement,
+        keyid=keyid,
+        development=trust.development,
+    )
+
+
+def _trust_root(root: Path) -> TrustRoot:
+    try:
+        return load_trust_root(root)
+    except TrustError as exc:
+        raise AttestationError("bad-signature", str(exc)) from exc

@@ -1,8 +1,9 @@
-"""Ed25519 keys for signed records: the private key from the environment, the public keys from `policies/keys/`.
+"""Ed25519 keys for signed records: the private key from the environment, the public keys from the trust root.
 
-The private key is a path in `ORACLE_SIGNING_KEY` and never lives in the tree; the public keys that verify are
-committed, so a verifier trusts exactly the keys the reviewed tree names. A key's id is derived from the key itself,
-so a renamed `.pub` file cannot make one key stand in for another.
+The private key is a path in `ORACLE_SIGNING_KEY` and never lives in the tree. The public keys that verify come
+from the trust root (guards.trust), which lives outside the checkout; the keys committed under `policies/keys/`
+count only under the development default, when no trust root is configured, and never where trust is required.
+A key's id is derived from the key itself, so a renamed `.pub` file cannot make one key stand in for another.
 """
 
 from __future__ import annotations
@@ -69,21 +70,34 @@ def load_public_keys(root: Path, environ: Mapping[str, str] | None = None) -> di
         return {}
     keys: dict[str, Ed25519PublicKey] = {}
     for path in sorted(directory.glob(f"*{PUBLIC_KEY_SUFFIX}")):
-        hint = f"replace it with an Ed25519 public key in PEM (SubjectPublicKeyInfo), or remove it from {directory}"
-        try:
-            key = serialization.load_pem_public_key(path.read_bytes())
-        except OSError as exc:
-            raise SigningKeyError(f"public key {path} is unreadable: {exc}; {hint}") from exc
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise SigningKeyError(f"public key {path} is not a PEM public key ({exc}); {hint}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise SigningKeyError(f"public key {path} is a {type(key).__name__}, not Ed25519; {hint}")
+        key = load_public_key(path, f"or remove it from {directory}")
         keys[key_id(key)] = key
     env = os.environ if environ is None else environ
     pinned = {item.strip() for item in env.get(paths.TRUSTED_KEYS_ENV, "").split(",") if item.strip()}
     if pinned:
         keys = {keyid: key for keyid, key in keys.items() if keyid in pinned}
     return keys
+
+
+def load_public_key(path: Path, alternative: str = "") -> Ed25519PublicKey:
+    """One Ed25519 public key in PEM (SubjectPublicKeyInfo); a private key file is accepted for its public half."""
+    hint = (
+        f"replace it with an Ed25519 public key in PEM (SubjectPublicKeyInfo){' ' + alternative if alternative else ''}"
+    )
+    try:
+        data = path.expanduser().read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"public key {path} is unreadable: {exc}; {hint}") from exc
+    try:
+        key: object = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise SigningKeyError(f"public key {path} is not a PEM public key ({exc}); {hint}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(f"public key {path} is a {type(key).__name__}, not Ed25519; {hint}")
+    return key
 
 
 def generate_keypair(private_path: Path, public_path: Path) -> str:

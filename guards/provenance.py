@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import keys
 from guards.attestation import canonical_json, envelope, file_digest, pae
+from guards.trust import PROVENANCE as PROVENANCE_ROLE
+from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle.atomic_write import write_atomically
 
 PROVENANCE_FILE = "provenance.json"
@@ -40,9 +42,18 @@ def write_provenance(
     return write_atomically(path, data)
 
 
-def verify_provenance(directory: Path, root: Path, *, only: list[str] | None = None) -> dict[str, Any]:
+def verify_provenance(
+    directory: Path, root: Path, *, only: list[str] | None = None, trust: TrustRoot | None = None
+) -> dict[str, Any]:
     """The verified record of `directory`; raises ProvenanceError saying exactly what is wrong. `only`: check just
-    these files of the record (each must be listed), e.g. weights staged beside a rewritten config.json."""
+    these files of the record (each must be listed), e.g. weights staged beside a rewritten config.json. The keys
+    that verify are the trust root's `provenance` role (guards.trust; `root`'s policies/keys/ only under the
+    development default)."""
+    if trust is None:
+        try:
+            trust = load_trust_root(root)
+        except TrustError as exc:
+            raise ProvenanceError(str(exc)) from exc
     path = directory / PROVENANCE_FILE
     try:
         document = json.loads(path.read_bytes())
@@ -58,16 +69,18 @@ def verify_provenance(directory: Path, root: Path, *, only: list[str] | None = N
         raise ProvenanceError(f"{path} has payloadType {payload_type!r} or no `files`; it is not a provenance record")
     if body != canonical_json(record):
         raise ProvenanceError(f"{path}: the payload is not in canonical form")
-    public_keys = keys.load_public_keys(root)
-    if not isinstance(signatures, list):
-        raise ProvenanceError(f"{path}: `signatures` is not a list")
-    signed = [s for s in signatures if isinstance(s, dict)]
-    if not signed:
-        raise ProvenanceError(f"{path} is unsigned; provenance must be signed by a key in policies/keys/")
-    if not all(
-        keys.verify(public_keys, str(s.get("keyid")), pae(PAYLOAD_TYPE, body), str(s.get("sig"))) for s in signed
-    ):
-        raise ProvenanceError(f"{path}: a signature does not verify with the keys in policies/keys/")
+    public_keys = trust.keys_for(PROVENANCE_ROLE)
+    where = "policies/keys/ (development default)" if trust.development else f"the trust root {trust.source}"
+    if not isinstance(signatures, list) or not all(isinstance(s, dict) for s in signatures):
+        raise ProvenanceError(f"{path}: `signatures` is not a list of {{keyid, sig}}")
+    if not signatures:
+        raise ProvenanceError(f"{path} is unsigned; provenance must be signed by a provenance key of {where}")
+    for entry in signatures:
+        keyid = str(entry.get("keyid"))
+        if keyid not in public_keys:
+            raise ProvenanceError(f"{path} is signed by key {keyid}, which is not a provenance key of {where}")
+        if not keys.verify(public_keys, keyid, pae(PAYLOAD_TYPE, body), str(entry.get("sig"))):
+            raise ProvenanceError(f"{path}: the signature by {keyid} does not verify (altered after signing)")
     files: dict[str, Any] = record["files"]
     if only is not None:
         unlisted = [name for name in only if name not in files]
@@ -84,13 +97,19 @@ def verify_provenance(directory: Path, root: Path, *, only: list[str] | None = N
 def provenance_verifier(root: Path) -> Callable[[str], bool]:
     """For the external-weights policy: is this weights file (relative to root) covered by a verifying record?"""
     cache: dict[Path, dict[str, Any] | None] = {}
+    try:
+        trust: TrustRoot | None = load_trust_root(root)
+    except TrustError:
+        trust = None  # no key can vouch for anything: every weights file stays a finding
 
     def verify(relative: str) -> bool:
         path = root / relative
         directory = path.parent
         if directory not in cache:
             try:
-                cache[directory] = verify_provenance(directory, root)
+                if trust is None:
+                    raise ProvenanceError("no usable trust root")
+                cache[directory] = verify_provenance(directory, root, trust=trust)
             except ProvenanceError:
                 cache[directory] = None
         record = cache[directory]

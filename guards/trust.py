@@ -236,7 +236,9 @@ def parse_trust_root(path: Path, data: bytes) -> TrustRootDocument:
         unlisted = [keyid for keyid in role_entry.keyids if keyid not in document.keys]
         if unlisted:
             raise TrustError(f"trust root {path}: roles.{role} names keys not in `keys`: {', '.join(unlisted)}")
-        if role_entry.threshold > len(set(role_entry.keyids)):
+        if role == ROOT_ROLE and not role_entry.keyids:
+            raise TrustError(f"trust root {path}: roles.root names no key; nothing could ever sign it")
+        if role_entry.keyids and role_entry.threshold > len(set(role_entry.keyids)):
             raise TrustError(
                 f"trust root {path}: roles.{role}.threshold {role_entry.threshold} exceeds its "
                 f"{len(set(role_entry.keyids))} keys"

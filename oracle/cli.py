@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from guards.commands import guards_app
+from guards.trust_commands import keys_app, trust_app
 
 app = typer.Typer(
     name="oracle",
@@ -48,6 +49,8 @@ def _root() -> None:
 
 
 app.add_typer(guards_app, name="guards")
+app.add_typer(trust_app, name="trust")
+app.add_typer(keys_app, name="keys")
 tokenizer_app = typer.Typer(help="The Oracle tokenizer: byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 data_app = typer.Typer(

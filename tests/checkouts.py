@@ -1,5 +1,5 @@
 """A checkout of this repository for tests of the gates: its current files (tracked and new, not ignored) committed
-into a fresh git repository, with the project's .venv linked in, a throwaway signing key trusted by policies/keys/,
+into a fresh git repository, with the project's .venv linked in, the session trust root's signing key beside it,
 and the oracle-mini corpus at data/mini; plus helpers to run `oracle` and attest in it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from guards.keys import generate_keypair
 from tests.train.conftest import write_corpus
+from tests.trust import session_key
 
 REPO = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
@@ -25,7 +25,8 @@ def git(root: Path, *args: str) -> str:
 
 def make_repository_checkout(tmp_path: Path) -> Path:
     """This repository's files (tracked and new, not ignored) committed into tmp_path/checkout, with the project's
-    .venv linked in, a throwaway signing key trusted by policies/keys/, and the oracle-mini corpus at data/mini."""
+    .venv linked in, the session trust root's signing key at tmp_path/signing.pem, and the oracle-mini corpus at
+    data/mini."""
     root = tmp_path / "checkout"
     root.mkdir()
     listed = subprocess.run(
@@ -44,7 +45,7 @@ def make_repository_checkout(tmp_path: Path) -> Path:
     with (root / ".git" / "info" / "exclude").open("a") as exclude:
         exclude.write(".venv\n/data/\n")  # a link to the project's venv; the job's data, prepared outside git
     (root / ".venv").symlink_to(Path(sys.prefix).resolve(), target_is_directory=True)
-    generate_keypair(tmp_path / "signing.pem", root / "policies" / "keys" / "submit-test.pub")
+    session_key(tmp_path / "signing.pem")  # a key of the session's trust root (tests.trust), outside the tree
     write_corpus(root / "data" / "mini")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "checkout under test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,26 @@ def micro_config(**overrides: object) -> MoEConfig:
 def mini_model() -> OracleMoE:
     torch.manual_seed(0)
     return OracleMoE(load_config("oracle-mini")).eval()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_trust_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An organisation's trust root for the whole run (tests.trust): ORACLE_TRUST_ROOT names it, as on CI, cluster
+    and serving machines. Tests of the development default remove the variable themselves."""
+    import os
+
+    from guards.trust import TRUST_ROOT_ENV
+    from tests.trust import make_trust, set_session_trust
+
+    trust = make_trust(tmp_path_factory.mktemp("trust"))
+    set_session_trust(trust)
+    previous = os.environ.get(TRUST_ROOT_ENV)
+    os.environ[TRUST_ROOT_ENV] = str(trust.path)
+    yield trust.path
+    if previous is None:
+        os.environ.pop(TRUST_ROOT_ENV, None)
+    else:
+        os.environ[TRUST_ROOT_ENV] = previous
 
 
 @pytest.fixture(scope="session")

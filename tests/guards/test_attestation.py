@@ -1,4 +1,7 @@
-"""Attestations and keys as specifications: what is attested, and each way a stale or forged one is refused."""
+"""Attestations and keys as specifications: what is attested, and each way a stale or forged one is refused.
+
+These tests run under the development default (no trust root: the keys under policies/keys/ verify), which is what
+a newcomer's checkout uses; tests/security/test_forged_attestation.py covers the same gate under a trust root."""
 
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ from guards.attestation import (
 )
 from guards.result import GateResult, WaiverUse
 from policies.rule import Finding, Gate, Rule, Severity
+
+
+@pytest.fixture(autouse=True)
+def development_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORACLE_TRUST_ROOT", raising=False)
 
 
 def _git(root: Path, *args: str) -> None:

@@ -1,6 +1,7 @@
 """`oracle guards ...` end to end: output formats, exit codes, the catalog, attest/verify and the audit log."""
 
 import json
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from oracle.cli import app
 from policies import catalog
+from tests.trust import session_key
 
 runner = CliRunner()
 BAD = 'm = Model.from_pretrained("meta-llama/Llama-2-7b-hf")\n'
@@ -106,7 +108,10 @@ def test_attest_then_verify_then_stale_after_a_commit(tmp_path: Path) -> None:
     oracle = Path(sys.executable).parent / "oracle"
 
     def call(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(oracle), "guards", *args, "--root", str(tmp_path)], capture_output=True, text=True)
+        env = {**os.environ, "ORACLE_SIGNING_KEY": str(session_key())}  # CI's key, in the session trust root
+        return subprocess.run(
+            [str(oracle), "guards", *args, "--root", str(tmp_path)], capture_output=True, text=True, env=env
+        )
 
     assert call("verify").returncode == 1
     attest = call("attest")

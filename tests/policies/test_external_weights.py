@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from guards.keys import generate_keypair, load_signing_key
+from guards.keys import load_signing_key
 from guards.provenance import write_provenance
 from tests.policies.conftest import Scan, ids, only
+from tests.trust import session_key
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,7 @@ def test_near_misses_of_weight_files_are_not_found(scan: Scan) -> None:
 
 def _signed_checkpoint(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     private = root.parent / f"{root.name}-signing.pem"  # keys never live in the tree
-    generate_keypair(private, root / "policies" / "keys" / "ours.pub")
+    session_key(private)  # a provenance key of the session's trust root (tests.trust)
     monkeypatch.setenv("ORACLE_SIGNING_KEY", str(private))
     directory = root / "checkpoints" / "step-10"
     directory.mkdir(parents=True)

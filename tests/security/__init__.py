@@ -1,1 +1,1 @@
-"""Security tests: each attack of the trust-root issue reproduced exactly and shown refused, plus the legitimate chain."""
+"""Security tests: each attack of the trust-root issue reproduced and shown refused, plus the legitimate chain."""

@@ -1,5 +1,5 @@
 """A tiny servable checkpoint made on the spot: the mini preset with random weights, a tokenizer trained on a few KB
-of text, and a provenance record signed with a throwaway key that the checkout root (policies/keys/) trusts.
+of text, and a provenance record signed with a provenance key of the session trust root (tests.trust).
 
 Used by the serving tests and by bench/serve.py. Nothing is downloaded.
 """
@@ -20,7 +20,7 @@ import httpx2 as httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from guards.keys import generate_keypair, load_signing_key
+from guards.keys import load_signing_key
 from guards.provenance import write_provenance
 from oracle.moe850b.config import load_config
 from oracle.moe850b.model import OracleMoE
@@ -28,6 +28,7 @@ from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.serve import API_KEY_ENV
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
+from tests.trust import session_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ TEXTS = [
 
 @dataclass(frozen=True)
 class ServedCheckpoint:
-    root: Path  # the working directory of `oracle serve`: policies/keys trusts the signing key, hub/assets
+    root: Path  # the working directory of `oracle serve`: hub/assets
     checkpoint: Path
     tokenizer: Path
     signing_key: Path
@@ -53,7 +54,7 @@ def make_served_checkpoint(directory: Path, *, config: str = "oracle-mini", seed
     (root / "hub").mkdir(parents=True)
     shutil.copytree(REPO / "hub" / "assets", root / "hub" / "assets")
     signing_key = directory / "signing.pem"
-    generate_keypair(signing_key, root / "policies" / "keys" / "serve-test.pub")
+    session_key(signing_key)  # a provenance key of the session's trust root (tests.trust)
 
     model_config = load_config(config)
     corpus = directory / "corpus"

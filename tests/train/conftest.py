@@ -18,12 +18,13 @@ import torch
 import yaml
 
 from guards.attestation import verify_attestation, write_attestation
-from guards.keys import generate_keypair
+from guards.keys import load_signing_key
 from guards.result import GateResult
 from guards.submission import DIGEST_ENV, RECORD_ENV, new_record, write_submission_record
 from oracle.data.format import PackedWriter
 from oracle.train.config import load_train_config
 from policies.rule import Gate
+from tests.trust import session_key
 
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo) when imported in-process
@@ -71,18 +72,19 @@ def checkout(tmp_path: Path) -> Path:
 
 
 def make_checkout(tmp_path: Path) -> Path:
-    """A clean, attested git checkout (the working directory of the job) whose policies/keys/ trusts the key at
-    tmp_path/signing.pem."""
+    """A clean, attested git checkout (the working directory of the job) attested with the session trust root's
+    key, copied to tmp_path/signing.pem."""
     root = tmp_path / "checkout"
     (root / "policies" / "keys").mkdir(parents=True)
     subprocess.run([*GIT, "init", "-q"], cwd=root, check=True)
     (root / ".gitignore").write_text(".oracle/\njobs/\nruns/\n")
     (root / "requirements.lock").write_text("")
     (root / "policies" / "policies.toml").write_text("")
-    generate_keypair(tmp_path / "signing.pem", root / "policies" / "keys" / "trainer.pub")
+    key = session_key(tmp_path / "signing.pem")  # a key of the session's trust root (tests.trust)
     subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "init"], cwd=root, check=True)
-    write_attestation(root, GateResult(gate=Gate.ci, root=str(root), rules=[]), None)
+    signing_key = load_signing_key({"ORACLE_SIGNING_KEY": str(key)})
+    write_attestation(root, GateResult(gate=Gate.ci, root=str(root), rules=[]), signing_key)
     return root
 
 
