@@ -164,8 +164,9 @@ def trust_init_command(
 def _floor_document(path: Path | None) -> dict[str, object]:
     if path is None:
         return {}  # the embedded floor (policies.floor.PolicyFloor's defaults), which moves with the code
-    from policies.floor import PolicyFloor
     from pydantic import ValidationError
+
+    from policies.floor import PolicyFloor
 
     try:
         floor: dict[str, object] = PolicyFloor.model_validate_json(path.read_bytes()).model_dump(mode="json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,8 @@ VIOLATION = 'from transformers import AutoModel\n\nmodel = AutoModel.from_pretra
 
 
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_repository_checkout(tmp_path_factory.mktemp("forged"))
-    yield root
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repository_checkout(tmp_path_factory.mktemp("forged"))
 
 
 def _hand_made_statement(root: Path) -> dict[str, object]:
@@ -86,7 +84,8 @@ def _assert_refused_everywhere(root: Path, expected: str) -> None:
     assert submit.returncode == 1, submit.stdout + submit.stderr
     assert expected in submit.stderr
     entry = _last_audit(root, "submit")
-    assert entry["result"] == "refused" and expected in str(entry["details"])
+    assert entry["result"] == "refused"
+    assert expected in str(entry["details"])
 
     publish = oracle(
         root,
