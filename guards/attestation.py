@@ -153,6 +153,7 @@ def build_statement(
             "rules": _rule_results(result),
             "findings": len(result.findings),
             "waived": sorted({finding.fingerprint for finding, _ in result.waived}),
+            "waivers": result.waivers_used,  # rule, selector, owner, created, expires of each waiver in use
             "examined": {policy: len(examined.files) for policy, examined in sorted(result.examined.items())},
             "trust": _trust_root(root).describe(),
         },

@@ -45,6 +45,9 @@ def run_command(
     attest: Annotated[
         bool, typer.Option("--attest", help="After a passing ci gate on a clean tree, write the attestation.")
     ] = False,
+    show_settings: Annotated[
+        bool, typer.Option("--show-settings", help="Also print the effective settings and where each came from.")
+    ] = False,
 ) -> None:
     """Run the policies of a gate and report the findings.
 
@@ -70,12 +73,22 @@ def run_command(
         raise _fail(f"the {gate} gate could not run: {type(exc).__name__}: {exc}") from exc
     renderers = {ReportFormat.text: render_text, ReportFormat.json: render_json, ReportFormat.sarif: render_sarif}
     write_report(renderers[output_format](result), output)
+    if show_settings:  # on stderr when stdout carries a JSON or SARIF report, so that stays valid
+        to_stderr = output is None and output_format is not ReportFormat.text
+        typer.echo(_settings_report(base), err=to_stderr)
     if result.errors:
         raise typer.Exit(EXIT_ERROR)
     if not result.passed:
         raise typer.Exit(EXIT_FINDINGS)
     if attest:
         _attest_result(base, result, strict=False)
+
+
+def _settings_report(root: Path) -> str:
+    from guards.trust import load_trust_root
+    from policies.floor import describe_effective_settings
+
+    return describe_effective_settings(root, load_trust_root(root))
 
 
 def _attest_result(root: Path, result: object, *, strict: bool) -> None:

@@ -48,10 +48,16 @@ def render_text(result: GateResult) -> str:
             lines.append(f"  {where}  {_position(finding)}  {finding.rule_id}  {finding.severity}  {finding.message}")
             lines.append(f"      waived by {use.owner} until {use.expires}: {use.reason}")
         lines.append("")
+    if result.expired_waivers or result.stale_waivers:
+        lines.append("waivers that apply to nothing (renew or remove them):")
+        lines.extend(f"  {note}" for note in (*result.expired_waivers, *result.stale_waivers))
+        lines.append("")
     if result.errors:
         lines.append("errors:")
         lines.extend(f"  {error}" for error in result.errors)
         lines.append("")
+    if result.floor:
+        lines.append(f"policy floor: {result.floor} (oracle guards run --show-settings)")
     lines.append(_examined_summary(result))
     lines.append(_verdict(result))
     return "\n".join(lines) + "\n"

@@ -17,6 +17,17 @@ class WaiverUse:
     expires: str  # ISO date
     selector: str  # the path glob or fingerprint it matched by
     fingerprints: tuple[str, ...]
+    created: str = ""  # ISO date the waiver records as its creation
+
+    def as_json(self) -> dict[str, str]:
+        """What records (attestation, submission) list of a waiver in use."""
+        return {
+            "rule": self.rule_id,
+            "selector": self.selector,
+            "owner": self.owner,
+            "created": self.created,
+            "expires": self.expires,
+        }
 
 
 @dataclass
@@ -38,7 +49,15 @@ class GateResult:
     examined: dict[str, Examined] = field(default_factory=dict)  # policy → what it looked at
     errors: list[str] = field(default_factory=list)  # checks that failed internally: never a pass
     expired_waivers: list[str] = field(default_factory=list)  # they no longer apply; reported so someone renews them
+    stale_waivers: list[str] = field(default_factory=list)  # globs that match no file: they apply to nothing
     fail_on: str = "error"
+    floor: str = ""  # the trust root whose policy floor judged the settings and waivers (its label)
+
+    @property
+    def waivers_used(self) -> list[dict[str, str]]:
+        """Each waiver that suppressed a finding, once."""
+        unique = {tuple(use.as_json().items()): use.as_json() for _, use in self.waived}
+        return [unique[key] for key in sorted(unique)]
 
     @property
     def blocking(self) -> list[Finding]:
@@ -62,5 +81,7 @@ class GateResult:
             "examined": {policy: examined.as_json() for policy, examined in self.examined.items()},
             "errors": self.errors,
             "expired_waivers": self.expired_waivers,
+            "stale_waivers": self.stale_waivers,
+            "floor": self.floor,
             "rules": [rule.id for rule in self.rules],
         }

@@ -14,14 +14,21 @@ import stat
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guards import git
+from guards.paths import SETTINGS_FILE, WAIVERS_FILE
 from guards.result import Examined, GateResult, WaiverUse
-from guards.waivers import Waivers, load_waivers
+from guards.waivers import Waivers, bound_waivers, load_waivers
 from policies import ALL_POLICIES
+from policies import floor as floor_rules
 from policies.context import Environment, RipgrepJob, ScanContext, ScanError
-from policies.rule import Finding, Gate, Policy
+from policies.floor import PolicyFloor, floor_of
+from policies.rule import Finding, Gate, Policy, Rule
 from policies.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from guards.trust import TrustRoot
 
 # Never scanned: version control internals and what the tools write at run time (also in .gitignore).
 _ALWAYS_EXCLUDED = (".git/*", ".venv/*", ".nox/*", ".oracle/*", "*/__pycache__/*", "__pycache__/*")
@@ -107,11 +114,20 @@ def run_gate(
     *,
     environment_factory: Callable[[], Environment] = Environment.current,
     today: date | None = None,
+    trust: TrustRoot | None = None,
 ) -> GateResult:
-    """Run every policy that applies at `gate` over the selected files. Raises SettingsError for a malformed
-    policies.toml or waivers.toml; a policy that fails internally becomes an error of the result (never a pass)."""
+    """Run every policy that applies at `gate` over the selected files, after checking policies.toml and the waivers
+    against the policy floor of the trust root (`trust`: default, the one configured for this machine). Raises
+    SettingsError for a malformed policies.toml, waivers.toml or floor; a policy that fails internally becomes an
+    error of the result (never a pass)."""
     root = root.resolve()
+    if trust is None:
+        from guards.trust import load_trust_root
+
+        trust = load_trust_root(root)
+    floor = floor_of(trust)
     settings = load_settings(root)
+    today = today or date.today()
     waivers = load_waivers(root, today=today)
     patterns = [pattern for policy in ALL_POLICIES if policy.patterns for pattern in policy.patterns(settings)]
     early: RipgrepJob | None = None
@@ -133,7 +149,10 @@ def run_gate(
         sizes=sizes,
     )
     rules = [rule for policy in ALL_POLICIES for rule in policy.rules if gate in rule.gates]
+    rules += [rule for rule in floor_rules.RULES if gate in rule.gates]
     result = GateResult(gate=gate, root=str(root), rules=rules, fail_on=settings.scan.fail_on)
+    result.floor = trust.label
+    waivers = _check_floor(root, gate, settings, floor, trust, waivers, today, result)
     try:
         ctx.prefetch(patterns, early)
     except ScanError as exc:
@@ -147,7 +166,49 @@ def run_gate(
     result.expired_waivers = [
         f"{w.rule} {w.selector} (owner {w.owner}) expired on {w.expires.isoformat()}" for w in waivers.expired
     ]
+    result.stale_waivers = [
+        f"{w.rule} {w.selector} (owner {w.owner}) matches no file of the tree: remove it" for w in waivers.stale
+    ]
     return result
+
+
+def _check_floor(
+    root: Path,
+    gate: Gate,
+    settings: Settings,
+    floor: PolicyFloor,
+    trust: TrustRoot,
+    waivers: Waivers,
+    today: date,
+    result: GateResult,
+) -> Waivers:
+    """TRU001 for settings looser than the floor, TRU002 for waivers outside its bounds; the waivers that may apply.
+    Cheap (two small files and, when a path waiver needs counting, the tree's file list): it runs at every gate."""
+    from guards.trust import WAIVER_APPROVAL
+
+    result.findings.extend(floor_rules.check_settings(root, settings, floor, trust.label))
+    bounded = bound_waivers(waivers, floor.waivers, lambda: _tree_files(root), trust.keys_for(WAIVER_APPROVAL), today)
+    waivers_file = WAIVERS_FILE.as_posix()
+    for waiver, problem in bounded.refused:
+        line = bounded.lines.get(waiver, 0)
+        result.findings.append(
+            floor_rules.WAIVER_OUT_OF_BOUNDS.finding(
+                waivers_file,
+                line,
+                1 if line else 0,
+                f"waiver of {waiver.rule} for {waiver.selector} (owner {waiver.owner}) does not apply: {problem}",
+                f"{waiver.rule} {waiver.selector} {waiver.created} {waiver.expires}",
+            )
+        )
+    result.examined[floor_rules.NAME] = Examined(
+        [name for name in (SETTINGS_FILE.as_posix(), waivers_file) if (root / name).is_file()], {}
+    )
+    return bounded
+
+
+def _tree_files(root: Path) -> list[str]:
+    """Every file of the tree a waiver's glob is counted against (whatever the gate selects to scan)."""
+    return git.listed_files(root) if git.is_repository(root) else _walk(root)
 
 
 def _lazy_provenance_verifier(root: Path) -> Callable[[str], bool]:
@@ -181,11 +242,12 @@ def _run_policies(ctx: ScanContext, gate: Gate, waivers: Waivers, skipped: dict[
             rule = policy.rule(finding.rule_id)
             if gate not in rule.gates or finding.path == own_file:
                 continue
-            _apply_waivers(finding, waivers, result)
+            _apply_waivers(finding, rule, waivers, result)
 
 
-def _apply_waivers(finding: Finding, waivers: Waivers, result: GateResult) -> None:
-    waiver = waivers.match(finding)
+def _apply_waivers(finding: Finding, rule: Rule, waivers: Waivers, result: GateResult) -> None:
+    # Findings about the running environment have no file to name; a waiver could only ever be a blanket for them.
+    waiver = waivers.match(finding) if rule.waivable and finding.path else None
     if waiver is None:
         result.findings.append(finding)
         return
@@ -195,6 +257,7 @@ def _apply_waivers(finding: Finding, waivers: Waivers, result: GateResult) -> No
         owner=waiver.owner,
         expires=waiver.expires.isoformat(),
         selector=waiver.selector,
+        created=waiver.created.isoformat(),
         fingerprints=(finding.fingerprint,),
     )
     result.waived.append((finding, use))

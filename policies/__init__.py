@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policies import architecture, external_weights, local_train, venv
+from policies import architecture, external_weights, floor, local_train, venv
 from policies.rule import Policy, Rule
 
 # external_weights runs before local_train: its content sniffing overlaps the ripgrep pass both of them read.
@@ -10,7 +10,8 @@ ALL_POLICIES: tuple[Policy, ...] = (venv.POLICY, external_weights.POLICY, local_
 
 
 def catalog() -> list[Rule]:
-    return [rule for policy in ALL_POLICIES for rule in policy.rules]
+    # The floor's rules judge the gate's own inputs (settings, waivers): the runner checks them, not a policy pass.
+    return [rule for policy in ALL_POLICIES for rule in policy.rules] + list(floor.RULES)
 
 
 def find_rule(rule_id: str) -> Rule | None:

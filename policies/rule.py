@@ -46,6 +46,8 @@ class Rule:
     fix: str
     example: str
     example_fix: str
+    # False for rules that guard the gate itself (the policy floor, waiver bounds): no waiver may silence them.
+    waivable: bool = True
 
     def finding(self, path: str, line: int, column: int, message: str, matched: str, fix: str | None = None) -> Finding:
         return Finding(

@@ -30,6 +30,10 @@ def _repo(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+# These trees are not this project: the generic floor (tests.floors) judges them, without a policies.toml.
+pytestmark = pytest.mark.usefixtures("generic_floor")
+
+
 def test_json_report_has_the_documented_shape_and_exit_1_on_findings(tmp_path: Path) -> None:
     _repo(tmp_path, {"a.py": BAD})
     result = runner.invoke(app, ["guards", "run", "--gate", "ci", "--root", str(tmp_path), "--format", "json"])

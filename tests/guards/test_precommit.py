@@ -60,6 +60,10 @@ def _pre_commit(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Comple
     return _run([str(PRE_COMMIT), *args], cwd, env)
 
 
+# These trees are not this project: the generic floor (tests.floors) judges them, without a policies.toml.
+pytestmark = pytest.mark.usefixtures("generic_floor")
+
+
 @pytest.fixture(scope="module")
 def hook_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone of this repository's HEAD whose HEAD commit carries the working tree's hook manifest."""

@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from policies import ALL_POLICIES
 from policies.context import Environment
 from policies.rule import Gate, Policy
 from policies.settings import SettingsError
+from tests.floors import GENERIC_TRUST
 from tests.policies.conftest import ids, write_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,13 +28,18 @@ def _env(root: Path) -> Environment:
 
 
 def _run(root: Path, gate: Gate = Gate.ci, today: date | None = None) -> object:
-    return run_gate(root, gate, environment_factory=lambda: _env(root), today=today)
+    # small trees, not this project: the generic floor judges them
+    return run_gate(root, gate, environment_factory=lambda: _env(root), today=today, trust=GENERIC_TRUST)
 
 
-def _waiver(selector: str, expires: str = "2099-01-01", rule: str = "EXT001") -> str:
+CREATED = date.today().isoformat()
+EXPIRES = (date.today() + timedelta(days=30)).isoformat()
+
+
+def _waiver(selector: str, expires: str = EXPIRES, rule: str = "EXT001", created: str = CREATED) -> str:
     return (
         f'[[waiver]]\nrule = "{rule}"\n{selector}\nreason = "a fixture that documents the rule"\n'
-        f'owner = "platform@oracle.invalid"\nexpires = {expires}\n'
+        f'owner = "platform@oracle.invalid"\ncreated = {created}\nexpires = {expires}\n'
     )
 
 
@@ -43,7 +49,7 @@ def test_a_path_waiver_suppresses_and_is_listed(tmp_path: Path) -> None:
     assert ids(result, "EXT") == []  # type: ignore[arg-type]
     assert result.passed  # type: ignore[attr-defined]
     ((finding, use),) = result.waived  # type: ignore[attr-defined]
-    assert (finding.rule_id, use.owner, use.expires) == ("EXT001", "platform@oracle.invalid", "2099-01-01")
+    assert (finding.rule_id, use.owner, use.expires) == ("EXT001", "platform@oracle.invalid", EXPIRES)
 
 
 def test_a_fingerprint_waiver_suppresses_only_that_finding(tmp_path: Path) -> None:
@@ -54,7 +60,8 @@ def test_a_fingerprint_waiver_suppresses_only_that_finding(tmp_path: Path) -> No
 
 
 def test_an_expired_waiver_stops_applying_and_is_reported(tmp_path: Path) -> None:
-    write_tree(tmp_path, {"src/a.py": BAD, "policies/waivers.toml": _waiver('path = "src/**"', "2025-01-31")})
+    expired = _waiver('path = "src/**"', "2025-01-31", created="2025-01-01")
+    write_tree(tmp_path, {"src/a.py": BAD, "policies/waivers.toml": expired})
     result = _run(tmp_path, today=date(2026, 11, 26))
     assert ids(result, "EXT") == ["EXT001"]  # type: ignore[arg-type]
     assert result.expired_waivers == [  # type: ignore[attr-defined]
@@ -150,9 +157,9 @@ def test_the_commit_gate_checks_staged_files_only(tmp_path: Path) -> None:
 
 def test_every_gate_decision_is_audited(tmp_path: Path) -> None:
     write_tree(tmp_path, {"src/a.py": BAD})
-    run_and_record(tmp_path, Gate.ci, environment_factory=lambda: _env(tmp_path))
+    run_and_record(tmp_path, Gate.ci, environment_factory=lambda: _env(tmp_path), trust=GENERIC_TRUST)
     write_tree(tmp_path, {"src/a.py": "x = 1\n"})
-    run_and_record(tmp_path, Gate.ci, environment_factory=lambda: _env(tmp_path))
+    run_and_record(tmp_path, Gate.ci, environment_factory=lambda: _env(tmp_path), trust=GENERIC_TRUST)
     lines = (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()
     assert ['"result":"fail"' in lines[0], '"result":"pass"' in lines[1]] == [True, True]
     assert verify_log(tmp_path) == []
