@@ -15,8 +15,10 @@ from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
+from policies.lockfile import normalise_name as normalise_name  # its home is the stdlib-only lockfile
 from policies.rule import Gate
 from policies.settings import Settings
+from policies.venv_integrity import Problem, check_installation
 
 # When more files than this are selected, ripgrep walks the root itself (respecting .gitignore) and its matches are
 # filtered to the selection, instead of receiving every path on its command line.
@@ -29,15 +31,41 @@ class ScanError(RuntimeError):
 
 class Environment:
     """The Python environment the gate runs in (the venv policy's subject); tests build their own. The installed
-    distributions are read only when a rule asks for them (the commit gate never does)."""
+    distributions are read only when a rule asks for them (the commit gate never does).
 
-    def __init__(self, prefix: Path, base_prefix: Path, distributions: dict[str, str] | None = None) -> None:
+    `import_path` is the interpreter's sys.path; its files (RECORD hashes, `.pth` files, the path itself) are checked
+    by `installation_problems`. An environment a test describes by its distributions alone, with no import path, has
+    no files to check."""
+
+    def __init__(
+        self,
+        prefix: Path,
+        base_prefix: Path,
+        distributions: dict[str, str] | None = None,
+        import_path: list[str] | None = None,
+    ) -> None:
         self.prefix, self.base_prefix = prefix, base_prefix
         self._distributions = distributions
+        self.import_path = import_path
 
     @classmethod
     def current(cls) -> Environment:
-        return cls(Path(sys.prefix), Path(sys.base_prefix))
+        return cls(Path(sys.prefix), Path(sys.base_prefix), import_path=list(sys.path))
+
+    def installation_problems(
+        self,
+        checkout: Path,
+        locked: dict[str, tuple[str, int]],
+        allow_unlocked: list[str],
+        lock_name: str,
+        check_bytecode: bool = True,
+    ) -> list[Problem]:
+        """What policies/venv_integrity.py finds in this environment's files (nothing for a described one)."""
+        if self.import_path is None and self._distributions is not None:
+            return []
+        return check_installation(
+            self.prefix, checkout, locked, allow_unlocked, self.import_path or [], check_bytecode, lock_name
+        )
 
     @property
     def distributions(self) -> dict[str, str]:
@@ -108,11 +136,6 @@ def notebook_code(text: str) -> NotebookCode | None:
             lines.append(line)
             where.append((number, index))
     return NotebookCode("\n".join(lines), where, magics)
-
-
-def normalise_name(name: str) -> str:
-    """PEP 503 normalisation: `Typing_Extensions` and `typing-extensions` are the same distribution."""
-    return "-".join(part for part in name.lower().replace("_", "-").replace(".", "-").split("-") if part)
 
 
 @dataclass

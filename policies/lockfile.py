@@ -4,7 +4,8 @@
 (`project.dependencies`, the locked extras and `requires-python`); the venv policy recomputes the digest, so a lock
 that is older than its input is found whatever the file times say.
 
-`make lock` calls stamp_lock() after compiling.
+`make lock` calls stamp_lock() after compiling. Reading the lock needs only the standard library, so that
+policies/venv_integrity.py can run with nothing of the venv it checks imported.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from oracle.atomic_write import write_atomically
 
 STAMP_PREFIX = "# declared-input-sha256: "
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
@@ -38,9 +37,12 @@ class Lock:
     stamp: str | None
 
 
-def parse_lock(text: str) -> Lock:
-    from policies.context import normalise_name
+def normalise_name(name: str) -> str:
+    """PEP 503 normalisation: `Typing_Extensions` and `typing-extensions` are the same distribution."""
+    return "-".join(part for part in name.lower().replace("_", "-").replace(".", "-").split("-") if part)
 
+
+def parse_lock(text: str) -> Lock:
     entries: dict[str, LockEntry] = {}
     unpinned: list[tuple[int, str]] = []
     stamp = None
@@ -85,6 +87,8 @@ def declared_input_digest(pyproject: Path, extras: list[str]) -> str:
 
 def stamp_lock(lock: Path, pyproject: Path, extras: list[str]) -> None:
     """Write the declared-input digest into the lock's header (atomically: temporary file, then rename)."""
+    from oracle.atomic_write import write_atomically
+
     lines = [line for line in lock.read_text(encoding="utf-8").splitlines() if not line.startswith(STAMP_PREFIX)]
     insert_at = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
     lines.insert(insert_at, STAMP_PREFIX + declared_input_digest(pyproject, extras))

@@ -1,16 +1,26 @@
 """Policy `venv`: code runs only in the project's virtualenv, built from requirements.lock, and the lock is whole.
 
-Rules VENV001-VENV005. The environment rules look at the running interpreter (a ScanContext's Environment); the
-lock rules at requirements.lock and its declared input.
+Rules VENV001-VENV008. The environment rules look at the running interpreter (a ScanContext's Environment) and, through
+policies/venv_integrity.py (the same code the training job's start runs), at its files; the lock rules at
+requirements.lock and its declared input. Environment findings have no path ("") and line 0, like every finding
+about the environment rather than the tree.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from policies.context import ScanContext, normalise_name
-from policies.lockfile import Lock, LockEntry, declared_input_digest, declared_requirements, parse_lock
+from policies.context import ScanContext
+from policies.lockfile import (
+    Lock,
+    LockEntry,
+    declared_input_digest,
+    declared_requirements,
+    normalise_name,
+    parse_lock,
+)
 from policies.rule import ALL_GATES, Gate, Policy, PolicyResult, Rule, Severity
+from policies.venv_integrity import Kind, lock_mismatches
 
 NAME = "venv"
 _LOCK_GATES = frozenset({Gate.ci, Gate.publish, Gate.submit, Gate.commit})
@@ -75,7 +85,54 @@ STALE_LOCK = Rule(
     example='pyproject.toml gains "httpx>=0.27" but requirements.lock is not regenerated',
     example_fix="$ make lock && git add requirements.lock pyproject.toml",
 )
-RULES = (OUTSIDE_VENV, FOREIGN_VENV, UNLOCKED_DISTRIBUTION, UNHASHED_PIN, STALE_LOCK)
+MODIFIED_INSTALLATION = Rule(
+    id="VENV006",
+    policy=NAME,
+    title="An installed file differs from its distribution's RECORD",
+    severity=Severity.error,
+    gates=frozenset({Gate.ci, Gate.publish, Gate.submit}),
+    rationale="A distribution at the locked version whose files were edited afterwards runs code the lock's hashes "
+    "never covered; the name and version alone prove nothing. Bytecode caches Python would load instead of a source "
+    "count as that source's files.",
+    fix="Reinstall the environment from the lock: `make clean && make venv`.",
+    example="$ sed -i 's/return x/return y/' .venv/lib/python3.11/site-packages/rich/text.py",
+    example_fix="$ make clean && make venv",
+)
+UNRECORDED_CODE = Rule(
+    id="VENV007",
+    policy=NAME,
+    title="Importable code in the venv that no installed distribution installed",
+    severity=Severity.error,
+    gates=frozenset({Gate.ci, Gate.publish, Gate.submit}),
+    rationale="A module, extension, `.pth` or sitecustomize dropped into site-packages runs at import or at start-up "
+    "without being in any RECORD, so without the lock's hashes behind it.",
+    fix="Delete the file, or add what it belongs to to pyproject.toml, `make lock`, and rebuild with `make venv`.",
+    example="$ cp ~/patch.py .venv/lib/python3.11/site-packages/sitecustomize.py",
+    example_fix="$ rm .venv/lib/python3.11/site-packages/sitecustomize.py",
+)
+PATH_OUTSIDE_VENV = Rule(
+    id="VENV008",
+    policy=NAME,
+    title="The import path reaches outside the venv",
+    severity=Severity.error,
+    gates=frozenset({Gate.ci, Gate.publish, Gate.submit}),
+    rationale="A `.pth` line, a PYTHONPATH or sys.path entry naming another environment's site-packages (or any "
+    "folder but the venv, the standard library and the checkout) imports packages the lock never saw.",
+    fix="Unset PYTHONPATH (or point it at the checkout only) and remove `.pth` files that name folders outside .venv.",
+    example="$ PYTHONPATH=~/envs/scratch/lib/python3.11/site-packages make guards",
+    example_fix="$ make guards",
+)
+RULES = (
+    OUTSIDE_VENV,
+    FOREIGN_VENV,
+    UNLOCKED_DISTRIBUTION,
+    UNHASHED_PIN,
+    STALE_LOCK,
+    MODIFIED_INSTALLATION,
+    UNRECORDED_CODE,
+    PATH_OUTSIDE_VENV,
+)
+_RULE_OF_KIND = {Kind.modified: MODIFIED_INSTALLATION, Kind.unrecorded: UNRECORDED_CODE, Kind.path: PATH_OUTSIDE_VENV}
 
 
 def check(ctx: ScanContext) -> PolicyResult:
@@ -157,24 +214,19 @@ def _check_stale(ctx: ScanContext, lock: Lock, lock_path: str, input_path: Path,
 
 
 def _check_installed(ctx: ScanContext, entries: dict[str, LockEntry], lock_path: str, result: PolicyResult) -> None:
-    installed = ctx.environment.distributions
-    allowed = {normalise_name(name) for name in ctx.settings.venv.allow_unlocked}
-    for name, entry in entries.items():
-        have = installed.get(name)
-        if have is None:
-            message = f"{name}=={entry.version} is locked but not installed"
-        elif have != entry.version:
-            message = f"{name} {have} is installed, {lock_path} pins {entry.version}"
-        else:
-            continue
-        result.findings.append(UNLOCKED_DISTRIBUTION.finding(lock_path, entry.line, 1, message, f"{name} {have}"))
-    for name, version in sorted(installed.items()):
-        if name not in entries and name not in allowed:
-            result.findings.append(
-                UNLOCKED_DISTRIBUTION.finding(
-                    lock_path, 0, 0, f"{name} {version} is installed but not in {lock_path}", f"extra {name}"
-                )
-            )
+    env = ctx.environment
+    allowed = ctx.settings.venv.allow_unlocked
+    locked = {name: (entry.version, entry.line) for name, entry in entries.items()}
+    normalised = {normalise_name(name) for name in allowed}
+    for line, message, matched in lock_mismatches(env.distributions, locked, normalised, lock_path):
+        result.findings.append(UNLOCKED_DISTRIBUTION.finding(lock_path, line, 1 if line else 0, message, matched))
+    # Recompiling every bytecode cache costs about 30 s on this project's venv: done where a result leaves the
+    # machine (publish, submit; the job's start calls verify_venv, which always does it), not on each `make guards`.
+    bytecode = ctx.gate is not Gate.ci
+    for problem in env.installation_problems(ctx.root, locked, allowed, lock_path, bytecode):
+        rule = _RULE_OF_KIND.get(problem.kind)
+        if rule is not None:  # Kind.lock repeats what the distributions above already said
+            result.findings.append(rule.finding("", 0, 0, problem.message, problem.subject))
 
 
 POLICY = Policy(NAME, RULES, check)
