@@ -100,8 +100,10 @@ def verify_venv(
 
 
 def _running_path(prefix: Path) -> list[str]:
-    running_here = Path(sys.prefix).resolve() == prefix.resolve()
-    return list(sys.path) if running_here else [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    """PYTHONPATH as the environment sets it (read even under `python -I`, which ignores it for itself but not for
+    the processes it starts), and sys.path when this interpreter runs from the venv."""
+    entries = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    return entries + (list(sys.path) if Path(sys.prefix).resolve() == prefix.resolve() else [])
 
 
 def check_installation(
