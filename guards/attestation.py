@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guards import git, keys, paths
+from guards import git, keys, paths, startup
 from guards.result import GateResult
 from guards.trust import ATTESTATION as ATTESTATION_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
@@ -40,6 +40,7 @@ REASONS = frozenset(
         "missing",
         "other-commit",
         "dirty-tree",
+        "startup-hazard",
         "lock-changed",
         "policy-changed",
         "model-config-changed",
@@ -187,9 +188,25 @@ def _dirty_tree_error(dirty: list[str], action: str) -> AttestationError:
     shown = ", ".join(dirty[:_SHOWN_DIRTY_PATHS])
     more = f" and {len(dirty) - _SHOWN_DIRTY_PATHS} more" if len(dirty) > _SHOWN_DIRTY_PATHS else ""
     fix = "commit or stash them"
-    if any(path.startswith(f"{paths.STATE_DIR.as_posix()}/") for path in dirty):
+    if any("hidden from git status by" in path for path in dirty):
+        fix = "clear the flags (`git update-index --no-skip-worktree --no-assume-unchanged <path>`), commit or stash"
+    elif any(path.startswith(f"{paths.STATE_DIR.as_posix()}/") for path in dirty):
         fix = f"add `{paths.STATE_DIR.as_posix()}/` to .gitignore, and commit or stash the rest"
     return AttestationError("dirty-tree", f"{action}: the working tree has uncommitted changes ({shown}{more}); {fix}")
+
+
+def _require_what_runs_is_head(root: Path, action: str) -> None:
+    """Refuse unless the checkout's files are exactly HEAD's tree (flags and filters seen through) and nothing
+    outside that tree would run at start-up in a job started from it (guards.startup)."""
+    try:
+        dirty = git.dirty_paths(root)
+        hazards = startup.startup_hazards(root) if not dirty else []
+    except git.GitError as exc:
+        raise AttestationError("dirty-tree", f"{action}: cannot compare the checkout with HEAD: {exc}") from exc
+    if dirty:
+        raise _dirty_tree_error(dirty, action)
+    if hazards:
+        raise AttestationError("startup-hazard", f"{action}: {startup.describe(hazards)}")
 
 
 def write_attestation(root: Path, result: GateResult, signing_key: Ed25519PrivateKey | None) -> Path:
@@ -199,9 +216,7 @@ def write_attestation(root: Path, result: GateResult, signing_key: Ed25519Privat
         raise AttestationError(
             "failed", f"cannot attest: the {result.gate} gate {state}; only a passing ci gate attests; {_REATTEST}"
         )
-    dirty = git.dirty_paths(root)
-    if dirty:
-        raise _dirty_tree_error(dirty, "cannot attest")
+    _require_what_runs_is_head(root, "cannot attest")
     trust = _trust_root(root)
     if not trust.development:
         if signing_key is None:
@@ -357,9 +372,7 @@ def verify_attestation(
     """The attestation that vouches for HEAD's tree as it is now; AttestationError (with `reason`) otherwise.
     `trust`: the trust root to verify against (default: the one configured for this machine, guards.trust)."""
     trust = trust if trust is not None else _trust_root(root)
-    dirty = git.dirty_paths(root)
-    if dirty:
-        raise _dirty_tree_error(dirty, "cannot verify the attestation")
+    _require_what_runs_is_head(root, "cannot verify the attestation")
     tree = git.head_tree(root)
     path = paths.attestation_path(root, tree)
     if not path.is_file():
