@@ -1,8 +1,9 @@
 """Runtime checks that train and serve call before doing anything: kept free of heavy imports.
 
-`require_serving_allowed(checkpoint)` lets a server load weights only when the checkpoint's signed provenance
-verifies (guards.provenance: every file it lists, the tokenizer too when the checkpoint carries it) and lists both
-the weights and the config they are loaded with; it audits either way.
+`require_serving_allowed(checkpoint)` lets a server load weights only when a trust root is configured, the
+checkpoint's provenance verifies against that trust root's provenance keys (never the current directory's
+policies/keys), and every file the folder holds is covered by it or is the trainer's own state
+(guards.checkpoint_files); it audits either way.
 
 `require_training_allowed()` lets training start only inside a cluster job started by `oracle submit`: the job's
 environment carries the submission record's digest and path, the record must verify (guards.submission), and the
@@ -98,28 +99,45 @@ class ServingRefusedError(RuntimeError):
     """These weights may not be served; the message says why and what to do instead."""
 
 
-SERVED_FILES = ("model.safetensors", "config.json")  # what a server reads, so what the record must cover
-
-
-def require_serving_allowed(checkpoint: Path, root: Path | None = None) -> dict[str, Any]:
-    """The verified provenance record of `checkpoint`; ServingRefusedError when it does not verify or does not cover
-    every file the server loads. Audits either way (gate `serve`)."""
+def require_serving_allowed(
+    checkpoint: Path, root: Path | None = None, *, tokenizer: Path | None = None
+) -> dict[str, Any]:
+    """The verified provenance record of `checkpoint`, against the trust root only (whatever `root`, the current
+    directory, holds under policies/keys); ServingRefusedError when no trust root is configured, the record does not
+    verify, it does not cover every file the server needs (guards.checkpoint_files.REQUIRED), the folder holds a file
+    it does not cover, or `tokenizer` (--tokenizer) is not the tokenizer it signs. Audits either way (gate `serve`)."""
     from guards import git
     from guards.audit import append_entry
+    from guards.checkpoint_files import REQUIRED, TOKENIZER, uncovered_files, uncovered_message
     from guards.keys import SigningKeyError
     from guards.provenance import PROVENANCE_FILE, ProvenanceError, verify_provenance
+    from guards.trust import TrustError, load_trust_root, require_trusted
 
     root = (root or Path.cwd()).resolve()
     details: dict[str, object] = {"checkpoint": str(checkpoint)}
     reason = ""
     record: dict[str, Any] = {}
     try:
-        record = verify_provenance(checkpoint, root)  # every file it lists: weights, config, the tokenizer if any
+        trust = load_trust_root(root)
+        details["trust"] = trust.describe()
+        require_trusted(trust, f"serving {checkpoint}")
+        record = verify_provenance(checkpoint, root, trust=trust)  # every file it lists, against the signed sha256
         files: dict[str, object] = record["files"]  # verify_provenance checked it is a mapping
-        unlisted = [name for name in SERVED_FILES if name not in files]
+        unlisted = [name for name in REQUIRED if name not in files]
         if unlisted:
-            raise ProvenanceError(f"{checkpoint / PROVENANCE_FILE} does not list {', '.join(unlisted)}")
-    except (ProvenanceError, SigningKeyError) as exc:
+            raise ProvenanceError(
+                f"{checkpoint / PROVENANCE_FILE} does not list {', '.join(unlisted)}; serve a checkpoint `oracle "
+                "train` wrote (it signs the weights, their config and the data's tokenizer)"
+            )
+        uncovered = uncovered_files(checkpoint, files)
+        if uncovered:
+            raise ProvenanceError(uncovered_message(checkpoint, uncovered))
+        if tokenizer is not None and _sha256_or_none(tokenizer / TOKENIZER) != files[TOKENIZER]:
+            raise ProvenanceError(
+                f"--tokenizer {tokenizer}: its {TOKENIZER} is not the one {checkpoint / PROVENANCE_FILE} signs; "
+                "drop --tokenizer (the checkpoint's own tokenizer is used)"
+            )
+    except (TrustError, ProvenanceError, SigningKeyError, OSError) as exc:
         reason = f"serving refused: {exc}"
     if not reason:
         details.update({k: record[k] for k in ("commit", "run", "step", "job_id") if k in record})
@@ -135,3 +153,9 @@ def require_serving_allowed(checkpoint: Path, root: Path | None = None) -> dict[
     if reason:
         raise ServingRefusedError(reason)
     return record
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    from guards.attestation import file_digest
+
+    return file_digest(path) if path.is_file() else None

@@ -2,10 +2,15 @@
 the generation defaults, put together into a running `Engine`.
 
 `--checkpoint` is a checkpoint folder (`runs/<run>/step-NNNNNNNN`, or any folder with model.safetensors, config.json
-and provenance.json) or a run folder, whose newest complete checkpoint is taken (oracle.train.checkpoint). The
-tokenizer is `--tokenizer`, else the checkpoint's own tokenizer files, else the committed one
-(oracle/tokenization/assets). Prompts and generation defaults come from the checkpoint folder (a published repo
-holds them) or else from the repository's hub/assets, the same files the model card publishes.
+and provenance.json) or a run folder, whose newest complete checkpoint is taken (oracle.train.checkpoint).
+
+Trust: the provenance verifies against the trust root only (guards.runtime.require_serving_allowed), never against
+keys in the current directory, and every file taken from the checkpoint is one its signed record covers, read once
+from the bytes checked against the signed sha256 (guards.checkpoint_files); a file in the folder the record does not
+cover refuses the checkpoint. The tokenizer is the checkpoint's own signed one (`--tokenizer`, if given, must be the
+same file). The default system prompt and the generation defaults are the checkpoint's when its record signs them,
+else those shipped with the running code (hub/assets beside the `oracle` package, the files the model card
+publishes): never the current directory's, which whoever starts the server controls.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from oracle.moe850b.config import ConfigError, load_config
+from guards.checkpoint_files import (
+    CONFIG,
+    GENERATION_CONFIG,
+    SYSTEM_PROMPT,
+    TOKENIZER,
+    UncoveredFileError,
+    read_verified,
+    signed_contributions,
+)
+from oracle.moe850b.config import ConfigError, parse_config
 from oracle.moe850b.weights import CheckpointError, load_checkpoint
 from oracle.serve.engine import Engine
 from oracle.tokenization.special_tokens import (
@@ -29,13 +43,13 @@ from oracle.tokenization.special_tokens import (
     is_reserved,
     never_generated,
 )
-from oracle.tokenization.tokenizer import TOKENIZER_ASSETS, TOKENIZER_FILE, TokenizerError, load_tokenizer
+from oracle.tokenization.tokenizer import TokenizerError, load_tokenizer
 
 log = logging.getLogger("oracle.serve")
 
-SYSTEM_PROMPT_FILE = "default_system.txt"
-GENERATION_CONFIG_FILE = "generation_config.json"
-HUB_ASSETS = Path("hub") / "assets"
+# The running code's own assets (hub.stage.ASSETS: the hub package installed beside this one), anchored to this
+# file rather than to the import path or the current directory.
+CODE_ASSETS = Path(__file__).resolve().parents[2] / "hub" / "assets"
 
 
 class ServeLoadError(RuntimeError):
@@ -45,7 +59,7 @@ class ServeLoadError(RuntimeError):
 @dataclass(frozen=True)
 class ServeOptions:
     checkpoint: Path
-    root: Path  # the checkout whose policies/keys verify the provenance
+    root: Path  # where the audit log is kept (the current directory); never a source of keys, prompts or settings
     tokenizer: Path | None = None
     name: str | None = None  # the model id clients ask for; default: the config's name
     max_batch: int = 16
@@ -97,30 +111,36 @@ def resolve_checkpoint(path: Path) -> Path:
     raise ServeLoadError(f"--checkpoint {path}: the run folder has no finished checkpoint (no step-*/{MANIFEST})")
 
 
-def resolve_tokenizer(options: ServeOptions, checkpoint: Path) -> Path:
-    if options.tokenizer is not None:
-        return options.tokenizer
-    for candidate in (checkpoint, options.root / TOKENIZER_ASSETS):
-        if (candidate / TOKENIZER_FILE).is_file():
-            return candidate
-    raise ServeLoadError(
-        f"--checkpoint {checkpoint} holds no {TOKENIZER_FILE} and none is committed under {TOKENIZER_ASSETS}; "
-        "pass --tokenizer DIR (a folder written by `oracle tokenizer train`)"
-    )
-
-
-def _asset(checkpoint: Path, root: Path, name: str) -> Path | None:
-    for candidate in (checkpoint / name, root / HUB_ASSETS / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _generation_defaults(path: Path | None) -> tuple[float, float, list[int]]:
-    if path is None:
-        return 1.0, 1.0, []
+def _setting(servable: Servable, name: str) -> tuple[Path, str] | None:
+    """A prompt or settings file and its text: the checkpoint's when its record signs it (the verified bytes), else
+    the running code's own; None when neither has it."""
+    if name in servable.sha256:
+        path = servable.checkpoint / name
+        data = _verified(path, servable.sha256[name])
+    else:
+        path = CODE_ASSETS / name
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return path, data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ServeLoadError(f"{path}: not UTF-8 text (byte {exc.start}); write it as UTF-8") from exc
+
+
+def _verified(path: Path, sha256: str) -> bytes:
+    try:
+        return read_verified(path, sha256)
+    except UncoveredFileError as exc:
+        raise ServeLoadError(str(exc)) from exc
+
+
+def _generation_defaults(setting: tuple[Path, str] | None) -> tuple[float, float, list[int]]:
+    if setting is None:
+        return 1.0, 1.0, []
+    path, text = setting
+    try:
+        data = json.loads(text)
         eos = data.get("eos_token_id", [])
         eos_ids = [eos] if isinstance(eos, int) else list(eos)
         temperature, top_p = float(data.get("temperature", 1.0)), float(data.get("top_p", 1.0))
@@ -137,28 +157,39 @@ def _generation_defaults(path: Path | None) -> tuple[float, float, list[int]]:
 @dataclass(frozen=True)
 class Servable:
     checkpoint: Path
-    tokenizer: Path
-    sha256: dict[str, str]  # the signed digests of the files the server loads: checked again on the bytes loaded
+    sha256: dict[str, str]  # the signed digests of the checkpoint's files the server uses: checked on the bytes used
 
 
 def check_servable(options: ServeOptions) -> Servable:
-    """Everything that can be refused before the weights are read: the provenance (guards.runtime, audited), the
-    config and the tokenizer."""
-    from guards.runtime import SERVED_FILES, require_serving_allowed
+    """Everything that can be refused before the weights are read: the trust root and the provenance, every file of
+    the folder covered (guards.runtime, audited), the config, the tokenizer and the settings it carries."""
+    from guards.runtime import require_serving_allowed
 
     checkpoint = resolve_checkpoint(options.checkpoint)
-    record = require_serving_allowed(checkpoint, options.root)
+    record = require_serving_allowed(checkpoint, options.root, tokenizer=options.tokenizer)
     files = record["files"]
     if not isinstance(files, dict):  # verify_provenance has checked it; kept for the type
         raise ServeLoadError(f"{checkpoint}: the provenance record's `files` is not a mapping")
-    sha256 = {name: str(files[name]) for name in SERVED_FILES}
+    servable = Servable(checkpoint, signed_contributions(files))
+    config_path = checkpoint / CONFIG
     try:
-        config = load_config(checkpoint / "config.json")
-        tokenizer_dir = resolve_tokenizer(options, checkpoint)
-        load_tokenizer(tokenizer_dir, expected_vocab_size=config.vocab_size)
-    except (ConfigError, TokenizerError) as exc:
-        raise ServeLoadError(str(exc)) from exc
-    return Servable(checkpoint, tokenizer_dir, sha256)
+        config = parse_config(_verified(config_path, servable.sha256[CONFIG]).decode("utf-8"), config_path)
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise ServeLoadError(f"{config_path}: not a readable model config ({exc})") from exc
+    _tokenizer(servable, config.vocab_size)
+    _generation_defaults(_setting(servable, GENERATION_CONFIG))
+    _setting(servable, SYSTEM_PROMPT)
+    return servable
+
+
+def _tokenizer(servable: Servable, vocab_size: int) -> Tokenizer:
+    path = servable.checkpoint / TOKENIZER
+    try:
+        return load_tokenizer(
+            servable.checkpoint, expected_vocab_size=vocab_size, data=_verified(path, servable.sha256[TOKENIZER])
+        )
+    except (TokenizerError, UnicodeDecodeError) as exc:
+        raise ServeLoadError(f"{path}: {exc}") from exc
 
 
 def load_served_model(options: ServeOptions, servable: Servable) -> ServedModel:
@@ -167,16 +198,16 @@ def load_served_model(options: ServeOptions, servable: Servable) -> ServedModel:
     checkpoint = servable.checkpoint
     try:
         model = load_checkpoint(checkpoint, device=options.device, expected_sha256=servable.sha256)
-        tokenizer = load_tokenizer(servable.tokenizer, expected_vocab_size=model.config.vocab_size)
-    except (CheckpointError, TokenizerError) as exc:
+    except CheckpointError as exc:
         raise ServeLoadError(str(exc)) from exc
-    temperature, top_p, eos_ids = _generation_defaults(_asset(checkpoint, options.root, GENERATION_CONFIG_FILE))
+    tokenizer = _tokenizer(servable, model.config.vocab_size)
+    temperature, top_p, eos_ids = _generation_defaults(_setting(servable, GENERATION_CONFIG))
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     # the end of the text or of the turn, or the start of another turn (the model may not speak for the user)
     stop_ids = sorted({vocab[token] for token in (END_OF_TEXT, END_OF_TURN, *ROLE_TOKENS.values())} | set(eos_ids))
     suppress = [i for token, i in vocab.items() if never_generated(token)]
-    system_path = _asset(checkpoint, options.root, SYSTEM_PROMPT_FILE)
-    default_system = system_path.read_text(encoding="utf-8").strip() if system_path else None
+    system = _setting(servable, SYSTEM_PROMPT)
+    default_system = system[1].strip() if system else None
     engine = Engine(
         model,
         lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),

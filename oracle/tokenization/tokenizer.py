@@ -141,10 +141,12 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path, *, context_length: int
     return directory
 
 
-def load_tokenizer(directory: Path, *, expected_vocab_size: int | None = None) -> Tokenizer:
+def load_tokenizer(directory: Path, *, expected_vocab_size: int | None = None, data: bytes | None = None) -> Tokenizer:
+    """The tokenizer saved in `directory`; `data`: its tokenizer.json bytes, already read (and checked) by the caller,
+    so that what is loaded is exactly what was checked."""
     path = directory / TOKENIZER_FILE
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path)) if data is None else Tokenizer.from_str(data.decode("utf-8"))
     except Exception as exc:  # the Rust side raises a plain Exception for unreadable files
         raise TokenizerError(
             f"{path}: not a readable tokenizer ({exc}); train one with `oracle tokenizer train`"

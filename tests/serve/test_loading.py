@@ -7,7 +7,7 @@ import pytest
 
 from guards.keys import load_signing_key
 from guards.provenance import write_provenance
-from guards.runtime import SERVED_FILES, ServingRefusedError
+from guards.runtime import ServingRefusedError
 from oracle.serve.loading import ServeLoadError, ServeOptions, check_servable, load_served_model
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, END_OF_TURN, PAD, SYSTEM, USER
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
@@ -34,16 +34,30 @@ def test_an_altered_tokenizer_in_the_checkpoint_is_refused(served: ServedCheckpo
         check_servable(options(served, checkpoint))
 
 
-def test_a_checkpoint_without_a_tokenizer_asks_for_one(served: ServedCheckpoint, tmp_path: Path) -> None:
+def test_a_checkpoint_whose_record_signs_no_tokenizer_is_refused_even_with_one_given(
+    served: ServedCheckpoint, tmp_path: Path
+) -> None:
     checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
     for name in TOKENIZER_FILES:
         (checkpoint / name).unlink()
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(served.signing_key)})
-    write_provenance(checkpoint, list(SERVED_FILES), {"run": "older"}, key)  # as trained before tokenizers travelled
-    with pytest.raises(ServeLoadError, match=r"holds no tokenizer\.json .* pass --tokenizer DIR"):
+    write_provenance(checkpoint, ["model.safetensors", "config.json"], {"run": "older"}, key)  # no tokenizer signed
+    with pytest.raises(ServingRefusedError, match=r"does not list tokenizer\.json"):
         check_servable(options(served, checkpoint))
     tokenizer_given = ServeOptions(checkpoint=checkpoint, root=served.root, tokenizer=served.tokenizer)
-    assert check_servable(tokenizer_given).tokenizer == served.tokenizer
+    with pytest.raises(ServingRefusedError, match=r"does not list tokenizer\.json"):
+        check_servable(tokenizer_given)
+
+
+def test_a_tokenizer_given_beside_the_checkpoint_must_be_the_one_it_signs(
+    served: ServedCheckpoint, tmp_path: Path
+) -> None:
+    same = ServeOptions(checkpoint=served.checkpoint, root=served.root, tokenizer=served.tokenizer)
+    assert check_servable(same).sha256["tokenizer.json"]  # the same bytes: accepted, and the signed file is used
+    other = Path(shutil.copytree(served.tokenizer, tmp_path / "other-tokenizer"))
+    flip_last_byte(other / "tokenizer.json")
+    with pytest.raises(ServingRefusedError, match=r"--tokenizer .* is not the one .* signs; drop --tokenizer"):
+        check_servable(ServeOptions(checkpoint=served.checkpoint, root=served.root, tokenizer=other))
 
 
 def test_the_loaded_model_stops_on_turn_markers_and_never_samples_reserved_ids(served: ServedCheckpoint) -> None:

@@ -15,9 +15,9 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from guards.checkpoint_files import REQUIRED
 from guards.keys import generate_keypair, load_signing_key
 from guards.provenance import write_provenance
-from guards.runtime import SERVED_FILES
 from oracle.serve import API_KEY_ENV
 from tests.serve.fixtures import (
     RunningServer,
@@ -53,15 +53,15 @@ def copy_checkpoint(served: ServedCheckpoint, target: Path) -> Path:
 
 def unsigned(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "unsigned")
-    write_provenance(checkpoint, list(SERVED_FILES), {"run": "x"}, None)
+    write_provenance(checkpoint, list(REQUIRED), {"run": "x"}, None)
     return checkpoint
 
 
 def foreign_key(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "foreign")
-    generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")  # not in policies/keys
+    generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")  # not in the trust root
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(tmp_path / "other.pem")})
-    write_provenance(checkpoint, list(SERVED_FILES), {"run": "x"}, key)
+    write_provenance(checkpoint, list(REQUIRED), {"run": "x"}, key)
     return checkpoint
 
 
@@ -89,7 +89,7 @@ def no_record(served: ServedCheckpoint, tmp_path: Path) -> Path:
     ("make", "reason"),
     [
         (unsigned, "is unsigned"),
-        (foreign_key, "a signature does not verify"),
+        (foreign_key, "which is not a provenance key of the trust root"),
         (altered_weights, "model.safetensors is missing or its sha256 differs"),
         (altered_config, "config.json is missing or its sha256 differs"),
         (no_record, "provenance.json is missing"),
