@@ -6,6 +6,13 @@ publish is gated on (`attestation.json`), and — only when a checkpoint's signe
 (`model.safetensors` with `model.safetensors.index.json`, and `provenance.json`). It is written into a temporary
 folder and renamed into place, so a failed build leaves the previous one whole.
 
+Weights are taken only under a configured trust root (never the development default, never keys of the checkout
+or the current directory): the checkpoint's provenance verifies against the trust root's provenance keys, its
+folder holds nothing the record does not cover (guards.checkpoint_files), and what is staged — the weights, their
+config and, when the record signs one, the tokenizer (which `--tokenizer` may then only repeat) — is verified again
+as copied, so the bytes published are the bytes verified. A `hub build --checkpoint` that is refused is audited
+(gate `publish`, action `build`); `hub publish` audits its own decisions.
+
 The staged-file checks (PUB001-PUB005) look at the files themselves, which the tree-wide gates never see:
 PUB001 a file outside the allowed set, PUB002 an environment file, PUB003 a secret (tokens, keys), PUB004 a weights
 file without verifying provenance, PUB005 the card's metadata or the cross-file numbers.
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from guards.attestation import file_digest
+from guards.trust import TrustRoot
 from oracle.tokenization.tokenizer import TOKENIZER_ASSETS, TOKENIZER_FILES
 
 HUB_DIR = Path(__file__).parent
@@ -116,6 +124,11 @@ def build(
         if not private:
             _replace(staging, out)
             staged.directory = out
+    except StageError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if checkpoint is not None and not private:  # `hub build`; a publish audits its own refusal
+            _audit_build_refusal(root, checkpoint, exc)
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -137,6 +150,8 @@ def _stage(
     from policies.settings import load_settings
 
     settings = load_settings(root)
+    # the checkpoint first: when its record signs a tokenizer, that tokenizer is the one published
+    signed = _stage_weights(root, checkpoint, staging, config_name) if checkpoint is not None else []
     tokenizer_dir = tokenizer if tokenizer is not None else root / TOKENIZER_ASSETS
     has_tokenizer = all((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES)
     if tokenizer is not None and not has_tokenizer:
@@ -144,6 +159,16 @@ def _stage(
         raise StageError(
             f"--tokenizer {tokenizer}: missing {', '.join(missing)}; save it with `oracle tokenizer train`"
         )
+    signed_tokenizer = TOKENIZER_FILES[0] in signed
+    if signed_tokenizer:
+        if tokenizer is not None:
+            differing = [n for n in TOKENIZER_FILES if file_digest(tokenizer / n) != file_digest(staging / n)]
+            if differing:
+                raise StageError(
+                    f"--tokenizer {tokenizer}: {', '.join(differing)} differ from the tokenizer the checkpoint's "
+                    "signed provenance covers; drop --tokenizer (the checkpoint's own is published)"
+                )
+        has_tokenizer = True
     commit = _head(root)  # the attestation verified for HEAD
     try:
         card = render_card(
@@ -157,7 +182,8 @@ def _stage(
     except CardError as exc:
         raise StageError(str(exc)) from exc
     (staging / CARD).write_text(card, encoding="utf-8")
-    (staging / CONFIG).write_bytes(_json_bytes(model_config_json(config_name)))
+    if CONFIG not in signed:
+        (staging / CONFIG).write_bytes(_json_bytes(model_config_json(config_name)))
     generation = generation_config_json(config_name)
     committed = json.loads((ASSETS / GENERATION).read_text(encoding="utf-8"))
     if config_name == settings.architecture.flagship and committed != generation:  # the asset is the flagship's
@@ -168,12 +194,10 @@ def _stage(
     (staging / GENERATION).write_bytes(_json_bytes(generation))
     for name in PROMPTS:
         shutil.copyfile(ASSETS / name, staging / name)
-    if has_tokenizer:
+    if has_tokenizer and not signed_tokenizer:
         for name in TOKENIZER_FILES:
             shutil.copyfile(tokenizer_dir / name, staging / name)
     shutil.copyfile(attestation.path, staging / ATTESTATION)
-    if checkpoint is not None:
-        _stage_weights(root, checkpoint, staging, config_name)
     return Staged(staging, commit, attestation.digest, checkpoint is not None, has_tokenizer)
 
 
@@ -240,15 +264,20 @@ def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[
         problems = check_staged(root, private, config_name, secret_values=secret_values)
         if problems:
             raise StageError(f"the staged files fail the publish gate: {problems[0]}")
-        fresh = build(
-            root,
-            repo_id=repo_id,
-            out=private.parent / (private.name + "-fresh"),
-            checkpoint=private if (private / WEIGHTS).is_file() else None,
-            tokenizer=private if (private / TOKENIZER_FILES[0]).is_file() else None,
-            config_name=config_name or "oracle850b",
-            private=True,
-        )
+        part = _signed_part(root, private) if (private / WEIGHTS).is_file() else None
+        try:
+            fresh = build(
+                root,
+                repo_id=repo_id,
+                out=private.parent / (private.name + "-fresh"),
+                checkpoint=part,
+                tokenizer=private if (private / TOKENIZER_FILES[0]).is_file() else None,
+                config_name=config_name or "oracle850b",
+                private=True,
+            )
+        finally:
+            if part is not None:
+                shutil.rmtree(part, ignore_errors=True)
         try:
             expected = {p.name: file_digest(p) for p in fresh.directory.iterdir() if p.is_file()}
         finally:
@@ -264,6 +293,22 @@ def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[
         shutil.rmtree(private, ignore_errors=True)
         raise
     return Staged(private, _head(root), attestation.digest, WEIGHTS in actual, TOKENIZER_FILES[0] in actual, actual)
+
+
+def _signed_part(root: Path, staged: Path) -> Path:
+    """The checkpoint inside a staged folder: its record and the files the record lists, in a folder of their own
+    (beside them a staging holds the card and prompts, which no checkpoint contributes)."""
+    from guards.checkpoint_files import CONTRIBUTED
+    from guards.provenance import ProvenanceError, verify_provenance
+
+    try:
+        files = verify_provenance(staged, root, only=[], trust=_publishing_trust(root, "--staged"))["files"]
+    except ProvenanceError as exc:
+        raise StageError(f"--staged: {exc}; stage again with `oracle hub build --checkpoint`") from exc
+    part = Path(tempfile.mkdtemp(prefix=f"{staged.name}-checkpoint-", dir=staged.parent))
+    for name in (PROVENANCE, *(n for n in CONTRIBUTED if n in files and (staged / n).is_file())):
+        shutil.copyfile(staged / name, part / name)
+    return part
 
 
 def _private_parent(root: Path) -> Path:
@@ -289,14 +334,43 @@ def _head(root: Path) -> str:
     return git.head_commit(root)
 
 
-def _stage_weights(root: Path, checkpoint: Path, staging: Path, config_name: str) -> None:
-    """The checkpoint's consolidated weights, only when its provenance verifies (our own, signed, unaltered) and its
-    config is the architecture the card and config.json describe."""
+def _stage_weights(root: Path, checkpoint: Path, staging: Path, config_name: str) -> list[str]:
+    """Stage the checkpoint's signed files (the weights, their config, the tokenizer when signed, the record) only
+    when a trust root is configured, its provenance verifies against it, the folder holds nothing the record does
+    not cover, and its config is the architecture the card describes. The copies are verified again: what is
+    published is what was verified. Returns the names taken from the checkpoint."""
+    from guards.checkpoint_files import uncovered_files, uncovered_message
     from guards.provenance import ProvenanceError, verify_provenance
     from oracle.moe850b.config import ConfigError, load_config
 
+    trust = _publishing_trust(root, f"--checkpoint {checkpoint}")
     try:
-        same = load_config(checkpoint / "config.json") == load_config(config_name)
+        files: dict[str, Any] = verify_provenance(checkpoint, root, trust=trust)["files"]
+    except ProvenanceError as exc:
+        raise StageError(
+            f"--checkpoint {checkpoint}: {exc}; only weights with verifying provenance are published"
+        ) from exc
+    unlisted = [name for name in (WEIGHTS, CONFIG) if name not in files]
+    if unlisted:
+        raise StageError(f"--checkpoint {checkpoint}: its provenance lists no {', '.join(unlisted)}")
+    uncovered = uncovered_files(checkpoint, files)
+    if uncovered:
+        raise StageError(uncovered_message(checkpoint, uncovered))
+    signed_tokenizer = [name for name in TOKENIZER_FILES if name in files]
+    if signed_tokenizer and len(signed_tokenizer) != len(TOKENIZER_FILES):
+        raise StageError(
+            f"--checkpoint {checkpoint}: its provenance signs only {', '.join(signed_tokenizer)} of the tokenizer "
+            f"({', '.join(TOKENIZER_FILES)}); publish a checkpoint `oracle train` wrote"
+        )
+    taken = [WEIGHTS, CONFIG, *signed_tokenizer]
+    for name in (PROVENANCE, *taken):
+        shutil.copyfile(checkpoint / name, staging / name)
+    try:
+        verify_provenance(staging, root, only=taken, trust=trust)
+    except ProvenanceError as exc:
+        raise StageError(f"--checkpoint {checkpoint} changed while it was staged ({exc}); stage it again") from exc
+    try:
+        same = load_config(staging / CONFIG) == load_config(config_name)
     except ConfigError as exc:
         raise StageError(f"--checkpoint {checkpoint}: {exc}") from exc
     if not same:
@@ -304,21 +378,28 @@ def _stage_weights(root: Path, checkpoint: Path, staging: Path, config_name: str
             f"--checkpoint {checkpoint}: its config.json is not the {config_name} architecture the card describes; "
             "pass the matching --config"
         )
+    (staging / WEIGHTS_INDEX).write_bytes(_json_bytes(_weights_index(staging / WEIGHTS)))
+    return taken
+
+
+def _publishing_trust(root: Path, what: str) -> TrustRoot:
+    """The trust root weights are published under; never the development default (keys of the tree)."""
+    from guards.trust import TrustError, load_trust_root, require_trusted
 
     try:
-        record = verify_provenance(checkpoint, root)
-    except ProvenanceError as exc:
-        raise StageError(
-            f"--checkpoint {checkpoint}: {exc}; only weights with verifying provenance are published"
-        ) from exc
-    if WEIGHTS not in record.get("files", {}):
-        raise StageError(f"--checkpoint {checkpoint}: its provenance lists no {WEIGHTS}")
-    shutil.copyfile(checkpoint / WEIGHTS, staging / WEIGHTS)
-    shutil.copyfile(checkpoint / PROVENANCE, staging / PROVENANCE)
-    if CONFIG in record.get("files", {}):
-        # the run's own config.json (our keys, with model_type), which its signed provenance covers
-        shutil.copyfile(checkpoint / CONFIG, staging / CONFIG)
-    (staging / WEIGHTS_INDEX).write_bytes(_json_bytes(_weights_index(staging / WEIGHTS)))
+        trust = load_trust_root(root)
+        require_trusted(trust, f"publishing weights ({what})")
+    except TrustError as exc:
+        raise StageError(str(exc)) from exc
+    return trust
+
+
+def _audit_build_refusal(root: Path, checkpoint: Path, exc: StageError) -> None:
+    from guards import git
+    from guards.audit import append_entry
+
+    details: dict[str, object] = {"action": "build", "checkpoint": str(checkpoint), "reason": str(exc)}
+    append_entry(root, gate="publish", result="refused", commit=git.head_commit_or_none(root), details=details)
 
 
 def _weights_index(path: Path) -> dict[str, Any]:
@@ -414,13 +495,19 @@ def _read_head(path: Path, limit: int) -> bytes:
 
 
 def _provenance_covers(root: Path, directory: Path, name: str) -> bool:
+    """Whether a staged weights file is covered by the staged record under a configured trust root (the
+    development default vouches for nothing published)."""
     from guards.provenance import ProvenanceError, verify_provenance
+    from guards.trust import TrustError, load_trust_root
 
     if not (directory / PROVENANCE).is_file():
         return False
     try:
-        verify_provenance(directory, root, only=[name])  # the staged config.json is the Hub's rewrite, not the run's
-    except ProvenanceError:
+        trust = load_trust_root(root)
+        if trust.development:
+            return False
+        verify_provenance(directory, root, only=[name], trust=trust)  # only: the card and prompts are not the run's
+    except (TrustError, ProvenanceError):
         return False
     return True
 
