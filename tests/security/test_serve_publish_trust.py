@@ -60,10 +60,15 @@ def serve_refused(served: ServedCheckpoint, checkpoint: Path, cwd: Path, env: di
     done = subprocess.run(
         serve_command(served, checkpoint), cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
     )
+    assert "Uvicorn running" not in done.stdout + done.stderr
+    return one_line(done)
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The refusal: exit 1 and exactly one line on stderr."""
     assert done.returncode == 1, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert "Uvicorn running" not in done.stdout + done.stderr
     return lines[0]
 
 
@@ -180,13 +185,6 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def publish(root: Path, checkpoint: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     args = ["hub", "publish", "--repo-id", "oracle-ai/oracle-mini", "--config", "oracle-mini", "--dry-run"]
     return oracle(root, *args, "--checkpoint", str(checkpoint), env=env)
-
-
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 1, done.stdout + done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_publishing_a_laptop_run_is_refused_even_with_its_key_in_the_checkout(
