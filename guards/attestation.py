@@ -20,6 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import git, keys, paths, startup
+from guards.audit import current_anchor
 from guards.result import GateResult
 from guards.trust import ATTESTATION as ATTESTATION_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
@@ -157,6 +158,7 @@ def build_statement(
             "waivers": result.waivers_used,  # rule, selector, owner, created, expires of each waiver in use
             "examined": {policy: len(examined.files) for policy, examined in sorted(result.examined.items())},
             "trust": _trust_root(root).describe(),
+            "audit": current_anchor(root),  # the audit log's head, which `oracle guards audit verify` checks
         },
     }
 

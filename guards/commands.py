@@ -227,18 +227,23 @@ def _indent(text: str) -> str:
 
 @audit_app.command("verify")
 def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = None) -> None:
-    """Check the audit log's hash chain: finds edited, reordered or removed entries.
+    """Check the audit log against its anchors: the chain, the head, entry signatures, and the head each
+    attestation, submission record and provenance carries. "intact" (exit 0) only when all agree and at least one
+    record anchors the log; unanchored or tampered: exit 1.
 
     Example: oracle guards audit verify
     """
-    from guards.audit import AuditError, verify_log
+    from guards.audit import AuditError, check_log
 
     try:
-        problems = verify_log(_root(root))
+        report = check_log(_root(root))
     except AuditError as exc:
         raise _fail(str(exc)) from exc
-    if problems:
-        for problem in problems:
-            typer.echo(problem, err=True)
+    for problem in report.problems:
+        typer.echo(problem, err=True)
+    verdict, *details = report.summary()
+    typer.echo(verdict, err=not report.intact)
+    for line in details:
+        typer.echo(line)
+    if not report.intact:
         raise typer.Exit(EXIT_FINDINGS)
-    typer.echo("audit log intact")

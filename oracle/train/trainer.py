@@ -372,6 +372,7 @@ class Trainer:
         return final
 
     def _write_provenance(self, directory: Path, files: list[str]) -> None:
+        from guards.audit import current_anchor
         from guards.provenance import write_provenance
 
         facts = {
@@ -383,6 +384,7 @@ class Trainer:
             "run": self.run_dir.name,
             "train_config_sha256": self.config.sha256(),
             "data_manifest_sha256": self.dataset.manifest_sha256,
+            "audit": current_anchor(Path.cwd()),  # the head of the log the runtime check wrote to (guards.audit)
             **self.facts.extra,
         }
         write_provenance(directory, files, facts, self.signing_key)

@@ -137,7 +137,10 @@ def test_audit_verify_detects_an_edited_entry(tmp_path: Path) -> None:
     _repo(tmp_path, {"a.py": BAD})
     for _ in range(2):
         runner.invoke(app, ["guards", "run", "--root", str(tmp_path)])
-    assert runner.invoke(app, ["guards", "audit", "verify", "--root", str(tmp_path)]).exit_code == 0
+    untouched = runner.invoke(app, ["guards", "audit", "verify", "--root", str(tmp_path)])
+    assert untouched.exit_code == 1  # consistent, but no record anchors it: never "intact"
+    assert "unanchored" in untouched.stderr
+    assert "problem" not in untouched.stderr
     log = tmp_path / ".oracle" / "audit.jsonl"
     log.write_text(log.read_text().replace('"result":"fail"', '"result":"pass"', 1))
     tampered = runner.invoke(app, ["guards", "audit", "verify", "--root", str(tmp_path)])
