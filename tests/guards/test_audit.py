@@ -1,4 +1,5 @@
-"""The audit log: entries chain by hash, and every kind of tampering verify_log promises to catch is caught."""
+"""The audit log: entries chain by hash, are signed when a key is configured, are anchored by the records that carry
+the head, and every kind of tampering verify_log promises to catch is caught."""
 
 from __future__ import annotations
 
@@ -10,10 +11,25 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guards import audit, git
-from guards.audit import GENESIS, AuditError, append_entry, entry_hash, verify_log
-from guards.paths import AUDIT_HEAD, AUDIT_LOG
+from guards import audit, git, keys
+from guards.attestation import envelope
+from guards.audit import (
+    GENESIS,
+    SIGNATURE,
+    SIGNER,
+    AuditError,
+    append_entry,
+    check_log,
+    current_anchor,
+    entry_hash,
+    verify_log,
+)
+from guards.paths import AUDIT_HEAD, AUDIT_LOG, RUNS_DIR, SIGNING_KEY_ENV, SUBMISSIONS_DIR
+from guards.provenance import write_provenance
+from guards.trust import TRUST_ROOT_ENV
+from tests.trust import session_key
 
 
 def _append_three(root: Path) -> list[dict[str, object]]:
@@ -45,7 +61,7 @@ def test_three_appended_entries_verify_clean(tmp_path: Path) -> None:
     assert len(_lines(tmp_path)) == 3
 
 
-def test_missing_log_and_head_are_intact_and_empty(tmp_path: Path) -> None:
+def test_missing_log_and_head_have_no_problems(tmp_path: Path) -> None:
     assert verify_log(tmp_path) == []
 
 
@@ -235,3 +251,257 @@ def test_concurrent_appenders_keep_the_chain_intact(tmp_path: Path) -> None:
         (worker, index) for worker in range(workers) for index in range(count)
     ]
     assert verify_log(tmp_path) == []
+
+
+# --- signatures -------------------------------------------------------------------------------------------------
+
+
+def _signing_env() -> dict[str, str]:
+    return {SIGNING_KEY_ENV: str(session_key())}  # a key of the session's trust root (every role)
+
+
+def test_entries_are_signed_when_a_key_is_configured(tmp_path: Path) -> None:
+    entry = append_entry(tmp_path, gate="ci", result="pass", commit=None, environ=_signing_env())
+    append_entry(tmp_path, gate="commit", result="pass", commit=None, environ={})
+
+    report = check_log(tmp_path)
+
+    assert entry[SIGNER] == keys.key_id(_private(session_key()).public_key())
+    assert entry["hash"] == entry_hash(entry)  # the signer is hashed, the signature is not
+    assert report.problems == []
+    assert (report.signed, report.unsigned) == (1, 1)
+    assert "1 signed by trusted keys, 1 unsigned" in report.summary()[-1]
+
+
+def test_a_stripped_signature_is_detected(tmp_path: Path) -> None:
+    append_entry(tmp_path, gate="ci", result="pass", commit=None, environ=_signing_env())
+    entry = json.loads(_lines(tmp_path)[0])
+    del entry[SIGNATURE]
+    _write_lines(tmp_path, [json.dumps(entry)])
+
+    (problem,) = verify_log(tmp_path)
+
+    assert problem.startswith(f"{AUDIT_LOG} line 1: ")
+    assert "the signature was stripped or altered" in problem
+
+
+def test_an_altered_signature_is_detected(tmp_path: Path) -> None:
+    append_entry(tmp_path, gate="ci", result="pass", commit=None, environ=_signing_env())
+    other = append_entry(tmp_path / "other", gate="ci", result="fail", commit=None, environ=_signing_env())
+    entry = json.loads(_lines(tmp_path)[0])
+    entry[SIGNATURE] = other[SIGNATURE]  # a real signature by the same key, over another entry
+    _write_lines(tmp_path, [json.dumps(entry)])
+
+    (problem,) = verify_log(tmp_path)
+
+    assert "line 1: the signature by key" in problem
+    assert "does not verify" in problem
+
+
+def test_an_entry_signed_by_a_key_the_trust_root_does_not_name_is_detected(tmp_path: Path) -> None:
+    keys.generate_keypair(tmp_path / "keys" / "stranger.pem", tmp_path / "keys" / "stranger.pub")
+    append_entry(
+        tmp_path,
+        gate="ci",
+        result="pass",
+        commit=None,
+        environ={SIGNING_KEY_ENV: str(tmp_path / "keys" / "stranger.pem")},
+    )
+
+    (problem,) = verify_log(tmp_path)
+
+    assert "line 1: signed by key" in problem
+    assert "which the trust root does not name" in problem
+
+
+def test_a_configured_key_that_cannot_be_loaded_refuses_the_append(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match=r"cannot sign entries of .* does not exist"):
+        append_entry(
+            tmp_path, gate="ci", result="pass", commit=None, environ={SIGNING_KEY_ENV: str(tmp_path / "none.pem")}
+        )
+    assert not (tmp_path / AUDIT_LOG).exists()  # never a silently unsigned entry
+
+
+# --- the current anchor -----------------------------------------------------------------------------------------
+
+
+def test_current_anchor_is_none_before_the_first_entry(tmp_path: Path) -> None:
+    assert current_anchor(tmp_path) is None
+
+
+def test_current_anchor_is_the_last_entry(tmp_path: Path) -> None:
+    last = _append_three(tmp_path)[-1]
+
+    assert current_anchor(tmp_path) == {"seq": 3, "hash": last["hash"]}
+
+
+def test_current_anchor_refuses_a_cut_log(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _write_lines(tmp_path, _lines(tmp_path)[:2])
+
+    with pytest.raises(AuditError, match="records seq 3"):
+        current_anchor(tmp_path)
+
+
+def test_current_anchor_refuses_a_deleted_log_whose_head_remains(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    (tmp_path / AUDIT_LOG).unlink()
+
+    with pytest.raises(AuditError, match="the log was deleted"):
+        current_anchor(tmp_path)
+
+
+# --- anchors in records -----------------------------------------------------------------------------------------
+
+
+def _submission(root: Path, name: str, anchor: object, *, signed: bool = False) -> Path:
+    """A submission record as `oracle submit` writes it: plain JSON with `audit`, or a DSSE envelope around it."""
+    record = {"commit": "c" * 40, "target": "slurm", "audit": anchor}
+    document = envelope(record, _private(session_key()), payload_type="application/vnd.oracle.submission+json")
+    path = root / SUBMISSIONS_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document if signed else record))
+    return path
+
+
+def _private(path: Path) -> Ed25519PrivateKey:
+    key = keys.load_signing_key({SIGNING_KEY_ENV: str(path)})
+    assert key is not None
+    return key
+
+
+def test_a_consistent_log_no_record_anchors_is_not_intact(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+
+    report = check_log(tmp_path)
+
+    assert report.problems == []
+    assert not report.intact
+    assert report.summary()[0].startswith("audit log unanchored: its 3 entries chain consistently")
+    assert "make guards" in report.summary()[0]
+
+
+def test_an_empty_log_is_not_intact_either(tmp_path: Path) -> None:
+    report = check_log(tmp_path)
+
+    assert (report.problems, report.intact) == ([], False)
+    assert "it has no entries" in report.summary()[0]
+
+
+def test_a_log_anchored_by_a_signed_record_is_intact(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", current_anchor(tmp_path), signed=True)
+    append_entry(tmp_path, gate="submit", result="allowed", commit=None)
+
+    report = check_log(tmp_path)
+
+    assert report.problems == []
+    assert report.intact
+    assert report.summary()[0] == (
+        "audit log intact: 4 entries, anchored up to seq 3 by 1 record(s), 1 of them signed by a trusted key"
+    )
+    assert "seq 4..4 not yet anchored" in report.summary()[1]
+
+
+def test_under_a_trust_root_unsigned_records_do_not_anchor(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", current_anchor(tmp_path))
+
+    report = check_log(tmp_path)
+
+    assert report.problems == []  # the anchor matches, but a checkout holder could have written it
+    assert not report.intact
+    assert "none is signed by a key of the trust root" in report.summary()[0]
+
+
+def test_under_the_development_default_an_unsigned_record_anchors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TRUST_ROOT_ENV, raising=False)
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", current_anchor(tmp_path))
+
+    report = check_log(tmp_path)
+
+    assert report.intact
+    assert "development default: unsigned records prove less" in report.summary()[0]
+
+
+def test_an_anchor_past_the_end_of_the_log_is_a_cut(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", current_anchor(tmp_path), signed=True)
+    _write_lines(tmp_path, _lines(tmp_path)[:2])
+    (tmp_path / AUDIT_HEAD).write_text(json.dumps({"seq": 2, "hash": json.loads(_lines(tmp_path)[1])["hash"]}))
+
+    (problem,) = verify_log(tmp_path)
+
+    assert problem.startswith(f"{SUBMISSIONS_DIR.as_posix()}/s1.json: anchors {AUDIT_LOG} at seq 3")
+    assert "but the log ends at seq 2 (entries were cut off)" in problem
+
+
+def test_a_record_whose_anchor_the_log_does_not_hold_names_the_line(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", {"seq": 2, "hash": "f" * 64})
+
+    (problem,) = verify_log(tmp_path)
+
+    assert "s1.json: anchors" in problem
+    assert "but line 2 (seq 2) has hash" in problem
+
+
+def test_an_unparsable_record_is_a_problem_not_a_skip(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    path = _submission(tmp_path, "s1.json", None)
+    path.write_text("{not json")
+
+    (problem,) = verify_log(tmp_path)
+
+    assert problem.startswith(f"{SUBMISSIONS_DIR.as_posix()}/s1.json: not valid JSON")
+
+
+@pytest.mark.parametrize("anchor", [{"seq": "3", "hash": "f" * 64}, {"seq": 0, "hash": "f" * 64}, {"seq": 3}, [3]])
+def test_a_malformed_anchor_is_a_problem(tmp_path: Path, anchor: object) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", anchor)
+
+    (problem,) = verify_log(tmp_path)
+
+    assert "s1.json: its `audit` anchor is not" in problem
+
+
+def test_records_without_an_anchor_anchor_nothing(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "old.json", None)
+    (tmp_path / SUBMISSIONS_DIR / "older.json").write_text(json.dumps({"commit": "c" * 40}))
+
+    report = check_log(tmp_path)
+
+    assert (report.problems, report.anchors) == ([], [])
+
+
+def test_provenance_beside_a_checkpoint_anchors_the_log(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    checkpoint = tmp_path / RUNS_DIR / "mini" / "step-00000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    facts = {"step": 2, "audit": current_anchor(tmp_path)}
+    write_provenance(checkpoint, ["model.safetensors"], facts, _private(session_key()))
+
+    report = check_log(tmp_path)
+
+    assert report.intact
+    assert [(a.record, a.seq, a.signed) for a in report.anchors] == [
+        (f"{RUNS_DIR.as_posix()}/mini/step-00000002/provenance.json", 3, True)
+    ]
+
+
+def test_a_deleted_log_that_records_anchor_is_tampering(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    _submission(tmp_path, "s1.json", current_anchor(tmp_path), signed=True)
+    (tmp_path / AUDIT_LOG).unlink()
+    (tmp_path / AUDIT_HEAD).unlink()
+
+    (problem,) = verify_log(tmp_path)
+
+    assert "s1.json: anchors" in problem
+    assert "but the log is missing (it was deleted)" in problem
