@@ -372,7 +372,6 @@ class Trainer:
         return final
 
     def _write_provenance(self, directory: Path, files: list[str]) -> None:
-        from guards.audit import current_anchor
         from guards.provenance import write_provenance
 
         facts = {
@@ -384,7 +383,6 @@ class Trainer:
             "run": self.run_dir.name,
             "train_config_sha256": self.config.sha256(),
             "data_manifest_sha256": self.dataset.manifest_sha256,
-            "audit": current_anchor(Path.cwd()),  # the head of the log the runtime check wrote to (guards.audit)
             **self.facts.extra,
         }
         write_provenance(directory, files, facts, self.signing_key)
@@ -505,10 +503,13 @@ def _choose_checkpoint(run_dir: Path, resume: str | None) -> dict[str, Any]:
 
 
 def environment_facts(decision_job_id: str | None) -> RunFacts:
-    """The facts of the submitted job this process runs in, read from its (already verified) submission record."""
+    """The facts of the submitted job this process runs in, read from its (already verified) submission record, and
+    the audit log's head just after the runtime check recorded its decision (guards.audit), which provenance carries."""
+    from guards.audit import current_anchor
     from guards.submission import DIGEST_ENV, RECORD_ENV
 
     facts = RunFacts(job_id=decision_job_id, submission_digest=os.environ.get(DIGEST_ENV))
+    facts.extra["audit"] = current_anchor(Path.cwd())  # the log require_training_allowed wrote to
     record_path = os.environ.get(RECORD_ENV)
     if record_path:
         record = json.loads(Path(record_path).read_text(encoding="utf-8"))

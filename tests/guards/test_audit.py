@@ -505,3 +505,16 @@ def test_a_deleted_log_that_records_anchor_is_tampering(tmp_path: Path) -> None:
 
     assert "s1.json: anchors" in problem
     assert "but the log is missing (it was deleted)" in problem
+
+
+def test_a_training_job_carries_the_head_after_its_own_decision_into_provenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oracle.train.trainer import environment_facts
+
+    monkeypatch.chdir(tmp_path)  # a job runs from its checkout, where the runtime check appended its decision
+    decision = append_entry(tmp_path, gate="train", result="allowed", commit=None)
+
+    facts = environment_facts("4242")
+
+    assert facts.extra["audit"] == {"seq": decision["seq"], "hash": decision["hash"]}
