@@ -1,0 +1,238 @@
+"""Attack 3: what is attested is not what runs.
+
+`git update-index --skip-worktree` (or `--assume-unchanged`) hid a working-tree edit from the dirty check, so the gate
+scanned clean bytes while HEAD's tree held a violation, and the attestation named that tree and still verified; the
+same trick on guards/runtime.py let training start unchecked. An untracked sitecustomize.py or .pth hidden through
+.git/info/exclude was neither scanned nor dirty, yet ran at start-up in a job whose PYTHONPATH is the checkout.
+Each is reproduced here in a checkout of this repository and refused with one line; the clean checkout (holding
+the bytecode caches any run leaves) still attests and verifies. The lies repository config and the environment can
+tell git (filters, stat caches, fsmonitor, redirected index or work tree, replace objects) are tried on small
+repositories against `guards.git.dirty_paths`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import marshal
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+from guards import git as guards_git
+from guards.attestation import build_statement, envelope, write_attestation
+from guards.keys import load_signing_key
+from guards.result import GateResult
+from guards.startup import startup_hazards
+from policies.rule import Gate
+from tests.checkouts import attest, git, make_repository_checkout, oracle
+
+VIOLATION = '\n\ndef load_foreign():\n    from transformers import AutoModel\n\n    return AutoModel.from_pretrained("meta-llama/Llama-2-7b")\n'  # noqa: E501
+TARGET = "oracle/__init__.py"  # a tracked file every command imports
+SKIP_THE_CHECK = (
+    '\n\ndef training_decision(root, environ):  # the check, skipped\n    return TrainingDecision(True, "x")\n'
+)
+HIDING_FLAGS = ["--skip-worktree", "--assume-unchanged"]
+PAYLOAD = "import os\nos.environ['ORACLE_PLANTED'] = '1'\n"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repository_checkout(tmp_path_factory.mktemp("attested"))
+
+
+@pytest.fixture
+def checkout(pristine: Path) -> Iterator[Path]:
+    """The module's checkout at its first commit, flags cleared and nothing planted, after each test."""
+    base = git(pristine, "rev-list", "--max-parents=0", "HEAD")
+    exclude = pristine / ".git" / "info" / "exclude"
+    excluded = exclude.read_text()
+    yield pristine
+    (pristine / ".git" / "index").unlink()  # drops the flags with the entries they were set on
+    git(pristine, "reset", "-q", "--hard", base)
+    exclude.write_text(excluded)
+    git(pristine, "clean", "-qfdx", "-e", "/.venv", "-e", "/data/", "-e", "/.oracle/")
+
+
+def _key(root: Path) -> Path:
+    return root.parent / "signing.pem"
+
+
+def _refused(done: subprocess.CompletedProcess[str], *expected: str) -> str:
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for text in expected:
+        assert text in lines[0]
+    return lines[0]
+
+
+def _attested(root: Path) -> None:
+    """The clean commit attested by CI (written in-process: `oracle guards attest` itself is tested on its own)."""
+    signing_key = load_signing_key({"ORACLE_SIGNING_KEY": str(_key(root))})
+    write_attestation(root, GateResult(Gate.ci, str(root), []), signing_key)
+
+
+def _attestation_by_the_old_gate(root: Path) -> None:
+    """What `oracle guards attest` wrote for HEAD's tree before this fix: the ci gate passed on the clean bytes in
+    the working tree, and the attestation named HEAD's tree, signed by the CI key."""
+    result = GateResult(Gate.ci, str(root), [])
+    statement = build_statement(root, result, commit=guards_git.head_commit(root), tree=guards_git.head_tree(root))
+    signing_key = load_signing_key({"ORACLE_SIGNING_KEY": str(_key(root))})
+    path = root / ".oracle" / "attestations" / f"{guards_git.head_tree(root)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(envelope(statement, signing_key)))
+
+
+def _last_audit(root: Path, gate: str) -> dict[str, object]:
+    entries = [json.loads(line) for line in (root / ".oracle" / "audit.jsonl").read_text().splitlines()]
+    return next(entry for entry in reversed(entries) if entry["gate"] == gate)
+
+
+# --- the legitimate path -----------------------------------------------------------------------------------------
+
+
+def test_clean_checkout_with_its_bytecode_caches_attests_and_verifies(checkout: Path) -> None:
+    attest(checkout, _key(checkout))
+    assert list(checkout.glob("guards/__pycache__/*.pyc")), "running oracle left no bytecode: the test shows nothing"
+    verify = oracle(checkout, "guards", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert startup_hazards(checkout) == []
+
+
+# --- (a) an edit hidden from git status -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", HIDING_FLAGS)
+def test_violation_in_head_hidden_behind_clean_working_tree_bytes_is_refused(checkout: Path, flag: str) -> None:
+    clean = (checkout / TARGET).read_text()
+    (checkout / TARGET).write_text(clean + VIOLATION)
+    git(checkout, "commit", "-qam", "a hub loader call")
+    (checkout / TARGET).write_text(clean)  # the gate scans these bytes
+    git(checkout, "update-index", flag, TARGET)
+    assert git(checkout, "status", "--porcelain") == ""  # the hiding works: git calls the tree clean
+
+    _refused(oracle(checkout, "guards", "attest", env={"ORACLE_SIGNING_KEY": str(_key(checkout))}), TARGET, flag[2:])
+    assert not list((checkout / ".oracle" / "attestations").glob(f"{guards_git.head_tree(checkout)}.json"))
+
+    _attestation_by_the_old_gate(checkout)
+    line = _refused(oracle(checkout, "guards", "verify"), "cannot verify the attestation", TARGET, flag[2:])
+    assert f"--no{flag[1:]}" in line  # the fix names the flag to clear
+
+
+@pytest.mark.parametrize("flag", HIDING_FLAGS)
+def test_runtime_check_edited_out_and_hidden_is_refused_before_submit(checkout: Path, flag: str) -> None:
+    _attested(checkout)  # CI attested the clean commit
+    runtime = checkout / "guards" / "runtime.py"
+    runtime.write_text(runtime.read_text() + SKIP_THE_CHECK)
+    git(checkout, "update-index", flag, "guards/runtime.py")
+    assert git(checkout, "status", "--porcelain") == ""
+
+    _refused(oracle(checkout, "guards", "verify"), "guards/runtime.py", "differs from HEAD", flag[2:])
+    submit = oracle(checkout, "submit", "--target", "slurm", "--config", "oracle-mini", "--gpus-per-node", "0")
+    _refused(submit, "guards/runtime.py")
+    entry = _last_audit(checkout, "submit")
+    assert entry["result"] == "refused"
+    assert "guards/runtime.py" in str(entry["details"])
+
+
+def test_hidden_edit_undone_and_flag_cleared_verifies_again(checkout: Path) -> None:
+    _attested(checkout)
+    clean = (checkout / TARGET).read_bytes()
+    (checkout / TARGET).write_bytes(clean + VIOLATION.encode())
+    git(checkout, "update-index", "--skip-worktree", TARGET)
+    assert oracle(checkout, "guards", "verify").returncode == 1
+    (checkout / TARGET).write_bytes(clean)
+    git(checkout, "update-index", "--no-skip-worktree", TARGET)
+    verify = oracle(checkout, "guards", "verify")
+    assert verify.returncode == 0, verify.stderr
+
+
+# --- (b) code outside the tree that runs at start-up ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ["sitecustomize.py", "usercustomize.py", "oracle-hook.pth", "oracle/data/hook.pth", "runs/x/sitecustomize.py"],
+)
+def test_start_up_file_hidden_through_info_exclude_is_refused(checkout: Path, planted: str) -> None:
+    _attested(checkout)
+    (checkout / planted).parent.mkdir(parents=True, exist_ok=True)
+    (checkout / planted).write_text(PAYLOAD if planted.endswith(".py") else f"import os; {PAYLOAD.splitlines()[1]}\n")
+    with (checkout / ".git" / "info" / "exclude").open("a") as exclude:
+        exclude.write(f"/{planted}\n")
+    assert git(checkout, "status", "--porcelain") == ""  # neither dirty nor scanned
+
+    _refused(oracle(checkout, "guards", "verify"), "cannot verify the attestation", planted, "delete them")
+    _refused(oracle(checkout, "guards", "attest", env={"ORACLE_SIGNING_KEY": str(_key(checkout))}), planted)
+
+
+def test_sitecustomize_in_the_checkout_really_runs_in_a_job_started_from_it(checkout: Path) -> None:
+    """Why (b) matters: the job's PYTHONPATH is the checkout, and `site` imports sitecustomize from it."""
+    (checkout / "sitecustomize.py").write_text("print('planted code ran')\n")
+    done = subprocess.run(
+        [sys.executable, "-c", "pass"], env={**os.environ, "PYTHONPATH": str(checkout)}, capture_output=True, text=True
+    )
+    assert "planted code ran" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("planted", "hidden", "expected"),
+    [
+        # shadows an installed module the job imports (one the verifier itself imports, such as json, would run
+        # before any check can: that is why the job runs from a clean export, not from this checkout)
+        ("safetensors.py", "safetensors.py", "safetensors.py (untracked top-level module"),
+        ("transformers/__init__.py", "transformers", "transformers (untracked top-level module"),  # an installed one
+        ("guards/audit_hook.py", "guards/audit_hook.py", "guards/audit_hook.py (untracked code inside the package"),
+        (f"oracle/x{EXTENSION_SUFFIXES[0]}", f"oracle/x{EXTENSION_SUFFIXES[0]}", "(untracked code inside the package"),
+    ],
+)
+def test_ignored_module_that_shadows_or_joins_our_code_is_refused(
+    checkout: Path, planted: str, hidden: str, expected: str
+) -> None:
+    (checkout / planted).parent.mkdir(parents=True, exist_ok=True)
+    (checkout / planted).write_text(PAYLOAD)
+    with (checkout / ".git" / "info" / "exclude").open("a") as exclude:
+        exclude.write(f"/{hidden}\n")
+    assert git(checkout, "status", "--porcelain") == ""
+    assert [entry for entry in startup_hazards(checkout) if expected in entry]
+    _refused(oracle(checkout, "guards", "verify"), hidden)
+
+
+def test_planted_bytecode_for_a_tracked_module_is_refused(checkout: Path) -> None:
+    _attested(checkout)
+    source = checkout / "guards" / "paths.py"
+    cache = checkout / "guards" / "__pycache__" / f"paths.{sys.implementation.cache_tag}.pyc"
+    cache.parent.mkdir(exist_ok=True)
+    stat = source.stat()
+    mtime, size = int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF
+    header = importlib.util.MAGIC_NUMBER + bytes(4) + mtime.to_bytes(4, "little") + size.to_bytes(4, "little")
+    planted = compile(source.read_text() + PAYLOAD, str(source), "exec", dont_inherit=True)
+    cache.write_bytes(header + marshal.dumps(planted))  # Python would load this: the header matches the source
+
+    _refused(oracle(checkout, "guards", "verify"), f"guards/__pycache__/{cache.name}", "not compiled from it")
+    cache.unlink()
+    assert oracle(checkout, "guards", "verify").returncode == 0
+
+
+def test_stale_bytecode_that_python_would_recompile_is_not_a_hazard(checkout: Path) -> None:
+    source = checkout / "guards" / "paths.py"
+    cache = checkout / "guards" / "__pycache__" / f"paths.{sys.implementation.cache_tag}.pyc"
+    cache.parent.mkdir(exist_ok=True)
+    header = importlib.util.MAGIC_NUMBER + bytes(4) + (1).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    cache.write_bytes(header + marshal.dumps(compile("x = 1\n", str(source), "exec")))
+    assert startup_hazards(checkout) == []
+
+
+def test_unchecked_hash_based_bytecode_is_compared_with_its_source(checkout: Path) -> None:
+    source = checkout / "guards" / "paths.py"
+    cache = checkout / "guards" / "__pycache__" / f"paths.{sys.implementation.cache_tag}.pyc"
+    cache.parent.mkdir(exist_ok=True)
+    header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + bytes(8)  # hash-based, never checked
+    cache.write_bytes(header + marshal.dumps(compile("x = 1\n", str(source), "exec")))
+    assert [entry for entry in startup_hazards(checkout) if "not compiled from it" in entry]
