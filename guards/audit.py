@@ -17,14 +17,17 @@ Anchors. `current_anchor` gives the log's current end ({"seq", "hash"}), which e
 (guards.audit_anchors) and requires the log to hold, at each anchored seq, exactly the anchored hash. Because each hash
 covers every entry before it, an anchor fixes the whole log up to its seq: cutting past it, deleting the log, or
 removing entries and re-hashing the rest is then detected. `check_log` reports the log "intact" only when the chain is
-consistent and at least one anchor exists and all match.
+consistent and at least one anchor exists and all match; under a configured trust root at least one of those anchors
+must come from a record signed by a key of the record's role.
 
 What anchoring cannot prove. Entries after the newest anchor are not yet anchored: cutting them off (with the head)
 goes unnoticed until a later record anchors a seq past the cut, and unsigned ones among them can be rewritten. An
 anchor is only as good as its record: one in a record signed by a trusted key cannot be moved, one in an unsigned
 record (the development default) could have been written by the same hand that rewrote the log, so the report says
-how many anchors come from signed records. Deleting the log together with every record that anchors it leaves an
-unanchored state, which is reported as such, never as intact.
+how many anchors come from signed records. Only records in this checkout are read: deleting the log together with
+every record that anchors it leaves an unanchored state, reported as such, never as intact; records that left the
+machine (a submission record with the scheduler, provenance beside published weights) still carry the old head, and
+comparing them with the log is for whoever holds them.
 """
 
 from __future__ import annotations
@@ -218,17 +221,16 @@ def check_log(root: Path) -> AuditReport:
     from guards.audit_anchors import check_anchors, find_anchors
 
     log_path = root / AUDIT_LOG
+    report = AuditReport(log_exists=True)
     try:
-        if log_path.exists():
-            with log_path.open("rb") as handle, _locked(handle, fcntl.LOCK_SH):
-                data = handle.read()
-                head = _read_head(root / AUDIT_HEAD)  # under the log's lock: appenders write both together
-        else:
-            data, head = b"", _read_head(root / AUDIT_HEAD)
+        with log_path.open("rb") as handle, _locked(handle, fcntl.LOCK_SH):
+            data = handle.read()
+            head = _read_head(root / AUDIT_HEAD)  # under the log's lock: appenders write both together
+    except FileNotFoundError:
+        report.log_exists, data, head = False, b"", _read_head(root / AUDIT_HEAD)
     except OSError as exc:
         raise AuditError(f"cannot read the audit log {log_path}: {exc}; check its permissions") from exc
     trusted = _TrustedKeys(root)
-    report = AuditReport(log_exists=log_path.exists())
     entries, report.problems, last = _check_chain(data, trusted, report)
     if data and not data.endswith(b"\n"):
         line_no = data.count(b"\n") + 1
