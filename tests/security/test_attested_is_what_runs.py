@@ -236,3 +236,112 @@ def test_unchecked_hash_based_bytecode_is_compared_with_its_source(checkout: Pat
     header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + bytes(8)  # hash-based, never checked
     cache.write_bytes(header + marshal.dumps(compile("x = 1\n", str(source), "exec")))
     assert [entry for entry in startup_hazards(checkout) if "not compiled from it" in entry]
+
+
+# --- lies the repository's config or the environment can tell git ------------------------------------------------
+
+STAT_LIE = "differs from HEAD although git status may call it clean: a filter or stat-cache setting"
+ASSUMED = "differs from HEAD, hidden from git status by assume-unchanged"
+CLEAN = "def f():\n    return 1\n"
+EVIL = "def f():\n    return 2\n"  # the same size as CLEAN: a stat cache that skips content checks misses it
+
+
+def _small_repo(path: Path, *init: str) -> Path:
+    path.mkdir()
+    git(path, "init", "-q", *init)
+    (path / "a.py").write_text(CLEAN)
+    os.utime(path / "a.py", (1_600_000_000, 1_600_000_000))  # old: never "racily clean", so git trusts its stat
+    git(path, "add", "a.py")
+    git(path, "commit", "-qm", "clean")
+    return path
+
+
+def _plain_status(root: Path) -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("init", [(), ("--object-format=sha256",)], ids=["sha1", "sha256"])
+@pytest.mark.parametrize("flag", HIDING_FLAGS)
+def test_edit_hidden_by_an_index_flag_is_dirty(tmp_path: Path, flag: str, init: tuple[str, ...]) -> None:
+    root = _small_repo(tmp_path / "r", *init)
+    (root / "a.py").write_text(EVIL)
+    git(root, "update-index", flag, "a.py")
+    assert _plain_status(root) == ""
+    assert guards_git.dirty_paths(root) == [f"a.py (differs from HEAD, hidden from git status by {flag[2:]})"]
+
+
+def test_file_deleted_behind_skip_worktree_is_dirty(tmp_path: Path) -> None:
+    root = _small_repo(tmp_path / "r")
+    git(root, "update-index", "--skip-worktree", "a.py")
+    (root / "a.py").unlink()
+    assert _plain_status(root) == ""
+    assert guards_git.dirty_paths(root) == [
+        "a.py (missing or not a regular file, hidden from git status by skip-worktree)"
+    ]
+
+
+def test_edit_hidden_by_a_clean_filter_in_git_config_is_dirty(tmp_path: Path) -> None:
+    root = _small_repo(tmp_path / "r")
+    (root / ".git" / "info" / "attributes").write_text("*.py filter=hide\n")
+    git(root, "config", "filter.hide.clean", "sed s/2/1/")  # git sees the committed bytes; Python runs the edit
+    (root / "a.py").write_text(EVIL)
+    git(root, "add", "a.py")  # re-stats the entry through the filter: the index blob stays the clean one
+    assert _plain_status(root) == ""
+    assert [entry for entry in guards_git.dirty_paths(root) if entry.startswith("a.py (differs from HEAD")]
+
+
+@pytest.mark.parametrize(
+    "setting", [("core.trustctime", "false"), ("core.checkStat", "minimal"), ("core.ignoreStat", "true")]
+)
+def test_edit_hidden_by_a_forged_stat_cache_is_dirty(tmp_path: Path, setting: tuple[str, str]) -> None:
+    root = _small_repo(tmp_path / "r")
+    git(root, "config", *setting)
+    if setting[0] == "core.ignoreStat":
+        git(root, "update-index", "--refresh")
+    (root / "a.py").write_text(EVIL)  # same size, same inode
+    os.utime(root / "a.py", (1_600_000_000, 1_600_000_000))  # the mtime the index recorded
+    assert _plain_status(root) == ""
+    assert guards_git.dirty_paths(root) in (["a.py"], [f"a.py ({STAT_LIE})"], [f"a.py ({ASSUMED})"])
+
+
+def test_git_variables_in_the_environment_do_not_redirect_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _small_repo(tmp_path / "r")
+    decoy = _small_repo(tmp_path / "decoy")
+    (decoy / "a.py").write_text(EVIL)
+    git(decoy, "commit", "-qam", "another tree")
+    (root / "a.py").write_text(EVIL)  # dirty here; the decoy's index and work tree match EVIL
+    for name, value in {
+        "GIT_DIR": str(decoy / ".git"),
+        "GIT_WORK_TREE": str(decoy),
+        "GIT_INDEX_FILE": str(decoy / ".git" / "index"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert guards_git.head_tree(root) != git(decoy, "rev-parse", "HEAD^{tree}")
+    assert guards_git.dirty_paths(root) == ["a.py"]
+
+
+def test_work_tree_moved_elsewhere_by_core_worktree_is_refused(tmp_path: Path) -> None:
+    root = _small_repo(tmp_path / "r")
+    elsewhere = tmp_path / "clean-copy"
+    elsewhere.mkdir()
+    (elsewhere / "a.py").write_text(CLEAN)
+    (root / "a.py").write_text(EVIL)
+    git(root, "config", "core.worktree", str(elsewhere))
+    assert _plain_status(root) == ""
+    assert [entry for entry in guards_git.dirty_paths(root) if "unset core.worktree" in entry]
+
+
+def test_replace_object_does_not_change_which_tree_is_attested(tmp_path: Path) -> None:
+    root = _small_repo(tmp_path / "r")
+    clean_commit = git(root, "rev-parse", "HEAD")
+    (root / "a.py").write_text(EVIL)
+    git(root, "commit", "-qam", "violation")
+    violating_tree = git(root, "rev-parse", "HEAD^{tree}")
+    git(root, "replace", git(root, "rev-parse", "HEAD"), clean_commit)  # git now shows HEAD as the clean commit
+    git(root, "read-tree", "HEAD")
+    (root / "a.py").write_text(CLEAN)
+    assert _plain_status(root) == ""
+    assert guards_git.head_tree(root) == violating_tree
+    assert guards_git.dirty_paths(root) == ["a.py"]  # HEAD (the violation) against the index
