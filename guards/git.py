@@ -138,6 +138,10 @@ def _working_tree_blob(path: Path, mode: str, object_format: str) -> str | None:
         return None  # unreadable is not proof that it matches
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def _index_flags(root: Path) -> dict[str, str]:
     """Index entries flagged skip-worktree or assume-unchanged → which flags, as `git ls-files -v` tags them."""
     flags = {}
@@ -170,6 +174,9 @@ def hidden_changes(root: Path) -> list[tuple[str, str]]:
             found.append((path, f"unknown tree entry mode {entry.mode}"))
             continue
         on_disk = _working_tree_blob(root / path, entry.mode, object_format)
+        if on_disk == entry.object_id and entry.mode == _SYMLINK_MODE and not _inside(root / path, root):
+            found.append((path, "a symlink out of the checkout: what it points at is not in the attested tree"))
+            continue
         if on_disk == entry.object_id:
             continue
         state = "missing or not a regular file" if on_disk is None else "differs from HEAD"

@@ -348,3 +348,15 @@ def test_replace_object_does_not_change_which_tree_is_attested(tmp_path: Path) -
     assert _plain_status(root) == ""
     assert guards_git.head_tree(root) == violating_tree
     assert guards_git.dirty_paths(root) == ["a.py"]  # HEAD (the violation) against the index
+
+
+def test_committed_symlink_out_of_the_checkout_is_refused(tmp_path: Path) -> None:
+    root = _small_repo(tmp_path / "r")
+    (tmp_path / "outside.py").write_text(EVIL)
+    (root / "b.py").symlink_to(tmp_path / "outside.py")  # committed as a link: its target's bytes are never attested
+    (root / "c.py").symlink_to("a.py")  # a link inside the checkout is fine
+    git(root, "add", "b.py", "c.py")
+    git(root, "commit", "-qm", "links")
+    assert guards_git.dirty_paths(root) == [
+        "b.py (a symlink out of the checkout: what it points at is not in the attested tree)"
+    ]
