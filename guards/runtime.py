@@ -6,10 +6,13 @@ policies/keys), and every file the folder holds is covered by it or is the train
 (guards.checkpoint_files); it audits either way.
 
 `require_training_allowed()` lets training start only inside a cluster job started by `oracle submit`: the job's
-environment carries the submission record's digest and path, the record must verify (guards.submission), and the
-scheduler's job identity must be present (SLURM_JOB_ID, or the pod name on Kubernetes). Everywhere else it refuses
-with one clear line. `ALLOW_LOCAL_TRAIN=true` overrides only when policies.toml allows it
-(`local_train.allow_override`, default false). Every decision is appended to the audit log.
+environment carries the submission record's digest and path; the record must verify (guards.submission: signed by a
+submission key of the trust root, naming the commit, tree, attestation and lock of the code that runs, which is the
+job's read-only export of the commit), and the scheduler, not the environment, must confirm that this process runs
+inside the job carrying that digest (guards.job_identity: `squeue`/`scontrol listpids`/slurmstepd ancestry on SLURM,
+the pod's annotation through the Kubernetes API). Everywhere else it refuses with one clear line.
+`ALLOW_LOCAL_TRAIN=true` overrides only when both policies.toml (`local_train.allow_override`) and the trust root's
+policy floor allow it (the embedded floor does not). Every decision is appended to the audit log.
 """
 
 from __future__ import annotations
@@ -34,41 +37,68 @@ class TrainingDecision:
     config_hash: str | None = None  # the submitted recipe's TrainConfig.sha256(); training must use that recipe
 
 
-def _job_identity(environ: Mapping[str, str], target: str) -> str | None:
+def _code_root() -> Path:
+    """The checkout (or export) this module was imported from: the code that runs, which the record must name."""
+    return Path(__file__).resolve().parents[1]
+
+
+def _job_identity(environ: Mapping[str, str], target: str, digest: str) -> str:
+    """The job id once the scheduler confirms this process runs in the job carrying `digest`; JobIdentityError
+    otherwise (an environment that merely names a job proves nothing)."""
+    from guards.job_identity import JobIdentityError, verify_k8s_pod, verify_slurm_job
+
     if target == "slurm":
-        return environ.get("SLURM_JOB_ID") or None
-    if environ.get("KUBERNETES_SERVICE_HOST"):
-        return environ.get("POD_NAME") or environ.get("HOSTNAME") or None
-    return None
+        job_id = environ.get("SLURM_JOB_ID", "")
+        if not job_id:
+            raise JobIdentityError("no SLURM_JOB_ID: the record must be used inside its job")
+        verify_slurm_job(job_id, digest, environ)
+        return job_id
+    verify_k8s_pod(digest, environ)
+    return environ["POD_NAME"]
 
 
-def training_decision(root: Path, environ: Mapping[str, str]) -> TrainingDecision:
-    from guards.submission import DIGEST_ENV, RECORD_ENV, SubmissionError, verify_submission
+def _override_allowed(root: Path) -> bool:
+    from guards.trust import load_trust_root
+    from policies.floor import floor_of
     from policies.settings import load_settings
+
+    floor = floor_of(load_trust_root(root)).settings.local_train.allow_override
+    return bool(floor and load_settings(root).local_train.allow_override)
+
+
+def training_decision(root: Path, environ: Mapping[str, str], code_root: Path | None = None) -> TrainingDecision:
+    """`root`: where the job keeps its state (the audit log, runs/); `code_root`: the code that runs (default: the
+    folder this module was imported from)."""
+    from guards.job_identity import JobIdentityError
+    from guards.submission import DIGEST_ENV, RECORD_ENV, SubmissionError, verify_submission
+    from guards.trust import TrustError
+    from policies.settings import SettingsError
 
     digest, record_path = environ.get(DIGEST_ENV), environ.get(RECORD_ENV)
     if digest and record_path:
         try:
-            record = verify_submission(Path(record_path), digest, root)
-        except SubmissionError as exc:
+            record = verify_submission(Path(record_path), digest, code_root or _code_root())
+            job_id = _job_identity(environ, record.target, digest)
+        except (SubmissionError, JobIdentityError) as exc:
             return TrainingDecision(False, f"training refused: {exc}")
-        job_id = _job_identity(environ, record.target)
-        if job_id is None:
-            wanted = "SLURM_JOB_ID" if record.target == "slurm" else "a Kubernetes pod name (POD_NAME)"
-            return TrainingDecision(False, f"training refused: no {wanted}; the record must be used inside its job")
         return TrainingDecision(
             True,
-            f"submitted {record.target} job {job_id} for commit {record.commit[:12]}",
+            f"submitted {record.target} job {job_id} for commit {record.commit[:12]} (confirmed by the scheduler)",
             job_id,
             config_hash=record.config_hash,
         )
     if environ.get("ALLOW_LOCAL_TRAIN", "false").lower() == "true":
-        if load_settings(root).local_train.allow_override:
+        try:
+            allowed = _override_allowed(root)
+        except (TrustError, SettingsError) as exc:
+            return TrainingDecision(False, f"training refused: ALLOW_LOCAL_TRAIN=true cannot be checked: {exc}")
+        if allowed:
             return TrainingDecision(True, "local training allowed by ALLOW_LOCAL_TRAIN=true (override)", override=True)
         return TrainingDecision(
             False,
-            "training refused: ALLOW_LOCAL_TRAIN=true is not honoured (policies.toml local_train.allow_override = "
-            "false); submit with `oracle submit --target slurm|k8s`",
+            "training refused: ALLOW_LOCAL_TRAIN=true is not honoured (it needs local_train.allow_override = true in "
+            "both policies.toml and the trust root's policy floor; allow_override = false); submit with "
+            "`oracle submit --target slurm|k8s`",
         )
     return TrainingDecision(
         False,
@@ -77,19 +107,21 @@ def training_decision(root: Path, environ: Mapping[str, str]) -> TrainingDecisio
     )
 
 
-def require_training_allowed(root: Path | None = None, environ: Mapping[str, str] | None = None) -> TrainingDecision:
-    """Return the decision when training may start; raise TrainingRefusedError otherwise. Audits either way."""
+def require_training_allowed(
+    root: Path | None = None, environ: Mapping[str, str] | None = None, *, code_root: Path | None = None
+) -> TrainingDecision:
+    """Return the decision when training may start; raise TrainingRefusedError otherwise. Audits either way (in
+    `root`, default the working directory: the checkout whose .oracle/ and runs/ the job writes)."""
     from guards.audit import append_entry
 
     root = (root or Path.cwd()).resolve()
     env = os.environ if environ is None else environ
-    decision = training_decision(root, env)
+    decision = training_decision(root, env, code_root)
     result = "allowed-override" if decision.override else "allowed" if decision.allowed else "refused"
     from guards import git
 
-    append_entry(
-        root, gate="train", result=result, commit=git.head_commit_or_none(root), details={"reason": decision.reason}
-    )
+    commit = git.head_commit_or_none(code_root or _code_root()) if decision.job_id else git.head_commit_or_none(root)
+    append_entry(root, gate="train", result=result, commit=commit, details={"reason": decision.reason})
     if not decision.allowed:
         raise TrainingRefusedError(decision.reason)
     return decision

@@ -1,29 +1,41 @@
 """Submission records: what `oracle submit` writes before a job reaches a cluster, and what the job verifies.
 
-The record (commit, tree, attestation digest, config hash, rendered spec hash, target, time) is a JSON file; its
-sha256 is the submission digest. The job's environment carries the digest (`ORACLE_SUBMISSION_DIGEST`) and the
-record's path (`ORACLE_SUBMISSION_RECORD`); the training runtime check re-hashes the record, checks that it names
-the checkout's HEAD, and verifies the attestation it names.
+The record is a DSSE envelope (guards.attestation.envelope, payload type `SUBMISSION_PAYLOAD_TYPE`) signed by the
+submitter's key, which must be a `submission` key of the trust root. Its payload names the commit and tree, the
+attestation's digest, the recipe's config hash, the rendered spec's hash, the target, the trust root it was made
+under, the audit log's head (`audit`, guards.audit.current_anchor), the waivers in use (from the attestation) and
+the sha256 of requirements.lock. The sha256 of the file's bytes is the submission digest: the job's environment
+carries it (`ORACLE_SUBMISSION_DIGEST`) with the record's path (`ORACLE_SUBMISSION_RECORD`), and the scheduler
+carries it too (the SLURM comment, the pod's annotation), which is what guards.job_identity checks.
+
+`verify_submission` re-hashes the record, checks its signature against the trust root, and checks that the code
+that runs (`code_root`: the job's export of the commit) is that commit's tree, clean, with the attestation the
+record names and the lock it was submitted with.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from oracle.atomic_write import write_atomically
 
 DIGEST_ENV = "ORACLE_SUBMISSION_DIGEST"
 RECORD_ENV = "ORACLE_SUBMISSION_RECORD"
+SUBMISSION_PAYLOAD_TYPE = "application/vnd.oracle.submission+json"
+_SIGN_HINT = "submit again with ORACLE_SIGNING_KEY set to a key the trust root names for submissions"
 
 
 class SubmissionError(RuntimeError):
-    """A submission record that is missing, altered, or does not match this checkout."""
+    """A submission record that is missing, altered, unsigned, or does not match the code that runs."""
 
 
 class SubmissionRecord(BaseModel):
@@ -36,23 +48,84 @@ class SubmissionRecord(BaseModel):
     spec_hash: str
     target: Literal["slurm", "k8s", "argo"]
     created: str
+    lock_sha256: str
+    trust: dict[str, Any]  # TrustRoot.describe() of the trust root it was made under
+    audit: dict[str, Any] | None  # the audit log's head when it was made (guards.audit.current_anchor)
+    waivers: list[dict[str, Any]]  # the waivers in use, as the verified attestation lists them
 
 
-def write_submission_record(path: Path, record: SubmissionRecord) -> str:
-    """Write the record atomically; returns its digest (sha256 of the bytes written)."""
-    data = (json.dumps(record.model_dump(), indent=2, sort_keys=True) + "\n").encode()
+def new_record(**fields: Any) -> SubmissionRecord:
+    return SubmissionRecord(created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields)
+
+
+def record_bytes(record: SubmissionRecord, signing_key: Ed25519PrivateKey) -> bytes:
+    """The envelope's bytes: what is written and what the digest covers."""
+    from guards.attestation import envelope
+
+    document = envelope(record.model_dump(mode="json"), signing_key, payload_type=SUBMISSION_PAYLOAD_TYPE)
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_submission_record(path: Path, record: SubmissionRecord, signing_key: Ed25519PrivateKey) -> str:
+    """Write the signed record atomically; returns its digest (sha256 of the bytes written)."""
+    data = record_bytes(record, signing_key)
     write_atomically(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
-def new_record(**fields: str) -> SubmissionRecord:
-    return SubmissionRecord(created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields)  # type: ignore[arg-type]
+def read_payload(data: bytes, where: str) -> tuple[bytes, list[dict[str, str]]]:
+    """The envelope's payload bytes and signatures, unverified; SubmissionError when it is not such an envelope."""
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("payloadType") != SUBMISSION_PAYLOAD_TYPE:
+            raise ValueError(f"not a DSSE envelope of {SUBMISSION_PAYLOAD_TYPE}")
+        body = base64.b64decode(document["payload"], validate=True)
+        signatures = document.get("signatures")
+        if not isinstance(signatures, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)
+            for s in signatures
+        ):
+            raise ValueError("signatures are not a list of {keyid, sig}")
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise SubmissionError(f"submission record {where} is malformed ({exc}); submit again") from exc
+    return body, signatures
 
 
-def verify_submission(record_path: Path, digest: str, root: Path) -> SubmissionRecord:
-    """The record, once its digest, its commit and the attestation it names all check out."""
+def load_record(path: Path) -> SubmissionRecord:
+    """The record's fields, without verifying anything (for callers that read a record verify_submission passed)."""
+    body, _ = read_payload(path.read_bytes(), str(path))
+    return SubmissionRecord.model_validate_json(body)
+
+
+def check_signature(body: bytes, signatures: list[dict[str, str]], where: str, trust: Any) -> str:
+    """The signing key id; SubmissionError unless a `submission` key of the trust root signs the payload (and no
+    signature fails)."""
+    from guards import keys
+    from guards.attestation import pae
+    from guards.trust import SUBMISSION
+
+    if not signatures:
+        raise SubmissionError(f"submission record {where} is unsigned; {_SIGN_HINT}")
+    allowed = trust.keys_for(SUBMISSION)
+    for entry in signatures:
+        if entry["keyid"] not in allowed:
+            raise SubmissionError(
+                f"submission record {where} is signed by key {entry['keyid']}, which is not a submission key of "
+                f"the trust root ({trust.label}); {_SIGN_HINT}"
+            )
+        if not keys.verify(allowed, entry["keyid"], pae(SUBMISSION_PAYLOAD_TYPE, body), entry["sig"]):
+            raise SubmissionError(f"submission record {where} does not match its signature (altered after signing)")
+    return signatures[0]["keyid"]
+
+
+def verify_submission(record_path: Path, digest: str, code_root: Path) -> SubmissionRecord:
+    """The record, once its digest, its signature (a trusted submitter's), and the code at `code_root` (its commit's
+    tree, clean, attested as the record says, with the lock it names) all check out. Development-only trust is
+    refused: a job started through `oracle submit` never runs under it."""
     from guards import git
     from guards.attestation import AttestationError, verify_attestation
+    from guards.trust import TrustError, load_trust_root, require_trusted
+    from policies.settings import load_settings
 
     try:
         data = record_path.read_bytes()
@@ -63,18 +136,32 @@ def verify_submission(record_path: Path, digest: str, root: Path) -> SubmissionR
             f"submission record {record_path} does not match {DIGEST_ENV}: it was altered or replaced"
         )
     try:
-        record = SubmissionRecord.model_validate_json(data)
+        trust = load_trust_root(code_root)
+        require_trusted(trust, "training from a submission record")
+    except TrustError as exc:
+        raise SubmissionError(str(exc)) from exc
+    body, signatures = read_payload(data, str(record_path))
+    check_signature(body, signatures, str(record_path), trust)
+    try:
+        record = SubmissionRecord.model_validate_json(body)
     except ValidationError as exc:
         raise SubmissionError(f"submission record {record_path} is malformed: {exc.errors()[0]['msg']}") from exc
-    head = git.head_commit(root)
+    head = git.head_commit(code_root)
     if record.commit != head:
         raise SubmissionError(f"the job runs commit {head[:12]}, but it was submitted for {record.commit[:12]}")
-    from policies.settings import load_settings
-
+    tree = git.head_tree(code_root)
+    if record.tree != tree:
+        raise SubmissionError(f"the job runs tree {tree[:12]}, but it was submitted for {record.tree[:12]}")
     try:
-        attestation = verify_attestation(root, require_signature=load_settings(root).attestation.require_signature)
+        attestation = verify_attestation(
+            code_root, require_signature=load_settings(code_root).attestation.require_signature, trust=trust
+        )
     except AttestationError as exc:
         raise SubmissionError(f"the submitted commit's attestation does not verify: {exc}") from exc
     if attestation.digest != record.attestation_digest:
         raise SubmissionError("the attestation in this checkout is not the one the submission names")
+    lock = code_root / "requirements.lock"
+    lock_sha = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
+    if lock_sha != record.lock_sha256:
+        raise SubmissionError(f"{lock} is not the requirements.lock the job was submitted with")
     return record

@@ -27,7 +27,10 @@ from typing import Any
 
 from guards import git
 from guards.attestation import AttestationError, verify_attestation
+from guards.audit import AuditError, current_anchor
+from guards.keys import SigningKeyError, key_id, load_signing_key
 from guards.submission import new_record, write_submission_record
+from guards.trust import SUBMISSION, TrustError, TrustRoot, load_trust_root, require_trusted
 from infra import checks, slurm
 from infra.spec import (
     K8S_RECORD_PATH,
@@ -200,7 +203,15 @@ def _render(
     env = job_environment(digest, record_path)
     if request.target == "slurm":
         log_dir = request.root / SLURM_LOG_DIR
-        script = slurm.render_sbatch(request, env, lock_sha256=lock_sha, log_dir=log_dir, passed=submitter)
+        script = slurm.render_sbatch(
+            request,
+            env,
+            lock_sha256=lock_sha,
+            log_dir=log_dir,
+            digest=digest,
+            tree=git.head_tree(request.root),
+            passed=submitter,
+        )
         return script, None
     if request.target == "k8s":
         from infra.k8s.manifests import serving_manifests, to_yaml, training_manifests
@@ -243,7 +254,15 @@ def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None
     try:
         commit = git.head_commit(root)
         outcome = _submit(root, options, env, commit)
-    except (SubmitRefusedError, SpecError, ClusterError, AttestationError) as exc:
+    except (
+        SubmitRefusedError,
+        SpecError,
+        ClusterError,
+        AttestationError,
+        TrustError,
+        SigningKeyError,
+        AuditError,
+    ) as exc:
         reason = str(exc)
         _audit(root, "refused", commit, {**details, "reason": reason})
         raise SubmitRefusedError(reason) from exc
@@ -321,6 +340,8 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
 
     if options.dry_run:
         return Submission(options.target, request, pending_spec, spec_hash, dry_run=True, note="dry run: nothing sent")
+    trust = load_trust_root(root)
+    signing_key = _submitter_key(trust, env, options.target)
 
     with _submissions_lock(root):  # two submits of the same commit and config cannot both pass the duplicate check
         if options.target == "slurm" and not options.force:
@@ -337,8 +358,12 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
             config_hash=request.config_hash,
             spec_hash=spec_hash,
             target=options.target,
+            lock_sha256=lock_sha,
+            trust=trust.describe(),
+            audit=current_anchor(root),
+            waivers=list(attestation.statement["predicate"].get("waivers") or []),
         )
-        digest = write_submission_record(record_path, record)
+        digest = write_submission_record(record_path, record, signing_key)
         spec_file = record_path.with_suffix(".sbatch" if options.target == "slurm" else ".yaml")
         try:
             return _send(root, options, env, request, record_path, digest, spec_file, spec_hash, lock_sha, commit)
@@ -347,6 +372,24 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
             record_path.unlink(missing_ok=True)
             spec_file.unlink(missing_ok=True)
             raise
+
+
+def _submitter_key(trust: TrustRoot, env: Mapping[str, str], target: str) -> Any:
+    """The submitter's private key, once the trust root is a real one and names it for submissions."""
+    require_trusted(trust, f"submitting to {target}")
+    signing_key = load_signing_key(env)
+    if signing_key is None:
+        raise SubmitRefusedError(
+            f"submitting to {target} refused: ORACLE_SIGNING_KEY is not set; point it at your submitter key (a "
+            f"submission key of the trust root, {trust.label}); `--dry-run` needs none"
+        )
+    keyid = key_id(signing_key.public_key())
+    if keyid not in trust.keys_for(SUBMISSION):
+        raise SubmitRefusedError(
+            f"submitting to {target} refused: ORACLE_SIGNING_KEY is key {keyid}, which is not a submission key of "
+            f"the trust root ({trust.label}); ask its owners to add it (`oracle trust init --submission <key>.pub`)"
+        )
+    return signing_key
 
 
 @contextlib.contextmanager

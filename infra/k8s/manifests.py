@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from guards.job_identity import POD_DIGEST_ANNOTATION
 from guards.submission import DIGEST_ENV
 from infra.spec import (
     IMAGE_WORKDIR,
@@ -241,7 +242,8 @@ def build_training(
     pod = client.V1PodSpec(
         restart_policy="Never",
         service_account_name=service_account_name(request.project),
-        automount_service_account_token=False,
+        # the runtime check asks the API server, with this token, whether this pod carries the submission's digest
+        automount_service_account_token=True,
         subdomain=job,
         security_context=_pod_security(),
         containers=[container],
@@ -266,7 +268,12 @@ def build_training(
             backoff_limit=0,
             active_deadline_seconds=time_seconds(request.time),
             template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=dict(labels), annotations=_annotations(request)), spec=pod
+                # the runtime check reads the digest back from the API server (guards.job_identity)
+                metadata=client.V1ObjectMeta(
+                    labels=dict(labels),
+                    annotations={**_annotations(request), POD_DIGEST_ANNOTATION: env[DIGEST_ENV]},
+                ),
+                spec=pod,
             ),
         ),
     )

@@ -3,7 +3,8 @@
 The scheduler is driven through its own clients (`sbatch`, `squeue`, `scancel`), which every SLURM site has and
 which speak every Slurm version; PyPI's pyslurm binds one Slurm release only. A job is this project's when its
 comment starts with `<project>:commit=` (`JobRequest.mark`); the same comment names the commit and config hash, which
-is how a duplicate submission is found.
+is how a duplicate submission is found, and ends with `:digest=<submission digest>`, which the training runtime check
+reads back from the controller (guards.job_identity) to bind the record to this job.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import jinja2
 
+from guards.job_identity import DIGEST_FIELD, comment_for
 from infra.spec import RENDEZVOUS_PORT, ClusterError, JobRequest
 
 TEMPLATE = Path(__file__).with_name("train.sbatch.j2")
@@ -63,9 +65,12 @@ def render_sbatch(
     *,
     lock_sha256: str,
     log_dir: Path,
+    digest: str,
+    tree: str,
     passed: Mapping[str, str] | None = None,
 ) -> str:
-    """The batch script for `request`; values that reach the shell are quoted. `passed`: variables of the
+    """The batch script for `request`, bound to the submission `digest` (in its comment) and running from an export
+    of the commit whose tree is `tree`; values that reach the shell are quoted. `passed`: variables of the
     submitting environment the job should see (PASSED_VARIABLES)."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, trim_blocks=False
@@ -80,6 +85,8 @@ def render_sbatch(
         venv=request.venv,
         lock_sha256=lock_sha256,
         log_dir=log_dir,
+        comment=comment_for(request.mark, digest),
+        tree=tree,
         port=RENDEZVOUS_PORT,
     )
 
@@ -141,7 +148,7 @@ def project_jobs(project: str, *, environ: Mapping[str, str] | None = None) -> l
 def find_duplicate(request: JobRequest, *, environ: Mapping[str, str] | None = None) -> SlurmJob | None:
     """A queued or running job of this project for the same commit and config."""
     for job in project_jobs(request.project, environ=environ):
-        if job.comment == request.mark:
+        if job.comment == request.mark or job.comment.startswith(f"{request.mark}:{DIGEST_FIELD}"):
             return job
     return None
 

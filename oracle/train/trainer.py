@@ -512,6 +512,8 @@ def environment_facts(decision_job_id: str | None) -> RunFacts:
     facts.extra["audit"] = current_anchor(Path.cwd())  # the log require_training_allowed wrote to
     record_path = os.environ.get(RECORD_ENV)
     if record_path:
-        record = json.loads(Path(record_path).read_text(encoding="utf-8"))
-        facts.commit, facts.attestation_digest = record.get("commit"), record.get("attestation_digest")
+        from guards.submission import load_record
+
+        record = load_record(Path(record_path))  # the signed record require_training_allowed verified
+        facts.commit, facts.attestation_digest = record.commit, record.attestation_digest
     return facts

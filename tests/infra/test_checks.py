@@ -47,7 +47,12 @@ def locked_venv(tmp_path: Path, sha: str = LOCK_SHA) -> None:
 
 def sbatch(job: JobRequest, env: dict[str, str] | None = None) -> str:
     return render_sbatch(
-        job, env or job_environment("1" * 64, "/r/record.json"), lock_sha256=LOCK_SHA, log_dir=Path("/r/logs")
+        job,
+        env or job_environment("1" * 64, "/r/record.json"),
+        lock_sha256=LOCK_SHA,
+        log_dir=Path("/r/logs"),
+        digest="1" * 64,
+        tree="2" * 40,
     )
 
 
@@ -58,7 +63,7 @@ def test_rendered_sbatch_passes_and_carries_the_contract(tmp_path: Path) -> None
     assert checks.check_sbatch(script, job, LOCK_SHA) == []
     assert "#SBATCH --nodes=2\n" in script
     assert "#SBATCH --gpus-per-node=8\n" in script
-    assert f"#SBATCH --comment={job.mark}\n" in script
+    assert f"#SBATCH --comment={job.mark}:digest={'1' * 64}\n" in script  # the mark, then the digest
     assert "#SBATCH --job-name=oracle-train-oracle-mini\n" in script
     assert "export ALLOW_LOCAL_TRAIN=false\n" in script
     assert "export ORACLE_SUBMISSION_DIGEST=" + "1" * 64 in script
