@@ -169,6 +169,24 @@ def pae(payload_type: str, body: bytes) -> bytes:
     return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(body), body)
 
 
+def open_envelope(data: bytes, payload_type: str) -> tuple[bytes, list[dict[str, str]]]:
+    """The payload bytes and {keyid, sig} signatures of a DSSE envelope of `payload_type`, unverified; ValueError
+    saying what is wrong otherwise. Every signed record of ours is read through this one parser."""
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("payloadType") != payload_type:
+            raise ValueError(f"not a DSSE envelope of payloadType {payload_type}")
+        body = base64.b64decode(document["payload"], validate=True)
+        signatures = document["signatures"]
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"not a DSSE envelope: {exc}") from exc
+    if not isinstance(signatures, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str) for s in signatures
+    ):
+        raise ValueError("signatures is not a list of {keyid, sig} strings")
+    return body, signatures
+
+
 def envelope(
     statement: dict[str, Any], signing_key: Ed25519PrivateKey | None, *, payload_type: str = PAYLOAD_TYPE
 ) -> dict[str, Any]:

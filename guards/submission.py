@@ -15,8 +15,6 @@ record names and the lock it was submitted with.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from guards.attestation import open_envelope
 from oracle.atomic_write import write_atomically
 
 DIGEST_ENV = "ORACLE_SUBMISSION_DIGEST"
@@ -76,19 +75,9 @@ def write_submission_record(path: Path, record: SubmissionRecord, signing_key: E
 def read_payload(data: bytes, where: str) -> tuple[bytes, list[dict[str, str]]]:
     """The envelope's payload bytes and signatures, unverified; SubmissionError when it is not such an envelope."""
     try:
-        document = json.loads(data)
-        if not isinstance(document, dict) or document.get("payloadType") != SUBMISSION_PAYLOAD_TYPE:
-            raise ValueError(f"not a DSSE envelope of {SUBMISSION_PAYLOAD_TYPE}")
-        body = base64.b64decode(document["payload"], validate=True)
-        signatures = document.get("signatures")
-        if not isinstance(signatures, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)
-            for s in signatures
-        ):
-            raise ValueError("signatures are not a list of {keyid, sig}")
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        return open_envelope(data, SUBMISSION_PAYLOAD_TYPE)
+    except ValueError as exc:
         raise SubmissionError(f"submission record {where} is malformed ({exc}); submit again") from exc
-    return body, signatures
 
 
 def load_record(path: Path) -> SubmissionRecord:

@@ -29,7 +29,6 @@ job to a scheduler, publishing to the Hub, serving weights) refuse it with one l
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -194,20 +193,12 @@ def load_trust_root(
 
 
 def _envelope_parts(path: Path, data: bytes) -> tuple[bytes, list[dict[str, str]]]:
+    from guards.attestation import open_envelope
+
     try:
-        envelope = json.loads(data)
-        if not isinstance(envelope, dict) or envelope.get("payloadType") != PAYLOAD_TYPE:
-            raise ValueError(f"not a DSSE envelope of payloadType {PAYLOAD_TYPE}")
-        body = base64.b64decode(envelope["payload"], validate=True)
-        signatures = envelope["signatures"]
-        if not isinstance(signatures, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)
-            for s in signatures
-        ):
-            raise ValueError("signatures is not a list of {keyid, sig} strings")
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        return open_envelope(data, PAYLOAD_TYPE)
+    except ValueError as exc:
         raise TrustError(f"trust root {path} is malformed ({exc}); re-issue it with `oracle trust init`") from exc
-    return body, signatures
 
 
 def parse_trust_root(path: Path, data: bytes) -> TrustRootDocument:
