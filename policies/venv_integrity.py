@@ -128,7 +128,7 @@ def check_installation(
         distributions += found
         problems += unreadable
     installed = {dist.name: dist.version for dist in distributions}
-    allowed = {_normalise(name) for name in allow_unlocked} | _project_names(distributions, checkout)
+    allowed = {_normalise(name) for name in allow_unlocked} | _project_names(distributions, prefix, checkout)
     problems += [
         Problem(Kind.lock, subject, message)
         for _, message, subject in lock_mismatches(installed, locked, allowed, lock_name)
@@ -137,7 +137,7 @@ def check_installation(
         in_site = [dist for dist in distributions if dist.dist_info.parent == site]
         problems += _check_records(site, prefix, in_site)
         problems += _check_unrecorded(site, prefix, in_site)
-        problems += _check_pth(site, prefix, checkout, in_site, set(locked) | _project_names(in_site, checkout))
+        problems += _check_pth(site, prefix, checkout, in_site, set(locked) | _project_names(in_site, prefix, checkout))
         if check_bytecode:
             problems += _check_bytecode(site, prefix)
     problems += check_import_path(import_path, prefix, checkout)
@@ -249,9 +249,15 @@ def _editable_root(dist_info: Path) -> Path | None:
     return Path(unquote(url.path)).resolve() if url.scheme == "file" else None
 
 
-def _project_names(distributions: Iterable[Distribution], checkout: Path) -> set[str]:
-    """The project's own editable install: exactly the distribution whose editable root is the checkout."""
-    return {dist.name for dist in distributions if dist.editable_root == checkout}
+def project_roots(prefix: Path, checkout: Path) -> tuple[Path, Path]:
+    """Where the project's own editable install may point: the checkout being judged, or the checkout that holds
+    this venv (`make venv` installs the project editable from there; a checkout may link that venv as its .venv)."""
+    return checkout, prefix.parent
+
+
+def _project_names(distributions: Iterable[Distribution], prefix: Path, checkout: Path) -> set[str]:
+    """The project's own editable install: exactly the distributions whose editable root is a project root."""
+    return {dist.name for dist in distributions if dist.editable_root in project_roots(prefix, checkout)}
 
 
 def _digest(path: str, algorithm: str) -> str | None:
@@ -348,7 +354,9 @@ def _check_pth(
     problems: list[Problem] = []
     for pth in sorted(site.glob("*.pth")):
         dist = owner.get(os.path.normpath(pth))
-        allowed_outside = checkout if dist is not None and dist.editable_root == checkout else None
+        allowed_outside = (
+            dist.editable_root if dist is not None and dist.editable_root in project_roots(prefix, checkout) else None
+        )
         try:
             lines = pth.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -369,7 +377,9 @@ def _check_pth(
             problems += _path_outside(Path(site, text), where, prefix, allowed_outside)
     for finder in sorted(site.glob("__editable___*_finder.py")):
         dist = owner.get(os.path.normpath(finder))
-        allowed_outside = checkout if dist is not None and dist.editable_root == checkout else None
+        allowed_outside = (
+            dist.editable_root if dist is not None and dist.editable_root in project_roots(prefix, checkout) else None
+        )
         for target in _finder_mapping(finder):
             problems += _path_outside(Path(target), _shown(str(finder), prefix), prefix, allowed_outside)
     return problems
@@ -405,7 +415,9 @@ def check_import_path(entries: Sequence[str], prefix: Path, checkout: Path) -> l
     problems = []
     for entry in entries:
         resolved = Path(entry or os.getcwd()).resolve()
-        if resolved.is_relative_to(prefix) or resolved.is_relative_to(checkout) or resolved in stdlib:
+        if resolved.is_relative_to(prefix) or resolved in stdlib:
+            continue
+        if any(resolved.is_relative_to(root) for root in project_roots(prefix, checkout)):
             continue
         problems.append(
             Problem(
