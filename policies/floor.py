@@ -290,6 +290,11 @@ def check_settings(root: Path, settings: Settings, floor: PolicyFloor, floor_lab
     relative = SETTINGS_FILE.as_posix()
     path = root / SETTINGS_FILE
     if not path.is_file():
+        # A tree without the floor's lock has not opted into this project's policy (another repository running our
+        # hooks): the floor's settings name this project's files, and such a tree can never be attested or
+        # submitted (both need the lock), so there is nothing for the floor to hold.
+        if not (root / floor.settings.venv.lock).is_file():
+            return []
         if not floor.require_settings_file:
             return [
                 LOOSER_THAN_FLOOR.finding(relative, 0, 0, f"{s.key}: the default {s.value!r} is looser", s.key)

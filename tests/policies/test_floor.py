@@ -3,6 +3,8 @@ over the embedded one, and a loosening is told from a tightening."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from guards.trust import TrustRoot
@@ -75,3 +77,15 @@ def test_a_loosening_is_told_from_a_tightening(key: str, loose: object, tight: o
 def test_an_undeclared_setting_must_equal_the_floor() -> None:
     assert not is_as_strict("scan.something_new", 2, 1)
     assert is_as_strict("scan.something_new", 1, 1)
+
+
+def test_a_missing_policies_toml_is_a_finding_only_in_a_tree_that_opted_in(tmp_path: Path) -> None:
+    from policies.floor import check_settings
+
+    foreign = check_settings(tmp_path, Settings(), PolicyFloor(), "embedded floor")
+    assert foreign == []  # another repository running our hooks: no lock, nothing the floor could hold
+
+    (tmp_path / "requirements.lock").write_text("")
+    ours = check_settings(tmp_path, Settings(), PolicyFloor(), "embedded floor")
+    assert [finding.rule_id for finding in ours] == ["TRU001"]
+    assert "policies/policies.toml is missing" in ours[0].message
