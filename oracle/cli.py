@@ -276,24 +276,18 @@ def train_command(
 
     try:
         recipe = load_train_config(config)
-        if decision.config_hash is not None:  # inside a submitted job: exactly what the submit gate checked
-            if data is not None:
-                raise fail(
-                    "training refused: --data is not allowed in a submitted job (the gate checked the recipe's "
-                    "data.path); put the path in the recipe and submit it",
-                    EXIT_BLOCKED,
-                )
-            if recipe.sha256() != decision.config_hash:
-                raise fail(
-                    f"training refused: recipe {config} (config hash {recipe.sha256()[:12]}) is not the one this job "
-                    f"was submitted with ({decision.config_hash[:12]}); submit it with `oracle submit`",
-                    EXIT_BLOCKED,
-                )
+        refusal = submitted_recipe_refusal(decision.config_hash, recipe.sha256(), config, data)
+        if refusal is not None:
+            raise fail(refusal, EXIT_BLOCKED)
         if data is not None:
             recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(data)})})
         placement = placement_from_env()
         run_dir = run_training(
-            recipe, resume=resume, run_name=run_name, facts=environment_facts(decision.job_id), placement=placement
+            recipe,
+            resume=resume,
+            run_name=run_name,
+            facts=environment_facts(decision.job_id, local_override=decision.override),
+            placement=placement,
         )
     except (ConfigError, TrainDataError, TrainError, LaunchError, CheckpointCorruptError, SigningKeyError) as exc:
         raise fail(str(exc)) from exc
@@ -307,6 +301,24 @@ def train_command(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def submitted_recipe_refusal(submitted: str | None, recipe_hash: str, config: str, data: Path | None) -> str | None:
+    """Why a submitted job may not train this recipe (None: it may). `submitted`: the config hash of the verified
+    submission record (None outside a submitted job); inside one, exactly what the submit gate checked runs."""
+    if submitted is None:
+        return None
+    if data is not None:
+        return (
+            "training refused: --data is not allowed in a submitted job (the gate checked the recipe's data.path); "
+            "put the path in the recipe and submit it"
+        )
+    if recipe_hash != submitted:
+        return (
+            f"training refused: recipe {config} (config hash {recipe_hash[:12]}) is not the one this job was "
+            f"submitted with ({submitted[:12]}); submit it with `oracle submit`"
+        )
+    return None
 
 
 class SubmitTarget(StrEnum):

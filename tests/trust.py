@@ -8,6 +8,7 @@ tests of the development default remove the variable. Tests that need separate s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ ORACLE = str(Path(sys.executable).parent / "oracle")
 
 @dataclass(frozen=True)
 class TestTrust:
+    __test__ = False  # a helper, not a test class
     path: Path  # the trust root file
     root_key: Path  # the private key that signed it
     keys: dict[str, Path]  # role -> the private key of that role's signer
@@ -38,17 +40,29 @@ def _oracle(*args: str) -> str:
     return done.stdout
 
 
-def make_trust(directory: Path, signers: dict[str, str] | None = None) -> TestTrust:
+def make_trust(
+    directory: Path,
+    signers: dict[str, str] | None = None,
+    *,
+    floor: dict[str, object] | None = None,
+    keys_from: TestTrust | None = None,
+) -> TestTrust:
     """A trust root in `directory` (keys in directory/keys). `signers`: role -> key name; roles sharing a name share
-    a key (default: one key, `signer`, for every role)."""
+    a key (default: one key, `signer`, for every role). `floor`: the policy floor it signs (default: the embedded
+    one). `keys_from`: start from that trust root's keys (same signers, another floor)."""
     names = signers or {role: "signer" for role in SIGNING_ROLES}
     keydir = directory / "keys"
+    if keys_from is not None:
+        shutil.copytree(keys_from.path.parent / "keys", keydir, dirs_exist_ok=True)
     for name in {"root", *names.values()}:
         if not (keydir / f"{name}.pem").exists():
             _oracle("keys", "new", name, "--dir", str(keydir))
     args = ["trust", "init", "--out", str(directory / "trust-root.json"), "--root-key", str(keydir / "root.pem")]
     for role, name in names.items():
         args += [f"--{role}", str(keydir / f"{name}.pub")]
+    if floor is not None:
+        (directory / "floor.json").write_text(json.dumps(floor))
+        args += ["--floor", str(directory / "floor.json")]
     _oracle(*args)
     return TestTrust(
         directory / "trust-root.json", keydir / "root.pem", {r: keydir / f"{n}.pem" for r, n in names.items()}

@@ -502,14 +502,17 @@ def _choose_checkpoint(run_dir: Path, resume: str | None) -> dict[str, Any]:
         return {"target": None, "error": f"choosing a checkpoint in {run_dir}: {exc}"}
 
 
-def environment_facts(decision_job_id: str | None) -> RunFacts:
+def environment_facts(decision_job_id: str | None, *, local_override: bool = False) -> RunFacts:
     """The facts of the submitted job this process runs in, read from its (already verified) submission record, and
-    the audit log's head just after the runtime check recorded its decision (guards.audit), which provenance carries."""
+    the audit log's head just after the runtime check recorded its decision (guards.audit), which provenance carries.
+    A run the ALLOW_LOCAL_TRAIN override let through says so (`local_override`) and names no commit: nothing
+    attested the code it ran."""
     from guards.audit import current_anchor
     from guards.submission import DIGEST_ENV, RECORD_ENV
 
     facts = RunFacts(job_id=decision_job_id, submission_digest=os.environ.get(DIGEST_ENV))
     facts.extra["audit"] = current_anchor(Path.cwd())  # the log require_training_allowed wrote to
+    facts.extra["local_override"] = local_override
     record_path = os.environ.get(RECORD_ENV)
     if record_path:
         from guards.submission import load_record

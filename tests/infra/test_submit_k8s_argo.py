@@ -16,9 +16,15 @@ from guards.submission import DIGEST_ENV
 from infra.k8s.validate import validate_manifests
 from tests.checkouts import oracle
 from tests.infra.test_k8s import FakeKubectl
+from tests.trust import session_key
 
 ARGS = ["--config", "oracle-mini", "--nodes", "1", "--gpus-per-node", "2", "--time", "01:00:00"]
 NO_CLUSTER = {"KUBECONFIG": "/nonexistent/kubeconfig", "HOME": "/nonexistent", "ARGO_SERVER": ""}
+
+
+def _submitter() -> dict[str, str]:
+    """The submitter's key: a real submission (not a dry run) is signed by a submission key of the trust root."""
+    return {"ORACLE_SIGNING_KEY": str(session_key())}
 
 
 def _records(root: Path) -> set[str]:
@@ -51,7 +57,9 @@ def test_k8s_dry_run_prints_valid_manifests_and_writes_nothing(repository_checko
 
 
 def test_k8s_without_a_kubeconfig_renders_the_bound_spec_and_applies_nothing(repository_checkout: Path) -> None:
-    done = oracle(repository_checkout, "submit", "--target", "k8s", *ARGS, "--format", "json", env=NO_CLUSTER)
+    done = oracle(
+        repository_checkout, "submit", "--target", "k8s", *ARGS, "--format", "json", env={**NO_CLUSTER, **_submitter()}
+    )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["submitted"] is False
@@ -69,7 +77,12 @@ def test_k8s_with_a_kubeconfig_applies_the_training_objects(
 ) -> None:
     kubectl = FakeKubectl(tmp_path, monkeypatch)
     kubectl.answer(output="")  # no Job of ours yet
-    env = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": os.environ["PATH"], "FAKE_KUBECTL_LOG": str(kubectl.log)}
+    env = {
+        "KUBECONFIG": str(kubectl.kubeconfig),
+        "PATH": os.environ["PATH"],
+        "FAKE_KUBECTL_LOG": str(kubectl.log),
+        **_submitter(),
+    }
     done = oracle(repository_checkout, "submit", "--target", "k8s", *ARGS, "--format", "json", env=env)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
@@ -96,7 +109,12 @@ def test_k8s_refuses_to_replace_a_job_that_exists(
 ) -> None:
     kubectl = FakeKubectl(tmp_path, monkeypatch)
     kubectl.answer(output="job.batch/oracle-train-oracle-mini\n")
-    env = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": os.environ["PATH"], "FAKE_KUBECTL_LOG": str(kubectl.log)}
+    env = {
+        "KUBECONFIG": str(kubectl.kubeconfig),
+        "PATH": os.environ["PATH"],
+        "FAKE_KUBECTL_LOG": str(kubectl.log),
+        **_submitter(),
+    }
     before = _records(repository_checkout)
     done = oracle(repository_checkout, "submit", "--target", "k8s", *ARGS, env=env)
     assert done.returncode == 1

@@ -16,6 +16,7 @@ import pytest
 
 from guards.attestation import verify_attestation
 from guards.provenance import verify_provenance
+from guards.submission import load_record
 from tests.checkouts import attest, git, make_repository_checkout, oracle
 from tests.infra.slurm_cluster import SlurmCluster
 
@@ -48,10 +49,10 @@ def test_submit_runs_oracle_train_to_completion(repository_checkout: Path, slurm
     job_id = answer["job_id"]
     assert job_id.isdigit()
     assert answer["submitted"] is True
-    record = json.loads(Path(answer["record"]).read_text())
+    record = load_record(Path(answer["record"]))  # a DSSE envelope signed by the submitter's key
     head = git(root, "rev-parse", "HEAD")
     attestation = verify_attestation(root)
-    assert (record["commit"], record["target"], record["attestation_digest"]) == (head, "slurm", attestation.digest)
+    assert (record.commit, record.target, record.attestation_digest) == (head, "slurm", attestation.digest)
 
     state = slurm_cluster.wait_for_state(job_id, {"COMPLETED"}, timeout=600)
     log = root / "runs" / "slurm" / f"oracle-train-oracle-mini-{job_id}.out"
@@ -103,11 +104,12 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
     tmp_path: Path, repository_checkout: Path, slurm_cluster: SlurmCluster
 ) -> None:
     root = repository_checkout
-    first = oracle(root, *SUBMIT, "--format", "json", env=slurm_cluster.env)
+    submitter = {**slurm_cluster.env, "ORACLE_SIGNING_KEY": str(root.parent / "signing.pem")}
+    first = oracle(root, *SUBMIT, "--format", "json", env=submitter)
     assert first.returncode == 0, first.stderr
     job_id = json.loads(first.stdout)["job_id"]
 
-    again = oracle(root, *SUBMIT, env=slurm_cluster.env)
+    again = oracle(root, *SUBMIT, env=submitter)
     assert again.returncode == 1
     (line,) = again.stderr.strip().splitlines()
     assert "already" in line
@@ -115,7 +117,7 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
     assert "--force" in line
     assert _last_submit_decision(root) == "refused"
 
-    forced = oracle(root, *SUBMIT, "--force", "--format", "json", env=slurm_cluster.env)
+    forced = oracle(root, *SUBMIT, "--force", "--format", "json", env=submitter)
     assert forced.returncode == 0, forced.stderr
     second = json.loads(forced.stdout)["job_id"]
     out = f"--output={tmp_path}/foreign-%j.out"

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import marshal
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ def checkout(pristine: Path) -> Iterator[Path]:
     git(pristine, "reset", "-q", "--hard", base)
     exclude.write_text(excluded)
     git(pristine, "clean", "-qfdx", "-e", "/.venv", "-e", "/data/", "-e", "/.oracle/")
+    # the same violation commits to the same tree in every test: no test may find another's attestation of it
+    shutil.rmtree(pristine / ".oracle" / "attestations", ignore_errors=True)
 
 
 def _key(root: Path) -> Path:

@@ -25,6 +25,7 @@ from guards.trust import TRUST_ROOT_ENV
 from oracle.serve.loading import CODE_ASSETS, ServeOptions, check_servable, load_served_model
 from tests.checkouts import attest, git, make_repository_checkout, oracle
 from tests.serve.fixtures import ServedCheckpoint, make_served_checkpoint, serve_command, serve_env, start_server
+from tests.trust import session_key
 
 SIGNED = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 # Files a loader could pick up, dropped unsigned into a signed checkpoint folder.
@@ -215,7 +216,18 @@ def test_building_under_the_development_default_stages_no_weights(
     checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
     out = tmp_path / "staged"
     args = ["hub", "build", "--config", "oracle-mini", "--checkpoint", str(checkpoint), "--out", str(out)]
-    line = one_line(oracle(checkout, *args, env={TRUST_ROOT_ENV: ""}))  # no trust root: the development default
+    development = {TRUST_ROOT_ENV: ""}  # no trust root: the development default, which trusts policies/keys/
+    public = session_key().with_suffix(".pub")
+    shutil.copyfile(public, checkout / "policies" / "keys" / "developer.pub")
+    try:  # a checkout the development default accepts: the attesting key committed in policies/keys/
+        git(checkout, "add", "policies/keys/developer.pub")
+        git(checkout, "commit", "-qm", "the developer's key")
+        done = oracle(checkout, "guards", "attest", env={**development, "ORACLE_SIGNING_KEY": str(session_key())})
+        assert done.returncode == 0, done.stdout + done.stderr
+        line = one_line(oracle(checkout, *args, env=development))
+    finally:
+        git(checkout, "reset", "-q", "--hard", "HEAD~1")
+        attest(checkout, checkout.parent / "signing.pem")
     assert "development-only (no trust root)" in line, line
     assert "oracle trust init" in line
     assert not out.exists()

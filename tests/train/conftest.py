@@ -3,6 +3,7 @@ environment of the cluster job it would have started, and a runner that starts `
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -21,10 +22,12 @@ from guards.attestation import verify_attestation, write_attestation
 from guards.keys import load_signing_key
 from guards.result import GateResult
 from guards.submission import DIGEST_ENV, RECORD_ENV, new_record, write_submission_record
+from guards.trust import load_trust_root
 from oracle.data.format import PackedWriter
 from oracle.train.config import load_train_config
+from policies.floor import PolicyFloor
 from policies.rule import Gate
-from tests.trust import session_key
+from tests.trust import TestTrust, make_trust, session_key, session_trust
 
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo) when imported in-process
@@ -89,22 +92,52 @@ def make_checkout(tmp_path: Path) -> Path:
 
 
 def job_environment(root: Path, job_id: str = "4242", config: Path | None = None) -> dict[str, str]:
-    """What a SLURM job started by `oracle submit` carries: the submission record's digest and path, the job id.
-    The record names `config`'s hash (training refuses any other recipe)."""
+    """What a SLURM job started by `oracle submit` carries: the submission record's digest and path (a record signed
+    by the session trust root's submission key, naming this checkout's commit and attestation), the job id. The
+    scheduler knows no such job, so training refuses it: only the refusals are tested with it here; the SLURM tests
+    (tests/infra/test_submit_slurm.py, tests/security) run real submitted jobs."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    tree = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=root, capture_output=True, text=True).stdout
     record = root / "jobs" / "submission.json"
     digest = write_submission_record(
         record,
         new_record(
             commit=head,
-            tree="t",
+            tree=tree.strip(),
             attestation_digest=verify_attestation(root).digest,
             config_hash=load_train_config(config).sha256() if config is not None else "c",
             spec_hash="s",
             target="slurm",
+            lock_sha256=hashlib.sha256((root / "requirements.lock").read_bytes()).hexdigest(),
+            trust=load_trust_root(root).describe(),
+            audit=None,
+            waivers=[],
         ),
+        load_signing_key({"ORACLE_SIGNING_KEY": str(session_key())}),
     )
     return {DIGEST_ENV: digest, RECORD_ENV: str(record), "SLURM_JOB_ID": job_id}
+
+
+@pytest.fixture(scope="session")
+def local_trust(tmp_path_factory: pytest.TempPathFactory) -> TestTrust:
+    """A trust root whose policy floor lets ALLOW_LOCAL_TRAIN=true through (an organisation's choice for a
+    development machine), signed with the session's keys: provenance written under it verifies under the session
+    trust root too."""
+    floor = PolicyFloor().model_dump(mode="json")
+    floor["settings"]["local_train"]["allow_override"] = True
+    return make_trust(tmp_path_factory.mktemp("local-trust"), floor=floor, keys_from=session_trust())
+
+
+def local_training(root: Path, trust: TestTrust, *, signed: bool = True) -> dict[str, str]:
+    """Opt `root` into local training (policies.toml's local_train.allow_override, committed and attested again) and
+    return the environment that trains there under `trust`: the override the floor and the settings both allow,
+    the provenance key unless `signed` is false."""
+    (root / "policies" / "policies.toml").write_text("[local_train]\nallow_override = true\n")
+    subprocess.run([*GIT, "commit", "-qam", "local training allowed on this machine"], cwd=root, check=True)
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(session_key())})
+    write_attestation(root, GateResult(gate=Gate.ci, root=str(root), rules=[]), key)
+    env = {**trust.env, "ALLOW_LOCAL_TRAIN": "true"}
+    return env | {"ORACLE_SIGNING_KEY": str(session_key())} if signed else env
 
 
 def recipe(path: Path, corpus: Path, **changes: object) -> Path:

@@ -1,5 +1,6 @@
-"""`oracle train` end to end on CPU: 2 processes, gloo, DeepSpeed ZeRO-3, started with the environment of a job
-that `oracle submit` would have started (the cluster tests then go through SLURM itself)."""
+"""`oracle train` end to end on CPU: 2 processes, gloo, DeepSpeed ZeRO-3, on a machine whose trust root lets
+ALLOW_LOCAL_TRAIN=true through (tests.train.conftest.local_trust). Runs inside jobs that `oracle submit` started go
+through SLURM itself: tests/infra/test_submit_slurm.py and tests/security/test_legitimate_chain.py."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 import torch
 
 from guards.provenance import ProvenanceError, verify_provenance
+from oracle.cli import submitted_recipe_refusal
 from oracle.moe850b.weights import load_checkpoint
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
-from tests.train.conftest import ORACLE, job_environment, recipe, start_training, write_corpus
+from tests.train.conftest import ORACLE, job_environment, local_training, recipe, start_training, write_corpus
+from tests.trust import TestTrust
 
 
 def _metrics(run: Path) -> list[dict[str, object]]:
@@ -47,15 +50,27 @@ def test_a_forged_submission_record_is_refused(checkout: Path, corpus: Path) -> 
     assert job.wait() == [1], job.output()
     assert "does not match ORACLE_SUBMISSION_DIGEST" in job.output()
     assert not (checkout / "runs").exists()
+    assert _audit(checkout)[-1]["result"] == "refused"
 
 
-def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(checkout: Path, tmp_path: Path) -> None:
+def test_a_signed_record_with_a_job_id_the_scheduler_does_not_confirm_is_refused(checkout: Path, corpus: Path) -> None:
+    env = job_environment(checkout)  # signed by the trust root's key, but for a commit the running code is not
+    path = recipe(checkout.parent / "mini.yaml", corpus)
+    job = start_training(checkout, ["--config", str(path)], world=1, env=env)
+    assert job.wait() == [1], job.output()
+    assert "training refused:" in job.output()
+    assert not (checkout / "runs").exists()
+
+
+def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
+    checkout: Path, tmp_path: Path, local_trust: TestTrust
+) -> None:
     (tmp_path / "text.txt").write_text("A few words to learn merges from, again and again.\n" * 50)
     tokenizer, _ = train_tokenizer([tmp_path / "text.txt"], 4096)
     save_tokenizer(tokenizer, tmp_path / "tokenizer", context_length=512)
     corpus = write_corpus(tmp_path / "corpus", tokenizer=tmp_path / "tokenizer")
     path = recipe(tmp_path / "mini.yaml", corpus, schedule__total_steps=30, checkpoint__interval=15)
-    env = job_environment(checkout, job_id="777", config=path) | {"ORACLE_SIGNING_KEY": str(tmp_path / "signing.pem")}
+    env = local_training(checkout, local_trust)
     job = start_training(checkout, ["--config", str(path)], env=env)
     assert job.wait() == [0, 0], job.output()
     run = checkout / "runs" / "oracle-mini"
@@ -71,9 +86,10 @@ def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(checko
     final = run / "step-00000030"
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "step-00000015", "step-00000030"]
     record = verify_provenance(final, checkout)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
-    assert (record["commit"], record["job_id"], record["step"]) == (head, "777", 30)
-    assert record["submission_digest"] == env["ORACLE_SUBMISSION_DIGEST"]
+    # a local run names no job and no commit, and says it was let through by the override (the SLURM tests check
+    # the provenance of submitted jobs)
+    assert (record["commit"], record["job_id"], record["step"], record["local_override"]) == (None, None, 30, True)
+    assert record["submission_digest"] is None
     # the weights, their config and the tokenizer the data was encoded with (which `oracle serve` loads from here)
     assert set(record["files"]) == {"model.safetensors", "config.json", *TOKENIZER_FILES}
     for name in TOKENIZER_FILES:
@@ -83,7 +99,7 @@ def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(checko
     assert model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.embed_tokens.weight.shape == (4096, 128)
     results = [e["result"] for e in _audit(checkout) if e["gate"] == "train"]
-    assert results == ["allowed", "allowed"]  # one decision per rank
+    assert results == ["allowed-override", "allowed-override"]  # one decision per rank
 
     data = bytearray((final / "model.safetensors").read_bytes())
     data[-1] ^= 0x01
@@ -92,20 +108,20 @@ def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(checko
         verify_provenance(final, checkout)
 
 
-def test_a_recipe_other_than_the_submitted_one_is_refused(checkout: Path, corpus: Path, tmp_path: Path) -> None:
-    submitted = recipe(tmp_path / "submitted.yaml", corpus)
-    other = recipe(tmp_path / "other.yaml", corpus, optimizer__lr=1e-3)
-    env = job_environment(checkout, config=submitted)
-    job = start_training(checkout, ["--config", str(other)], world=1, env=env)
-    assert job.wait() == [1], job.output()
-    assert "is not the one this job was submitted with" in job.output()
-    job = start_training(checkout, ["--config", str(submitted), "--data", str(corpus)], world=1, env=env)
-    assert job.wait() == [1], job.output()
-    assert "--data is not allowed in a submitted job" in job.output()
-    assert not (checkout / "runs").exists()
+def test_a_submitted_job_trains_only_the_submitted_recipe() -> None:
+    assert submitted_recipe_refusal(None, "a" * 64, "mini.yaml", Path("/data")) is None  # not a submitted job
+    assert submitted_recipe_refusal("a" * 64, "a" * 64, "mini.yaml", None) is None
+    other = submitted_recipe_refusal("a" * 64, "b" * 64, "other.yaml", None)
+    assert other is not None
+    assert "recipe other.yaml (config hash bbbbbbbbbbbb) is not the one this job was submitted with" in other
+    data = submitted_recipe_refusal("a" * 64, "a" * 64, "mini.yaml", Path("/data"))
+    assert data is not None
+    assert "--data is not allowed in a submitted job" in data
 
 
-def test_provenance_without_a_signing_key_does_not_verify(checkout: Path, corpus: Path, tmp_path: Path) -> None:
+def test_provenance_without_a_signing_key_does_not_verify(
+    checkout: Path, corpus: Path, tmp_path: Path, local_trust: TestTrust
+) -> None:
     path = recipe(
         tmp_path / "mini.yaml",
         corpus,
@@ -115,14 +131,15 @@ def test_provenance_without_a_signing_key_does_not_verify(checkout: Path, corpus
         schedule__total_steps=2,
         checkpoint__interval=2,
     )
-    job = start_training(checkout, ["--config", str(path)], world=1, env=job_environment(checkout, config=path))
+    env = local_training(checkout, local_trust, signed=False)
+    job = start_training(checkout, ["--config", str(path)], world=1, env=env)
     assert job.wait() == [0], job.output()
     with pytest.raises(ProvenanceError, match="is unsigned"):
         verify_provenance(checkout / "runs" / "oracle-mini" / "step-00000002", checkout)
 
 
 def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
-    checkout: Path, corpus: Path, tmp_path: Path
+    checkout: Path, corpus: Path, tmp_path: Path, local_trust: TestTrust
 ) -> None:
     path = recipe(
         tmp_path / "mini.yaml",
@@ -132,7 +149,7 @@ def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
         checkpoint__interval=4,
         checkpoint__keep_last=2,
     )
-    env = job_environment(checkout, config=path)
+    env = local_training(checkout, local_trust)
     reference = start_training(checkout, ["--config", str(path), "--run-name", "reference"], env=env)
     assert reference.wait() == [0, 0], reference.output()
     expected = {m["step"]: m for m in _metrics(checkout / "runs" / "reference")}
