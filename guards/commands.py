@@ -31,6 +31,21 @@ def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _refuse(root: Path, gate: str, message: str, code: int = EXIT_FINDINGS) -> typer.Exit:
+    """A refusal of `oracle guards attest|verify`: one line on stderr and an audit entry (a log that cannot take the
+    entry is named on the same line; the refusal stands either way)."""
+    from guards import git
+    from guards.audit import AuditError, append_entry
+
+    try:
+        append_entry(
+            root, gate=gate, result="refused", commit=git.head_commit_or_none(root), details={"reason": message}
+        )
+    except (AuditError, OSError) as exc:
+        message = f"{message} (and the audit log could not record this: {exc})"
+    return _fail(message, code)
+
+
 def _root(root: Path | None) -> Path:
     return (root or Path.cwd()).resolve()
 
@@ -105,7 +120,7 @@ def _attest_result(root: Path, result: object, *, strict: bool) -> None:
     try:
         path = write_attestation(root, result, load_signing_key())
     except (AttestationError, SigningKeyError) as exc:
-        raise _fail(str(exc), EXIT_FINDINGS) from exc
+        raise _refuse(root, "attest", str(exc)) from exc
     signed = "signed" if json.loads(path.read_text())["signatures"] else "unsigned (no ORACLE_SIGNING_KEY)"
     typer.echo(f"attested {path.relative_to(root)} ({signed})")
 
@@ -155,7 +170,7 @@ def verify_command(
     except SettingsError as exc:
         raise _fail(str(exc)) from exc
     except (AttestationError, SigningKeyError) as exc:
-        raise _fail(str(exc), EXIT_FINDINGS) from exc
+        raise _refuse(base, "verify", str(exc)) from exc
     signer = f"signed by {verified.keyid}" if verified.keyid else "unsigned"
     typer.echo(f"attestation OK: {verified.path.relative_to(base)} sha256:{verified.digest} ({signer})")
 

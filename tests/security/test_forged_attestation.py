@@ -79,6 +79,9 @@ def _assert_refused_everywhere(root: Path, expected: str) -> None:
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert expected in verify.stderr
     assert len(verify.stderr.strip().splitlines()) == 1
+    entry = _last_audit(root, "verify")
+    assert entry["result"] == "refused"
+    assert expected in str(entry["details"])
 
     submit = oracle(root, "submit", "--target", "slurm", "--config", "oracle-mini", "--gpus-per-node", "0")
     assert submit.returncode == 1, submit.stdout + submit.stderr
@@ -146,3 +149,6 @@ def test_attest_refuses_a_key_the_trust_root_does_not_name(tmp_path: Path) -> No
     assert done.returncode == 1
     assert "is not an attestation key of the trust root" in done.stderr
     assert not list((root / ".oracle" / "attestations").glob("*.json"))
+    entry = _last_audit(root, "attest")
+    assert entry["result"] == "refused"
+    assert "is not an attestation key of the trust root" in str(entry["details"])
