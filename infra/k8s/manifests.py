@@ -35,7 +35,13 @@ from oracle.serve import API_KEY_ENV
 
 Manifest = dict[str, Any]
 TrainingObject = (
-    client.V1ServiceAccount | client.V1ConfigMap | client.V1PersistentVolumeClaim | client.V1Service | client.V1Job
+    client.V1ServiceAccount
+    | client.V1Role
+    | client.V1RoleBinding
+    | client.V1ConfigMap
+    | client.V1PersistentVolumeClaim
+    | client.V1Service
+    | client.V1Job
 )
 
 DEFAULT_CHECKPOINT_SIZE = "2Ti"
@@ -206,6 +212,26 @@ def build_training(
         kind="ServiceAccount",
         metadata=_metadata(request, service_account_name(request.project), labels),
     )
+    # the runtime check reads its own pod (the digest annotation, phase, uid) through the API server: read-only
+    # access to pods in the namespace, nothing else (it can neither annotate nor create a pod)
+    reader = f"{service_account_name(request.project)}-pod-reader"
+    role = client.V1Role(
+        api_version="rbac.authorization.k8s.io/v1",
+        kind="Role",
+        metadata=_metadata(request, reader, labels),
+        rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get"])],
+    )
+    binding = client.V1RoleBinding(
+        api_version="rbac.authorization.k8s.io/v1",
+        kind="RoleBinding",
+        metadata=_metadata(request, reader, labels),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=reader),
+        subjects=[
+            client.RbacV1Subject(
+                kind="ServiceAccount", name=service_account_name(request.project), namespace=request.namespace
+            )
+        ],
+    )
     record = client.V1ConfigMap(
         api_version="v1",
         kind="ConfigMap",
@@ -277,13 +303,14 @@ def build_training(
             ),
         ),
     )
-    return [account, record, claim, rendezvous, training]
+    return [account, role, binding, record, claim, rendezvous, training]
 
 
 def training_manifests(
     request: JobRequest, env: dict[str, str], record_json: str, *, checkpoint_size: str = DEFAULT_CHECKPOINT_SIZE
 ) -> list[Manifest]:
-    """ServiceAccount, record ConfigMap, checkpoint claim, headless Service and the Indexed Job, as dicts."""
+    """ServiceAccount, its pod-reading Role and RoleBinding, record ConfigMap, checkpoint claim, headless Service and
+    the Indexed Job, as dicts."""
     objects = build_training(request, env, encode_record(record_json), checkpoint_size=checkpoint_size)
     return [to_manifest(item) for item in objects]
 

@@ -90,6 +90,8 @@ def test_training_and_serving_manifests_validate_strictly() -> None:
     documents = manifests()
     assert [d["kind"] for d in documents] == [
         "ServiceAccount",
+        "Role",
+        "RoleBinding",
         "ConfigMap",
         "PersistentVolumeClaim",
         "Service",
@@ -109,7 +111,7 @@ def test_default_schema_version_is_one_kubernetes_validate_ships() -> None:
 def test_every_object_carries_the_project_labels_annotations_and_namespace() -> None:
     request = job_request()
     documents = manifests(request)
-    for document in documents[:5]:
+    for document in documents[:7]:
         assert document["metadata"]["labels"] == job_labels(request)
     for document in documents:
         metadata = document["metadata"]
@@ -387,6 +389,8 @@ def test_apply_pipes_the_manifests_to_kubectl_server_side(kubectl: FakeKubectl) 
     assert list(yaml.safe_load_all(call["stdin"])) == documents
     assert applied == [
         "ServiceAccount/oracle-jobs",
+        "Role/oracle-jobs-pod-reader",
+        "RoleBinding/oracle-jobs-pod-reader",
         "ConfigMap/oracle-train-oracle-mini-submission",
         "PersistentVolumeClaim/oracle-checkpoints",
         "Service/oracle-train-oracle-mini",
@@ -557,3 +561,23 @@ def test_without_kubectl_an_unreadable_kubeconfig_is_a_cluster_error(tmp_path: P
     broken.write_text("apiVersion: v1\nkind: Config\n")
     with pytest.raises(ClusterError, match=f"^kubeconfig {broken} cannot be loaded: "):
         apply_manifests(manifests()[:1], kubeconfig=broken)
+
+
+def test_the_training_pod_may_read_pods_and_do_nothing_else() -> None:
+    """The runtime check reads its own pod's digest annotation through the API server; the pod's service account
+    gets `get` on pods in the namespace and no verb that could change a pod (or its annotation)."""
+    documents = manifests()
+    role, binding = by_kind(documents, "Role"), by_kind(documents, "RoleBinding")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    account = by_kind(documents, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    job_pod = pod_spec(documents, "Job")
+    assert job_pod["automountServiceAccountToken"] is True  # the token the check reads the pod with
+    assert pod_spec(documents, "Deployment")["automountServiceAccountToken"] is False  # serving needs none

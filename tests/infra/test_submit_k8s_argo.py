@@ -100,7 +100,8 @@ def test_k8s_with_a_kubeconfig_applies_the_training_objects(
         "-",
     ]
     applied = list(yaml.safe_load_all(call["stdin"]))
-    assert [d["kind"] for d in applied] == ["ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Service", "Job"]
+    kinds = [d["kind"] for d in applied]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim", "Service", "Job"]
     assert _env(applied)[DIGEST_ENV] == answer["digest"]
 
 
