@@ -26,6 +26,8 @@ import jsonschema
 import pydantic
 from hera.workflows import models as m
 
+from guards.job_identity import POD_DIGEST_ANNOTATION
+from guards.submission import DIGEST_ENV
 from infra.k8s.manifests import (
     RUN_AS_USER,
     RUNS_DIR,
@@ -221,7 +223,11 @@ def build_workflow(
             entrypoint="pipeline",
             service_account_name=service_account_name(request.project),
             active_deadline_seconds=time_seconds(request.time),
-            pod_metadata=m.Metadata(labels=dict(labels), annotations=dict(annotations)),
+            # every step's pod carries the submission digest, which the runtime check reads back from the API
+            # server (guards.job_identity); the workflow's service account needs `get` on pods (infra.k8s.manifests)
+            pod_metadata=m.Metadata(
+                labels=dict(labels), annotations={**annotations, POD_DIGEST_ANNOTATION: env[DIGEST_ENV]}
+            ),
             security_context=m.PodSecurityContext(
                 run_as_non_root=True,
                 run_as_user=RUN_AS_USER,

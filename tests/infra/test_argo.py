@@ -165,6 +165,8 @@ def test_labels_deadline_and_service_account_are_set() -> None:
     assert document["metadata"]["annotations"]["oracle.dev/mark"] == request.mark
     spec = document["spec"]
     assert spec["podMetadata"]["labels"] == job_labels(request)
+    # every step's pod carries the submission digest the runtime check reads back through the API server
+    assert spec["podMetadata"]["annotations"]["oracle.dev/submission-digest"] == DIGEST
     assert spec["activeDeadlineSeconds"] == 4 * 3600
     assert spec["serviceAccountName"] == "oracle-jobs"
     assert spec["securityContext"]["runAsNonRoot"] is True
