@@ -60,11 +60,12 @@ def load_signing_key(environ: Mapping[str, str] | None = None) -> Ed25519Private
     return key
 
 
-def load_public_keys(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, Ed25519PublicKey]:
+def load_public_keys(root: Path) -> dict[str, Ed25519PublicKey]:
     """Every `policies/keys/*.pub` (PEM SubjectPublicKeyInfo), by key id; empty when the directory is absent.
 
-    The keys live in the tree being checked, so a change could add its own key. Where `ORACLE_TRUSTED_KEY_IDS` is
-    set (CI, the cluster, the publisher: configured outside the tree), only the key ids it lists are trusted."""
+    The keys live in the tree being checked, so a change could add its own key: they are trusted only under the
+    development default (guards.trust), whose records are marked development-only and accepted by no gate that lets
+    anything leave the machine. Under a trust root only its role keys verify."""
     directory = root / paths.PUBLIC_KEYS_DIR
     if not directory.is_dir():
         return {}
@@ -72,10 +73,6 @@ def load_public_keys(root: Path, environ: Mapping[str, str] | None = None) -> di
     for path in sorted(directory.glob(f"*{PUBLIC_KEY_SUFFIX}")):
         key = load_public_key(path, f"or remove it from {directory}")
         keys[key_id(key)] = key
-    env = os.environ if environ is None else environ
-    pinned = {item.strip() for item in env.get(paths.TRUSTED_KEYS_ENV, "").split(",") if item.strip()}
-    if pinned:
-        keys = {keyid: key for keyid, key in keys.items() if keyid in pinned}
     return keys
 
 

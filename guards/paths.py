@@ -17,7 +17,6 @@ PUBLIC_KEYS_DIR = POLICIES_DIR / "keys"
 LOCK_FILE = Path("requirements.lock")
 MODEL_CONFIG = Path("oracle") / "moe850b" / "configs" / "oracle850b.moe.json"
 SIGNING_KEY_ENV = "ORACLE_SIGNING_KEY"  # path to the Ed25519 private key (PEM); never inside the tree
-TRUSTED_KEYS_ENV = "ORACLE_TRUSTED_KEY_IDS"  # comma-separated key ids; when set, the only keys that verify
 
 
 def attestation_path(root: Path, tree_id: str) -> Path:

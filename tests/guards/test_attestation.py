@@ -447,12 +447,3 @@ def test_verify_rejects_an_unknown_key_id() -> None:
     private_key = Ed25519PrivateKey.generate()
     keyid, signature = keys.sign(private_key, b"data")
     assert keys.verify({}, keyid, b"data", signature) is False
-
-
-def test_keys_pinned_outside_the_tree_are_the_only_ones_trusted(tmp_path: Path) -> None:
-    from guards.keys import generate_keypair, load_public_keys
-
-    ours = generate_keypair(tmp_path / "ours.pem", tmp_path / "policies" / "keys" / "ours.pub")
-    added = generate_keypair(tmp_path / "added.pem", tmp_path / "policies" / "keys" / "added-by-a-change.pub")
-    assert set(load_public_keys(tmp_path, {})) == {ours, added}
-    assert set(load_public_keys(tmp_path, {"ORACLE_TRUSTED_KEY_IDS": ours})) == {ours}

@@ -95,7 +95,6 @@ def serve_command(served: ServedCheckpoint, checkpoint: Path | None = None, *ext
 def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This checkout's code; only the root's keys are trusted; no API key unless `extra` sets one."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    env.pop("ORACLE_TRUSTED_KEY_IDS", None)
     env.pop(API_KEY_ENV, None)
     return {**env, **(extra or {})}
 
