@@ -16,7 +16,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 
 
 def _require_project_venv(session: nox.Session) -> None:
-    if Path(sys.prefix).resolve() != PROJECT_VENV:
+    if Path(sys.prefix).resolve() != PROJECT_VENV.resolve():  # .venv may be a link (a worktree sharing one venv)
         session.error(
             f"nox runs from {sys.prefix}, not the project's virtualenv {PROJECT_VENV}; "
             "run `make guards` / `make test`, which build .venv from requirements.lock"

@@ -123,12 +123,18 @@ def _stepd_job(pid: int) -> str | None:
 
 def verify_slurm_job(job_id: str, digest: str, environ: Mapping[str, str], pid: int | None = None) -> str:
     """A one-line description of the verified job; JobIdentityError when any of the three checks fails."""
-    if not job_id.isdigit():
+    if not (job_id.isascii() and job_id.isdigit()):  # str.isdigit alone accepts other scripts' digits
         raise JobIdentityError(f"SLURM_JOB_ID={job_id!r} is not a job id")
     pid = os.getpid() if pid is None else pid
-    answer = _ask(
-        [_system_client("squeue"), "--noheader", "--jobs", job_id, "--states=all", "--format=%i|%T|%U|%k"], environ
-    )
+    try:
+        answer = _ask(
+            [_system_client("squeue"), "--noheader", "--jobs", job_id, "--states=all", "--format=%i|%T|%U|%k"],
+            environ,
+        )
+    except JobIdentityError as exc:
+        if "Invalid job id" not in str(exc):  # squeue's words for a job the controller does not hold
+            raise
+        answer = ""
     rows = [line.split("|", 3) for line in answer.splitlines() if line.split("|", 1)[0].strip() == job_id]
     if len(rows) != 1 or len(rows[0]) != 4:
         raise JobIdentityError(f"the SLURM controller does not know job {job_id}: the record must be used in its job")

@@ -68,3 +68,34 @@ def repository_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_repository_checkout(tmp)
     attest(root, tmp / "signing.pem")
     return root
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(session_trust_root: Path) -> Iterator[object]:
+    """A real one-node SLURM cluster for the session (tests.infra.slurm_cluster): installed from Debian's packages
+    when missing, torn down at the end. In CI (CI=true) it must come up; elsewhere a machine that cannot install it
+    skips the tests that need it. As an organisation configures its nodes, the cluster, not the submitter, gives
+    every job the trust root: its TaskProlog exports ORACLE_TRUST_ROOT (the submitting shell's never reaches a job)."""
+    import os
+    import shutil
+    import tempfile
+
+    from tests.infra.slurm_cluster import SlurmCluster, SlurmError, ensure_installed
+
+    try:
+        ensure_installed()
+    except SlurmError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        pytest.skip(f"SLURM cannot be installed here: {exc}")
+    state = Path(tempfile.mkdtemp(prefix="oracle-slurm-", dir="/tmp"))  # short: the daemons' unix sockets live here
+    prolog = state / "task-prolog.sh"
+    prolog.write_text(f"#!/bin/sh\necho 'export ORACLE_TRUST_ROOT={session_trust_root}'\n")
+    prolog.chmod(0o755)
+    cluster = SlurmCluster(state, extra_conf={"TaskProlog": prolog})
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(state, ignore_errors=True)

@@ -104,6 +104,17 @@ def test_duplicate_is_refused_and_the_kill_switch_cancels_only_ours(
     tmp_path: Path, repository_checkout: Path, slurm_cluster: SlurmCluster
 ) -> None:
     root = repository_checkout
+    # the node is taken by another's job for the whole test, so ours stay queued (a duplicate is one that may still
+    # run: a short training run could otherwise finish before the second submit's gate is done)
+    blocker = slurm_cluster.sbatch("--exclusive", f"--output={tmp_path}/blocker-%j.out", "--wrap", "sleep 600")
+    try:
+        assert slurm_cluster.wait_for_state(blocker, {"RUNNING"}, timeout=60) == "RUNNING"
+        _duplicates_and_kill(tmp_path, root, slurm_cluster)
+    finally:
+        slurm_cluster.run("scancel", blocker)
+
+
+def _duplicates_and_kill(tmp_path: Path, root: Path, slurm_cluster: SlurmCluster) -> None:
     submitter = {**slurm_cluster.env, "ORACLE_SIGNING_KEY": str(root.parent / "signing.pem")}
     first = oracle(root, *SUBMIT, "--format", "json", env=submitter)
     assert first.returncode == 0, first.stderr
