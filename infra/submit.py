@@ -197,7 +197,6 @@ def _render(
     record_path: str,
     record_json: str,
     lock_sha: str,
-    submitter: Mapping[str, str],
 ) -> tuple[str, Any]:
     """The spec text and its parsed documents (None for sbatch)."""
     env = job_environment(digest, record_path)
@@ -210,7 +209,6 @@ def _render(
             log_dir=log_dir,
             digest=digest,
             tree=git.head_tree(request.root),
-            passed=submitter,
         )
         return script, None
     if request.target == "k8s":
@@ -332,7 +330,7 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
     record_path = root / SUBMISSIONS_DIR / f"{stamp}-{options.target}-{request.config_name}.json"
     record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
 
-    pending_spec, documents = _render(request, PENDING_DIGEST, record_in_job, "{}", lock_sha, env)
+    pending_spec, documents = _render(request, PENDING_DIGEST, record_in_job, "{}", lock_sha)
     problems = _validate(request, pending_spec, documents, lock_sha)
     if problems:
         raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
@@ -421,7 +419,7 @@ def _send(
 
     record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
     record_json = record_path.read_text(encoding="utf-8")
-    spec, documents = _render(request, digest, record_in_job, record_json, lock_sha, env)
+    spec, documents = _render(request, digest, record_in_job, record_json, lock_sha)
     problems = _validate(request, spec, documents, lock_sha)
     if problems:  # the final rendering differs from the checked one only by the digest; this is a safety net
         raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")

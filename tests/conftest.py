@@ -75,12 +75,14 @@ def slurm_cluster(session_trust_root: Path) -> Iterator[object]:
     """A real one-node SLURM cluster for the session (tests.infra.slurm_cluster): installed from Debian's packages
     when missing, torn down at the end. In CI (CI=true) it must come up; elsewhere a machine that cannot install it
     skips the tests that need it. As an organisation configures its nodes, the cluster, not the submitter, gives
-    every job the trust root: its TaskProlog exports ORACLE_TRUST_ROOT (the submitting shell's never reaches a job)."""
+    every job its trust root and its signing key (a provenance key of that trust root): its TaskProlog exports
+    ORACLE_TRUST_ROOT and ORACLE_SIGNING_KEY (nothing of the submitting shell reaches a job)."""
     import os
     import shutil
     import tempfile
 
     from tests.infra.slurm_cluster import SlurmCluster, SlurmError, ensure_installed
+    from tests.trust import session_trust
 
     try:
         ensure_installed()
@@ -90,7 +92,10 @@ def slurm_cluster(session_trust_root: Path) -> Iterator[object]:
         pytest.skip(f"SLURM cannot be installed here: {exc}")
     state = Path(tempfile.mkdtemp(prefix="oracle-slurm-", dir="/tmp"))  # short: the daemons' unix sockets live here
     prolog = state / "task-prolog.sh"
-    prolog.write_text(f"#!/bin/sh\necho 'export ORACLE_TRUST_ROOT={session_trust_root}'\n")
+    key = session_trust().keys["provenance"]
+    prolog.write_text(
+        f"#!/bin/sh\necho 'export ORACLE_TRUST_ROOT={session_trust_root}'\necho 'export ORACLE_SIGNING_KEY={key}'\n"
+    )
     prolog.chmod(0o755)
     cluster = SlurmCluster(state, extra_conf={"TaskProlog": prolog})
     try:

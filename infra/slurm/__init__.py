@@ -55,10 +55,6 @@ class SlurmJob:
         return self.comment.startswith(f"{project}:commit=")
 
 
-# Passed from the submitting shell into the job on purpose (the job gets nothing else: --export=NONE).
-PASSED_VARIABLES = ("ORACLE_SIGNING_KEY",)
-
-
 def render_sbatch(
     request: JobRequest,
     env: Mapping[str, str],
@@ -67,11 +63,11 @@ def render_sbatch(
     log_dir: Path,
     digest: str,
     tree: str,
-    passed: Mapping[str, str] | None = None,
 ) -> str:
     """The batch script for `request`, bound to the submission `digest` (in its comment) and running from an export
-    of the commit whose tree is `tree`; values that reach the shell are quoted. `passed`: variables of the
-    submitting environment the job should see (PASSED_VARIABLES)."""
+    of the commit whose tree is `tree`; values that reach the shell are quoted. Nothing of the submitting shell
+    reaches the job (--export=NONE): its trust root and its signing key (a provenance key) come from the cluster's
+    own configuration (docs/security.md)."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, trim_blocks=False
     )
@@ -80,7 +76,6 @@ def render_sbatch(
     return template.render(
         request=request,
         env=dict(env),
-        passed={name: value for name, value in (passed or {}).items() if name in PASSED_VARIABLES and value},
         root=request.root,
         venv=request.venv,
         lock_sha256=lock_sha256,
