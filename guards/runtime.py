@@ -35,6 +35,7 @@ class TrainingDecision:
     job_id: str | None = None
     override: bool = False
     config_hash: str | None = None  # the submitted recipe's TrainConfig.sha256(); training must use that recipe
+    record: Any = None  # the verified guards.submission.SubmissionRecord (never read from its file again)
 
 
 def _code_root() -> Path:
@@ -42,7 +43,7 @@ def _code_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def _job_identity(environ: Mapping[str, str], target: str, digest: str) -> str:
+def _job_identity(environ: Mapping[str, str], target: str, digest: str, spec_hash: str) -> str:
     """The job id once the scheduler confirms this process runs in the job carrying `digest`; JobIdentityError
     otherwise (an environment that merely names a job proves nothing)."""
     from guards.job_identity import JobIdentityError, verify_k8s_pod, verify_slurm_job
@@ -51,18 +52,21 @@ def _job_identity(environ: Mapping[str, str], target: str, digest: str) -> str:
         job_id = environ.get("SLURM_JOB_ID", "")
         if not job_id:
             raise JobIdentityError("no SLURM_JOB_ID: the record must be used inside its job")
-        verify_slurm_job(job_id, digest, environ)
+        verify_slurm_job(job_id, digest, environ, spec_hash=spec_hash)
         return job_id
     verify_k8s_pod(digest, environ)
     return environ["POD_NAME"]
 
 
-def _override_allowed(root: Path) -> bool:
-    from guards.trust import load_trust_root
+def _override_allowed(root: Path, environ: Mapping[str, str]) -> bool:
+    from guards.trust import load_trust_root, require_protected
     from policies.floor import floor_of
     from policies.settings import load_settings
 
-    floor = floor_of(load_trust_root(root)).settings.local_train.allow_override
+    trust = load_trust_root(root, environ)
+    if not trust.development:  # a floor that allows the override counts only in a trust root only root can change
+        require_protected(trust, "ALLOW_LOCAL_TRAIN=true")
+    floor = floor_of(trust).settings.local_train.allow_override
     return bool(floor and load_settings(root).local_train.allow_override)
 
 
@@ -78,7 +82,7 @@ def training_decision(root: Path, environ: Mapping[str, str], code_root: Path | 
     if digest and record_path:
         try:
             record = verify_submission(Path(record_path), digest, code_root or _code_root())
-            job_id = _job_identity(environ, record.target, digest)
+            job_id = _job_identity(environ, record.target, digest, record.spec_hash)
         except (SubmissionError, JobIdentityError) as exc:
             return TrainingDecision(False, f"training refused: {exc}")
         return TrainingDecision(
@@ -86,10 +90,11 @@ def training_decision(root: Path, environ: Mapping[str, str], code_root: Path | 
             f"submitted {record.target} job {job_id} for commit {record.commit[:12]} (confirmed by the scheduler)",
             job_id,
             config_hash=record.config_hash,
+            record=record,
         )
     if environ.get("ALLOW_LOCAL_TRAIN", "false").lower() == "true":
         try:
-            allowed = _override_allowed(root)
+            allowed = _override_allowed(root, environ)
         except (TrustError, SettingsError) as exc:
             return TrainingDecision(False, f"training refused: ALLOW_LOCAL_TRAIN=true cannot be checked: {exc}")
         if allowed:
@@ -143,7 +148,7 @@ def require_serving_allowed(
     from guards.checkpoint_files import REQUIRED, TOKENIZER, uncovered_files, uncovered_message
     from guards.keys import SigningKeyError
     from guards.provenance import PROVENANCE_FILE, ProvenanceError, verify_provenance
-    from guards.trust import TrustError, load_trust_root, require_trusted
+    from guards.trust import TrustError, load_trust_root, require_protected
 
     root = (root or Path.cwd()).resolve()
     details: dict[str, object] = {"checkpoint": str(checkpoint)}
@@ -152,7 +157,7 @@ def require_serving_allowed(
     try:
         trust = load_trust_root(root)
         details["trust"] = trust.describe()
-        require_trusted(trust, f"serving {checkpoint}")
+        require_protected(trust, f"serving {checkpoint}")
         record = verify_provenance(checkpoint, root, trust=trust)  # every file it lists, against the signed sha256
         files: dict[str, object] = record["files"]  # verify_provenance checked it is a mapping
         unlisted = [name for name in REQUIRED if name not in files]

@@ -113,7 +113,7 @@ def verify_submission(record_path: Path, digest: str, code_root: Path) -> Submis
     refused: a job started through `oracle submit` never runs under it."""
     from guards import git
     from guards.attestation import AttestationError, verify_attestation
-    from guards.trust import TrustError, load_trust_root, require_trusted
+    from guards.trust import TrustError, load_trust_root, require_protected
     from policies.settings import load_settings
 
     try:
@@ -126,7 +126,7 @@ def verify_submission(record_path: Path, digest: str, code_root: Path) -> Submis
         )
     try:
         trust = load_trust_root(code_root)
-        require_trusted(trust, "training from a submission record")
+        require_protected(trust, "training from a submission record")
     except TrustError as exc:
         raise SubmissionError(str(exc)) from exc
     body, signatures = read_payload(data, str(record_path))

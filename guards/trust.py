@@ -32,6 +32,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -132,6 +133,47 @@ def require_trusted(trust: TrustRoot, action: str) -> None:
     """Refuse, in one line, an action that leaves this machine while only the development default applies."""
     if trust.development:
         raise TrustError(f"{action} refused: development-only (no trust root); {SETUP_HINT}")
+
+
+def require_protected(trust: TrustRoot, action: str) -> None:
+    """Refuse `action` unless the trust root is a file that only root can change: it and every folder above it owned
+    by root and not writable by group or others (a sticky folder such as /tmp excepted: others cannot replace what
+    is in it). Where the code runs on a machine the organisation controls (the training job on a cluster node, a
+    serving host), a trust root the user made themselves and named through the environment would vouch for their
+    own keys; anywhere the user owns the machine the gates are advisory and their artefacts verify only where the
+    organisation's trust root is installed."""
+    require_trusted(trust, action)
+    path = Path(trust.source)
+    problem = _unprotected(path)
+    if problem:
+        raise TrustError(
+            f"{action} refused: trust root {path} {problem}; install the organisation's trust root as "
+            f"{SYSTEM_TRUST_ROOT} (root-owned, mode 0644), or name a root-owned copy in {TRUST_ROOT_ENV}"
+        )
+
+
+def _unprotected(path: Path) -> str | None:
+    """Why `path` could be changed by someone other than root, or None."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror})"
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if info.st_uid != 0:
+        return f"is owned by uid {info.st_uid}, not root"
+    if info.st_mode & 0o022:
+        return "is writable by group or others"
+    for folder in path.parents:
+        try:
+            folder_info = folder.lstat()
+        except OSError as exc:
+            return f"lies in {folder}, which cannot be checked ({exc.strerror})"
+        if folder_info.st_uid != 0:
+            return f"lies in {folder}, owned by uid {folder_info.st_uid}, not root"
+        if folder_info.st_mode & 0o022 and not folder_info.st_mode & stat.S_ISVTX:
+            return f"lies in {folder}, which group or others may write"
+    return None
 
 
 def trust_root_path(environ: Mapping[str, str] | None = None) -> Path | None:
