@@ -1,18 +1,19 @@
 """Is this process inside the scheduler's job that carries the submission digest? Asked of the scheduler, never of
 the environment: a variable that names a job (SLURM_JOB_ID, a pod name) only says which job to ask about.
 
-SLURM, three checks that must all hold:
+SLURM, four checks that must all hold:
 1. the controller (`squeue`, free text last so a comment or name cannot shift the other fields; `scontrol show job`
    prints `Key=Value` pairs whose free-text values may themselves hold ` Key=`, so it cannot be parsed without
    ambiguity) lists the job as RUNNING, owned by this process's uid, and its comment carries `digest=<digest>`
    (the comment `oracle submit` gives it; `comment_for`);
-2. `scontrol listpids <job>` (answered by this node's slurmd, which tracks the job's processes) lists this process
+2. `scontrol write batch_script <job> -` gives back the very script the record was signed for (its spec_hash);
+3. `scontrol listpids <job>` (answered by this node's slurmd, which tracks the job's processes) lists this process
    or one of its ancestors;
-3. this process descends from the job's step daemon: an ancestor whose executable is the root-owned `slurmstepd`
+4. this process descends from the job's step daemon: an ancestor whose executable is the root-owned `slurmstepd`
    binary and whose title is `slurmstepd: [<job>.<step>]`.
-The test cluster runs `proctrack/linuxproc` without a cgroup plugin, so there is no job cgroup to read; (2) and (3)
-are the two signals it supports, and they must agree. The clients are found in the system's binary folders, never
-through PATH, and must be root-owned and not writable by others.
+The test cluster runs `proctrack/linuxproc` without a cgroup plugin, so there is no job cgroup to read; (3) and (4)
+are the two process signals it supports, and they must agree. The clients are found in the system's binary folders,
+never through PATH, and must be root-owned and not writable by others.
 
 What this cannot prove: the clients find the controller through slurm.conf (or SLURM_CONF), so on a machine whose
 root is the adversary (a laptop), a fake controller and a fake `slurmstepd` can answer anything; the binding holds
@@ -26,6 +27,7 @@ appear in this process's cgroup path. On a machine that is not a pod there is no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -121,8 +123,27 @@ def _stepd_job(pid: int) -> str | None:
     return match.group(1)
 
 
-def verify_slurm_job(job_id: str, digest: str, environ: Mapping[str, str], pid: int | None = None) -> str:
-    """A one-line description of the verified job; JobIdentityError when any of the three checks fails."""
+PENDING_DIGEST = "0" * 64  # what the spec a record's spec_hash covers carries in place of the record's own digest
+
+
+def _check_batch_script(job_id: str, digest: str, spec_hash: str, environ: Mapping[str, str]) -> None:
+    """The job's batch script, as the controller stores it, must be the one the record was signed for: a job of
+    one's own making that merely carries the digest in its comment (and runs anything) is not the submitted job.
+    The record's spec_hash covers the script with PENDING_DIGEST where the digest goes (it is signed before its
+    digest exists)."""
+    script = _ask([_system_client("scontrol"), "write", "batch_script", job_id, "-"], environ)
+    if hashlib.sha256(script.replace(digest, PENDING_DIGEST).encode()).hexdigest() != spec_hash:
+        raise JobIdentityError(
+            f"SLURM job {job_id}'s batch script is not the one this submission was signed for: only the job "
+            "`oracle submit` started may use the record"
+        )
+
+
+def verify_slurm_job(
+    job_id: str, digest: str, environ: Mapping[str, str], pid: int | None = None, *, spec_hash: str | None = None
+) -> str:
+    """A one-line description of the verified job; JobIdentityError when any check fails (the batch script's too,
+    given the record's `spec_hash`)."""
     if not (job_id.isascii() and job_id.isdigit()):  # str.isdigit alone accepts other scripts' digits
         raise JobIdentityError(f"SLURM_JOB_ID={job_id!r} is not a job id")
     pid = os.getpid() if pid is None else pid
@@ -148,7 +169,14 @@ def verify_slurm_job(job_id: str, digest: str, environ: Mapping[str, str], pid: 
             f"SLURM job {job_id} does not carry this submission's digest in its comment: it was not started by "
             "`oracle submit` for this record"
         )
-    listed = _ask([_system_client("scontrol"), "listpids", job_id], environ)
+    if spec_hash is not None:
+        _check_batch_script(job_id, digest, spec_hash, environ)
+    try:
+        listed = _ask([_system_client("scontrol"), "listpids", job_id], environ)
+    except JobIdentityError as exc:  # this node's slurmd holds no step of the job: we are not in it here
+        raise JobIdentityError(
+            f"this process ({pid}) is not one of SLURM job {job_id}'s processes on this node ({exc})"
+        ) from exc
     job_pids = {int(line.split()[0]) for line in listed.splitlines()[1:] if line.split() and line.split()[0].isdigit()}
     chain = _ancestry(pid)
     if not job_pids.intersection(chain):

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from guards.job_identity import PENDING_DIGEST as PENDING_DIGEST  # one definition, shared with the job's check
 from guards.submission import DIGEST_ENV, RECORD_ENV
 
 Target = Literal["slurm", "k8s", "argo"]
 TARGETS: tuple[Target, ...] = ("slurm", "k8s", "argo")
 
-PENDING_DIGEST = "0" * 64
+
 LOCK_TAG_PREFIX = "lock-"
 # Where the submission record is mounted inside a Kubernetes pod (a ConfigMap volume).
 K8S_RECORD_DIR = "/etc/oracle/submission"

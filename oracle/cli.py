@@ -286,7 +286,7 @@ def train_command(
             recipe,
             resume=resume,
             run_name=run_name,
-            facts=environment_facts(decision.job_id, local_override=decision.override),
+            facts=environment_facts(decision.job_id, local_override=decision.override, record=decision.record),
             placement=placement,
         )
     except (ConfigError, TrainDataError, TrainError, LaunchError, CheckpointCorruptError, SigningKeyError) as exc:

@@ -502,21 +502,18 @@ def _choose_checkpoint(run_dir: Path, resume: str | None) -> dict[str, Any]:
         return {"target": None, "error": f"choosing a checkpoint in {run_dir}: {exc}"}
 
 
-def environment_facts(decision_job_id: str | None, *, local_override: bool = False) -> RunFacts:
-    """The facts of the submitted job this process runs in, read from its (already verified) submission record, and
-    the audit log's head just after the runtime check recorded its decision (guards.audit), which provenance carries.
-    A run the ALLOW_LOCAL_TRAIN override let through says so (`local_override`) and names no commit: nothing
-    attested the code it ran."""
+def environment_facts(decision_job_id: str | None, *, local_override: bool = False, record: Any = None) -> RunFacts:
+    """The facts of the submitted job this process runs in, from its submission record as the runtime check verified
+    it (`record`: the object, never the file read again, which the user could have swapped since), and the audit
+    log's head just after the runtime check recorded its decision (guards.audit), which provenance carries. A run
+    the ALLOW_LOCAL_TRAIN override let through says so (`local_override`) and names no commit: nothing attested the
+    code it ran."""
     from guards.audit import current_anchor
-    from guards.submission import DIGEST_ENV, RECORD_ENV
+    from guards.submission import DIGEST_ENV
 
-    facts = RunFacts(job_id=decision_job_id, submission_digest=os.environ.get(DIGEST_ENV))
+    facts = RunFacts(job_id=decision_job_id, submission_digest=os.environ.get(DIGEST_ENV) if record else None)
     facts.extra["audit"] = current_anchor(Path.cwd())  # the log require_training_allowed wrote to
     facts.extra["local_override"] = local_override
-    record_path = os.environ.get(RECORD_ENV)
-    if record_path:
-        from guards.submission import load_record
-
-        record = load_record(Path(record_path))  # the signed record require_training_allowed verified
+    if record is not None:
         facts.commit, facts.attestation_digest = record.commit, record.attestation_digest
     return facts

@@ -19,9 +19,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -363,3 +365,32 @@ def test_committed_symlink_out_of_the_checkout_is_refused(tmp_path: Path) -> Non
     assert guards_git.dirty_paths(root) == [
         "b.py (a symlink out of the checkout: what it points at is not in the attested tree)"
     ]
+
+
+# --- (d) the live checkout's git set-up inside the job --------------------------------------------------------------
+
+
+def test_a_filter_in_the_live_checkouts_git_config_does_not_run_in_the_job(tmp_path: Path, slurm_cluster: Any) -> None:
+    """A smudge filter set in .git/config and selected for every path in .git/info/attributes would run, as the
+    user, when the job checks the commit out (a `git worktree add` did): the job's export is a fresh clone with a
+    config of its own, so the filter never runs and the job trains on the commit's bytes."""
+    root = make_repository_checkout(tmp_path)
+    attest(root, _key(root))
+    marker = tmp_path / "filter-ran"
+    git(root, "config", "filter.planted.smudge", f"sh -c 'touch {marker}; cat'")
+    (root / ".git" / "info" / "attributes").write_text("* filter=planted\n")
+    submit = ["submit", "--target", "slurm", "--config", "oracle-mini", "--gpus-per-node", "0", "--time", "00:15:00"]
+    done = oracle(root, *submit, "--format", "json", env={**slurm_cluster.env, "ORACLE_SIGNING_KEY": str(_key(root))})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not marker.exists()  # nothing on the submitting side checked anything out
+    job_id = json.loads(done.stdout)["job_id"]
+    log = root / "runs" / "slurm" / f"oracle-train-oracle-mini-{job_id}.out"
+    try:
+        deadline = time.monotonic() + 300
+        while "step 1:" not in (log.read_text() if log.exists() else ""):  # exported, checked, training
+            assert slurm_cluster.job_state(job_id) in {"PENDING", "RUNNING"}, log.read_text() if log.exists() else ""
+            assert time.monotonic() < deadline, "the job did not start training"
+            time.sleep(0.5)
+        assert not marker.exists()
+    finally:
+        slurm_cluster.run("scancel", job_id)
