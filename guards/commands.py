@@ -261,4 +261,20 @@ def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = 
     for line in details:
         typer.echo(line)
     if not report.intact:
+        # the finding goes on the log too (the next anchored record then carries it); a log too broken to take it
+        # says so, and the verdict stands either way
+        from guards import git
+        from guards.audit import append_entry
+
+        first = report.problems[0] if report.problems else verdict
+        try:
+            append_entry(
+                _root(root),
+                gate="audit-verify",
+                result="refused",
+                commit=git.head_commit_or_none(_root(root)),
+                details={"reason": first, "problems": len(report.problems)},
+            )
+        except (AuditError, OSError) as exc:
+            typer.echo(f"(the finding could not be appended to the audit log: {exc})", err=True)
         raise typer.Exit(EXIT_FINDINGS)

@@ -95,6 +95,8 @@ def _verify_refuses(root: Path, expected: str) -> str:
     assert expected in anchored[0]
     assert "audit log NOT intact" in done.stderr
     assert "audit log intact" not in done.stdout
+    last = _entries(root)[-1]  # the finding is on the log too, for the next anchored record to carry
+    assert (last["gate"], last["result"]) == ("audit-verify", "refused")
     return anchored[0]
 
 
