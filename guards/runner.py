@@ -25,7 +25,7 @@ from policies import floor as floor_rules
 from policies.context import Environment, RipgrepJob, ScanContext, ScanError
 from policies.floor import PolicyFloor, floor_of
 from policies.rule import Finding, Gate, Policy, Rule
-from policies.settings import Settings, load_settings
+from policies.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from guards.trust import TrustRoot
@@ -121,6 +121,8 @@ def run_gate(
     SettingsError for a malformed policies.toml, waivers.toml or floor; a policy that fails internally becomes an
     error of the result (never a pass)."""
     root = root.resolve()
+    if not root.is_dir():  # fail closed: a mistyped root has nothing to examine, which must not read as a pass
+        raise SettingsError(f"{root} does not exist or is not a folder; pass the checkout to check (--root DIR)")
     if trust is None:
         from guards.trust import load_trust_root
 

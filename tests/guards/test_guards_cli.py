@@ -153,3 +153,17 @@ def test_attest_refuses_a_partial_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["guards", "run", "--root", str(tmp_path), "--attest", "a.py"])
     assert result.exit_code == 2
     assert "whole tree" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_root_that_is_not_a_folder_fails_closed(tmp_path: Path, kind: str) -> None:
+    """A mistyped --root has nothing to examine: that is an error (exit 2, one line), never a pass, and nothing is
+    written there."""
+    root = tmp_path / "no-such-checkout"
+    if kind == "file":
+        root.write_text("not a checkout\n")
+    result = runner.invoke(app, ["guards", "run", "--gate", "ci", "--root", str(root)])
+    assert result.exit_code == 2, result.output
+    assert f"{root} does not exist or is not a folder" in result.output
+    assert "PASSED" not in result.output
+    assert root.is_file() if kind == "file" else not root.exists()
