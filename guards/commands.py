@@ -31,18 +31,31 @@ def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _refuse(root: Path, gate: str, message: str, code: int = EXIT_FINDINGS) -> typer.Exit:
-    """A refusal of `oracle guards attest|verify`: one line on stderr and an audit entry (a log that cannot take the
-    entry is named on the same line; the refusal stands either way)."""
+def _audit_refusal(root: Path, gate: str, reason: str, **details: object) -> str | None:
+    """Append a refused entry for `gate`; returns why the log could not take it (None when it did). The refusal
+    stands either way."""
     from guards import git
     from guards.audit import AuditError, append_entry
 
     try:
         append_entry(
-            root, gate=gate, result="refused", commit=git.head_commit_or_none(root), details={"reason": message}
+            root,
+            gate=gate,
+            result="refused",
+            commit=git.head_commit_or_none(root),
+            details={"reason": reason, **details},
         )
     except (AuditError, OSError) as exc:
-        message = f"{message} (and the audit log could not record this: {exc})"
+        return str(exc)
+    return None
+
+
+def _refuse(root: Path, gate: str, message: str, code: int = EXIT_FINDINGS) -> typer.Exit:
+    """A refusal of `oracle guards attest|verify`: one line on stderr and an audit entry (a log that cannot take the
+    entry is named on the same line)."""
+    unrecorded = _audit_refusal(root, gate, message)
+    if unrecorded:
+        message = f"{message} (and the audit log could not record this: {unrecorded})"
     return _fail(message, code)
 
 
@@ -250,8 +263,9 @@ def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = 
     """
     from guards.audit import AuditError, check_log
 
+    base = _root(root)
     try:
-        report = check_log(_root(root))
+        report = check_log(base)
     except AuditError as exc:
         raise _fail(str(exc)) from exc
     for problem in report.problems:
@@ -261,20 +275,9 @@ def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = 
     for line in details:
         typer.echo(line)
     if not report.intact:
-        # the finding goes on the log too (the next anchored record then carries it); a log too broken to take it
-        # says so, and the verdict stands either way
-        from guards import git
-        from guards.audit import append_entry
-
+        # the finding goes on the log too (the next anchored record then carries it)
         first = report.problems[0] if report.problems else verdict
-        try:
-            append_entry(
-                _root(root),
-                gate="audit-verify",
-                result="refused",
-                commit=git.head_commit_or_none(_root(root)),
-                details={"reason": first, "problems": len(report.problems)},
-            )
-        except (AuditError, OSError) as exc:
-            typer.echo(f"(the finding could not be appended to the audit log: {exc})", err=True)
+        unrecorded = _audit_refusal(base, "audit-verify", first, problems=len(report.problems))
+        if unrecorded:
+            typer.echo(f"(the finding could not be appended to the audit log: {unrecorded})", err=True)
         raise typer.Exit(EXIT_FINDINGS)

@@ -34,8 +34,12 @@ class TrainingDecision:
     reason: str
     job_id: str | None = None
     override: bool = False
-    config_hash: str | None = None  # the submitted recipe's TrainConfig.sha256(); training must use that recipe
     record: Any = None  # the verified guards.submission.SubmissionRecord (never read from its file again)
+
+    @property
+    def config_hash(self) -> str | None:
+        """The submitted recipe's TrainConfig.sha256(), which training must use; None outside a submitted job."""
+        return None if self.record is None else str(self.record.config_hash)
 
 
 def _code_root() -> Path:
@@ -89,7 +93,6 @@ def training_decision(root: Path, environ: Mapping[str, str], code_root: Path | 
             True,
             f"submitted {record.target} job {job_id} for commit {record.commit[:12]} (confirmed by the scheduler)",
             job_id,
-            config_hash=record.config_hash,
             record=record,
         )
     if environ.get("ALLOW_LOCAL_TRAIN", "false").lower() == "true":
