@@ -13,13 +13,13 @@ cells of Jupyter notebooks; key/value structure for configs), so words such as `
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 import re
 import zipfile
 from pathlib import Path
 
+from policies import python_loads
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
 
@@ -98,37 +98,6 @@ UNSAFE_DESERIALISATION = Rule(
 RULES = (FOREIGN_LOADER, HUB_URL, FOREIGN_IDENTIFIER, FOREIGN_ARCHITECTURE, WEIGHT_FILE, UNSAFE_DESERIALISATION)
 
 # --- what counts as foreign -------------------------------------------------------------------------------------
-LOADER_CALLS = {
-    "from_pretrained": ("pretrained_model_name_or_path", 0),
-    "hf_hub_download": ("repo_id", 0),
-    "snapshot_download": ("repo_id", 0),
-    "hf_hub_url": ("repo_id", 0),
-    "cached_download": ("url", 0),
-    "load_state_dict_from_url": ("url", 0),
-    "download_url_to_file": ("url", 0),
-    "SentenceTransformer": ("model_name_or_path", 0),
-    "hub.load": ("repo_or_dir", 0),
-    "hub.load_state_dict_from_url": ("url", 0),
-    "hub.help": ("github", 0),
-    "hub.list": ("github", 0),
-}
-FOREIGN_MODULES = (
-    "transformers.models",
-    "timm",
-    "open_clip",
-    "sentence_transformers",
-    "diffusers",
-    "vllm",
-    "llama_cpp",
-    "mlx_lm",
-    "optimum",
-    "peft",
-    "torchvision.models",
-)
-_FOREIGN_CLASS = re.compile(
-    r"^(Auto\w*Model\w*|AutoModel\w*|\w+(ForCausalLM|ForConditionalGeneration|ForSequenceClassification|ForMaskedLM"
-    r"|ForQuestionAnswering|ForTokenClassification|LMHeadModel|PreTrainedModel|ForImageClassification|Model))$"
-)
 FOREIGN_FAMILIES = (
     "llama", "codellama", "mistral", "mixtral", "gpt", "gptj", "gpt-j", "gpt-neo", "gpt-neox", "falcon", "bloom", "opt",
     "phi", "gemma", "qwen", "baichuan", "deepseek", "bert", "roberta", "deberta", "t5", "flan", "bart", "whisper",
@@ -153,16 +122,14 @@ _HF_NON_MODEL = {
 }  # fmt: skip
 
 _URL = re.compile(r"""(?:https?://|hf://)[^\s"'<>()\[\]{}`\\]+""")  # a backslash ends it: "...\n" in code
-# Candidate lines for the Python checks: loader calls, foreign modules, deserialisers (the AST confirms them).
-# `pipeline(` and `create_model(` are common words: they matter only in files that name transformers/timm/open_clip,
-# which these patterns already select.
-_CODE_WORDS = (
-    r"from_pretrained|hf_hub_download|snapshot_download|hf_hub_url|cached_download|load_state_dict_from_url"
-    r"|download_url_to_file|SentenceTransformer|hub\.(load|help|list)"
-    r"|transformers|\btimm\b|open_clip|diffusers|\bvllm\b|llama_cpp|mlx_lm|\boptimum\b|\bpeft\b|torchvision"
-    r"|pickle|torch\.load|serialization\.load|from torch import|import torch as|joblib|\bdill\b|read_pickle"
-    r"|allow_pickle|Unpickler"
+# Candidate lines for the Python checks: the loader table's names and libraries, foreign modules, deserialisers
+# (the AST confirms them). Generic names (`load(`, `pipeline(`) matter only in files that name their library, which
+# these words already select.
+_DESERIALISER_WORDS = (
+    r"pickle|torch\.load|serialization\.load|from torch import|import torch as|getattr\(\s*torch\b|joblib|\bdill\b"
+    r"|read_pickle|allow_pickle|Unpickler|Copied from transformers"
 )
+_CODE_WORDS = "|".join(rf"\b{re.escape(word)}\b" for word in python_loads.table().words()) + "|" + _DESERIALISER_WORDS
 # Spans that are safe on their own line, so a file whose candidate lines hold nothing else needs no parse: a complete
 # `torch.load(..., weights_only=True)`, `pickle.dump(s)(`, a plain `import pickle|torch`, and (built per settings) a
 # one-line `from_pretrained("<allowed namespace or local path>")`.
@@ -200,138 +167,6 @@ def _namespace_ok(value: str, ctx: ScanContext) -> bool:
         return True
     org = value.split("/", 1)[0] if "/" in value else ""
     return org in ctx.settings.external_weights.allowed_namespaces
-
-
-class _Resolver:
-    """Static resolution of string values: literals, f-strings and `+` of resolvable parts, names assigned once in
-    the module or the enclosing function, and keys of JSON/YAML files opened with a literal path."""
-
-    def __init__(self, ctx: ScanContext, nodes: list[ast.AST]) -> None:
-        self.ctx = ctx
-        self.assignments: dict[str, list[ast.AST]] = {}
-        for node in nodes:
-            if isinstance(node, ast.Assign):
-                for target in node.targets:
-                    if isinstance(target, ast.Name):
-                        self.assignments.setdefault(target.id, []).append(node.value)
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-                self.assignments.setdefault(node.target.id, []).append(node.value)
-            elif isinstance(node, ast.With):
-                for item in node.items:
-                    if isinstance(item.optional_vars, ast.Name):
-                        self.assignments.setdefault(item.optional_vars.id, []).append(item.context_expr)
-        # Names also bound as parameters, loop or comprehension targets, walrus, unpacking or augmented assignment
-        # take values we cannot see: never resolve them from another binding of the same name.
-        self.unresolvable: set[str] = set()
-        for node in nodes:
-            if isinstance(node, ast.arg):
-                self.unresolvable.add(node.arg)
-            elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
-                self.unresolvable |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
-            elif isinstance(node, ast.NamedExpr | ast.AugAssign) and isinstance(node.target, ast.Name):
-                self.unresolvable.add(node.target.id)
-            elif isinstance(node, ast.Assign):
-                for target in node.targets:
-                    if isinstance(target, ast.Tuple | ast.List | ast.Starred):
-                        self.unresolvable |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-            elif isinstance(node, ast.Global | ast.Nonlocal):
-                self.unresolvable |= set(node.names)
-
-    def value(self, node: ast.AST | None, depth: int = 0) -> object | None:
-        if node is None or depth > 8:
-            return None
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.JoinedStr):
-            parts = [self.value(v.value if isinstance(v, ast.FormattedValue) else v, depth + 1) for v in node.values]
-            return "".join(str(p) for p in parts) if all(isinstance(p, str) for p in parts) else None
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = self.value(node.left, depth + 1), self.value(node.right, depth + 1)
-            return left + right if isinstance(left, str) and isinstance(right, str) else None
-        if isinstance(node, ast.Name):
-            if node.id in self.unresolvable:
-                return None
-            values = self.assignments.get(node.id, [])
-            resolved = {repr(self.value(v, depth + 1)) for v in values}
-            return self.value(values[0], depth + 1) if len(values) >= 1 and len(resolved) == 1 else None
-        if isinstance(node, ast.Subscript):
-            container, key = self.value(node.value, depth + 1), self.value(node.slice, depth + 1)
-            if isinstance(container, dict) and isinstance(key, str):
-                return container.get(key)
-            return None
-        if isinstance(node, ast.Call):
-            return self._config_file(node, depth)
-        return None
-
-    def _config_file(self, node: ast.Call, depth: int) -> object | None:
-        name = _dotted(node.func)
-        if name in {"json.load", "yaml.safe_load", "yaml.load"} and node.args:
-            inner = node.args[0]
-            opened = (
-                self.value(inner, depth + 1) if not isinstance(inner, ast.Call) else self._opened_path(inner, depth)
-            )
-            if isinstance(opened, _OpenedFile):
-                return opened.load(self.ctx)
-            return None
-        if name == "open" and node.args:
-            path = self.value(node.args[0], depth + 1)
-            return _OpenedFile(path) if isinstance(path, str) else None
-        return None
-
-    def _opened_path(self, node: ast.Call, depth: int) -> object | None:
-        return self._config_file(node, depth + 1)
-
-
-class _OpenedFile:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def load(self, ctx: ScanContext) -> object | None:
-        import json
-
-        import yaml
-
-        target = (ctx.root / self.path).resolve()
-        if not target.is_relative_to(ctx.root.resolve()) or not target.is_file():
-            return None
-        text = target.read_text(encoding="utf-8", errors="replace")
-        try:
-            loaded: object = json.loads(text) if target.suffix == ".json" else yaml.safe_load(text)
-            return loaded
-        except (ValueError, yaml.YAMLError):
-            return None
-
-
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        base = _dotted(node.value)
-        return f"{base}.{node.attr}" if base else node.attr
-    return ""
-
-
-def _aliases(nodes: list[ast.AST]) -> dict[str, str]:
-    """Local name → the dotted path it was imported as (`pk` → `pickle`, `load` → `pickle.load`)."""
-    aliases: dict[str, str] = {}
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                aliases[alias.asname or alias.name.split(".")[0]] = (
-                    alias.name if alias.asname else alias.name.split(".")[0]
-                )
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            for alias in node.names:
-                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    return aliases
-
-
-def _qualified(node: ast.AST, aliases: dict[str, str]) -> str:
-    dotted = _dotted(node)
-    head, _, rest = dotted.partition(".")
-    if head in aliases:
-        return aliases[head] + (f".{rest}" if rest else "")
-    return dotted
 
 
 def candidate_patterns(extra_loader_calls: list[str] | None = None) -> list[str]:
@@ -380,7 +215,7 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
         text = safe_loader.sub("", _SAFE_SPANS.sub("", line.text))
         imported = _FROM_IMPORT.match(text)
         names = [part.split()[0] for part in imported[2].split(",") if part.split()] if imported else []
-        if imported and names and all(not _FOREIGN_CLASS.match(name) and name != "pipeline" for name in names):
+        if imported and names and all(not python_loads.looks_like_model_class(name) for name in names):
             continue  # e.g. `from transformers import AutoTokenizer`: no architecture, no loader by itself
         if code_words.search(text):
             return True
@@ -388,110 +223,94 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
 
 
 def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
-    """A Python file or a notebook's code cells (findings in a notebook name the cell and its line)."""
+    """A Python file or a notebook's code cells (findings in a notebook name the cell and its line); what does not
+    parse is read by the text fallback (fail closed)."""
     program = ctx.python_program(path)
-    if program is None or program.tree is None:
-        result.skipped[path] = "notebook that is not valid JSON" if program is None else "Python that does not parse"
+    if program is None:
+        why = "a notebook that is not valid JSON: its code cannot be checked"
+        not_analysed = getattr(ctx, "not_analysed", None)
+        if callable(not_analysed):
+            not_analysed(path, why)
+        else:
+            result.findings.append(FOREIGN_LOADER.finding(path, 0, 0, f"{why} (fail closed)", path))
         return
-    tree, source, cells = program.tree, program.source, program.cells
-    nodes = list(ast.walk(tree))  # one walk; the three passes below iterate this list
-    aliases = _aliases(nodes)
-    resolver = _Resolver(ctx, nodes)
-    extra_loaders = set(ctx.settings.external_weights.extra_loader_calls)
-
-    def add(rule: Rule, node: ast.AST, message: str) -> None:
-        segment = ast.get_source_segment(source, node) or message
-        line, column = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
-        if cells:  # a notebook: the file's own line numbers mean nothing to a reader
+    source, cells = program.source, program.cells
+    judge = python_loads.Judge(
+        namespace_ok=lambda value: _namespace_ok(value, ctx),
+        family_of=lambda value: family_of(value, tuple(ctx.settings.external_weights.extra_forbidden_names)),
+        load_config=lambda relative: _load_config(ctx, relative),
+        own_packages=_own_packages(ctx),
+        extra_loaders=frozenset(ctx.settings.external_weights.extra_loader_calls),
+    )
+    hits: list[python_loads.Hit] = []
+    if program.tree is not None:
+        hits = python_loads.analyse(program.tree, judge)
+    unparsed = list(getattr(program, "unparsed", ()))
+    if program.tree is None and not unparsed:
+        unparsed = [(1, source)]
+    for first, chunk in unparsed:
+        numbered = [(first + offset, text) for offset, text in enumerate(chunk.split("\n"))]
+        hits += python_loads.text_fallback(numbered)
+    if not hits:
+        return
+    source_lines = source.split("\n")
+    for hit in hits:
+        matched = _segment(source_lines, hit)
+        line, message = hit.line, hit.message
+        if cells and 0 < line <= len(cells):  # a notebook: the file's own line numbers mean nothing to a reader
             cell, cell_line = cells[line - 1]
             message, line = f"cell {cell}, line {cell_line}: {message}", 0
-        result.findings.append(rule.finding(path, line, column, message, segment))
-
-    for node in nodes:
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            _check_import(node, add)
-        elif isinstance(node, ast.Call):
-            name = _qualified(node.func, aliases)
-            short = name.rsplit(".", 1)[-1]
-            if name.split(".")[0] in {"transformers", "peft", "optimum"} and _FOREIGN_CLASS.match(short):
-                add(FOREIGN_ARCHITECTURE, node, f"uses {name}, a foreign model class")
-            _check_unsafe_load(node, name, add)
-            _check_loader_call(ctx, node, name, short, resolver, extra_loaders, add)
+        rule = _RULES_BY_ID[hit.rule_id]
+        result.findings.append(rule.finding(path, line, hit.column, message, matched or message))
 
 
-def _check_import(node: ast.Import | ast.ImportFrom, add: object) -> None:
-    assert callable(add)
-    modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-    for module in modules:
-        if any(module == foreign or module.startswith(foreign + ".") for foreign in FOREIGN_MODULES):
-            add(FOREIGN_ARCHITECTURE, node, f"imports {module}, a foreign model implementation")
-            return
-    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in {"transformers", "peft", "optimum"}:
-        for alias in node.names:
-            if _FOREIGN_CLASS.match(alias.name):
-                add(FOREIGN_ARCHITECTURE, node, f"imports {alias.name} from {node.module}, a foreign model class")
+def _segment(source_lines: list[str], hit: python_loads.Hit) -> str:
+    """The source text of a hit, from the file's lines split once (not ast.get_source_segment, which splits the
+    whole file again for every finding)."""
+    if not 0 < hit.line <= len(source_lines):
+        return ""
+    if hit.end_line == hit.line:
+        return source_lines[hit.line - 1][hit.column - 1 : hit.end_column]
+    last = min(hit.end_line, len(source_lines))
+    parts = [source_lines[hit.line - 1][hit.column - 1 :], *source_lines[hit.line : last - 1]]
+    parts.append(source_lines[last - 1][: hit.end_column])
+    return "\n".join(parts)
 
 
-def _truthy_keyword(node: ast.Call, keyword: str) -> bool | None:
-    for item in node.keywords:
-        if item.arg == keyword:
-            return bool(item.value.value) if isinstance(item.value, ast.Constant) else None
-    return False
+def _load_config(ctx: ScanContext, relative: str) -> object | None:
+    """A JSON or YAML file of the tree a program opens with a literal path, parsed (None when it is not one)."""
+    import json
+
+    import yaml
+
+    target = (ctx.root / relative).resolve()
+    if not target.is_relative_to(ctx.root.resolve()) or not target.is_file():
+        return None
+    text = target.read_text(encoding="utf-8", errors="replace")
+    try:
+        loaded: object = json.loads(text) if target.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError):
+        return None
+    return loaded
 
 
-def _check_unsafe_load(node: ast.Call, name: str, add: object) -> None:
-    assert callable(add)
-    if name in {"torch.load", "torch.serialization.load"}:
-        if _truthy_keyword(node, "weights_only") is not True:
-            add(UNSAFE_DESERIALISATION, node, f"{name}() without weights_only=True unpickles arbitrary code")
-    elif name in {"pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads", "_pickle.load",
-                  "_pickle.loads", "_pickle.Unpickler",
-                  "dill.load", "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load",
-                  "pandas.read_pickle", "pd.read_pickle"}:  # fmt: skip
-        add(UNSAFE_DESERIALISATION, node, f"{name}() deserialises with pickle, which runs code from the file")
-    elif name in {"numpy.load", "np.load"} and _truthy_keyword(node, "allow_pickle") is not False:
-        add(UNSAFE_DESERIALISATION, node, f"{name}(allow_pickle=...) may unpickle arbitrary code")
-
-
-def _check_loader_call(
-    ctx: ScanContext,
-    node: ast.Call,
-    name: str,
-    short: str,
-    resolver: _Resolver,
-    extra_loaders: set[str],
-    add: object,
-) -> None:
-    assert callable(add)
-    key = "hub." + short if name.startswith("torch.hub.") or name.startswith("hub.") else short
-    if key not in LOADER_CALLS and short not in extra_loaders and short not in {"pipeline", "create_model"}:
-        return
-    if short == "create_model":  # timm / open_clip: foreign only with pretrained weights
-        if name.split(".")[0] in {"timm", "open_clip"} and _truthy_keyword(node, "pretrained") is not False:
-            add(FOREIGN_LOADER, node, f"{name}(..., pretrained=...) downloads foreign pretrained weights")
-        return
-    if short == "pipeline":
-        if not name.startswith("transformers") and name != "pipeline":
-            return
-        model = next((k.value for k in node.keywords if k.arg == "model"), None)
-        if model is None:
-            add(FOREIGN_LOADER, node, "pipeline() without model= downloads the library's default (foreign) model")
-            return
-        argument: ast.AST | None = model
-    else:
-        keyword, position = LOADER_CALLS.get(key, ("repo_id", 0))
-        argument = next((k.value for k in node.keywords if k.arg == keyword), None)
-        if argument is None and len(node.args) > position:
-            argument = node.args[position]
-    if key == "hub.load" and any(k.arg == "source" and resolver.value(k.value) == "local" for k in node.keywords):
-        return
-    value = resolver.value(argument)
-    if isinstance(value, str):
-        if _namespace_ok(value, ctx) and not value.startswith(("http://", "https://")):
-            return
-        add(FOREIGN_LOADER, node, f"{name}() loads {value!r}, outside the allowed namespaces")
-    else:
-        add(FOREIGN_LOADER, node, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
+def _own_packages(ctx: ScanContext) -> frozenset[str]:
+    """The scanned repository's own top-level packages (folders with __init__.py at the root or under src/):
+    importing them is never a foreign model implementation, whatever they are called."""
+    cached = getattr(ctx, "_own_packages", None)
+    if cached is None:
+        found = set()
+        for base in (ctx.root, ctx.root / "src"):
+            try:
+                entries = list(os.scandir(base))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(entry.path, "__init__.py")):
+                    found.add(entry.name)
+        cached = frozenset(found)
+        object.__setattr__(ctx, "_own_packages", cached)
+    return cached
 
 
 # --- EXT002: URLs ---------------------------------------------------------------------------------------------
@@ -697,5 +516,7 @@ def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> Non
         WEIGHT_FILE.finding(path, 0, 0, f"{path} is a {kind} weights file without a verifying provenance.json", kind)
     )
 
+
+_RULES_BY_ID = {rule.id: rule for rule in RULES}
 
 POLICY = Policy(NAME, RULES, check, lambda settings: candidate_patterns(settings.external_weights.extra_loader_calls))

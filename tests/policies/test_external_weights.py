@@ -115,18 +115,41 @@ def test_near_misses_of_identifiers_are_not_found(scan: Scan, path: str, content
     [
         "from transformers import LlamaForCausalLM\n",
         "import transformers.models.llama.modeling_llama as llama\n",
-        "from transformers import AutoModelForCausalLM\n",
-        "from peft import PeftModelForCausalLM\n",
+        "from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as Block\n",
         "import timm\n",
+        "from transformers import AutoConfig\ncfg = AutoConfig.for_model('qwen2_moe', num_experts=64)\n",
+        "import transformers\n\nclass Mine(transformers.Qwen2ForCausalLM):\n    pass\n",
+        "import transformers\nnet = transformers.GemmaForCausalLM(config)\n",
+        # a foreign MoE block vendored under another name: it reads the foreign config's MoE keys
+        "from torch import nn\n\nclass RouterBlock(nn.Module):\n    def __init__(self, config):\n"
+        "        super().__init__()\n        self.top_k = config.num_experts_per_tok\n"
+        "        self.n = config.num_local_experts\n        self.jitter = config.router_jitter_noise\n",
     ],
 )
-def test_imports_of_foreign_architectures_are_found(scan: Scan, source: str) -> None:
+def test_foreign_architectures_are_found(scan: Scan, source: str) -> None:
     assert ids(scan({"src/model.py": source}), "EXT004") == ["EXT004"]
 
 
-def test_near_misses_of_imports_are_not_found(scan: Scan) -> None:
-    source = "import torch\nfrom transformers import AutoTokenizer\nfrom oracle.moe850b import OracleMoE\n"
-    assert ids(scan({"src/model.py": source}), "EXT004") == []
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import torch\nfrom transformers import AutoTokenizer\nfrom oracle.moe850b import OracleMoE\n",
+        # generic factories and bases: judged by what is done with them (a load is EXT001), not by the import
+        "from transformers import AutoModelForCausalLM, PreTrainedModel\n\n"
+        "def is_hf(model):\n    return isinstance(model, PreTrainedModel)\n",
+        "from peft import PeftModelForCausalLM\n",
+        # utility modules of the ecosystem are not model implementations
+        "from vllm.logger import init_logger\nimport peft\nimport diffusers.utils\n",
+        # the scanned repository's own package, whatever its name
+        "from mypkg.models.llama import LlamaForCausalLM\n",
+        "from .modeling import MixtralSparseMoeBlock\n",
+        # our own config mapping of HF keys is not a module reading a foreign config
+        'HF_KEYS = {"num_experts_per_tok": "top_k", "num_local_experts": "n_experts"}\n',
+    ],
+)
+def test_near_misses_of_foreign_architectures_are_not_found(scan: Scan, source: str) -> None:
+    files = {"src/model.py": source, "mypkg/__init__.py": "", "mypkg/models/llama.py": "X = 1\n"}
+    assert ids(scan(files), "EXT004") == []
 
 
 def _safetensors_bytes() -> bytes:

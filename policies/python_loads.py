@@ -1,0 +1,654 @@
+"""Layer 3 of `external_weights`, code: what a Python program loads, resolved statically.
+
+Calls are resolved through imports, `import ... as`, assignments of a callable to a name, `getattr(x, "name")` with a
+constant name, dictionaries of callables indexed by a key (dispatch tables), `functools.partial` and instances of
+hub clients (`fs = HfFileSystem(); fs.open(...)`), then matched against the loader vocabulary of
+`policies/loaders.toml` (one table, as data). What is known to be safe is kept out: in-memory pickle round trips,
+`weights_only=True`, a model saved and reloaded from a temporary folder of the same program, our own namespaces and
+local paths, datasets, and the scanned repository's own package. Code that does not parse is read by a text fallback
+that reports any loader or deserialiser it names (fail closed).
+
+The module knows nothing of rules or files: it returns `Hit`s (rule id, place, message) for the caller to report.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TABLE_FILE = Path(__file__).with_name("loaders.toml")
+
+# Modules whose import is itself the use of a foreign model implementation (a model zoo or a model's code). Utility
+# packages of the ecosystem (vllm, peft, optimum, diffusers' pipelines...) are judged by the loaders they call.
+MODEL_IMPLEMENTATION_MODULES = (
+    "transformers.models",
+    "timm",
+    "open_clip",
+    "torchvision.models",
+    "diffusers.models",
+    "vllm.model_executor.models",
+    "mlx_lm.models",
+    "sentence_transformers.models",
+)
+# Libraries whose classes named like models are foreign model classes.
+MODEL_LIBRARIES = {"transformers", "peft", "optimum", "diffusers", "vllm", "timm", "open_clip", "mlx_lm"}
+_MODEL_CLASS = re.compile(
+    r"^\w*?(ForCausalLM|ForConditionalGeneration|ForSequenceClassification|ForMaskedLM|ForQuestionAnswering"
+    r"|ForTokenClassification|LMHeadModel|ForImageClassification|SparseMoeBlock|MoeBlock|Model|DecoderLayer"
+    r"|Attention|MLP)$"
+)
+_GENERIC_CLASS = re.compile(r"^(Auto\w*|PreTrained\w*|Peft\w*|TF\w*PreTrained\w*|Flax\w*PreTrained\w*)$")
+# Attributes of foreign MoE configs: a module that reads several of them from its config is a foreign MoE block,
+# whatever it is called.
+FOREIGN_MOE_CONFIG_KEYS = frozenset(
+    {
+        "num_local_experts", "router_jitter_noise", "num_experts_per_tok", "moe_intermediate_size",
+        "shared_expert_intermediate_size", "n_routed_experts", "n_shared_experts", "decoder_sparse_step",
+        "norm_topk_prob", "router_aux_loss_coef", "output_router_logits", "moe_layer_freq", "first_k_dense_replace",
+    }
+)  # fmt: skip
+_TEMPORARY_PARAMETERS = {"tmp_path", "tmpdir", "tmp_dir", "temp_dir", "tmpdirname", "tmp_path_factory", "tempdir"}
+_SAVE_METHODS = {"save_pretrained", "save_model", "save_checkpoint", "save", "save_adapter", "save_state"}
+_OFF = (False, None, "", "none", "None")
+
+
+@dataclass(frozen=True)
+class Loader:
+    call: str
+    mode: str  # id | flag | always | dataset
+    keyword: str
+    position: int
+    modules: tuple[str, ...] = ()
+    flag: str = ""
+    also_flag: str = ""
+    flag_default: bool = False
+    dataset_kw: str = ""
+    library: str = ""
+
+
+@dataclass(frozen=True)
+class Deserialiser:
+    calls: frozenset[str]
+    safe_kw: str = ""
+    safe_value: object = None
+    safe_by_default: bool = False
+
+
+@dataclass(frozen=True)
+class LoaderTable:
+    loaders: tuple[Loader, ...]
+    clients: dict[str, tuple[tuple[str, ...], str, int, tuple[str, ...]]]  # class → (methods, keyword, pos, modules)
+    deserialisers: tuple[Deserialiser, ...]
+
+    def match(self, qualified: str) -> Loader | None:
+        for loader in self.loaders:
+            if loader.call == "*":
+                module = qualified.rsplit(".", 1)[0]
+                if any(module == m for m in loader.modules):
+                    return loader
+                continue
+            if qualified != loader.call and not qualified.endswith("." + loader.call):
+                continue
+            if loader.modules and not any(qualified.startswith(m + ".") for m in loader.modules):
+                continue
+            return loader
+        return None
+
+    def client_call(self, qualified: str) -> Loader | None:
+        owner, _, method = qualified.rpartition(".")
+        cls = owner.rsplit(".", 1)[-1]
+        entry = self.clients.get(cls)
+        if entry is None or method not in entry[0]:
+            return None
+        if entry[3] and not any(owner.startswith(m + ".") for m in entry[3]):
+            return None
+        return Loader(call=method, mode="id", keyword=entry[1], position=entry[2], library=cls)
+
+    def deserialiser(self, qualified: str) -> Deserialiser | None:
+        for entry in self.deserialisers:
+            if qualified in entry.calls:
+                return entry
+        return None
+
+    def words(self) -> list[str]:
+        """Names whose presence in a file makes it worth parsing (ripgrep candidate words; the deserialisers have
+        their own, narrower words in external_weights)."""
+        words: set[str] = set()
+        for loader in self.loaders:
+            if loader.mode == "dataset":
+                continue
+            if loader.modules:
+                words.update(module.split(".")[0] for module in loader.modules)
+            else:
+                words.add(loader.call)
+        for cls, (_, _, _, modules) in self.clients.items():
+            words.update([module.split(".")[0] for module in modules] or [cls])
+        words.update(module.split(".")[0] for module in MODEL_IMPLEMENTATION_MODULES)
+        words.update(MODEL_LIBRARIES)
+        words.update({"for_model", *FOREIGN_MOE_CONFIG_KEYS})
+        return sorted(words)
+
+
+class TableError(ValueError):
+    """policies/loaders.toml is malformed (a defect of this repository, reported as an error of the run)."""
+
+
+@functools.cache
+def table() -> LoaderTable:
+    try:
+        data = tomllib.loads(TABLE_FILE.read_text(encoding="utf-8"))
+        loaders = tuple(
+            Loader(
+                call=entry["call"],
+                mode=entry["mode"],
+                keyword=entry["model"][0],
+                position=int(entry["model"][1]),
+                modules=tuple(entry.get("modules", ())),
+                flag=entry.get("flag", ""),
+                also_flag=entry.get("also_flag", ""),
+                flag_default=bool(entry.get("flag_default", False)),
+                dataset_kw=entry.get("dataset_kw", ""),
+                library=entry.get("library", ""),
+            )
+            for entry in data["loader"]
+        )
+        clients = {
+            entry["class"]: (
+                tuple(entry["methods"]),
+                entry["model"][0],
+                int(entry["model"][1]),
+                tuple(entry.get("modules", ())),
+            )
+            for entry in data.get("client", [])
+        }
+        deserialisers = tuple(
+            Deserialiser(
+                calls=frozenset(entry["call"]),
+                safe_kw=entry.get("safe_kw", ["", None])[0],
+                safe_value=entry.get("safe_kw", ["", None])[1],
+                safe_by_default=bool(entry.get("safe_by_default", False)),
+            )
+            for entry in data.get("deserialiser", [])
+        )
+    except (OSError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise TableError(f"{TABLE_FILE}: the loader table cannot be read: {type(exc).__name__}: {exc}") from exc
+    bad = [loader.call for loader in loaders if loader.mode not in {"id", "flag", "always", "dataset"}]
+    if bad:
+        raise TableError(f"{TABLE_FILE}: unknown mode for {bad}: use id, flag, always or dataset")
+    return LoaderTable(loaders, clients, deserialisers)
+
+
+@dataclass(frozen=True)
+class Hit:
+    rule_id: str  # EXT001 loader, EXT004 foreign implementation, EXT006 unsafe deserialisation
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    message: str
+
+
+@dataclass
+class Judge:
+    """What the caller knows about the scanned tree."""
+
+    namespace_ok: Callable[[str], bool]  # our namespace or a local path
+    family_of: Callable[[str], str | None]  # the foreign model family a value names
+    load_config: Callable[[str], object | None] = lambda path: None  # a JSON/YAML file of the tree, parsed
+    own_packages: frozenset[str] = frozenset()  # top-level packages of the scanned repository
+    extra_loaders: frozenset[str] = frozenset()  # settings: more functions that fetch weights
+    hits: list[Hit] = field(default_factory=list)
+
+
+# --- static values ------------------------------------------------------------------------------------------------
+def dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = dotted(node.value)
+        return f"{base}.{node.attr}" if base else node.attr
+    if isinstance(node, ast.Call):  # `HfFileSystem().open`: the instance's class stands for it
+        return dotted(node.func)
+    return ""
+
+
+class _Program:
+    """Bindings of one module (flow-insensitive): import aliases, single assignments, callables bound to names,
+    temporary folders and what was saved to them."""
+
+    def __init__(self, nodes: list[ast.AST], judge: Judge) -> None:
+        self.judge = judge
+        self.imports: dict[str, str] = {}
+        self.assignments: dict[str, list[ast.AST]] = {}
+        self.unresolvable: set[str] = set()
+        self.temporary: set[str] = set(_TEMPORARY_PARAMETERS)
+        self.saved: set[str] = set()  # ast.dump of expressions passed to save_pretrained & co
+        self.dumped: set[str] = set()  # names bound to pickle.dumps(...) & co (in-memory bytes)
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    local = alias.asname or alias.name.split(".")[0]
+                    self.imports[local] = alias.name if alias.asname else alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                for alias in node.names:
+                    self.imports[alias.asname or alias.name] = f"{module}.{alias.name}" if module else alias.name
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        self.assignments.setdefault(target.id, []).append(node.value)
+                    else:
+                        self.unresolvable |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+                self.assignments.setdefault(node.target.id, []).append(node.value)
+            elif isinstance(node, ast.With | ast.AsyncWith):
+                for item in node.items:
+                    if isinstance(item.optional_vars, ast.Name):
+                        self.assignments.setdefault(item.optional_vars.id, []).append(item.context_expr)
+            elif isinstance(node, ast.arg):
+                self.unresolvable.add(node.arg)
+            elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+                self.unresolvable |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+            elif isinstance(node, ast.NamedExpr | ast.AugAssign) and isinstance(node.target, ast.Name):
+                self.unresolvable.add(node.target.id)
+            elif isinstance(node, ast.Global | ast.Nonlocal):
+                self.unresolvable |= set(node.names)
+        for name, values in self.assignments.items():
+            if any(self._is_temporary_source(value) for value in values):
+                self.temporary.add(name)
+            if any(isinstance(v, ast.Call) and dotted(v.func).endswith("dumps") for v in values):
+                self.dumped.add(name)
+        for node in nodes:
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SAVE_METHODS:
+                for argument in node.args[:2]:
+                    self.saved.add(ast.dump(argument))
+
+    def _is_temporary_source(self, value: ast.AST) -> bool:
+        qualified = self.qualified(value.func) if isinstance(value, ast.Call) else ""
+        if qualified.startswith("tempfile.") or qualified.endswith(("mktemp", "mkdtemp", "TemporaryDirectory")):
+            return True
+        return qualified.endswith("get_auto_remove_tmp_folder")
+
+    # -- names of callables
+    def qualified(self, node: ast.AST, depth: int = 0) -> str:
+        """The dotted name a callable expression stands for, through imports, aliases and constant getattr."""
+        if depth > 6:
+            return ""
+        if isinstance(node, ast.Call) and dotted(node.func) == "getattr" and len(node.args) >= 2:
+            name = self.value(node.args[1])
+            base = self.qualified(node.args[0], depth + 1)
+            return f"{base}.{name}" if isinstance(name, str) and base else ""
+        if isinstance(node, ast.Attribute):
+            base = self.qualified(node.value, depth + 1)
+            return f"{base}.{node.attr}" if base else node.attr
+        if isinstance(node, ast.Call):
+            return self.qualified(node.func, depth + 1)
+        if isinstance(node, ast.Name):
+            values = self.assignments.get(node.id, [])
+            if node.id not in self.unresolvable and len(values) == 1 and node.id not in self.imports:
+                value = values[0]
+                if isinstance(value, ast.Name | ast.Attribute) or (
+                    isinstance(value, ast.Call) and dotted(value.func) in {"getattr"}
+                ):
+                    resolved = self.qualified(value, depth + 1)
+                    if resolved:
+                        return resolved
+                if isinstance(value, ast.Call) and dotted(value.func) not in {"getattr"}:
+                    cls = self.qualified(value.func, depth + 1)  # an instance: `fs = HfFileSystem()`
+                    if cls.rsplit(".", 1)[-1] in table().clients:
+                        return cls
+            return self.imports.get(node.id, node.id)
+        return ""
+
+    def callees(self, node: ast.Call) -> list[str]:
+        """What a call may invoke: one name, or every value of a dispatch dictionary it indexes."""
+        func = node.func
+        if isinstance(func, ast.Subscript):
+            container: ast.AST = func.value
+            if isinstance(container, ast.Name):
+                values = self.assignments.get(container.id, [])
+                container = values[0] if len(values) == 1 else container
+            if isinstance(container, ast.Dict):
+                key = self.value(func.slice)
+                pairs = list(zip(container.keys, container.values, strict=True))
+                chosen = [v for k, v in pairs if k is not None and self.value(k) == key] if key is not None else []
+                return [self.qualified(value) for value in (chosen or [v for _, v in pairs])]
+            return []
+        return [self.qualified(func)]
+
+    # -- values
+    def value(self, node: ast.AST | None, depth: int = 0) -> object | None:
+        if node is None or depth > 8:
+            return None
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.JoinedStr):
+            parts = [self.value(v.value if isinstance(v, ast.FormattedValue) else v, depth + 1) for v in node.values]
+            return "".join(str(p) for p in parts) if all(isinstance(p, str) for p in parts) else None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Div):
+            left, right = self.value(node.left, depth + 1), self.value(node.right, depth + 1)
+            if isinstance(left, str) and isinstance(right, str):
+                return left + right if isinstance(node.op, ast.Add) else f"{left}/{right}"
+            return None
+        if isinstance(node, ast.Name):
+            if node.id in self.unresolvable:
+                return None
+            values = self.assignments.get(node.id, [])
+            resolved = {repr(self.value(v, depth + 1)) for v in values}
+            return self.value(values[0], depth + 1) if values and len(resolved) == 1 else None
+        if isinstance(node, ast.Subscript):
+            container, key = self.value(node.value, depth + 1), self.value(node.slice, depth + 1)
+            if isinstance(container, dict) and isinstance(key, str):
+                return container.get(key)
+            return None
+        if isinstance(node, ast.Dict):
+            keys = [self.value(k, depth + 1) if k is not None else None for k in node.keys]
+            return {k: self.value(v, depth + 1) for k, v in zip(keys, node.values, strict=True) if isinstance(k, str)}
+        if isinstance(node, ast.Call):
+            name = self.qualified(node.func)
+            short = name.rsplit(".", 1)[-1]
+            if short in {"Path", "PurePath", "PosixPath", "str", "join", "expanduser", "abspath", "resolve"} and (
+                node.args or isinstance(node.func, ast.Attribute)
+            ):
+                parts = [self.value(a, depth + 1) for a in node.args]
+                if short == "resolve" and isinstance(node.func, ast.Attribute):
+                    return self.value(node.func.value, depth + 1)
+                if parts and all(isinstance(p, str) for p in parts):
+                    return "/".join(str(p) for p in parts)
+                return None
+            if name in {"json.load", "yaml.safe_load", "yaml.load"} and node.args:
+                opened: ast.AST = node.args[0]
+                if isinstance(opened, ast.Name):
+                    values = self.assignments.get(opened.id, [])
+                    opened = values[0] if len(values) == 1 else opened
+                if isinstance(opened, ast.Call) and dotted(opened.func) == "open" and opened.args:
+                    path = self.value(opened.args[0], depth + 1)
+                    return self.judge.load_config(path) if isinstance(path, str) else None
+            if name in {"os.environ.get", "os.getenv"} and len(node.args) >= 2:
+                return None  # whatever the environment says: not static
+        return None
+
+    def prefix(self, node: ast.AST, depth: int = 0) -> str:
+        """The constant start of a string expression (`f"runs/{name}"` → "runs/"), or ""."""
+        if depth > 8:
+            return ""
+        full = self.value(node, depth + 1)
+        if isinstance(full, str):
+            return full
+        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            return str(node.values[0].value)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Div):
+            left = self.prefix(node.left, depth + 1)
+            return left + ("/" if isinstance(node.op, ast.Div) and left else "")
+        if isinstance(node, ast.Call) and node.args:
+            short = self.qualified(node.func).rsplit(".", 1)[-1]
+            if short in {"Path", "PurePath", "join", "str"}:
+                return self.prefix(node.args[0], depth + 1) + ("/" if short in {"Path", "join"} else "")
+        if isinstance(node, ast.Name) and node.id not in self.unresolvable:
+            values = self.assignments.get(node.id, [])
+            return self.prefix(values[0], depth + 1) if len(values) == 1 else ""
+        return ""
+
+    def is_local_folder(self, node: ast.AST) -> bool:
+        """A temporary folder of this program (tmp_path, tempfile...), or a value saved to with save_pretrained & co
+        earlier: a model reloaded from there is the program's own."""
+        if ast.dump(node) in self.saved:
+            return True
+        root = node
+        while True:
+            if isinstance(root, ast.BinOp):
+                root = root.left
+            elif isinstance(root, ast.Call) and root.args and dotted(root.func).rsplit(".", 1)[-1] in {
+                "join", "Path", "str", "PurePath", "fspath",
+            }:  # fmt: skip
+                root = root.args[0]
+            elif isinstance(root, ast.JoinedStr) and root.values and isinstance(root.values[0], ast.FormattedValue):
+                root = root.values[0].value
+            elif isinstance(root, ast.Attribute) and re.search(r"(?i)te?mp", root.attr):
+                return True
+            else:
+                break
+        return isinstance(root, ast.Name) and (root.id in self.temporary or ast.dump(root) in self.saved)
+
+
+# --- the checks ---------------------------------------------------------------------------------------------------
+def analyse(tree: ast.Module, judge: Judge) -> list[Hit]:
+    nodes = list(ast.walk(tree))
+    program = _Program(nodes, judge)
+    seen: set[tuple[str, int, int]] = set()
+    flagged_modules: list[str] = []  # a foreign module imported once is one finding, not one more per use
+
+    def add(rule_id: str, node: ast.AST, message: str) -> None:
+        line, column = getattr(node, "lineno", 0), getattr(node, "col_offset", 0)
+        if (rule_id, line, column) in seen:
+            return
+        seen.add((rule_id, line, column))
+        end_line = getattr(node, "end_lineno", None) or line
+        end_column = getattr(node, "end_col_offset", None) or column
+        judge.hits.append(Hit(rule_id, line, column + 1, end_line, end_column, message))
+
+    for node in nodes:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            flagged = _check_import(node, judge, add)
+            if flagged:
+                flagged_modules.append(flagged)
+        elif isinstance(node, ast.ClassDef):
+            _check_class(node, program, judge, add)
+        elif isinstance(node, ast.Call):
+            _check_call(node, program, judge, add, tuple(flagged_modules))
+    return judge.hits
+
+
+def _own(module: str, judge: Judge) -> bool:
+    return module.split(".")[0] in judge.own_packages
+
+
+def _check_import(
+    node: ast.Import | ast.ImportFrom, judge: Judge, add: Callable[[str, ast.AST, str], None]
+) -> str | None:
+    """EXT004 for an import of a foreign model implementation; returns the module it reported."""
+    if isinstance(node, ast.ImportFrom) and node.level:
+        return None  # a relative import: the scanned package's own code
+    modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    for module in modules:
+        if _own(module, judge):
+            continue
+        if any(module == m or module.startswith(m + ".") for m in MODEL_IMPLEMENTATION_MODULES):
+            add("EXT004", node, f"imports {module}, a foreign model implementation")
+            return module
+    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in MODEL_LIBRARIES:
+        if _own(node.module or "", judge):
+            return None
+        for alias in node.names:
+            if _foreign_class(alias.name, judge):
+                add("EXT004", node, f"imports {alias.name} from {node.module}, a foreign model class")
+                return f"{node.module}.{alias.name}"
+    return None
+
+
+def _foreign_class(name: str, judge: Judge) -> bool:
+    """A class named after a foreign model family (`LlamaForCausalLM`, `Qwen2MoeSparseMoeBlock`); the generic
+    factories (`AutoModel*`, `PreTrainedModel`, `PeftModel`) are judged by what is done with them."""
+    if _GENERIC_CLASS.match(name) or not _MODEL_CLASS.match(name):
+        return False
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return judge.family_of(words) is not None
+
+
+def _check_class(node: ast.ClassDef, program: _Program, judge: Judge, add: Callable[[str, ast.AST, str], None]) -> None:
+    for base in node.bases:
+        qualified = program.qualified(base)
+        if qualified.split(".")[0] in MODEL_LIBRARIES and _foreign_class(qualified.rsplit(".", 1)[-1], judge):
+            add("EXT004", node, f"class {node.name} extends {qualified}, a foreign model class")
+            return
+    read = {
+        sub.attr
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Load) and sub.attr in FOREIGN_MOE_CONFIG_KEYS
+    }
+    if len(read) >= 2:
+        keys = ", ".join(sorted(read))
+        add("EXT004", node, f"class {node.name} reads a foreign MoE config ({keys}): a vendored foreign MoE block")
+
+
+def _keyword(node: ast.Call, name: str) -> ast.AST | None:
+    return next((k.value for k in node.keywords if k.arg == name), None)
+
+
+def _has_star_kwargs(node: ast.Call) -> bool:
+    return any(k.arg is None for k in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args)
+
+
+def _check_call(
+    node: ast.Call,
+    program: _Program,
+    judge: Judge,
+    add: Callable[[str, ast.AST, str], None],
+    flagged_modules: tuple[str, ...] = (),
+) -> None:
+    callees = program.callees(node)
+    args, keywords = node.args, node
+    for name in callees:
+        if name.rsplit(".", 1)[-1] == "partial" and name.startswith(("functools", "partial")) and node.args:
+            inner = program.qualified(node.args[0])  # partial(loader, "id"): the loader with its first arguments
+            shifted = ast.Call(func=node.args[0], args=node.args[1:], keywords=node.keywords)
+            ast.copy_location(shifted, node)
+            _check_loader(shifted, inner, program, judge, add, report_at=node)
+            continue
+        _check_deserialiser(node, name, program, add)
+        _check_loader(node, name, program, judge, add, report_at=node)
+        short = name.rsplit(".", 1)[-1]
+        if name.split(".")[0] in MODEL_LIBRARIES and not _own(name, judge):
+            if _foreign_class(short, judge) and not any(name.startswith(m) for m in flagged_modules):
+                add("EXT004", node, f"uses {name}, a foreign model class")
+            elif short == "for_model" and args:
+                model_type = program.value(args[0])
+                family = judge.family_of(model_type) if isinstance(model_type, str) else None
+                if family or not isinstance(model_type, str):
+                    add("EXT004", node, f"{name}({model_type!r}) builds a foreign ({family or 'unknown'}) architecture")
+    del keywords
+
+
+def _check_deserialiser(node: ast.Call, name: str, program: _Program, add: Callable[[str, ast.AST, str], None]) -> None:
+    entry = table().deserialiser(name)
+    if entry is None:
+        return
+    if entry.safe_kw:
+        given = _keyword(node, entry.safe_kw)
+        if given is None and entry.safe_by_default:
+            return
+        if given is not None and program.value(given) == entry.safe_value and isinstance(given, ast.Constant):
+            return
+    if node.args:  # an in-memory round trip: pickle.loads(pickle.dumps(obj))
+        first = node.args[0]
+        if isinstance(first, ast.Call) and dotted(first.func).endswith("dumps"):
+            return
+        if isinstance(first, ast.Name) and first.id in program.dumped:
+            return
+    what = f"{name}() without {entry.safe_kw}={entry.safe_value!r}" if entry.safe_kw else f"{name}()"
+    add("EXT006", node, f"{what} deserialises with pickle, which runs code from the file")
+
+
+def _check_loader(
+    node: ast.Call,
+    name: str,
+    program: _Program,
+    judge: Judge,
+    add: Callable[[str, ast.AST, str], None],
+    report_at: ast.AST,
+) -> None:
+    loader = table().match(name) or table().client_call(name)
+    if loader is None and name.rsplit(".", 1)[-1] in judge.extra_loaders:
+        loader = Loader(call=name, mode="id", keyword="repo_id", position=0, library="settings")
+    if loader is None or loader.mode == "dataset":
+        return
+    if loader.dataset_kw and program.value(_keyword(node, loader.dataset_kw)) == "dataset":
+        return
+    if loader.call == "hub.load" and program.value(_keyword(node, "source")) == "local":
+        return
+    if loader.mode == "always":
+        add("EXT001", report_at, f"{name}() downloads a foreign pretrained model ({loader.library})")
+        return
+    if loader.mode == "flag":
+        for flag in filter(None, (loader.flag, loader.also_flag)):
+            given = _keyword(node, flag)
+            if given is None:
+                on = loader.flag_default and flag == loader.flag and not _has_star_kwargs(node)
+            else:
+                value = program.value(given)
+                on = value not in _OFF if isinstance(given, ast.Constant | ast.Name | ast.JoinedStr) else True
+                on = on and not (isinstance(value, str) and judge.namespace_ok(value) and "/" in value)
+            if on:
+                add("EXT001", report_at, f"{name}(..., {flag}=...) downloads foreign pretrained weights")
+                return
+        return
+    argument = _keyword(node, loader.keyword)
+    if (
+        argument is None
+        and len(node.args) > loader.position
+        and not isinstance(node.args[loader.position], ast.Starred)
+    ):
+        argument = node.args[loader.position]
+    if argument is None:
+        if loader.call == "pipeline" and not _has_star_kwargs(node):
+            add("EXT001", report_at, f"{name}() without model= downloads the library's default (foreign) model")
+        elif _has_star_kwargs(node):
+            add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
+        return
+    value = program.value(argument)
+    if isinstance(value, str):
+        if judge.namespace_ok(value) and not value.startswith(("http://", "https://", "hf://")):
+            return
+        add("EXT001", report_at, f"{name}() loads {value!r}, outside the allowed namespaces")
+        return
+    if program.is_local_folder(argument):
+        return
+    prefix = program.prefix(argument)
+    if prefix and ("/" in prefix or prefix.startswith(".")) and judge.namespace_ok(prefix):
+        return
+    add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
+
+
+# --- text fallback for code that does not parse ----------------------------------------------------------------
+@functools.cache
+def _fallback_pattern() -> re.Pattern[str]:
+    names = set()
+    for loader in table().loaders:
+        if loader.mode != "dataset" and loader.call != "*":
+            names.add(re.escape(loader.call.rsplit(".", 1)[-1]))
+    names |= {re.escape(c.rsplit(".", 1)[-1]) for d in table().deserialisers for c in d.calls}
+    modules = "|".join(re.escape(m) for m in MODEL_IMPLEMENTATION_MODULES)
+    return re.compile(rf"\b(?:{modules})\b|(?<![\w.])(?:[\w.]+\.)?(?:{'|'.join(sorted(names))})\s*\(")
+
+
+_GENERIC_FALLBACK = {"load", "chat", "generate", "pull", "LLM", "get_model", "YOLO", "open"}
+
+
+def text_fallback(lines: Iterable[tuple[int, str]], words: Iterable[str] = ()) -> list[Hit]:
+    """Loader, deserialiser and model-module names in code that could not be parsed: each one is a finding, since
+    what it loads cannot be known (fail closed). Generic names (`load(`) count only when qualified by a library
+    this table knows (`whisper.load_model(`, `timm.create_model(`)."""
+    pattern = _fallback_pattern()
+    known = set(words) | set(table().words())
+    hits = []
+    for number, text in lines:
+        code = text.split("#", 1)[0]
+        for match in pattern.finditer(code):
+            found = match.group(0).rstrip("( \t")
+            head, _, short = found.rpartition(".")
+            if short in _GENERIC_FALLBACK and head.split(".")[0] not in known:
+                continue
+            rule = "EXT006" if table().deserialiser(found) else "EXT001"
+            message = f"names {found} in code that does not parse: what it loads cannot be checked (fail closed)"
+            hits.append(Hit(rule, number, match.start() + 1, number, match.end(), message))
+    return hits
+
+
+def looks_like_model_class(name: str) -> bool:
+    """Whether an imported name might be a foreign model class or a loader (the fast path parses the file then)."""
+    return name == "pipeline" or bool(_MODEL_CLASS.match(name) and not _GENERIC_CLASS.match(name))
