@@ -13,9 +13,15 @@ start, against one bare `rg` pass over the same tree with the patterns of the ga
 gate/rg has a target of <= 2x.
 commit case: five modified files staged, `oracle guards run --gate commit --root TREE` (the staged files come from
 git), against the target of 0.5 s and against `python -c pass` with the same interpreter.
+many-findings case: a second repository of `--many-files` Python modules (default 1,000), each with several candidate
+lines that are all findings (a foreign `from_pretrained`, an unsafe `pickle.load`, a hub URL per block), generated
+twice: with `--many-blocks` blocks per file and with twice as many (files twice as long, twice the findings). The gate
+against `rg` on each, and the growth of each from 1x to 2x: a gate whose cost grows with findings x file size (the
+old `ast.get_source_segment` per finding) shows a growth near 4x where rg shows 2x.
 Both cases interleave their two commands, after one warm-up run each, and report medians.
 
-Usage: python bench/guards_scan.py [--files N] [--repeats N] [--seed N] [--keep] [--json FILE]
+Usage: python bench/guards_scan.py [--files N] [--many-files N] [--many-blocks N] [--repeats N] [--seed N] [--keep]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -410,6 +416,61 @@ def generate_tree(root: Path, n_files: int, seed: int) -> tuple[dict[str, Any], 
     return shape, planted
 
 
+def many_findings_tree(root: Path, n_files: int, blocks: int, seed: int) -> int:
+    """A repository whose every Python module holds `blocks` violating blocks among filler code; returns how many
+    findings the gate must report (three per block)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    for index in range(n_files):
+        parts = ["import pickle\n\nfrom transformers import AutoModelForCausalLM\n"]
+        for block in range(blocks):
+            parts.append(python_function(rng))
+            parts.append(
+                f'\n\ndef load_{block}(path):\n    """Weights from https://huggingface.co/org{index}/model-{block}."""\n'
+                f'    model = AutoModelForCausalLM.from_pretrained("org{index}/model-{block}")\n'
+                "    with open(path, 'rb') as handle:\n        return model, pickle.load(handle)\n"
+            )
+        target = root / "pkg" / f"mod{index // 100}" / f"m{index}.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n".join(parts))
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=bench", "-c", "user.email=bench@oracle.invalid", "commit", "-q", "-m", "tree")
+    return n_files * blocks * 3
+
+
+def many_findings_case(oracle: str, rg: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Gate and rg on the many-findings tree at 1x and 2x blocks per file; fails unless every finding is found."""
+    rg_argv = [rg, "--no-config", "--hidden", "-g", "!.git", "--line-number", "--column", "--with-filename"]
+    rg_argv += ["--no-heading", *[arg for pattern in gate_patterns() for arg in ("-e", pattern)], "--", "."]
+    out: dict[str, Any] = {}
+    for scale in (1, 2):
+        tree = workdir / f"many-{scale}x"
+        expected = many_findings_tree(tree, args.many_files, args.many_blocks * scale, args.seed)
+        _, report = gate_report(oracle, tree, "ci", workdir / f"many-{scale}x.json")
+        found = len(report["findings"])
+        if found < expected:
+            raise SystemExit(f"guards_scan[many] {scale}x: the gate found {found} of {expected} planted findings")
+        gate_argv = [oracle, "guards", "run", "--gate", "ci", "--root", str(tree), "--format", "json"]
+        gate_argv += ["--output", os.devnull]
+        times = interleaved({"gate": (gate_argv, None, (1,)), "rg": (rg_argv, tree, (0,))}, args.repeats)
+        medians = {key: statistics.median(values) for key, values in times.items()}
+        out[f"{scale}x"] = {
+            "findings": found,
+            "seconds_median": medians,
+            "ratio_gate_over_rg": medians["gate"] / medians["rg"],
+        }
+        print(
+            f"guards_scan[many] {args.many_files} files x {args.many_blocks * scale} blocks: {found} findings, "
+            f"gate {medians['gate']:.3f} s, rg {medians['rg']:.3f} s, ratio {medians['gate'] / medians['rg']:.2f}x"
+        )
+    growth_gate = out["2x"]["seconds_median"]["gate"] / out["1x"]["seconds_median"]["gate"]
+    growth_rg = out["2x"]["seconds_median"]["rg"] / out["1x"]["seconds_median"]["rg"]
+    out["growth"] = {"gate": growth_gate, "rg": growth_rg}
+    print(f"guards_scan[many] 1x -> 2x findings: gate grows {growth_gate:.2f}x, rg {growth_rg:.2f}x (linear: ~2x)")
+    return out
+
+
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
@@ -510,6 +571,8 @@ def check_commit_scope(result: dict[str, Any], staged: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=REFERENCE_FILES, help="files in the generated tree")
+    parser.add_argument("--many-files", type=int, default=1000, help="files of the many-findings tree (0: skip)")
+    parser.add_argument("--many-blocks", type=int, default=4, help="violating blocks per file at 1x")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the generated tree (its path is printed)")
@@ -559,6 +622,8 @@ def main() -> None:
         commit = {key: statistics.median(values) for key, values in commit_times.items()}
         commit_ratio = commit["gate"] / commit["python"]
 
+        many = many_findings_case(oracle, rg, workdir, args) if args.many_files else None
+
         size = f"{shape['files']} files, {shape['bytes'] / 1e6:.0f} MB"
         print(
             f"guards_scan[ci] the first run found {found} ({first_ci:.1f} s); "
@@ -588,6 +653,7 @@ def main() -> None:
                 "first_run_seconds": first_ci,
                 "rg_matching_lines": rg_lines,
             },
+            "many_findings": many,
             "commit": {
                 "staged": staged,
                 "seconds_median": commit,
