@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from policies import architecture, external_weights, floor, local_train, venv
+from policies import architecture, coverage, external_weights, floor, local_train, venv
 from policies.rule import Policy, Rule
 
 # external_weights runs before local_train: its content sniffing overlaps the ripgrep pass both of them read.
-ALL_POLICIES: tuple[Policy, ...] = (venv.POLICY, external_weights.POLICY, local_train.POLICY, architecture.POLICY)
+# coverage runs last: it reports what the policies before it could not read, decode or parse.
+ALL_POLICIES: tuple[Policy, ...] = (
+    venv.POLICY,
+    external_weights.POLICY,
+    local_train.POLICY,
+    architecture.POLICY,
+    coverage.POLICY,
+)
 
 
 def catalog() -> list[Rule]:
