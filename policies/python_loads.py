@@ -27,7 +27,7 @@ TABLE_FILE = Path(__file__).with_name("loaders.toml")
 # packages of the ecosystem (vllm, peft, optimum, diffusers' pipelines...) are judged by the loaders they call.
 MODEL_IMPLEMENTATION_MODULES = (
     "transformers.models",
-    "timm",
+    "timm.models",
     "open_clip",
     "torchvision.models",
     "diffusers.models",
@@ -388,11 +388,26 @@ class _Program:
         if isinstance(node, ast.Call) and node.args:
             short = self.qualified(node.func).rsplit(".", 1)[-1]
             if short in {"Path", "PurePath", "join", "str"}:
-                return self.prefix(node.args[0], depth + 1) + ("/" if short in {"Path", "join"} else "")
+                inner = self.prefix(node.args[0], depth + 1)
+                return inner + ("/" if inner and short in {"Path", "join"} and not inner.endswith("/") else "")
         if isinstance(node, ast.Name) and node.id not in self.unresolvable:
             values = self.assignments.get(node.id, [])
             return self.prefix(values[0], depth + 1) if len(values) == 1 else ""
         return ""
+
+    def is_path_expression(self, node: ast.AST) -> bool:
+        """A file-system path by construction (`Path(...)`, `base / "x"`, `os.path.join(...)`): never a hub id."""
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            return True
+        if isinstance(node, ast.Call):
+            name = self.qualified(node.func)
+            return name in {"os.path.join", "os.path.abspath", "os.path.expanduser"} or name.rsplit(".", 1)[-1] in {
+                "Path", "PurePath", "PosixPath",
+            }  # fmt: skip
+        if isinstance(node, ast.Name) and node.id not in self.unresolvable:
+            values = self.assignments.get(node.id, [])
+            return len(values) == 1 and self.is_path_expression(values[0])
+        return False
 
     def is_local_folder(self, node: ast.AST) -> bool:
         """A temporary folder of this program (tmp_path, tempfile...), or a value saved to with save_pretrained & co
@@ -610,6 +625,10 @@ def _check_loader(
         return
     prefix = program.prefix(argument)
     if prefix and ("/" in prefix or prefix.startswith(".")) and judge.namespace_ok(prefix):
+        return
+    # a path built with Path(...) / os.path.join from a constant start that names no foreign model ("runs/..."):
+    # a local folder; `Path(args.model)` has no constant start and stays a finding
+    if prefix.strip("/") and program.is_path_expression(argument) and judge.family_of(prefix) is None:
         return
     add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
 

@@ -116,7 +116,7 @@ def test_near_misses_of_identifiers_are_not_found(scan: Scan, path: str, content
         "from transformers import LlamaForCausalLM\n",
         "import transformers.models.llama.modeling_llama as llama\n",
         "from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as Block\n",
-        "import timm\n",
+        "from timm.models.vision_transformer import VisionTransformer\n",
         "from transformers import AutoConfig\ncfg = AutoConfig.for_model('qwen2_moe', num_experts=64)\n",
         "import transformers\n\nclass Mine(transformers.Qwen2ForCausalLM):\n    pass\n",
         "import transformers\nnet = transformers.GemmaForCausalLM(config)\n",
@@ -139,7 +139,7 @@ def test_foreign_architectures_are_found(scan: Scan, source: str) -> None:
         "def is_hf(model):\n    return isinstance(model, PreTrainedModel)\n",
         "from peft import PeftModelForCausalLM\n",
         # utility modules of the ecosystem are not model implementations
-        "from vllm.logger import init_logger\nimport peft\nimport diffusers.utils\n",
+        "from vllm.logger import init_logger\nimport peft\nimport diffusers.utils\nfrom timm.layers import DropPath\n",
         # the scanned repository's own package, whatever its name
         "from mypkg.models.llama import LlamaForCausalLM\n",
         "from .modeling import MixtralSparseMoeBlock\n",

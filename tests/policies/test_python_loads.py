@@ -183,3 +183,24 @@ def test_the_loader_table_is_complete_and_well_formed() -> None:
     assert table.match("mypkg.create_model") is None  # create_model is timm's or open_clip's only
     assert table.match("timm.create_model") is not None
     ast.parse("x = 1")  # the module is importable and pure
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from pathlib import Path\nfrom transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained(Path(args.model))\n",
+        "from pathlib import Path\nfrom transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained(Path('meta-llama') / args.size)\n",
+    ],
+)
+def test_a_path_wrapper_does_not_hide_a_hub_id(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/load.py": source}), "EXT001") == ["EXT001"]
+
+
+def test_a_run_folder_that_is_not_in_the_tree_is_still_local(scan: Scan) -> None:
+    source = (
+        "from pathlib import Path\nfrom mylib import RunCheckpoint\n"
+        "ck = RunCheckpoint.from_pretrained(Path('runs') / run_id)\n"
+    )
+    assert ids(scan({"src/load.py": source}), "EXT001") == []
