@@ -34,6 +34,8 @@ MODEL_IMPLEMENTATION_MODULES = (
     "vllm.model_executor.models",
     "mlx_lm.models",
     "sentence_transformers.models",
+    "megablocks",
+    "tutel",
 )
 # Libraries whose classes named like models are foreign model classes.
 MODEL_LIBRARIES = {"transformers", "peft", "optimum", "diffusers", "vllm", "timm", "open_clip", "mlx_lm"}
@@ -52,6 +54,8 @@ FOREIGN_MOE_CONFIG_KEYS = frozenset(
         "norm_topk_prob", "router_aux_loss_coef", "output_router_logits", "moe_layer_freq", "first_k_dense_replace",
     }
 )  # fmt: skip
+# A model repository's folder in the Hugging Face cache: reading it reads a foreign model, whatever the reader.
+HUB_CACHE_ENTRY = re.compile(r"models--(?P<org>[\w.-]+?)--(?P<name>[\w.-]+)")
 _TEMPORARY_PARAMETERS = {"tmp_path", "tmpdir", "tmp_dir", "temp_dir", "tmpdirname", "tmp_path_factory", "tempdir"}
 _SAVE_METHODS = {"save_pretrained", "save_model", "save_checkpoint", "save", "save_adapter", "save_state"}
 _OFF = (False, None, "", "none", "None")
@@ -64,6 +68,7 @@ class Loader:
     keyword: str
     position: int
     modules: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
     flag: str = ""
     also_flag: str = ""
     flag_default: bool = False
@@ -130,7 +135,7 @@ class LoaderTable:
             words.update([module.split(".")[0] for module in modules] or [cls])
         words.update(module.split(".")[0] for module in MODEL_IMPLEMENTATION_MODULES)
         words.update(MODEL_LIBRARIES)
-        words.update({"for_model", *FOREIGN_MOE_CONFIG_KEYS})
+        words.update({"for_model", "methodcaller", "models--", *FOREIGN_MOE_CONFIG_KEYS})
         return sorted(words)
 
 
@@ -149,6 +154,7 @@ def table() -> LoaderTable:
                 keyword=entry["model"][0],
                 position=int(entry["model"][1]),
                 modules=tuple(entry.get("modules", ())),
+                keywords=tuple(entry.get("keywords", ())),
                 flag=entry.get("flag", ""),
                 also_flag=entry.get("also_flag", ""),
                 flag_default=bool(entry.get("flag_default", False)),
@@ -456,6 +462,11 @@ def analyse(tree: ast.Module, judge: Judge) -> list[Hit]:
             _check_class(node, program, judge, add)
         elif isinstance(node, ast.Call):
             _check_call(node, program, judge, add, tuple(flagged_modules))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "models--" in node.value:
+            for match in HUB_CACHE_ENTRY.finditer(node.value):
+                repo = f"{match['org']}/{match['name']}"
+                if not judge.namespace_ok(repo):
+                    add("EXT001", node, f"names {repo!r} in the Hugging Face cache layout ({match.group(0)})")
     return judge.hits
 
 
@@ -535,6 +546,13 @@ def _check_call(
             ast.copy_location(shifted, node)
             _check_loader(shifted, inner, program, judge, add, report_at=node)
             continue
+        if name in {"operator.methodcaller", "methodcaller"} and node.args:
+            method = program.value(node.args[0])  # methodcaller("from_pretrained", "org/x"): a method with arguments
+            if isinstance(method, str):
+                shifted = ast.Call(func=ast.Name(id=method, ctx=ast.Load()), args=node.args[1:], keywords=node.keywords)
+                ast.copy_location(shifted, node)
+                _check_loader(shifted, method, program, judge, add, report_at=node)
+            continue
         _check_deserialiser(node, name, program, add)
         _check_loader(node, name, program, judge, add, report_at=node)
         short = name.rsplit(".", 1)[-1]
@@ -603,6 +621,8 @@ def _check_loader(
                 return
         return
     argument = _keyword(node, loader.keyword)
+    for other in loader.keywords:
+        argument = argument if argument is not None else _keyword(node, other)
     if (
         argument is None
         and len(node.args) > loader.position

@@ -204,3 +204,25 @@ def test_a_run_folder_that_is_not_in_the_tree_is_still_local(scan: Scan) -> None
         "ck = RunCheckpoint.from_pretrained(Path('runs') / run_id)\n"
     )
     assert ids(scan({"src/load.py": source}), "EXT001") == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import operator\nfrom transformers import AutoModel\n"
+        "load = operator.methodcaller('from_pretrained', 'google/gemma-7b')\nmodel = load(AutoModel)\n",
+        "import nemo.collections.asr as nemo_asr\n"
+        "m = nemo_asr.models.ASRModel.from_pretrained(model_name='nvidia/parakeet-tdt-1.1b')\n",
+        "from faster_whisper import WhisperModel\nmodel = WhisperModel('distil-large-v3', device='cuda')\n",
+        "from pathlib import Path\nfrom safetensors.torch import load_file\n"
+        "SNAP = Path.home() / '.cache/huggingface/hub' / 'models--mistralai--Mistral-7B-v0.1'\n"
+        "state = load_file(SNAP / 'snapshots' / 'model.safetensors')\n",
+    ],
+)
+def test_method_callers_keyword_ids_and_hub_cache_layouts_are_found(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/load.py": source}), "EXT001") == ["EXT001"]
+
+
+def test_our_own_model_in_the_hub_cache_layout_is_not_found(scan: Scan) -> None:
+    source = "CACHE = '~/.cache/huggingface/hub/models--oracle-ai--oracle850b-moe'\n"
+    assert ids(scan({"src/cache.py": source}), "EXT001") == []
