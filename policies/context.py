@@ -4,6 +4,7 @@ environment, and shared, cached ways to read files and to find candidate lines w
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import os
 import re
@@ -108,6 +109,9 @@ _CONTROL_CHARS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
 _BINARY_SHARE = 0.03
 _SAMPLE = 4096  # bytes looked at to recognise UTF-16/32 without a byte-order mark
 _HEAD = 1024  # bytes of every file kept once read (content sniffing, shebangs, encodings)
+# Bytes read at the first look at a file (one system call either way): ripgrep's binary detection stops a file at a
+# NUL byte, so which files have one in this probe (the whole of most files) is noted for the grep fallback.
+_PROBE = 1 << 16
 
 
 def wide_encoding(sample: bytes) -> str | None:
@@ -215,6 +219,11 @@ _KIND_BY_INTERPRETER = {
 
 def kind_of_name(relative: str) -> str | None:
     """The kind a file's name alone says (None: look at its content)."""
+    return _kind_of_name(relative)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _kind_of_name(relative: str) -> str | None:
     name = relative.rsplit("/", 1)[-1].lower()
     if name in _KIND_BY_NAME:
         return _KIND_BY_NAME[name]
@@ -570,6 +579,7 @@ class ScanContext:
     left_out: dict[str, str] = field(default_factory=dict)
     _text: dict[str, str | None] = field(default_factory=dict, repr=False)
     _heads: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _probed: dict[str, str] = field(default_factory=dict, repr=False)  # see _probe
     _not_analysed: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -609,13 +619,18 @@ class ScanContext:
         """The file's first bytes (the first KiB of every file is kept once read). A file that cannot be read gives
         b"" and is recorded as not analysed."""
         cached = self._heads.get(relative)
-        if cached is not None and (len(cached) >= n_bytes or len(cached) < _HEAD):
+        if cached is not None and (len(cached) >= n_bytes or len(cached) < _HEAD):  # or the cache is the whole file
             return cached[:n_bytes]
-        data = self._read(relative, max(n_bytes, _HEAD))
+        data = self._read(relative, max(n_bytes, _PROBE))
         if data is None:
+            self._heads[relative], self._probed[relative] = b"", "whole"
             return b""
         if cached is None:
             self._heads[relative] = data[:_HEAD]
+            if b"\0" in data[:_PROBE]:
+                self._probed[relative] = "binary" if looks_binary(data[:_PROBE]) else "nul"
+            else:
+                self._probed[relative] = "whole" if len(data) < _PROBE else "more"
         return data[:n_bytes]
 
     def _read(self, relative: str, n_bytes: int | None) -> bytes | None:
@@ -644,7 +659,7 @@ class ScanContext:
         """One of KINDS: from the file's name (extension, well-known names such as Makefile or Dockerfile.gpu, env
         files), else from its `#!` line, else "binary" or "text" from its first bytes. A file whose name says text
         but whose first bytes are binary is "binary"."""
-        named = kind_of_name(relative)
+        named = _kind_of_name(relative)
         if named == "binary":
             return named
         head = self.head(relative, _HEAD)
@@ -665,7 +680,7 @@ class ScanContext:
 
     def _decoded(self, relative: str) -> str | None:
         limit = self.settings.scan.max_file_bytes
-        if self.size(relative) > limit and kind_of_name(relative) != "notebook":
+        if self.size(relative) > limit and _kind_of_name(relative) != "notebook":
             if not looks_binary(self.head(relative, _HEAD)):
                 self.not_analysed(
                     relative,
@@ -685,7 +700,7 @@ class ScanContext:
             if relative not in self._not_analysed:
                 self.not_analysed(relative, "binary content where Python was expected: not analysed as code")
             return None
-        if kind_of_name(relative) == "notebook":
+        if _kind_of_name(relative) == "notebook":
             program = notebook_program(text, relative)
             if program is None:
                 self.not_analysed(relative, "notebook that is not valid JSON: its code was not analysed as Python")
@@ -724,16 +739,17 @@ class ScanContext:
 
     def grep(self, patterns: Iterable[str], files: Iterable[str] | None = None) -> dict[str, list[Line]]:
         """Lines matching any of the (Rust-regex, no look-around) patterns, by file, over the selection (or the given
-        subset of it). ripgrep reads every file as bytes (a stray NUL does not stop it); what it cannot read as
-        text (UTF-16/32 without a byte-order mark, notebooks over the size limit) is decoded here and searched with
-        the same patterns; lines it finds in binary content are dropped (binary files are sniffed, not searched)."""
+        subset of it). ripgrep stops reading a file at a NUL byte; every file it may have cut short that is text
+        (a stray NUL, UTF-16/32 without a byte-order mark), and notebooks over the size limit, are decoded here and
+        searched with the same patterns. Binary files are left out (content sniffing judges them)."""
         patterns = list(patterns)
         wanted_lines = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
         prefetched = getattr(self, "_prefetched", None)
         if prefetched is not None and files is None and set(patterns) <= prefetched[0]:
             subset: Sequence[str] = self.files
+            job = prefetched[1]
             found: dict[str, list[Line]] = {}
-            for path, lines in prefetched[1].lines(set(self.files)).items():
+            for path, lines in job.lines(set(self.files)).items():
                 kept = [line for line in lines if wanted_lines.search(line.text)]
                 if kept:
                     found[path] = kept
@@ -741,32 +757,52 @@ class ScanContext:
             subset = sorted(set(self.files if files is None else files))
             job = RipgrepJob(self.root, patterns, self.settings.scan.max_file_bytes, subset)
             found = job.lines(set(subset))
-        suspect = [path for path, lines in found.items() if any(_CONTROL_CHARS.search(line.text) for line in lines)]
-        for path in suspect:
-            if self.text(path) is None:
-                del found[path]
-        for path in self._undecoded(subset, found):
+        for path in self._cut_short(subset, found, job.binary):
             text = self.text(path)
             lines = [] if text is None else _search(text, wanted_lines)
             if lines:
                 found[path] = lines
+            else:
+                found.pop(path, None)
         return found
 
-    def _undecoded(self, files: Sequence[str], reported: dict[str, list[Line]]) -> list[str]:
-        """Files of `files` that ripgrep did not report and cannot read as text: oversize notebooks, UTF-32 with a
-        byte-order mark, UTF-16/32 without one (their first bytes show it)."""
+    def _cut_short(self, files: Sequence[str], reported: dict[str, list[Line]], binary: set[str]) -> list[str]:
+        """Files of `files` that ripgrep may not have searched to the end: those it said it stopped at a NUL byte,
+        those with a NUL byte in their first 64 KiB that are not plainly binary there (it stops before its first
+        match), larger ones with a NUL further on, and notebooks over the size limit (it skips them)."""
         limit = self.settings.scan.max_file_bytes
         found = []
         for path in files:
-            if path in reported or kind_of_name(path) == "binary":
-                continue
-            if kind_of_name(path) == "notebook" and self.size(path) > limit:
+            if path in binary:
                 found.append(path)
                 continue
-            head = self.head(path, _SAMPLE if path in self._heads and len(self._heads[path]) < _HEAD else _HEAD)
-            if b"\0" in head and (head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")) or wide_encoding(head)):
+            if path in reported:
+                continue
+            if self.size(path) > limit:  # ripgrep skips it; only a notebook is read whatever its size
+                if _kind_of_name(path) == "notebook":
+                    found.append(path)
+                continue
+            if path not in self._probed:
+                self.head(path, 1)
+            probed = self._probed[path]
+            if probed == "nul" or (probed == "more" and _nul_after(self.path(path), _PROBE, limit)):
                 found.append(path)
         return found
+
+
+def _nul_after(path: Path, offset: int, limit: int) -> bool:
+    """Whether a NUL byte follows `offset` (up to `limit`: ripgrep skips larger files); unreadable reads as none
+    here (the reading layer records it when the file is read)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            while offset < limit and (chunk := handle.read(1 << 20)):
+                if b"\0" in chunk:
+                    return True
+                offset += len(chunk)
+    except OSError:
+        return False
+    return False
 
 
 def _search(text: str, pattern: re.Pattern[str]) -> list[Line]:
@@ -793,8 +829,6 @@ class RipgrepJob:
     ) -> None:
         args = [_ripgrep(), "--no-config", "--hidden", "--no-heading", "--with-filename", "--line-number"]
         args += ["--column", "--null", "--no-messages", "--color", "never", "--max-filesize", str(max_filesize)]
-        # --text: a NUL byte in a text file must not stop the search (ScanContext.grep drops binary files' lines)
-        args += ["--text"]
         for pattern in patterns:
             args += ["-e", pattern]
         walk = files is None or len(files) > _RG_ARGV_LIMIT
@@ -809,6 +843,13 @@ class RipgrepJob:
             subprocess.Popen(run, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for run in runs
         ]
         self._lines: dict[str, list[Line]] | None = None
+        self._binary: set[str] = set()
+
+    @property
+    def binary(self) -> set[str]:
+        """Files ripgrep stopped reading at a NUL byte after a match (it says so in its output)."""
+        self.lines(set())
+        return self._binary
 
     def lines(self, selected: set[str]) -> dict[str, list[Line]]:
         if self._lines is None:
@@ -820,13 +861,24 @@ class RipgrepJob:
                 for raw_bytes in out.split(b"\n"):  # not splitlines(): \r, \x0c or U+2028 may be inside a line
                     if not raw_bytes:
                         continue
-                    path, _, rest = raw_bytes.decode("utf-8", "replace").partition("\0")
+                    path, nul, rest = raw_bytes.decode("utf-8", "replace").partition("\0")
+                    if not nul:  # ripgrep's own line: it stopped reading a file at a NUL byte
+                        stopped = _STOPPED_AT_NUL.match(path)
+                        if stopped is None:
+                            raise ScanError(f"ripgrep printed a line the scan cannot read: {path[:200]!r}")
+                        self._binary.add(stopped[1].removeprefix("./"))
+                        continue
                     number, column, text = rest.split(":", 2)
                     line = Line(int(number), int(column), text)
                     lines = self._lines.setdefault(path.removeprefix("./"), [])
                     if not lines or lines[-1].number != line.number:  # a file in both runs counts once
                         lines.append(line)
         return {path: lines for path, lines in self._lines.items() if path in selected}
+
+
+_STOPPED_AT_NUL = re.compile(
+    r'(.*): (?:WARNING: stopped searching binary file after match|binary file matches) \(found "\\0" byte around'
+)
 
 
 def _ripgrep() -> str:
