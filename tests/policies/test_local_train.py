@@ -120,3 +120,124 @@ def test_notebooks_that_set_it_in_code_or_magics_are_found(scan: Scan) -> None:
     ]
     findings = only(scan({"train.ipynb": json.dumps({"cells": cells})}), "LTR001")
     assert sorted(f.message.split(":")[0] for f in findings) == ["cell 2, line 1", "cell 3, line 2"]
+
+
+def _utf16(text: str) -> bytes:
+    return b"\xff\xfe" + text.encode("utf-16-le")
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("jobs/train.sbatch", "#!/bin/bash\n#SBATCH --export=ALL,ALLOW_LOCAL_TRAIN=1,OMP_NUM_THREADS=4\nsrun x\n"),
+        ("jobs/submit.sh", "sbatch --export=ALL,ALLOW_LOCAL_TRAIN=true job.sbatch\n"),
+        ("scripts/env.csh", "setenv ALLOW_LOCAL_TRAIN 1\n"),
+        ("scripts/env.tcsh", "setenv ALLOW_LOCAL_TRAIN true\n"),
+        ("scripts/env.fish", "set -x ALLOW_LOCAL_TRAIN true\n"),
+        ("scripts/conf.fish", "set -gx ALLOW_LOCAL_TRAIN yes\n"),
+        ("scripts/train.ps1", '$env:ALLOW_LOCAL_TRAIN = "true"\n'),
+        ("scripts/user.ps1", '[Environment]::SetEnvironmentVariable("ALLOW_LOCAL_TRAIN", "true", "User")\n'),
+        ("scripts/item.ps1", "Set-Item -Path env:ALLOW_LOCAL_TRAIN -Value 1\n"),
+        ("scripts/wide.ps1", _utf16('$env:ALLOW_LOCAL_TRAIN = "true"\r\n')),
+        (".env.local", "ALLOW_LOCAL_TRAIN=1\n"),
+        ("config/train.env", "ALLOW_LOCAL_TRAIN=true\n"),
+        ("envs/dev.env", "export ALLOW_LOCAL_TRAIN=on\n"),
+        (".envrc", "export ALLOW_LOCAL_TRAIN=true\n"),
+        ("docker-compose.yml", "services:\n  t:\n    environment:\n      - ALLOW_LOCAL_TRAIN=1\n"),
+        ("Dockerfile", "FROM python:3.11\nENV ALLOW_LOCAL_TRAIN=true\n"),
+        (
+            "deploy/pod.yaml",
+            "env:\n  - name: ALLOW_LOCAL_TRAIN\n    valueFrom:\n      configMapKeyRef: {name: c, key: k}\n",
+        ),
+        ("tools/update.py", 'import os\nos.environ.update({"ALLOW_LOCAL_TRAIN": "1"})\n'),
+        ("tools/putenv.py", 'import os\nos.putenv("ALLOW_LOCAL_TRAIN", "true")\n'),
+        ("tools/kw.py", 'import os, subprocess\nsubprocess.run(["x"], env=dict(os.environ, ALLOW_LOCAL_TRAIN="1"))\n'),
+    ],
+)
+def test_other_shells_schedulers_and_env_files_setting_it_are_found(
+    scan: Scan, path: str, content: str | bytes
+) -> None:
+    findings = only(scan({path: content}), "LTR001")
+    assert [f.path for f in findings] == [path], findings
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("jobs/train.sbatch", "#!/bin/bash\n#SBATCH --export=ALL,ALLOW_LOCAL_TRAIN=false,OMP_NUM_THREADS=4\n"),
+        ("jobs/submit.sh", "sbatch --export=ALLOW_LOCAL_TRAIN=0 job.sbatch\n"),
+        ("scripts/env.csh", "setenv ALLOW_LOCAL_TRAIN false\nunsetenv ALLOW_LOCAL_TRAIN\n"),
+        ("scripts/env.fish", "set -x ALLOW_LOCAL_TRAIN false\nset -e ALLOW_LOCAL_TRAIN\n"),
+        ("scripts/train.ps1", '$env:ALLOW_LOCAL_TRAIN = "false"\nif ($env:ALLOW_LOCAL_TRAIN -eq "true") { exit 1 }\n'),
+        (".env.local", "ALLOW_LOCAL_TRAIN=false\n"),
+        ("docs/training.md", "ALLOW_LOCAL_TRAIN must be false: `export ALLOW_LOCAL_TRAIN=true` is refused.\n"),
+        ("docs/notes.txt", "Never set ALLOW_LOCAL_TRAIN=1.\n"),
+        ("docker-compose.yml", "services:\n  t:\n    environment:\n      - ALLOW_LOCAL_TRAIN=false\n"),
+    ],
+)
+def test_false_values_removals_and_prose_are_not_settings(scan: Scan, path: str, content: str) -> None:
+    assert ids(scan({path: content}), "LTR001") == []
+
+
+def test_ipython_env_magic_with_a_space_and_shell_cells_are_found(scan: Scan) -> None:
+    import json
+
+    cells = [
+        {"cell_type": "code", "source": ["%env ALLOW_LOCAL_TRAIN true\n"]},
+        {"cell_type": "code", "source": ["%env ALLOW_LOCAL_TRAIN=1\n"]},
+        {"cell_type": "code", "source": ["%%bash\n", "export ALLOW_LOCAL_TRAIN=yes\n"]},
+        {"cell_type": "code", "source": ["%env ALLOW_LOCAL_TRAIN false\n"]},
+    ]
+    findings = only(scan({"train.ipynb": json.dumps({"cells": cells, "nbformat": 4})}), "LTR001")
+    assert sorted(f.message.split(":")[0] for f in findings) == ["cell 1, line 1", "cell 2, line 1", "cell 3, line 2"]
+
+
+BYPASS = (
+    "from oracle.train.config import load_train_config\n"
+    "from oracle.train.trainer import run_training as go\n\n\n"
+    "def main() -> None:\n"
+    "    go(load_train_config('oracle-mini'), resume=None, run_name=None, facts=None, placement=None)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("scripts/quick_train.py", BYPASS),
+        (
+            "tools/loop.py",
+            "import oracle.train.trainer as t\nt.Trainer(cfg, placement, run_dir=d, data_dir=d, facts=f).fit()\n",
+        ),
+        (
+            "tools/mod.py",
+            "from oracle.train import trainer\nengine, model = trainer.initialise_engine(cfg, placement)\n",
+        ),
+        (
+            "tools/dyn.py",
+            "import importlib\nm = importlib.import_module('oracle.train.trainer')\ngetattr(m, 'run_training')(c)\n",
+        ),
+    ],
+)
+def test_calling_the_trainer_instead_of_the_cli_is_found(scan: Scan, path: str, content: str) -> None:
+    findings = only(scan({path: content}), "LTR003")
+    assert [f.path for f in findings] == [path], findings
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        (
+            "oracle/cli.py",
+            "def train_command():\n    require_training_allowed()\n    from oracle.train.trainer import run_training\n"
+            "    run_training(c)\n",
+        ),
+        ("tests/train/test_loop.py", BYPASS),
+        ("oracle/train/launch_helpers.py", "from oracle.train.trainer import run_training\nrun_training(c)\n"),
+        ("tools/facts.py", "from oracle.train.trainer import environment_facts\nenvironment_facts(None)\n"),
+        ("tools/other.py", "from transformers import Trainer\nTrainer(model).train()\n"),
+    ],
+)
+def test_the_guarded_cli_tests_and_helpers_that_do_not_train_are_not_bypasses(
+    scan: Scan, path: str, content: str
+) -> None:
+    assert ids(scan({path: content}), "LTR003") == []
