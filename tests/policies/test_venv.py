@@ -217,7 +217,7 @@ def test_the_lock_the_project_itself_and_prose_are_not_installs(project: Path, p
 
 
 def test_another_python_project_that_did_not_opt_in_is_not_judged_by_the_venv_policy(tmp_path: Path) -> None:
-    files = {
+    files: dict[str, str | bytes] = {
         "pyproject.toml": '[project]\nname = "other"\n',
         ".devcontainer/setup.sh": "pip install -r requirements/dev.txt\npip install -e .\n",
     }
