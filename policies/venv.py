@@ -473,8 +473,11 @@ class Install:
     what: str  # what it installs that is not the lock, or why it leaves the venv
 
 
-def install_of(argv: list[str], lock: str, project_venv: str, depth: int = 0) -> Install | None:
-    """The install an argv runs, unless it installs only the lock or this project into the venv."""
+def install_of(
+    argv: list[str], lock: str, project_venv: str, depth: int = 0, allowed: frozenset[str] = frozenset()
+) -> Install | None:
+    """The install an argv runs, unless it installs only the lock, this project, or distributions the settings allow
+    without a pin (`venv.allow_unlocked`, normalised names) into the venv."""
     if not argv or depth > 4:
         return None
     head = _program(argv[0])
@@ -482,16 +485,18 @@ def install_of(argv: list[str], lock: str, project_venv: str, depth: int = 0) ->
         for word in argv[1:]:
             if " " in word.strip():
                 for inner in shell_commands(word):
-                    if found := install_of(inner, lock, project_venv, depth + 1):
+                    if found := install_of(inner, lock, project_venv, depth + 1, allowed):
                         return found
         return None
     if head in WRAPPERS or argv[0] in WRAPPERS or ("=" in argv[0] and not argv[0].startswith("-")):
         for index in range(1, len(argv)):
             if _program(argv[index]) in INSTALL_COMMANDS or _PYTHON.fullmatch(_program(argv[index])):
-                return install_of(argv[index:], lock, project_venv, depth + 1)
+                return install_of(argv[index:], lock, project_venv, depth + 1, allowed)
         return None
     if len(argv) == 1 and " " in argv[0].strip():  # a whole command quoted as one word ("pip install x")
-        return next((f for c in shell_commands(argv[0]) if (f := install_of(c, lock, project_venv, depth + 1))), None)
+        return next(
+            (f for c in shell_commands(argv[0]) if (f := install_of(c, lock, project_venv, depth + 1, allowed))), None
+        )
     rest = argv[1:]
     if head not in INSTALL_COMMANDS and _PYTHON.fullmatch(head):
         at = next((i for i, word in enumerate(rest) if not word.startswith("-") or word == "-m"), None)
@@ -515,7 +520,7 @@ def install_of(argv: list[str], lock: str, project_venv: str, depth: int = 0) ->
         after = rest[rest.index("run") + 1 :]
         for index, word in enumerate(after):
             if _program(word) in INSTALL_COMMANDS or _PYTHON.fullmatch(_program(word)):
-                return install_of(after[index:], lock, project_venv, depth + 1)
+                return install_of(after[index:], lock, project_venv, depth + 1, allowed)
         return None
     for sequence in subcommands:
         if tuple(words[: len(sequence)]) != sequence:
@@ -523,10 +528,22 @@ def install_of(argv: list[str], lock: str, project_venv: str, depth: int = 0) ->
         shown = " ".join([head, *rest])
         if (head, *sequence) in LOCK_AWARE:
             start = rest.index(sequence[-1]) + 1 if sequence else 0
-            problem = _leaves_lock(rest[start:], lock, project_venv, sync=sequence[-1:] == ("sync",) or not sequence)
+            sync = sequence[-1:] == ("sync",) or not sequence
+            problem = _leaves_lock(rest[start:], lock, project_venv, sync, allowed)
             return Install(shown, problem) if problem else None
         return Install(shown, f"`{' '.join([head, *sequence])}` builds or changes an environment from outside the lock")
     return None
+
+
+def _project_name(ctx: ScanContext) -> str:
+    import tomllib
+
+    try:
+        declared = tomllib.loads((ctx.root / ctx.settings.venv.declared_input).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    name = declared.get("project", {}).get("name", "") if isinstance(declared.get("project"), dict) else ""
+    return normalise_name(name) if isinstance(name, str) else ""
 
 
 def _is_lock(value: str, lock: str) -> bool:
@@ -539,7 +556,7 @@ def _is_project(value: str) -> bool:
     return value in {".", "", "$PWD", "$CURDIR", "$(pwd)", "$ROOT", "$PROJECT_ROOT"}
 
 
-def _leaves_lock(args: list[str], lock: str, project_venv: str, sync: bool) -> str | None:
+def _leaves_lock(args: list[str], lock: str, project_venv: str, sync: bool, allowed: frozenset[str]) -> str | None:
     """Why installing these arguments leaves the locked venv (None: only the lock or the project, into the venv)."""
     others: list[str] = []
     index = 0
@@ -562,7 +579,9 @@ def _leaves_lock(args: list[str], lock: str, project_venv: str, sync: bool) -> s
             elif option in {"-e", "--editable"} and not _is_project(value):
                 others.append(value)
             continue
-        if not word.startswith("-") and not (_is_lock(word, lock) if sync else _is_project(word)):
+        named = normalise_name(re.split(r"[\[<>=!~;@ ]", word, maxsplit=1)[0])
+        kept = _is_lock(word, lock) if sync else _is_project(word) or named in allowed
+        if not word.startswith("-") and not kept:
             others.append(word)
         index += 1
     if others:
@@ -574,8 +593,8 @@ def _leaves_lock(args: list[str], lock: str, project_venv: str, sync: bool) -> s
 
 
 class _TreeFindings:
-    def __init__(self, result: PolicyResult, path: str) -> None:
-        self.result, self.path = result, path
+    def __init__(self, result: PolicyResult, path: str, allowed: frozenset[str] = frozenset()) -> None:
+        self.result, self.path, self.allowed = result, path, allowed
         self.seen: set[tuple[str, int, str]] = set()
 
     def add(self, rule: Rule, line: int, column: int, message: str, matched: str) -> None:
@@ -588,6 +607,8 @@ def check_tree(ctx: ScanContext, result: PolicyResult) -> None:
     """VENV009-VENV011 over the files selected for this gate."""
     venv = ctx.settings.venv
     lock, project_venv = venv.lock, venv.project_venv.rstrip("/")
+    # what may sit in .venv without a pin (pip itself); the project's own name only from `.`, never from an index
+    allowed = frozenset(normalise_name(name) for name in venv.allow_unlocked) - {_project_name(ctx)}
     candidates = ctx.grep(_CANDIDATES)
     for path in ctx.files:
         if path.endswith(".pth"):
@@ -597,7 +618,7 @@ def check_tree(ctx: ScanContext, result: PolicyResult) -> None:
         kind = file_kind(ctx, path)
         if kind in {"markdown", "binary"} or os.path.splitext(path)[1].lower() in _DOC_SUFFIXES:
             continue
-        findings = _TreeFindings(result, path)
+        findings = _TreeFindings(result, path, allowed)
         if kind == "python":
             _check_python_tree(ctx, path, lock, project_venv, findings, result)
             continue
@@ -706,7 +727,7 @@ def _check_command_line(
     array = _argv_of_array(command)
     commands = [array] if array else shell_commands(command, powershell=kind == "powershell")
     for argv in commands:
-        install = install_of(argv, lock, project_venv)
+        install = install_of(argv, lock, project_venv, allowed=findings.allowed)
         if install is not None:
             message = f"{where}`{_short(install.shown)}`: {install.what}"
             findings.add(INSTALL_OUTSIDE_LOCK, line, 1, message, install.shown)
@@ -845,7 +866,7 @@ def _check_python_tree(
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             for argv in _argvs_of_call(node, values):
-                install = install_of(argv, lock, project_venv)
+                install = install_of(argv, lock, project_venv, allowed=findings.allowed)
                 if install is not None:
                     line, prefix = where(node)
                     message = f"{prefix}`{_short(install.shown)}`: {install.what}"

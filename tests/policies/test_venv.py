@@ -228,3 +228,9 @@ def test_another_python_project_that_did_not_opt_in_is_not_judged_by_the_venv_po
 def test_a_bare_folder_of_scripts_is_held_to_the_lock(tmp_path: Path) -> None:
     write_tree(tmp_path, {"scripts/setup.sh": "pip install flash-attn\n"})
     assert ids(_run(tmp_path, prefix=Path("/usr")), "VENV") == ["VENV009"]  # type: ignore[arg-type]
+
+
+def test_upgrading_pip_itself_is_allowed_but_the_project_name_from_an_index_is_not(project: Path) -> None:
+    write_tree(project, {"scripts/a.sh": "python -m pip install --upgrade pip\n", "scripts/b.sh": "pip install demo\n"})
+    findings = only(_run(project), "VENV009")  # type: ignore[arg-type]
+    assert [f.path for f in findings] == ["scripts/b.sh"]
