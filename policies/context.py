@@ -136,7 +136,7 @@ def wide_encoding(sample: bytes) -> str | None:
 
 
 def _mostly_text(decoded: str) -> bool:
-    return len(_CONTROL_CHARS.findall(decoded)) <= max(2, _BINARY_SHARE * len(decoded))
+    return len(_CONTROL_CHARS.findall(decoded)) <= _BINARY_SHARE * len(decoded)
 
 
 def decode_text(data: bytes) -> str | None:
