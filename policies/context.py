@@ -158,12 +158,15 @@ def decode_text(data: bytes) -> str | None:
     return data.decode("utf-8", "replace")
 
 
+_MARKS = tuple(mark for mark, _ in _BOMS)
+
+
 def looks_binary(head: bytes) -> bool:
     """A cheap verdict from a file's first bytes (kind(), the grep fallback); text() decides on the whole file."""
-    if head.startswith(tuple(mark for mark, _ in _BOMS)) or wide_encoding(head) is not None:
-        return False
     controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
-    return controls > max(2, _BINARY_SHARE * len(head))
+    if controls <= max(2, _BINARY_SHARE * len(head)):
+        return False
+    return not (head.startswith(_MARKS) or wide_encoding(head[:_SAMPLE]) is not None)
 
 
 # --- kinds of files -----------------------------------------------------------------------------------------------
@@ -579,7 +582,9 @@ class ScanContext:
     left_out: dict[str, str] = field(default_factory=dict)
     _text: dict[str, str | None] = field(default_factory=dict, repr=False)
     _heads: dict[str, bytes] = field(default_factory=dict, repr=False)
-    _probed: dict[str, str] = field(default_factory=dict, repr=False)  # see _probe
+    _probed: dict[str, str] = field(default_factory=dict, repr=False)  # see head
+    _kinds: dict[str, str] = field(default_factory=dict, repr=False)
+    _cut: list[str] | None = field(default=None, repr=False)  # files the prefetched ripgrep pass cut short
     _not_analysed: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -659,6 +664,11 @@ class ScanContext:
         """One of KINDS: from the file's name (extension, well-known names such as Makefile or Dockerfile.gpu, env
         files), else from its `#!` line, else "binary" or "text" from its first bytes. A file whose name says text
         but whose first bytes are binary is "binary"."""
+        if relative not in self._kinds:
+            self._kinds[relative] = self._kind(relative)
+        return self._kinds[relative]
+
+    def _kind(self, relative: str) -> str:
         named = _kind_of_name(relative)
         if named == "binary":
             return named
@@ -757,7 +767,13 @@ class ScanContext:
             subset = sorted(set(self.files if files is None else files))
             job = RipgrepJob(self.root, patterns, self.settings.scan.max_file_bytes, subset)
             found = job.lines(set(subset))
-        for path in self._cut_short(subset, found, job.binary):
+        if prefetched is not None and job is prefetched[1]:  # what it cut short does not depend on the patterns
+            if self._cut is None:
+                self._cut = self._cut_short(subset, job.lines(set(subset)), job.binary)
+            cut = self._cut
+        else:
+            cut = self._cut_short(subset, found, job.binary)
+        for path in cut:
             text = self.text(path)
             lines = [] if text is None else _search(text, wanted_lines)
             if lines:
