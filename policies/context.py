@@ -727,7 +727,7 @@ class ScanContext:
                 relative,
                 f"Python that does not parse on this interpreter at {where} ({_first_words(chunk)}): "
                 "that part was read as text only",
-                line,
+                0 if program.cells else line,  # a notebook's own line numbers mean nothing to a reader
             )
         return program
 
