@@ -38,11 +38,19 @@ typecheck: venv
 bench: venv
 	$(VENV)/bin/nox -s bench
 
-# Regenerate the lock from its declared input (pyproject.toml: dependencies + the `dev` extra).
+# Regenerate the locks from their declared input, pyproject.toml. requirements.lock: the dependencies, the `runtime`
+# extra and the `dev` extra (stamped with the extras policies.toml's venv.lock_extras names, which the venv policy
+# checks). requirements-gates.lock: the dependencies alone (the policy gates: what the pre-commit hook installs),
+# for every platform, since other repositories' developers run the hook.
 lock: venv
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra runtime --extra dev --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --no-emit-find-links -o requirements.lock
-	$(VENV)/bin/python -c 'from policies.lockfile import stamp_lock; from pathlib import Path; stamp_lock(Path("requirements.lock"), Path("pyproject.toml"), ["dev"])'
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+		--no-emit-find-links -o requirements-gates.lock
+	$(VENV)/bin/python -c 'from policies.lockfile import stamp_lock; from policies.settings import load_settings; \
+		from pathlib import Path; pyproject = Path("pyproject.toml"); \
+		stamp_lock(Path("requirements.lock"), pyproject, load_settings(Path(".")).venv.lock_extras); \
+		stamp_lock(Path("requirements-gates.lock"), pyproject, [])'
 
 clean:
 	rm -rf $(VENV) .nox .mypy_cache .pytest_cache .ruff_cache
