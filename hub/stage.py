@@ -417,8 +417,8 @@ def check_staged(
     """PUB001-PUB005 over a staged folder: problems, one line each, naming the file and the fix. `secret_values`:
     secrets in use (the Hub token) that no file may contain."""
     from hub.metadata import CardError, split_front_matter, validate_card_metadata
-    from policies.external_weights import weights_kind
     from policies.settings import load_settings
+    from policies.weight_formats import weights_kind
 
     settings = load_settings(root)
     problems: list[str] = []

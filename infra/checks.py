@@ -105,7 +105,7 @@ def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
     Every file is checked for a zip of weights (`torch.save` writes zips); every file except the token shards that
     `tokens/index.json` lists by plain name is also checked for the other weight formats by its first bytes (raw
     token ids could look like a pickle header by chance; their sha256 is checked by the trainer)."""
-    from policies.external_weights import weights_kind, zip_weights
+    from policies.weight_formats import weights_kind, zip_weights
 
     if not data_dir.is_dir():
         return [f"SUB003 the recipe's data.path {data_dir} does not exist here; prepare it with `oracle data run`"], 0

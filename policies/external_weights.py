@@ -16,12 +16,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-import zipfile
-from pathlib import Path
 
 from policies import python_loads
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
+from policies.weight_formats import executes_code, weights_kind_at
 
 NAME = "external_weights"
 
@@ -188,8 +187,9 @@ def check(ctx: ScanContext) -> PolicyResult:
             continue
         lines = candidates[path]
         suffix = os.path.splitext(path)[1].lower()
-        if (suffix == ".py" and _needs_parse(lines, code_words, ctx)) or (
-            suffix == ".ipynb" and any(code_words.search(line.text) for line in lines)
+        kind = ctx.kind(path)  # by name, extension and shebang: an extensionless script is Python too
+        if (kind == "python" and _needs_parse(lines, code_words, ctx)) or (
+            kind == "notebook" and any(code_words.search(line.text) for line in lines)
         ):
             _check_python(ctx, path, result)
         _check_urls(ctx, path, lines, result)
@@ -444,77 +444,28 @@ def _foreign_identifier(key: str, value: str, ctx: ScanContext) -> str | None:
     return None
 
 
-# --- EXT005: weight files by content --------------------------------------------------------------------------
-def sniff_weights(head: bytes, size: int) -> str | None:
-    """The weights format a file's first bytes show, or None."""
-    if len(head) >= 10 and head[8:10] == b'{"':
-        header_length = int.from_bytes(head[:8], "little")
-        if 2 <= header_length <= size - 8:
-            return "safetensors"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    if head.startswith(b"GGUF") or head.startswith(b"ggjt") or head.startswith(b"ggml"):
-        return "GGUF/GGML"
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "HDF5"
-    if len(head) >= 8 and head[4:8] == b"TFL3":
-        return "TFLite"
-    onnx_fields = (
-        len(head) >= 4 and head[0] == 0x08 and 1 <= head[1] <= 15 and head[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42)
-    )
-    if onnx_fields and any(marker in head for marker in (b"pytorch", b"onnx", b"tf2onnx", b"skl2onnx", b"keras2onnx")):
-        return "ONNX"
-    return None
-
-
-def weights_kind(path: Path) -> str | None:
-    """The weights format of a file by its content (first bytes, or the members of a zip), or None."""
-    with path.open("rb") as handle:
-        head = handle.read(256)
-    kind = sniff_weights(head, path.stat().st_size)
-    if kind is None and head.startswith(b"PK\x03\x04"):
-        kind = zip_weights(path)
-    return kind
-
-
-def _zip_weights(ctx: ScanContext, path: str) -> str | None:
-    return zip_weights(ctx.path(path))
-
-
-def zip_weights(path: Path) -> str | None:
-    """The weights format of a zip archive (a PyTorch `torch.save` file, a zip of weight files), or None."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None
-    if any(name.endswith("data.pkl") for name in names) or (
-        any("/data/" in name for name in names) and any(name.endswith("/version") for name in names)
-    ):
-        return "PyTorch zip archive"
-    if any(name.endswith((".h5", ".safetensors", ".onnx")) or name.startswith("variables/") for name in names):
-        return "zip of model weights"
-    return None
-
-
+# --- EXT005: weight files by content (policies.weight_formats) -------------------------------------------------
 def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    """Every selected file, whatever its size: its structure (archives, pointers included) says whether it is
+    weights. A file that cannot be read is reported as not analysed (never a pass)."""
     try:
-        head = ctx.head(path, 256)
-        size = ctx.size(path)
+        kind = weights_kind_at(ctx.path(path), ctx.size(path), path)
     except OSError as exc:
-        result.skipped[path] = f"unreadable ({exc.strerror})"
+        why = f"unreadable ({exc.strerror or exc})"
+        not_analysed = getattr(ctx, "not_analysed", None)
+        if callable(not_analysed):
+            not_analysed(path, why)
+        else:
+            result.skipped[path] = why
         return
-    kind = sniff_weights(head, size)
-    if kind is None and head.startswith(b"PK\x03\x04"):
-        kind = _zip_weights(ctx, path)
     if kind is None:
         return
     verify = ctx.verify_provenance
     if verify is not None and verify(path):
         return
-    result.findings.append(
-        WEIGHT_FILE.finding(path, 0, 0, f"{path} is a {kind} weights file without a verifying provenance.json", kind)
-    )
+    runs_code = "; loading it runs code from the file" if executes_code(kind) else ""
+    message = f"{path} holds weights ({kind}) without a verifying provenance.json{runs_code}"
+    result.findings.append(WEIGHT_FILE.finding(path, 0, 0, message, kind))
 
 
 _RULES_BY_ID = {rule.id: rule for rule in RULES}

@@ -171,7 +171,7 @@ def _torch_zip() -> bytes:
         ("PyTorch zip archive", _torch_zip()),
         ("GGUF", b"GGUF\x03\x00\x00\x00" + b"\0" * 64),
         ("HDF5", b"\x89HDF\r\n\x1a\n" + b"\0" * 64),
-        ("ONNX", b"\x08\x07\x12\x07pytorch\x1a\x032.1" + b"\0" * 32),
+        ("ONNX", b"\x08\x07\x12\x07pytorch\x1a\x032.1" + b":\x08\x12\x04main*\x00" + b"B\x02\x10\x11"),
     ],
 )
 def test_weight_files_are_recognised_by_content_whatever_their_extension(scan: Scan, kind: str, content: bytes) -> None:
