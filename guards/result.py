@@ -33,7 +33,9 @@ class WaiverUse:
 @dataclass
 class Examined:
     files: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # path → reason (binary, too large, unreadable, ...)
+    # path → why it was left out or only partly read (too large, unreadable, a link leaving the tree, ...); every one
+    # of them is also a finding (COV001) unless it is a link whose target is scanned itself
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
         return {"count": len(self.files), "files": self.files, "skipped": self.skipped}
@@ -52,6 +54,9 @@ class GateResult:
     stale_waivers: list[str] = field(default_factory=list)  # globs that match no file: they apply to nothing
     fail_on: str = "error"
     floor: str = ""  # the trust root whose policy floor judged the settings and waivers (its label)
+    # The settings used and where each came from (policies.settings.ResolvedSettings.as_json), whether the running
+    # environment was judged, and where the decision was recorded (the CLI fills in "audit").
+    settings: dict[str, object] = field(default_factory=dict)
 
     @property
     def waivers_used(self) -> list[dict[str, str]]:
@@ -83,5 +88,6 @@ class GateResult:
             "expired_waivers": self.expired_waivers,
             "stale_waivers": self.stale_waivers,
             "floor": self.floor,
+            "settings": self.settings,
             "rules": [rule.id for rule in self.rules],
         }
