@@ -67,7 +67,9 @@ def _root(root: Path | None) -> Path:
 def run_command(
     files: Annotated[list[str] | None, typer.Argument(help="Files to check (default: what the gate selects).")] = None,
     gate: Annotated[str, typer.Option("--gate", help="commit, ci, publish or submit.")] = "ci",
-    root: Annotated[Path | None, typer.Option("--root", help="The checkout to check (default: here).")] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="The git checkout to check (default: here); any repository.")
+    ] = None,
     output_format: Annotated[ReportFormat, typer.Option("--format", help="text, json or sarif.")] = ReportFormat.text,
     output: Annotated[Path | None, typer.Option("--output", help="Write the report here instead of stdout.")] = None,
     attest: Annotated[
@@ -76,15 +78,32 @@ def run_command(
     show_settings: Annotated[
         bool, typer.Option("--show-settings", help="Also print the effective settings and where each came from.")
     ] = False,
+    settings_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            help="Settings to use instead of the tree's: a settings TOML, or a pyproject.toml with [tool.oracle].",
+        ),
+    ] = None,
+    audit: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit",
+            envvar="ORACLE_AUDIT",
+            help="Append the decision to this audit log (a folder, or a path ending in .oracle/audit.jsonl). Default: "
+            "an Oracle checkout's own log; for another repository, the log of the checkout `oracle` runs from.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the policies of a gate and report the findings.
+    """Run the policies of a gate and report the findings. Nothing is written into a tree that is not an Oracle
+    checkout, so a read-only repository can be checked.
 
     Example: oracle guards run --gate ci --format sarif --output guards.sarif
     """
     from guards.report import render_json, render_sarif, render_text, write_report
-    from guards.runner import run_and_record
+    from guards.runner import check_root, run_and_record, run_gate
     from policies.rule import Gate
-    from policies.settings import SettingsError
+    from policies.settings import SettingsError, oracle_checkout
 
     try:
         selected_gate = Gate(gate)
@@ -92,9 +111,20 @@ def run_command(
         raise _fail(f"--gate {gate!r} is not one of: commit, ci, publish, submit") from exc
     if attest and (files or selected_gate is not Gate.ci):
         raise _fail("--attest attests the whole tree: use it with --gate ci and no FILES")
-    base = _root(root)
     try:
-        result = run_and_record(base, selected_gate, files or None)
+        base = check_root(_root(root))
+        audit_root, unrecorded = _audit_destination(base, audit)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+    if attest and not oracle_checkout(base):
+        raise _fail(f"--attest writes the attestation into {base}, which is not an Oracle checkout: drop --attest")
+    kwargs = {"settings_file": settings_file, "recognise": True}
+    try:
+        if audit_root is None:
+            result = run_gate(base, selected_gate, files or None, **kwargs)  # type: ignore[arg-type]
+            result.settings["audit"] = unrecorded
+        else:
+            result = run_and_record(base, selected_gate, files or None, audit_root=audit_root, **kwargs)
     except SettingsError as exc:
         raise _fail(str(exc)) from exc
     except Exception as exc:  # fail closed, one clear line
@@ -110,6 +140,32 @@ def run_command(
         raise typer.Exit(EXIT_FINDINGS)
     if attest:
         _attest_result(base, result, strict=False)
+
+
+def _audit_destination(root: Path, audit: Path | None) -> tuple[Path | None, str]:
+    """The folder whose `.oracle/audit.jsonl` takes the entry of a run over `root`: `--audit`, else an Oracle
+    checkout's own, else the checkout the scanner runs from (never a foreign tree: it may be read-only, and is not
+    ours to write into). None, with why, when there is none."""
+    from guards.paths import AUDIT_LOG
+    from guards.runner import scanner_checkout
+    from policies.settings import SettingsError, oracle_checkout
+
+    if audit is not None:
+        audit = audit.expanduser().resolve()
+        if audit.suffix == AUDIT_LOG.suffix:
+            if audit.parts[-2:] != AUDIT_LOG.parts:
+                raise SettingsError(
+                    f"--audit {audit}: the log and its head live in a folder's {AUDIT_LOG}; pass that folder, or a "
+                    f"path ending in {AUDIT_LOG}"
+                )
+            return audit.parents[1], ""
+        return audit, ""
+    if oracle_checkout(root):
+        return root, ""
+    invoking = scanner_checkout()
+    if invoking is not None and invoking != root:
+        return invoking, ""
+    return None, "not recorded: no Oracle checkout runs this scanner; pass --audit DIR to keep a log"
 
 
 def _settings_report(root: Path) -> str:

@@ -56,8 +56,10 @@ def render_text(result: GateResult) -> str:
         lines.append("errors:")
         lines.extend(f"  {error}" for error in result.errors)
         lines.append("")
+    lines.extend(_settings_lines(result))
     if result.floor:
         lines.append(f"policy floor: {result.floor} (oracle guards run --show-settings)")
+    lines.extend(_skipped_lines(result))
     lines.append(_examined_summary(result))
     lines.append(_verdict(result))
     return "\n".join(lines) + "\n"
@@ -82,6 +84,46 @@ def _position(finding: Finding) -> str:
     if finding.column < 1:
         return str(finding.line)
     return f"{finding.line}:{finding.column}"
+
+
+SKIPPED_SHOWN = 20  # the text names this many paths left out; the JSON report lists them all
+
+
+def _settings_lines(result: GateResult) -> list[str]:
+    """Where the settings came from, whether the tree was judged as an Oracle checkout, the environment and the
+    audit log (what a person running the gate on another repository needs to read the verdict)."""
+    info = result.settings
+    if not info:
+        return []
+    why = info.get("oracle_checkout")
+    kind = f"an Oracle checkout ({why})" if why else "not an Oracle checkout: generic defaults"
+    if not why:
+        kind += ", Oracle-only checks " + ("on (oracle_checks = true)" if info.get("oracle_checks") else "off")
+    values = info.get("values")
+    source = info.get("source")
+    set_here = sorted(k for k, v in values.items() if v["from"] == source) if isinstance(values, dict) else []
+    lines = [f"settings: {source}; {kind}"]
+    if set_here:
+        lines.append(f"  set there: {', '.join(set_here)}; the rest are defaults")
+    lines.extend(f"  {note}" for note in info.get("notes") or [])  # type: ignore[attr-defined]
+    for key in ("environment", "audit"):
+        if info.get(key):
+            lines.append(f"{key}: {info[key]}")
+    return lines
+
+
+def _skipped_lines(result: GateResult) -> list[str]:
+    skipped: dict[str, str] = {}
+    for examined in result.examined.values():
+        skipped.update(examined.skipped)
+    if not skipped:
+        return []
+    lines = ["not examined, or only in part (why):"]
+    for path in sorted(skipped)[:SKIPPED_SHOWN]:
+        lines.append(f"  {path}: {skipped[path]}")
+    if len(skipped) > SKIPPED_SHOWN:
+        lines.append(f"  ... and {len(skipped) - SKIPPED_SHOWN} more (--format json lists them all)")
+    return lines
 
 
 def _examined_summary(result: GateResult) -> str:
