@@ -135,8 +135,8 @@ def test_attest_then_verify_then_stale_after_a_commit(tmp_path: Path) -> None:
 
 def test_audit_verify_detects_an_edited_entry(tmp_path: Path) -> None:
     _repo(tmp_path, {"a.py": BAD})
-    for _ in range(2):
-        runner.invoke(app, ["guards", "run", "--root", str(tmp_path)])
+    for _ in range(2):  # a tree that is not an Oracle checkout: its log only where --audit asks for it
+        runner.invoke(app, ["guards", "run", "--root", str(tmp_path), "--audit", str(tmp_path)])
     untouched = runner.invoke(app, ["guards", "audit", "verify", "--root", str(tmp_path)])
     assert untouched.exit_code == 1  # consistent, but no record anchors it: never "intact"
     assert "unanchored" in untouched.stderr

@@ -13,8 +13,8 @@ from guards import runner
 from guards.audit import verify_log
 from guards.runner import run_and_record, run_gate
 from policies import ALL_POLICIES
-from policies.context import Environment
-from policies.rule import Gate, Policy
+from policies.context import Environment, ScanContext
+from policies.rule import Gate, Policy, PolicyResult
 from policies.settings import SettingsError
 from tests.floors import GENERIC_TRUST
 from tests.policies.conftest import ids, write_tree
@@ -98,7 +98,7 @@ def test_a_malformed_policies_toml_names_file_line_and_key(tmp_path: Path) -> No
 
 
 def test_a_check_that_raises_is_an_error_never_a_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(ctx: object) -> object:
+    def broken(ctx: ScanContext) -> PolicyResult:
         raise ValueError("boom")
 
     policies = tuple(Policy(p.name, p.rules, broken) if p.name == "local_train" else p for p in ALL_POLICIES)
@@ -207,3 +207,27 @@ def test_a_committed_ignore_file_does_not_hide_files_from_the_ci_gate(tmp_path: 
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
     assert ids(_run(tmp_path), "EXT001") == ["EXT001"]  # type: ignore[arg-type]
+
+
+def test_every_path_left_out_ends_in_a_finding(tmp_path: Path) -> None:
+    """Fail closed: a file the selection leaves out (too large to read as text, a link leaving the tree, a folder
+    where a file was tracked) is a COV001 finding; only a link whose target is scanned itself is not."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("secret\n")
+    write_tree(
+        tmp_path,
+        {"policies/policies.toml": "[scan]\nmax_file_bytes = 1000\n", "big.txt": "x" * 5000, "in.txt": "fine\n"},
+    )
+    (tmp_path / "link.txt").symlink_to(outside)
+    (tmp_path / "inner.txt").symlink_to("in.txt")
+    result = _run(tmp_path)
+    skipped = result.examined["external_weights"].skipped  # type: ignore[attr-defined]
+    assert {"big.txt", "link.txt", "inner.txt"} <= set(skipped)
+    flagged = {f.path for f in result.findings if f.rule_id == "COV001"}  # type: ignore[attr-defined]
+    assert flagged == {"big.txt", "link.txt"}
+    assert not result.passed  # type: ignore[attr-defined]
+
+
+def test_a_tree_with_no_file_at_all_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="holds no file to check"):
+        _run(tmp_path)
