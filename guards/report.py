@@ -87,6 +87,7 @@ def _position(finding: Finding) -> str:
 
 
 SKIPPED_SHOWN = 20  # the text names this many paths left out; the JSON report lists them all
+SETTINGS_SHOWN = 8  # the text names the keys a settings file sets up to this many
 
 
 def _settings_lines(result: GateResult) -> list[str]:
@@ -103,7 +104,9 @@ def _settings_lines(result: GateResult) -> list[str]:
     source = info.get("source")
     set_here = sorted(k for k, v in values.items() if v["from"] == source) if isinstance(values, dict) else []
     lines = [f"settings: {source}; {kind}"]
-    if set_here:
+    if len(set_here) > SETTINGS_SHOWN:
+        lines.append(f"  {len(set_here)} keys set there, the rest are defaults (--format json: each with its origin)")
+    elif set_here:
         lines.append(f"  set there: {', '.join(set_here)}; the rest are defaults")
     lines.extend(f"  {note}" for note in info.get("notes") or [])  # type: ignore[attr-defined]
     for key in ("environment", "audit"):
