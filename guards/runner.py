@@ -287,12 +287,7 @@ def _environment_rules() -> frozenset[str]:
     """The venv policy's rules about the running interpreter (not about files of the tree)."""
     from policies import venv
 
-    declared = getattr(venv, "ENVIRONMENT_RULES", None)
-    if declared is not None:
-        return frozenset(rule.id for rule in declared)
-    kinds = getattr(venv, "_RULE_OF_KIND", {})
-    rules = (venv.OUTSIDE_VENV, venv.FOREIGN_VENV, venv.UNLOCKED_DISTRIBUTION, *kinds.values())
-    return frozenset(rule.id for rule in rules)
+    return frozenset(rule.id for rule in venv.ENVIRONMENT_RULES)
 
 
 # Fix hints that name this project's own modules, said for a repository that is not ours.

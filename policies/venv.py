@@ -138,6 +138,10 @@ RULES: tuple[Rule, ...] = (
     PATH_OUTSIDE_VENV,
 )
 _RULE_OF_KIND = {Kind.modified: MODIFIED_INSTALLATION, Kind.unrecorded: UNRECORDED_CODE, Kind.path: PATH_OUTSIDE_VENV}
+# The rules about the running interpreter rather than files of the tree: a scan of another repository drops them.
+ENVIRONMENT_RULES: tuple[Rule, ...] = (
+    OUTSIDE_VENV, FOREIGN_VENV, UNLOCKED_DISTRIBUTION, MODIFIED_INSTALLATION, UNRECORDED_CODE, PATH_OUTSIDE_VENV,
+)  # fmt: skip
 
 
 def check(ctx: ScanContext) -> PolicyResult:
@@ -354,9 +358,11 @@ def tree_patterns(settings: object = None) -> list[str]:
 
 
 def opted_in(ctx: ScanContext) -> bool:
-    """The venv policy applies to a checkout that has the lock or the policy settings (ours, or a repository that
-    adopted them); a tree that has neither has no locked venv for its files to leave."""
-    return (ctx.root / ctx.settings.venv.lock).exists() or (ctx.root / "policies" / "policies.toml").exists()
+    """The venv policy applies to an Oracle checkout and to a repository that adopted our hashed lock; a tree that
+    has neither has no locked venv for its files to leave (a policies.toml alone is only settings)."""
+    from policies.settings import oracle_checkout
+
+    return (ctx.root / ctx.settings.venv.lock).exists() or oracle_checkout(ctx.root) is not None
 
 
 def judges_tree(ctx: ScanContext) -> bool:

@@ -217,7 +217,9 @@ def test_attest_is_refused_for_a_tree_that_is_not_ours(tmp_path: Path) -> None:
 
 
 def test_an_oracle_checkout_keeps_its_own_audit_log(tmp_path: Path, generic_floor: Path) -> None:
-    root = _repo(tmp_path / "tree", {"pyproject.toml": '[project]\nname = "oracle"\n', "app.py": "x = 1\n"})
+    here = Path(__file__).resolve().parents[2]  # this checkout's pyproject and the lock stamped from it
+    files = {name: (here / name).read_text() for name in ("pyproject.toml", "requirements.lock")}
+    root = _repo(tmp_path / "tree", {**files, "app.py": "x = 1\n"})
     result = cli.invoke(app, ["guards", "run", "--root", str(root)])
     assert result.exit_code == 0, result.output
     assert "an Oracle checkout (pyproject.toml names the project 'oracle')" in result.stdout
@@ -337,3 +339,17 @@ def test_a_web_framework_without_ml_passes_clean_and_is_left_untouched(tmp_path:
         assert status.stdout == ""
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+
+
+def test_an_oracle_checkout_without_its_lock_is_a_finding(tmp_path: Path, generic_floor: Path) -> None:
+    root = _repo(tmp_path / "tree", {"pyproject.toml": '[project]\nname = "oracle"\n', "app.py": "x = 1\n"})
+    result = cli.invoke(app, ["guards", "run", "--root", str(root)])
+    assert result.exit_code == 1
+    assert "VENV004" in result.stdout
+
+
+def test_settings_in_policies_toml_alone_do_not_make_the_lock_required(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "tree", {"policies/policies.toml": "[scan]\nexclude = []\n", "app.py": "x = 1\n"})
+    code, stdout, _ = _run(root, audit=tmp_path / "log")
+    assert code == 0, stdout
+    assert "VENV004" not in stdout
