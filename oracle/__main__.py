@@ -1,5 +1,5 @@
 """`python -m oracle …` runs the `oracle` command; the job scripts start training as `torchrun -m oracle train …`."""
 
-from oracle.cli import main
+from oracle.entry import main
 
 main()

@@ -94,7 +94,7 @@ class Outcome:
 
 
 def run_case(case: Case, root: Path) -> Outcome:
-    from guards.runner import run_gate
+    from guards.runner import check_root, run_gate
     from policies.context import Environment
     from policies.rule import Gate
     from tests.floors import GENERIC_TRUST
@@ -102,6 +102,7 @@ def run_case(case: Case, root: Path) -> Outcome:
     outcome = Outcome(case)
     environment = Environment(root / ".venv", Path("/usr"), {})
     try:
+        check_root(root)  # what `oracle guards run --root` does first (exit 2 on a missing, empty or non-git root)
         result = run_gate(root, Gate.ci, environment_factory=lambda: environment, trust=GENERIC_TRUST)
     except Exception as exc:  # the CLI turns any exception into exit 2: never a pass
         outcome.errors.append(f"raised {type(exc).__name__}: {str(exc)[:160]}")
