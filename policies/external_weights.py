@@ -227,13 +227,7 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     parse is read by the text fallback (fail closed)."""
     program = ctx.python_program(path)
     if program is None:
-        why = "a notebook that is not valid JSON: its code cannot be checked"
-        not_analysed = getattr(ctx, "not_analysed", None)
-        if callable(not_analysed):
-            not_analysed(path, why)
-        else:
-            result.findings.append(FOREIGN_LOADER.finding(path, 0, 0, f"{why} (fail closed)", path))
-        return
+        return  # binary, unreadable or not a notebook: the reading layer recorded it as not analysed
     source, cells = program.source, program.cells
     judge = python_loads.Judge(
         namespace_ok=lambda value: _namespace_ok(value, ctx),
@@ -245,7 +239,7 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     hits: list[python_loads.Hit] = []
     if program.tree is not None:
         hits = python_loads.analyse(program.tree, judge)
-    unparsed = list(getattr(program, "unparsed", ()))
+    unparsed = list(program.unparsed)
     if program.tree is None and not unparsed:
         unparsed = [(1, source)]
     for first, chunk in unparsed:
@@ -444,6 +438,14 @@ def _foreign_identifier(key: str, value: str, ctx: ScanContext) -> str | None:
     return None
 
 
+def _compiled_python(ctx: ScanContext, path: str) -> bool:
+    """A .pyc/.pyo file, or any file that starts like one (a CPython 3 magic number and \\r\\n)."""
+    if path.endswith((".pyc", ".pyo")):
+        return True
+    head = ctx.head(path, 4)
+    return len(head) == 4 and head[2:4] == b"\r\n" and 3000 <= int.from_bytes(head[:2], "little") < 4000
+
+
 # --- EXT005: weight files by content (policies.weight_formats) -------------------------------------------------
 def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> None:
     """Every selected file, whatever its size: its structure (archives, pointers included) says whether it is
@@ -451,14 +453,11 @@ def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> Non
     try:
         kind = weights_kind_at(ctx.path(path), ctx.size(path), path)
     except OSError as exc:
-        why = f"unreadable ({exc.strerror or exc})"
-        not_analysed = getattr(ctx, "not_analysed", None)
-        if callable(not_analysed):
-            not_analysed(path, why)
-        else:
-            result.skipped[path] = why
+        ctx.not_analysed(path, f"unreadable ({exc.strerror or exc})")
         return
     if kind is None:
+        if _compiled_python(ctx, path):
+            ctx.not_analysed(path, "compiled Python bytecode: the code it runs cannot be checked; commit its source")
         return
     verify = ctx.verify_provenance
     if verify is not None and verify(path):

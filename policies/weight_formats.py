@@ -635,7 +635,7 @@ def _zip_kind(source: _Source, depth: int, strict: bool) -> str | None:
 
 def _members_kind(members: Iterator[Member], depth: int, npz: bool = False) -> str | None:
     """The first member that is weights, by name or content, or an npz whose arrays together are; else None."""
-    array_bytes, parameter_names = 0, 0
+    array_bytes, parameter_names, arrays, nested = 0, 0, 0, 0
     for name, size, opener in members:
         with opener() as stream:
             source = _StreamSource(stream, size)
@@ -648,8 +648,13 @@ def _members_kind(members: Iterator[Member], depth: int, npz: bool = False) -> s
         if npz and head.startswith(b"\x93NUMPY"):
             array_bytes += size
             parameter_names += bool(_PARAMETER_NAME.search(name.lower().removesuffix(".npy")))
+            arrays += 1
+            # a module tree ("model/h0/attn/c_attn/w", "encoder.layers.0.fc1"): three levels or more
+            nested += len(re.split(r"[./]", name.removesuffix(".npy"))) >= 3
     if npz and parameter_names:
         return "numpy .npz of model weights (arrays named as parameters)"
+    if npz and arrays >= 2 and nested * 2 >= arrays:
+        return "numpy .npz of model weights (arrays named as a module tree)"
     if npz and array_bytes >= MODEL_SIZED_BYTES:
         return "numpy .npz of model size"
     return None

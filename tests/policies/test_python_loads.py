@@ -226,3 +226,14 @@ def test_method_callers_keyword_ids_and_hub_cache_layouts_are_found(scan: Scan, 
 def test_our_own_model_in_the_hub_cache_layout_is_not_found(scan: Scan) -> None:
     source = "CACHE = '~/.cache/huggingface/hub/models--oracle-ai--oracle850b-moe'\n"
     assert ids(scan({"src/cache.py": source}), "EXT001") == []
+
+
+@pytest.mark.parametrize("path", ["src/legacy/warm.cpython-311.pyc", "assets/blob.dat"])
+def test_compiled_python_in_the_tree_is_not_a_pass(scan: Scan, path: str) -> None:
+    import importlib.util
+    import marshal
+
+    code = compile("from huggingface_hub import snapshot_download\nsnapshot_download('x/y')\n", "warm.py", "exec")
+    data = importlib.util.MAGIC_NUMBER + b"\0" * 12 + marshal.dumps(code)
+    result = scan({path: data, "src/ok.py": "x = 1\n"})
+    assert [(f.rule_id, f.path) for f in result.findings] == [("COV001", path)]

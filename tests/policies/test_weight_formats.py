@@ -446,3 +446,14 @@ def test_backward_compatible_names(tmp_path: Path) -> None:
     assert zip_weights(text) is None
     assert sniff_weights(safetensors_bytes(), len(safetensors_bytes())) == "safetensors"
     assert not executes_code("safetensors")
+
+
+def test_an_npz_whose_arrays_form_a_module_tree_is_weights(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "params.npz"
+    np.savez(path, **{"model/wte": np.zeros((4, 2)), "model/h0/attn/c_attn/w": np.zeros((1, 2, 6))})
+    assert weights_kind_at(path) is not None
+    data = tmp_path / "eval.npz"
+    np.savez(data, x_test=np.zeros((4, 2)), y_test=np.zeros(4), split_test_ids=np.arange(4))
+    assert weights_kind_at(data) is None
