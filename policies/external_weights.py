@@ -17,9 +17,10 @@ import functools
 import os
 import re
 
-from policies import python_loads
+from policies import python_loads, text_references
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
+from policies.settings import Settings
 from policies.weight_formats import executes_code, weights_kind_at
 
 NAME = "external_weights"
@@ -103,24 +104,6 @@ FOREIGN_FAMILIES = (
     "clip", "stablelm", "starcoder", "vicuna", "alpaca", "dbrx", "olmo", "pythia", "mpt", "jamba", "grok", "internlm",
     "chatglm", "yi", "command-r", "granite", "smollm", "nemotron", "exaone", "minicpm",
 )  # fmt: skip
-IDENTIFIER_KEYS = (
-    "base_model", "model_name_or_path", "pretrained_model_name_or_path", "_name_or_path", "model_id", "repo_id",
-    "model_name", "teacher_model", "reward_model", "ref_model", "reference_model", "tokenizer_name",
-    "tokenizer_name_or_path", "model_type", "architectures", "hub_model_id", "init_from",
-)  # fmt: skip
-_CONFIG_SUFFIXES = {".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".env"}
-HUB_HOSTS = (
-    "huggingface.co", "hf.co", "download.pytorch.org", "civitai.com", "modelscope.cn", "ollama.com", "tfhub.dev",
-    "kaggle.com/models", "dl.fbaipublicfiles.com", "openaipublic.azureedge.net",
-)  # fmt: skip
-WEIGHT_SUFFIXES = ("safetensors", "bin", "pt", "pth", "ckpt", "gguf", "ggml", "onnx", "h5", "pkl", "tflite", "msgpack")
-# Hugging Face paths that are not model repositories.
-_HF_NON_MODEL = {
-    "docs", "datasets", "spaces", "blog", "learn", "papers", "pricing", "join", "login", "settings", "tasks", "chat",
-    "enterprise", "organizations", "collections", "posts", "changelog", "new",
-}  # fmt: skip
-
-_URL = re.compile(r"""(?:https?://|hf://)[^\s"'<>()\[\]{}`\\]+""")  # a backslash ends it: "...\n" in code
 # Candidate lines for the Python checks: the loader table's names and libraries, foreign modules, deserialisers
 # (the AST confirms them). Generic names (`load(`, `pipeline(`) matter only in files that name their library, which
 # these words already select.
@@ -138,9 +121,6 @@ _SAFE_SPANS = re.compile(
     r"|\bpickle\.dumps?\(|^\s*import (?:pickle|torch)\s*(?:#.*)?$"
 )
 _FROM_IMPORT = re.compile(r"^\s*from\s+(transformers|peft|optimum)\s+import\s+\(?([\w\s,]+)\)?\s*(?:#.*)?$")
-_URL_WORDS = "|".join(re.escape(host) for host in HUB_HOSTS) + r"|https?://\S+\.(" + "|".join(WEIGHT_SUFFIXES) + ")"
-_KEY_WORDS = "|".join(IDENTIFIER_KEYS)
-_KEY_ANYWHERE = re.compile(_KEY_WORDS)
 
 
 def family_of(value: str, extra: tuple[str, ...] = ()) -> str | None:
@@ -168,36 +148,60 @@ def _namespace_ok(value: str, ctx: ScanContext) -> bool:
     return org in ctx.settings.external_weights.allowed_namespaces
 
 
-def candidate_patterns(extra_loader_calls: list[str] | None = None) -> list[str]:
-    """The ripgrep patterns of this policy's one pass (code words first); the benchmark uses them as its baseline."""
+def candidate_patterns(extra_loader_calls: list[str] | None = None, extra_forbidden: tuple[str, ...] = ()) -> list[str]:
+    """The ripgrep patterns of this policy's one pass (code words first, then the reference layer's)."""
     extra = "|".join(re.escape(name) for name in extra_loader_calls or [])
-    return [_CODE_WORDS + (f"|{extra}" if extra else ""), _URL_WORDS, _KEY_WORDS]
+    references = text_references.candidate_patterns((*FOREIGN_FAMILIES, *extra_forbidden))
+    return [_CODE_WORDS + (f"|{extra}" if extra else ""), *references]
+
+
+def _patterns(settings: Settings) -> list[str]:
+    weights = settings.external_weights
+    return candidate_patterns(weights.extra_loader_calls, tuple(weights.extra_forbidden_names))
 
 
 def check(ctx: ScanContext) -> PolicyResult:
     result = PolicyResult()
-    patterns = candidate_patterns(ctx.settings.external_weights.extra_loader_calls)
+    patterns = _patterns(ctx.settings)
     code_words = re.compile(patterns[0])
     for path in ctx.files:  # content sniffing first: it overlaps the ripgrep pass the runner started
         result.examined.append(path)
         _check_weight_file(ctx, path, result)
     candidates = ctx.grep(patterns)
+    judge = _reference_judge(ctx)
     for path in ctx.files:
         if path not in candidates:
             continue
         lines = candidates[path]
-        suffix = os.path.splitext(path)[1].lower()
         kind = ctx.kind(path)  # by name, extension and shebang: an extensionless script is Python too
         if (kind == "python" and _needs_parse(lines, code_words, ctx)) or (
             kind == "notebook" and any(code_words.search(line.text) for line in lines)
         ):
             _check_python(ctx, path, result)
-        _check_urls(ctx, path, lines, result)
-        is_config = suffix in _CONFIG_SUFFIXES or suffix in {".md", ".markdown"} or "/.env" in f"/{path}"
-        key_lines = [line for line in lines if _KEY_ANYWHERE.search(line.text)] if is_config else []
-        if key_lines:
-            _check_identifiers(ctx, path, key_lines, result)
+        if kind == "binary":
+            continue
+        numbered = [(line.number, line.text) for line in lines]
+        for hit in text_references.check_text(path, kind, ctx.text(path) or "", numbered, judge):
+            rule = HUB_URL if hit.rule_id == "EXT002" else FOREIGN_IDENTIFIER
+            result.findings.append(rule.finding(path, hit.line, hit.column, hit.message, hit.matched))
     return result
+
+
+def _reference_judge(ctx: ScanContext) -> text_references.Judge:
+    extra = tuple(ctx.settings.external_weights.extra_forbidden_names)
+    root = ctx.root
+    local_dirs: dict[str, bool] = {}
+
+    def is_local_dir(first: str) -> bool:
+        if first not in local_dirs:
+            local_dirs[first] = bool(first) and first not in {".", ".."} and (root / first).is_dir()
+        return local_dirs[first]
+
+    return text_references.Judge(
+        allowed_namespaces=tuple(ctx.settings.external_weights.allowed_namespaces),
+        is_local_dir=is_local_dir,
+        family_of=lambda value: family_of(value, extra),
+    )
 
 
 # --- EXT001, EXT004, EXT006: Python in context ------------------------------------------------------------------
@@ -307,137 +311,6 @@ def _own_packages(ctx: ScanContext) -> frozenset[str]:
     return cached
 
 
-# --- EXT002: URLs ---------------------------------------------------------------------------------------------
-def _check_urls(ctx: ScanContext, path: str, lines: list[Line], result: PolicyResult) -> None:
-    for line in lines:
-        for match in _URL.finditer(line.text):
-            url = match.group(0).rstrip(".,;:'\"")
-            reason = _foreign_url(url, ctx)
-            if reason:
-                result.findings.append(HUB_URL.finding(path, line.number, match.start() + 1, f"{reason}: {url}", url))
-
-
-def _foreign_url(url: str, ctx: ScanContext) -> str | None:
-    without_scheme = url.split("://", 1)[1]
-    host, _, rest = without_scheme.partition("/")
-    host = host.lower().removeprefix("www.")
-    segments = [segment for segment in rest.split("?")[0].split("/") if segment]
-    if url.startswith("hf://"):
-        segments = [host, *segments]
-        host = "huggingface.co"
-    if host in {"huggingface.co", "hf.co"}:
-        if segments[:2] == ["api", "models"]:
-            segments = segments[2:]
-        if len(segments) >= 2 and segments[0] not in _HF_NON_MODEL and segments[0] != "api":
-            if segments[0] in ctx.settings.external_weights.allowed_namespaces:
-                return None
-            return "link to a foreign model repository"
-        return None
-    if any(host == hub or (host + "/" + "/".join(segments)).startswith(hub) for hub in HUB_HOSTS):
-        if host in {"kaggle.com"} and segments[:1] != ["models"]:
-            return None
-        if host == "download.pytorch.org" and segments[:1] == ["whl"]:
-            return None  # PyTorch's package index (--extra-index-url), not weights
-        return "link to a model hub"
-    last = segments[-1].lower() if segments else ""
-    if any(last.endswith("." + suffix) for suffix in WEIGHT_SUFFIXES):
-        return "link to a weights file"
-    return None
-
-
-# --- EXT003: identifiers in configs and model cards ---------------------------------------------------------------
-_KEY_VALUE = re.compile(
-    r"""^\s*(?:-\s*)?["']?(?P<key>""" + "|".join(IDENTIFIER_KEYS) + r""")["']?\s*[:=]\s*(?P<value>.*?)\s*,?\s*$"""
-)
-_LIST_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#]+?)["']?\s*$""")
-
-
-_JSON_KEY_VALUE = re.compile(r'"(?P<key>' + "|".join(IDENTIFIER_KEYS) + r')"\s*:\s*(?P<value>"[^"]*"|\[[^\]]*\]|\[)')
-
-
-def _check_identifiers(ctx: ScanContext, path: str, lines: list[Line], result: PolicyResult) -> None:
-    """Keys that name a model, from the candidate lines only; the whole file is read just for a YAML list that
-    continues on the following lines, a JSON list that spans lines, or a model card's front-matter bounds."""
-    is_card = path.lower().endswith((".md", ".markdown"))
-    if is_card:
-        text_lines = (ctx.text(path) or "").splitlines()
-        if not text_lines or text_lines[0].strip() != "---":
-            return
-        end = next((i for i in range(1, len(text_lines)) if text_lines[i].strip() == "---"), 0)
-        lines = [line for line in lines if line.number <= end]
-
-    def report(key: str, value: str, line: Line, column: int) -> None:
-        reason = _foreign_identifier(key, value.strip().strip("[]"), ctx)
-        if reason:
-            result.findings.append(FOREIGN_IDENTIFIER.finding(path, line.number, column, reason, f"{key}={value}"))
-
-    if path.endswith(".json"):
-        for line in lines:
-            for found in _JSON_KEY_VALUE.finditer(line.text):
-                if found["value"] == "[":  # a list spanning lines: parse the file
-                    _check_json_identifiers(ctx, path, ctx.text(path) or "", result)
-                    return
-                for value in re.findall(r'"([^"]*)"', found["value"]):
-                    report(found["key"], value, line, found.start("value") + 1)
-        return
-    for line in lines:
-        match = _KEY_VALUE.match(line.text)
-        if not match:
-            continue
-        raw = match["value"]
-        values = re.findall(r"""["']([^"']+)["']""", raw) or ([raw.split("#")[0].strip()] if raw.strip() else [])
-        if not values:  # a YAML list on the following lines
-            for following in (ctx.text(path) or "").splitlines()[line.number :]:
-                item = _LIST_ITEM.match(following)
-                if not item:
-                    break
-                values.append(item["value"])
-        for value in values:
-            report(match["key"], value, line, match.start("value") + 1)
-
-
-def _check_json_identifiers(ctx: ScanContext, path: str, text: str, result: PolicyResult) -> None:
-    import json
-
-    try:
-        data = json.loads(text)
-    except ValueError:
-        result.skipped[path] = "JSON that does not parse"
-        return
-    lines = text.splitlines()
-    stack: list[object] = [data]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                stack.append(value)
-                if key not in IDENTIFIER_KEYS:
-                    continue
-                for item in value if isinstance(value, list) else [value]:
-                    reason = _foreign_identifier(key, item, ctx) if isinstance(item, str) else None
-                    if reason:
-                        line = next((n for n, t in enumerate(lines, 1) if f'"{key}"' in t), 0)
-                        result.findings.append(FOREIGN_IDENTIFIER.finding(path, line, 1, reason, f"{key}={item}"))
-
-
-def _foreign_identifier(key: str, value: str, ctx: ScanContext) -> str | None:
-    if not value or value.lower() in {"null", "none", "~", "true", "false"}:
-        return None
-    if _namespace_ok(value, ctx):
-        return None
-    extra = tuple(ctx.settings.external_weights.extra_forbidden_names)
-    family = family_of(value, extra)
-    if family is None and key in {"architectures", "model_type"}:  # "LlamaForCausalLM", "MistralModel"
-        family = family_of(re.sub(r"(For[A-Z]\w*|LMHeadModel|Model)$", "", value), extra)
-    if family:
-        return f"{key} names {value!r}, a {family} model (foreign)"
-    if "/" in value and key not in {"model_type", "architectures"} and not value.startswith(("http", ".")):
-        return f"{key} points to {value!r}, outside the allowed namespaces"
-    return None
-
-
 def _compiled_python(ctx: ScanContext, path: str) -> bool:
     """A .pyc/.pyo file, or any file that starts like one (a CPython 3 magic number and \\r\\n)."""
     if path.endswith((".pyc", ".pyo")):
@@ -469,4 +342,4 @@ def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> Non
 
 _RULES_BY_ID = {rule.id: rule for rule in RULES}
 
-POLICY = Policy(NAME, RULES, check, lambda settings: candidate_patterns(settings.external_weights.extra_loader_calls))
+POLICY = Policy(NAME, RULES, check, _patterns)

@@ -1,0 +1,407 @@
+"""Layer 2 of `external_weights`, references: a foreign model named anywhere in any text file.
+
+What is found, whatever the file's kind (code, configs, shell, Makefiles, Dockerfiles, CI YAML, notebooks, docs):
+- EXT002, hub locations: URLs of model hubs and their mirrors and CDNs, normalised (case, scheme or none, `hf://`,
+  ssh remotes `git@hf.co:org/name`, presigned CDN links, a bare hub endpoint a URL is assembled from), links to weight
+  files on any host or object store (`s3://…/model.safetensors`).
+- EXT003, model ids: repo-id-shaped values under model-like keys in every config syntax (YAML block and flow style,
+  JSON, TOML, INI, .env, HCL/Terraform, Kubernetes `name:`/`value:` pairs, Ollama Modelfiles' `FROM`), on command
+  lines (`huggingface-cli download`, `hf download`, `ollama pull`, `litgpt download`, `tune download`, `--model X`
+  and its spellings), `auto_map` entries that fetch remote code from another repository, and quoted repo ids that
+  name a foreign model family wherever they sit.
+Told apart and allowed: our own namespaces, local paths (a folder of the tree, `./`, `/`, `~`), datasets, the hub's
+documentation, blog, Spaces and static assets, Python package indexes, and API-only model names (no weights exist).
+
+The module knows nothing of rules or files: `check_text` returns `Hit`s for the caller to report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HUB_HOSTS = (
+    "huggingface.co", "hf.co", "hf-mirror.com", "modelscope.cn", "modelscope.ai", "ollama.com", "ollama.ai",
+    "registry.ollama.ai", "civitai.com", "tfhub.dev", "kaggle.com", "download.pytorch.org", "dl.fbaipublicfiles.com",
+    "openaipublic.azureedge.net",
+)  # fmt: skip
+# Hosts that only serve a hub's files: any URL there is a download of a model's content.
+CDN_HOST = re.compile(r"^(cdn-lfs[\w-]*\.(huggingface\.co|hf\.co)|[\w.-]*\.xethub\.hf\.co|cas-bridge[\w.-]*\.hf\.co)$")
+# Hugging Face paths that are not model repositories.
+HF_NON_MODEL = {
+    "docs", "datasets", "spaces", "blog", "learn", "papers", "pricing", "join", "login", "settings", "tasks", "chat",
+    "enterprise", "organizations", "collections", "posts", "changelog", "new", "front", "assets", "static",
+    "avatars", "welcome", "terms-of-service", "privacy", "support", "inference-endpoints", "hub",
+}  # fmt: skip
+WEIGHT_SUFFIXES = ("safetensors", "bin", "pt", "pth", "ckpt", "gguf", "ggml", "onnx", "h5", "pkl", "tflite", "msgpack")
+# Names of hosted API models: they have no weights to download (a call to an API is not a foreign checkpoint).
+API_ONLY = re.compile(r"^(gpt-3\.5|gpt-4|gpt-4o|gpt-5|o1|o3|o4|chatgpt|text-davinci|claude|gemini)([-.\w]*)$", re.I)
+
+_URL = re.compile(
+    r"""(?ix)(?P<url>
+        (?:https?|hf|s3|gs|gcs|az|abfss?|wasbs?|oss|r2|ssh|git\+https?)://[^\s"'<>()\[\]{}`\\,;|]+
+      | git@[\w.-]+:[^\s"'<>()\[\]{}`\\,;|]+
+      | (?<![\w./@-])(?:www\.)?(?:huggingface\.co|hf\.co|hf-mirror\.com)/[^\s"'<>()\[\]{}`\\,;|]+
+    )"""
+)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}(?::[\w./-]+)?$")
+_FILE_SUFFIX = re.compile(
+    r"\.(py|pyi|json|ya?ml|toml|md|rst|txt|cfg|ini|sh|ipynb|html?|css|js|ts|png|jpe?g|svg|gif|csv|tsv|jsonl|parquet"
+    r"|arrow|log|lock|in|out|c|cc|cpp|h|hpp|rs|go|java|tex|bib|zip|tar|gz|tgz|whl|so|dll|exe)$",
+    re.I,
+)
+_TEMPLATE = re.compile(r"\$\{|\$\(|\{\{|\$[A-Za-z_]|<[^>]+>|%\(")
+
+# Keys whose value names a model. Matched after lower-casing and turning - and . into _ (so `--model-id`,
+# `MODEL_ID`, `model.name_or_path` all meet), by name or by ending.
+MODEL_KEYS = frozenset(
+    {
+        "base_model", "model_name_or_path", "pretrained_model_name_or_path", "_name_or_path", "name_or_path",
+        "model_id", "model", "model_name", "repo_id", "hub_model_id", "teacher_model", "reward_model", "ref_model",
+        "reference_model", "tokenizer", "tokenizer_name", "tokenizer_name_or_path", "tokenizer_id", "init_from",
+        "base_model_name_or_path", "served_model_name", "checkpoint_dir", "model_path", "hf_model", "hf_model_id",
+        "hf_model_name", "llm", "llm_model", "pretrained", "pretrained_model", "adapter_name_or_path",
+        "draft_model", "speculative_model", "embedding_model", "model_repo", "model_url", "from", "model_type",
+        "architectures", "hf_repo", "hub_repo", "hf_model_repo",
+    }
+)  # fmt: skip
+MODEL_KEY_ENDINGS = (
+    "_model", "_model_id", "_model_name", "_name_or_path", "_model_path", "_model_repo", "_repo_id", "_checkpoint_dir",
+)  # fmt: skip
+_KEY_WORD = (
+    r"(?:[A-Za-z_][\w.-]*?)?(?:model|MODEL|Model)(?:[_.-]?(?:id|ID|name|NAME|name_or_path|path|PATH|repo|REPO|type|url))?"
+    r"|[\w.-]*name_or_path|[\w.-]*(?:repo_id|REPO_ID)|(?:hf|hub|HF|HUB)[_-]repo|tokenizer[\w.-]*|TOKENIZER[\w]*|checkpoint_dir|init_from"
+    r"|architectures|pretrained|llm|LLM"
+)
+# key, separator, value: `key: v`, `key = "v"`, `"key": "v"`, `KEY=v`, `--key v`, `--key=v`, `key v` (Modelfile)
+_PAIR = re.compile(
+    r"""(?:^|[\s{,(\[;"'])(?:--?)?["']?(?P<key>""" + _KEY_WORD + r""")["']?"""
+    r"""(?:\s*[:=]\s*|\s+)(?P<quote>["']?)(?P<value>[^\s"',}\]#;)]+)"""
+)
+# Command-line fetches: the command, then its arguments.
+_FETCH = re.compile(
+    r"(?i)(?P<cmd>huggingface-cli\s+(?:download|repo\s+clone)|(?<![\w-])hf\s+download|ollama\s+(?:pull|run)"
+    r"|litgpt\s+(?:download|finetune\w*|pretrain|generate|chat|serve|evaluate)|tune\s+download"
+    r"|modelscope\s+download|kaggle\s+models\s+instances\s+versions\s+download)\s+(?P<args>[^\n|;&]*)"
+)
+_FLAG_VALUE = re.compile(r"--(?:model|model_id|model-id|repo|repo_id|repo-id)[= ]+(?P<value>[^\s\"']+)")
+# Copies from remote storage (`rclone copy r2:bucket/x.gguf`, `gsutil cp gs://…`, `scp host:x.pt`): a remote
+# argument (`name:path`, not a local path) that ends in a weights suffix.
+_REMOTE_COPY = re.compile(
+    r"(?i)\b(?P<cmd>rclone|gsutil|s3cmd|s5cmd|azcopy|scp|rsync|mc|aws\s+s3)\b[^\n]*?\s(?P<arg>[\w.@-]+:[^\s\"']*\.(?:"
+    + "|".join(WEIGHT_SUFFIXES)
+    + r"))(?=[\s\"']|$)"
+)
+# A hub's host on its own in a string (`"https://" + "huggingface.co" + "/" + repo`): the endpoint of a download.
+_BARE_HOST = re.compile(
+    r"""(?i)(?P<q>["'])(?P<host>(?:https?://)?(?:www\.)?(?:huggingface\.co|hf\.co|hf-mirror\.com))/?(?P=q)"""
+)
+_MODELFILE_FROM = re.compile(r"^\s*FROM\s+(?P<value>\S+)", re.I)
+_AUTO_MAP = re.compile(r"""["']?(?P<cls>Auto\w+)["']?\s*:\s*["'](?P<repo>[\w.-]+/[\w.-]+)--[\w.]+["']""")
+_QUOTED = re.compile(r"""(?P<q>["'`])(?P<value>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?P=q)""")
+_PY_CONSTANT = re.compile(
+    r"""^\s*(?P<key>[A-Za-z_]\w*)\s*(?::[^=]+)?=\s*(?P<q>["'])(?P<value>[^"']+)(?P=q)\s*(?:#.*)?$"""
+)
+_YAML_LIST_KEY = re.compile(r"""^\s*(?:-\s*)?["']?(?P<key>[\w.-]+)["']?\s*:\s*(?:#.*)?$""")
+_YAML_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#\s]+)""")
+_K8S_NAME = re.compile(r"""^\s*-?\s*name:\s*["']?(?P<key>[A-Za-z_][\w]*)["']?\s*$""")
+_K8S_VALUE = re.compile(r"""^\s*value:\s*["']?(?P<value>[^"'\s#]+)""")
+_HCL_VARIABLE = re.compile(r"""^\s*variable\s+["'](?P<key>[\w-]+)["']""")
+_HCL_DEFAULT = re.compile(r"""^\s*default\s*=\s*["'](?P<value>[^"']+)["']""")
+
+
+@dataclass(frozen=True)
+class Hit:
+    rule_id: str  # EXT002 or EXT003
+    line: int
+    column: int
+    message: str
+    matched: str
+
+
+@dataclass(frozen=True)
+class Judge:
+    """What the caller knows: our namespaces, the tree's folders, the foreign model families."""
+
+    allowed_namespaces: tuple[str, ...]
+    is_local_dir: Callable[[str], bool]
+    family_of: Callable[[str], str | None]
+
+
+def candidate_patterns(families: tuple[str, ...]) -> list[str]:
+    """Rust-regex patterns (no look-around; flags scoped, so the patterns can be joined) for the one ripgrep pass:
+    hub hosts, weights links, fetch commands, model-like keys with a repo id or a family as value, key and value on
+    two lines, and repo ids that name a foreign family."""
+    hosts = "|".join(re.escape(host) for host in HUB_HOSTS)
+    suffixes = "|".join(WEIGHT_SUFFIXES)
+    family = "|".join(re.escape(name) for name in families)
+    keys = r"(?:model|name_or_path|repo_id|tokenizer|checkpoint_dir|init_from|pretrained|llm|architectures)[\w.-]*"
+    patterns = [
+        rf"{hosts}|xethub\.hf\.co|hf://|git@hf\.co",
+        rf"://\S+\.(?:{suffixes})\b",
+        r"huggingface-cli|\bhf\s+download|ollama\s+(?:pull|run)|litgpt\s+\w|tune\s+download|modelscope\s+download"
+        r"|kaggle\s+models|^\s*FROM\s+\S|\b(?:hf|hub)[_-]repo",
+        rf"\b(?:rclone|gsutil|s3cmd|s5cmd|azcopy|scp|rsync|mc|s3)\b.*\.(?:{suffixes})\b",
+        keys + r"[\"']?\s*[:= ]\s*[\"']?[A-Za-z0-9][\w.-]*/[\w.-]+",
+        keys + rf"[\"']?\s*[:= ]\s*[\"'\[]*[\w.-]*(?:{family})",
+        r"^\s*-?\s*name:\s*[\"']?\w*(?:model|repo_id)|^\s*variable\s+\"\w*model",
+        rf"[\w.-]+/[\w.-]*(?:{family})",
+        r"auto_map",
+    ]
+    return [f"(?i:{pattern})" for pattern in patterns]
+
+
+def normalised_key(key: str) -> str:
+    return key.lower().replace("-", "_").replace(".", "_").lstrip("_") if key != "_name_or_path" else key
+
+
+def model_key(key: str) -> bool:
+    key = normalised_key(key)
+    return key in MODEL_KEYS or key.endswith(MODEL_KEY_ENDINGS)
+
+
+# --- values -------------------------------------------------------------------------------------------------------
+def foreign_value(key: str, value: str, judge: Judge) -> str | None:
+    """Why a value under a model-like key names a foreign model, or None."""
+    value = value.strip().strip("\"'`").rstrip(",;)]}")
+    if not value or value.lower() in {"null", "none", "~", "true", "false", "auto", "default", "local"}:
+        return None
+    if _TEMPLATE.search(value) or value.replace(".", "").replace("e-", "").isdigit():
+        return None
+    key = normalised_key(key)
+    if API_ONLY.match(value.rsplit("/", 1)[-1]):
+        return None
+    if value.startswith(("http://", "https://", "hf://")):
+        return None  # the URL check reports it
+    family = judge.family_of(value)
+    if key in {"architectures", "model_type"}:
+        family = family or judge.family_of(re.sub(r"(For[A-Z]\w*|LMHeadModel|Model)$", "", value))
+        return f"{key} names {value!r}, a {family} model (foreign)" if family else None
+    if _is_local(value, judge):
+        return f"{key} names {value!r}, a local copy of a {family} model (foreign)" if family else None
+    if _REPO_ID.match(value) and not _FILE_SUFFIX.search(value):
+        org = value.split("/", 1)[0]
+        if org in judge.allowed_namespaces:
+            return None
+        return f"{key} names {value!r}, a model outside the allowed namespaces"
+    if family and "/" not in value and not _FILE_SUFFIX.search(value):
+        return f"{key} names {value!r}, a {family} model (foreign)"
+    return None
+
+
+def _is_local(value: str, judge: Judge) -> bool:
+    if value.startswith(("/", "./", "../", "~", "$")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return True
+    first = value.split("/", 1)[0]
+    return "/" in value and (judge.is_local_dir(first) or value.count("/") >= 2)
+
+
+def foreign_url(url: str, judge: Judge) -> str | None:
+    """Why a URL (any case, with or without a scheme, ssh remotes included) points at a foreign model, or None."""
+    raw = url.rstrip(".,;:'\")]}")
+    if raw.startswith("git@"):
+        host, _, path = raw[4:].partition(":")
+        scheme = "ssh"
+    elif "://" in raw:
+        scheme, _, rest = raw.partition("://")
+        rest = rest.split("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
+        host, _, path = rest.partition("/")
+        scheme = scheme.lower()
+    else:
+        scheme, (host, _, path) = "https", raw.partition("/")
+    host = host.lower().split(":", 1)[0].removeprefix("www.")
+    segments = [s for s in path.split("?", 1)[0].split("#", 1)[0].split("/") if s]
+    if scheme == "hf":
+        segments, host = [host, *segments], "huggingface.co"
+        if segments[0] in {"datasets", "spaces"}:
+            return None
+    if CDN_HOST.match(host):
+        return "download from a model hub's file CDN"
+    if host in {"huggingface.co", "hf.co", "hf-mirror.com"}:
+        if segments[:2] == ["api", "models"]:
+            segments = segments[2:]
+        elif segments[:1] == ["api"]:
+            return None
+        if not segments:
+            return "a model hub's endpoint (URLs of models are assembled from it)"
+        if len(segments) >= 2 and segments[0].lower() not in HF_NON_MODEL:
+            if segments[0] in judge.allowed_namespaces:
+                return None
+            return "link to a foreign model repository"
+        return None
+    if host in {"modelscope.cn", "modelscope.ai"}:
+        return "link to a model hub" if segments[:1] == ["models"] or not segments else None
+    if host in {"ollama.com", "ollama.ai"}:
+        return "link to a model hub" if segments[:1] == ["library"] or (segments and segments[0] != "blog") else None
+    if host == "registry.ollama.ai":
+        return "link to a model hub"
+    if host == "kaggle.com":
+        return "link to a model hub" if segments[:1] == ["models"] else None
+    if host == "download.pytorch.org":
+        return None if segments[:1] == ["whl"] else "link to a model hub"
+    if host in {"civitai.com", "tfhub.dev", "dl.fbaipublicfiles.com"}:
+        return "link to a model hub" if segments else None
+    if host == "openaipublic.azureedge.net":
+        last = segments[-1].lower() if segments else ""
+        return "link to a weights file" if last.endswith(tuple("." + s for s in WEIGHT_SUFFIXES)) else None
+    last = segments[-1].lower() if segments else ""
+    if any(last.endswith("." + suffix) for suffix in WEIGHT_SUFFIXES):
+        if last.endswith(".bin") and scheme in {"http", "https"} and not _weights_like_bin(last):
+            return None
+        return "link to a weights file"
+    return None
+
+
+def _weights_like_bin(name: str) -> bool:
+    """A `.bin` that is model weights by its name (`pytorch_model.bin`, `model-00001-of-00002.bin`, `ggml-*.bin`),
+    not any binary download (firmware, installers)."""
+    return bool(re.search(r"model|weights|ckpt|checkpoint|ggml|adapter|consolidated|-of-\d", name))
+
+
+# --- the check ----------------------------------------------------------------------------------------------------
+CONFIG_KINDS = {"yaml", "json", "toml", "ini", "env", "hcl", "text"}
+COMMAND_KINDS = {"shell", "make", "docker", "powershell", "csh", "fish", "yaml", "text", "markdown", "notebook"}
+
+
+def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], judge: Judge) -> list[Hit]:
+    """References in one file: `lines` are the candidate lines (number, text) of the one ripgrep pass; `text` is
+    the whole decoded file, read for context that spans lines (front matter, Kubernetes env pairs, HCL blocks)."""
+    hits: list[Hit] = []
+    seen: set[tuple[str, int, str]] = set()
+
+    def add(rule: str, number: int, column: int, message: str, matched: str) -> None:
+        if (rule, number, matched) not in seen:
+            seen.add((rule, number, matched))
+            hits.append(Hit(rule, number, column, message, matched))
+
+    name = path.rsplit("/", 1)[-1]
+    is_markdown = kind == "markdown"
+    prose = _markdown_prose(text) if is_markdown else set()
+    for number, line in lines:
+        for match in _URL.finditer(line):
+            url = match.group("url")
+            reason = foreign_url(url, judge)
+            if reason and not (is_markdown and number in prose and reason.startswith("a model hub's endpoint")):
+                add("EXT002", number, match.start("url") + 1, f"{reason}: {url}", url)
+        for match in _BARE_HOST.finditer(line):
+            if not (is_markdown and number in prose):
+                message = f"a model hub's endpoint (URLs of models are assembled from it): {match.group('host')}"
+                add("EXT002", number, match.start("host") + 1, message, match.group("host"))
+        for match in _REMOTE_COPY.finditer(line):
+            message = f"`{match.group('cmd')}` copies a weights file from remote storage: {match.group('arg')}"
+            add("EXT002", number, match.start("arg") + 1, message, match.group("arg"))
+        if kind in COMMAND_KINDS or kind in {"python"}:
+            for match in _FETCH.finditer(line):
+                for token in match.group("args").split():
+                    token = token.strip("\"'`")
+                    if token.startswith("-") or not token:
+                        continue
+                    reason = foreign_value("model", token, judge)
+                    if reason:
+                        add("EXT003", number, match.start() + 1, f"`{match.group('cmd')}` fetches: {reason}", token)
+                    break
+        if kind == "python" or kind == "notebook" or (is_markdown and number in prose):
+            constant = _PY_CONSTANT.match(line) if kind == "python" else None
+            if constant and model_key(constant.group("key")):
+                reason = foreign_value(constant.group("key"), constant.group("value"), judge)
+                if reason:
+                    add("EXT003", number, constant.start("value") + 1, reason, constant.group(0).strip())
+            _quoted_ids(number, line, judge, add)
+            continue
+        for match in _PAIR.finditer(line):
+            key, value = match.group("key"), match.group("value")
+            if not model_key(key) or (not match.group("quote") and value.startswith("{")):
+                continue  # a flow mapping: its own pairs are matched on their own
+            values = [value]
+            if not match.group("quote") and value.startswith("["):  # a flow sequence: every item
+                inside = line[match.start("value") + 1 :].split("]", 1)[0]
+                values = [item.strip().strip("\"'") for item in inside.split(",")]
+            for item in values:
+                reason = foreign_value(key, item, judge)
+                if reason:
+                    add("EXT003", number, match.start("value") + 1, reason, f"{key}={item}")
+        if name.lower().startswith("modelfile") or name.lower().endswith(".modelfile"):
+            found = _MODELFILE_FROM.match(line)
+            if found:
+                reason = foreign_value("model", found.group("value"), judge)
+                if reason:
+                    add("EXT003", number, found.start("value") + 1, f"Modelfile FROM: {reason}", found.group(0))
+        for found in _AUTO_MAP.finditer(line):
+            repo = found.group("repo")
+            if repo.split("/", 1)[0] not in judge.allowed_namespaces:
+                message = f"auto_map loads {found.group('cls')} as remote code from {repo!r}, another repository"
+                add("EXT003", number, found.start() + 1, message, found.group(0))
+        _quoted_ids(number, line, judge, add)
+    if kind in {"yaml", "hcl", "text", "json"}:
+        _pairs_over_lines(text, kind, judge, add)
+    return hits
+
+
+def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
+    """Quoted repo ids that name a foreign model family: a reference wherever they sit."""
+    for match in _QUOTED.finditer(line):
+        value = match.group("value")
+        if _FILE_SUFFIX.search(value) or value.split("/", 1)[0] in judge.allowed_namespaces:
+            continue
+        if judge.is_local_dir(value.split("/", 1)[0]) or API_ONLY.match(value.rsplit("/", 1)[-1]):
+            continue
+        family = judge.family_of(value.split("/", 1)[1]) or judge.family_of(value.split("/", 1)[0])
+        if family:
+            add("EXT003", number, match.start("value") + 1, f"names {value!r}, a {family} model (foreign)", value)
+
+
+def _pairs_over_lines(text: str, kind: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
+    """Pairs whose key and value sit on different lines: Kubernetes `- name: MODEL_ID` / `value: ...`, Terraform
+    `variable "model_id" {` / `default = "..."`."""
+    if not re.search(r"(?i)model|name_or_path|repo_id|tokenizer|architectures", text):
+        return
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        listed = _YAML_LIST_KEY.match(line) if kind == "yaml" else None
+        if listed and model_key(listed.group("key")):  # `base_model:` then `- item` lines
+            for offset, following in enumerate(lines[index + 1 : index + 50], start=index + 2):
+                item = _YAML_ITEM.match(following)
+                if not item:
+                    break
+                reason = foreign_value(listed.group("key"), item.group("value"), judge)
+                if reason:
+                    add(
+                        "EXT003",
+                        offset,
+                        item.start("value") + 1,
+                        reason,
+                        f"{listed.group('key')}={item.group('value')}",
+                    )
+            continue
+        opened = _K8S_NAME.match(line) if kind != "hcl" else _HCL_VARIABLE.match(line)
+        if not opened or not model_key(opened.group("key")):
+            continue
+        for following in lines[index + 1 : index + 6]:
+            found = (_K8S_VALUE if kind != "hcl" else _HCL_DEFAULT).match(following)
+            if found:
+                reason = foreign_value(opened.group("key"), found.group("value"), judge)
+                if reason:
+                    number = index + 1 + lines[index + 1 : index + 6].index(following) + 1
+                    add("EXT003", number, 1, reason, f"{opened.group('key')}={found.group('value')}")
+                break
+
+
+def _markdown_prose(text: str) -> set[int]:
+    """Line numbers of a Markdown file that are prose: outside front matter and fenced code blocks."""
+    prose: set[int] = set()
+    lines = text.split("\n")
+    fenced = False
+    front = bool(lines) and lines[0].strip() == "---"
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if front:
+            if number > 1 and stripped == "---":
+                front = False
+            continue
+        if stripped.startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        if not fenced and not line.startswith(("    ", "\t")):
+            prose.add(number)
+    return prose
