@@ -181,7 +181,11 @@ def check(ctx: ScanContext) -> PolicyResult:
         if kind == "binary":
             continue
         numbered = [(line.number, line.text) for line in lines]
+        # a line the code layer already reported (a loader called with this id) is not reported again as a name
+        loaded = {f.line for f in result.findings if f.path == path and f.rule_id in {"EXT001", "EXT004"}}
         for hit in text_references.check_text(path, kind, ctx.text(path) or "", numbered, judge):
+            if hit.rule_id == "EXT003" and hit.line in loaded:
+                continue
             rule = HUB_URL if hit.rule_id == "EXT002" else FOREIGN_IDENTIFIER
             result.findings.append(rule.finding(path, hit.line, hit.column, hit.message, hit.matched))
     return result

@@ -51,7 +51,7 @@ class VenvSettings(_Section):
     project_venv: str = ".venv"
     lock: str = "requirements.lock"
     declared_input: str = "pyproject.toml"
-    lock_extras: list[str] = Field(default_factory=lambda: ["dev"])
+    lock_extras: list[str] = Field(default_factory=lambda: ["runtime", "dev"])
     allow_unlocked: list[str] = Field(
         default_factory=lambda: ["pip", "oracle"], description="Distributions that may be installed without a lock pin"
     )

@@ -223,7 +223,7 @@ def foreign_url(url: str, judge: Judge) -> str | None:
             segments = segments[2:]
         elif segments[:1] == ["api"]:
             return None
-        if not segments:
+        if not segments or segments[0].startswith(("$", "%", "<", "{")):
             return "a model hub's endpoint (URLs of models are assembled from it)"
         if len(segments) >= 2 and segments[0].lower() not in HF_NON_MODEL:
             if segments[0] in judge.allowed_namespaces:

@@ -1,0 +1,110 @@
+"""The reference layer of external_weights (policies/text_references.py): a foreign model named in any text file,
+each class with the violation and a near miss that must stay clean."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies import text_references
+from policies.external_weights import family_of
+from tests.policies.conftest import Scan, ids
+
+JUDGE = text_references.Judge(("oracle-ai",), lambda first: first in {"runs", "configs"}, family_of)
+
+FOUND = [
+    # hub hosts, normalised
+    ("docs/ref.txt", "weights: HTTPS://HuggingFace.CO/EleutherAI/pythia-160m/resolve/main/pytorch_model.bin\n"),
+    ("deploy/assets.yaml", "assets:\n  - url: huggingface.co/bigscience/bloom-560m/resolve/main/model.safetensors\n"),
+    ("scripts/get.sh", "git clone --depth 1 git@hf.co:mistralai/Mistral-7B-Instruct-v0.2 third_party/m\n"),
+    ("scripts/ssh.sh", "git clone ssh://git@huggingface.co/google/gemma-2b\n"),
+    (".gitmodules", '[submodule "m"]\n\tpath = m\n\turl = https://huggingface.co/TinyLlama/TinyLlama-1.1B\n'),
+    ("src/cdn.py", 'URL = "https://cdn-lfs-us-1.hf.co/repos/5c/2e/abc?Expires=1&Signature=x"\n'),
+    ("configs/m.json", '{"source": "https://cas-bridge.xethub.hf.co/xet-bridge-us/66a1/2b7e?X-Amz-Expires=3600"}\n'),
+    ("src/mirror.py", 'MIRROR = "https://hf-mirror.com"\n'),
+    ("src/ep.py", 'url = "https://" + "huggingface.co" + "/" + org + "/" + name\n'),
+    ("src/ref.ts", "const r = await fetch(`https://huggingface.co/${repo}/resolve/main/model.safetensors`);\n"),
+    ("Makefile", "get:\n\tgsutil cp gs://team-models/base/model-00001-of-00004.safetensors ckpt/\n"),
+    ("scripts/q.sh", "rclone copy r2:community/mixtral-8x7b.Q4_K_M.gguf ./quant/\n"),
+    ("README.md", "Download from https://ollama.com/library/llama3 first.\n"),
+    # command-line fetches
+    ("scripts/dl.sh", "huggingface-cli download Qwen/Qwen2-7B --local-dir models/qwen\n"),
+    ("Dockerfile", "FROM python:3.11\nRUN hf download microsoft/phi-2 --local-dir /models\n"),
+    (".github/workflows/ci.yml", "jobs:\n  t:\n    steps:\n      - run: ollama pull llama3.1\n"),
+    ("scripts/lit.sh", "litgpt download meta-llama/Llama-3.2-1B\n"),
+    ("scripts/tune.sh", "tune download meta-llama/Llama-2-7b-hf --output-dir /tmp/l\n"),
+    ("scripts/cpp.sh", "./llama-cli --hf-repo bartowski/Meta-Llama-3.1-8B-Instruct-GGUF -p hi\n"),
+    ("slurm/eval.sbatch", "#!/bin/bash\npython eval.py --model_name_or_path mistralai/Mistral-7B-v0.1\n"),
+    # model ids under model-like keys, in every syntax
+    ("configs/vllm.yaml", "model: mistralai/Mistral-7B-Instruct-v0.3\ntensor_parallel_size: 2\n"),
+    ("configs/flow.yaml", "serve: {model: meta-llama/Llama-3.1-8B, port: 8000}\n"),
+    ("configs/merge.yaml", "models: [{model: NousResearch/Hermes-2}, {model: teknium/OpenHermes-2.5}]\n"),
+    ("adapter/adapter_config.json", '{"base_model_name_or_path": "huggingface/llama-7b", "r": 8}\n'),
+    ("deploy/tgi.env", "MODEL_ID=tiiuae/falcon-7b-instruct\nMAX_INPUT_LENGTH=1024\n"),
+    ("infra/vars.tf", 'variable "model_id" {\n  type    = string\n  default = "google/gemma-7b"\n}\n'),
+    ("infra/prod.tfvars", 'hf_model_id = "Qwen/Qwen2.5-7B-Instruct"\n'),
+    ("k8s/deploy.yaml", "env:\n  - name: MODEL_ID\n    value: bigscience/bloom-560m\n"),
+    ("ollama/Modelfile", "FROM llama3.1\nPARAMETER temperature 0.2\n"),
+    ("configs/lit.yaml", "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\n"),
+    ("configs/train.toml", '[model]\npretrained_model_name_or_path = "EleutherAI/gpt-neox-20b"\n'),
+    ("configs/cfg.ini", "[model]\nmodel_name_or_path = allenai/OLMo-7B\n"),
+    ("remote/config.json", '{"auto_map": {"AutoModelForCausalLM": "someorg/custom-repo--modeling_x.XForCausalLM"}}\n'),
+    ("src/ids.py", 'CANDIDATES = ["mistralai/Mixtral-8x7B-v0.1", "ours"]\n'),
+    ("src/consts.py", 'BASE_MODEL = "someorg/some-model"\n'),
+]
+
+
+@pytest.mark.parametrize(("path", "content"), FOUND)
+def test_foreign_references_in_any_text_are_found(scan: Scan, path: str, content: str) -> None:
+    found = ids(scan({path: content, "runs/.keep": ""}), "EXT00")
+    assert {"EXT002", "EXT003"} & set(found), found
+
+
+CLEAN = [
+    (
+        "docs/ref.md",
+        "Read https://huggingface.co/docs/huggingface_hub/index and the blog https://huggingface.co/blog/x\n",
+    ),
+    ("docs/logo.html", '<img src="https://huggingface.co/front/assets/huggingface_logo-noborder.svg">\n'),
+    ("docs/data.md", "Data: https://huggingface.co/datasets/allenai/c4 and hf://datasets/allenai/c4/en/x.json.gz\n"),
+    ("docs/site.md", "Hugging Face (https://huggingface.co) hosts models; we publish none of theirs.\n"),
+    ("requirements.txt", "--extra-index-url https://download.pytorch.org/whl/cpu\ntorch==2.13.0\n"),
+    ("configs/ours.yaml", "model: oracle-ai/oracle850b-moe\ntokenizer: ./tokenizer\n"),
+    ("configs/local.yaml", "checkpoint_dir: runs/oracle850b/step-1000\nmodel_path: /data/runs/latest\n"),
+    ("configs/data.yaml", "dataset: allenai/c4\ndataset_name: HuggingFaceFW/fineweb\n"),
+    ("configs/api.yaml", "judge:\n  model: gpt-4o-mini\n  provider: openai\n"),
+    (".github/workflows/ci.yml", "steps:\n  - uses: actions/checkout@v4\n  - uses: actions/setup-python@v5\n"),
+    ("configs/repo.yaml", "repository: pallets/flask\nowner: pallets\n"),
+    ("configs/train.yaml", "optimizer: adamw\nmodel_type: oracle_moe\nmodel: ${MODEL_ID}\n"),
+    ("scripts/copy.sh", "rsync -av runs/oracle/ backup/oracle/\ncp runs/step-1/model.safetensors out/\n"),
+    ("src/paths.py", 'LAYERS = "layers/llama_style.py"\nmodel = build(cfg)\n'),
+    ("ollama/Modelfile", "FROM ./oracle-mini.gguf\n"),
+    ("README.md", "The gemma family and llama models are foreign; we train our own.\n"),
+]
+
+
+@pytest.mark.parametrize(("path", "content"), CLEAN)
+def test_near_misses_of_references_are_not_found(scan: Scan, path: str, content: str) -> None:
+    assert ids(scan({path: content, "runs/.keep": ""}), "EXT00") == []
+
+
+def test_hub_urls_are_normalised_and_told_apart() -> None:
+    assert text_references.foreign_url("HTTPS://HF.CO/Org/Model", JUDGE)
+    assert text_references.foreign_url("huggingface.co/org/model/resolve/main/x.bin", JUDGE)
+    assert text_references.foreign_url("git@hf.co:org/model", JUDGE)
+    assert text_references.foreign_url("https://huggingface.co/oracle-ai/oracle850b-moe", JUDGE) is None
+    assert text_references.foreign_url("https://huggingface.co/spaces/org/app", JUDGE) is None
+    assert text_references.foreign_url("https://example.org/firmware.bin", JUDGE) is None
+    assert text_references.foreign_url("https://example.org/files/pytorch_model.bin", JUDGE)
+    assert text_references.foreign_url("s3://bucket/ckpt/model.safetensors", JUDGE)
+
+
+def test_values_under_model_keys_are_judged_by_shape_and_family() -> None:
+    judge = text_references.foreign_value
+    assert judge("model", "meta-llama/Llama-2-7b-hf", JUDGE)
+    assert judge("model", "llama3.1", JUDGE)
+    assert judge("checkpoint_dir", "checkpoints/meta-llama/Llama-2-7b-hf", JUDGE)  # a local copy of a foreign model
+    assert judge("model", "oracle-ai/oracle850b-moe", JUDGE) is None
+    assert judge("model", "runs/step-10", JUDGE) is None
+    assert judge("model", "${MODEL}", JUDGE) is None
+    assert judge("model", "claude-3-5-sonnet", JUDGE) is None
+    assert judge("model", "resnet_block", JUDGE) is None
