@@ -110,6 +110,7 @@ FOREIGN_FAMILIES = (
 _DESERIALISER_WORDS = (
     r"pickle|torch\.load|serialization\.load|from torch import|import torch as|getattr\(\s*torch\b|joblib|\bdill\b"
     r"|read_pickle|allow_pickle|Unpickler|Copied from transformers"
+    r"|\b(?:model|model_id|model_name|model_name_or_path|pretrained_model_name_or_path|base_model)\s*=\s*[rbf]?[\"'][\w.-]+/"
 )
 _CODE_WORDS = "|".join(rf"\b{re.escape(word)}\b" for word in python_loads.table().words()) + "|" + _DESERIALISER_WORDS
 # Spans that are safe on their own line, so a file whose candidate lines hold nothing else needs no parse: a complete

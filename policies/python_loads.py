@@ -57,6 +57,7 @@ FOREIGN_MOE_CONFIG_KEYS = frozenset(
 # A model repository's folder in the Hugging Face cache: reading it reads a foreign model, whatever the reader.
 HUB_CACHE_ENTRY = re.compile(r"models--(?P<org>[\w.-]+?)--(?P<name>[\w.-]+)")
 _TEMPORARY_PARAMETERS = {"tmp_path", "tmpdir", "tmp_dir", "temp_dir", "tmpdirname", "tmp_path_factory", "tempdir"}
+_OUTPUT_KEYWORDS = {"output_dir", "save_dir", "save_directory", "logging_dir", "checkpoint_dir", "out_dir"}
 _SAVE_METHODS = {"save_pretrained", "save_model", "save_checkpoint", "save", "save_adapter", "save_state"}
 _OFF = (False, None, "", "none", "None")
 
@@ -235,6 +236,7 @@ class _Program:
         self.temporary: set[str] = set(_TEMPORARY_PARAMETERS)
         self.saved: set[str] = set()  # ast.dump of expressions passed to save_pretrained & co
         self.dumped: set[str] = set()  # names bound to pickle.dumps(...) & co (in-memory bytes)
+        self.saved_values: set[str] = set()  # resolved strings a run writes to (output_dir=...)
         for node in nodes:
             if isinstance(node, ast.Import):
                 for alias in node.names:
@@ -273,6 +275,18 @@ class _Program:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SAVE_METHODS:
                 for argument in node.args[:2]:
                     self.saved.add(ast.dump(argument))
+            if isinstance(node, ast.Call):
+                for keyword in node.keywords:  # where a run writes: TrainingArguments(output_dir=...) and the like
+                    if keyword.arg in _OUTPUT_KEYWORDS:
+                        self.saved.add(ast.dump(keyword.value))
+                        written = self.value(keyword.value)
+                        if isinstance(written, str):
+                            self.saved_values.add(written)
+                if dotted(node.func) in {"os.path.exists", "os.path.isdir", "os.path.isfile"} and node.args:
+                    self.saved.add(ast.dump(node.args[0]))  # a path the program checks on disk before loading it
+        for name, values in self.assignments.items():
+            if len(values) == 1 and name not in self.unresolvable and self.is_local_folder(values[0]):
+                self.temporary.add(name)
 
     def _is_temporary_source(self, value: ast.AST) -> bool:
         qualified = self.qualified(value.func) if isinstance(value, ast.Call) else ""
@@ -401,6 +415,23 @@ class _Program:
             return self.prefix(values[0], depth + 1) if len(values) == 1 else ""
         return ""
 
+    def is_model_object(self, node: ast.AST) -> bool:
+        """A name bound once to what a loader or a model class returned: an object, not an id."""
+        if not isinstance(node, ast.Name) or node.id in self.unresolvable:
+            return False
+        values = self.assignments.get(node.id, [])
+        if len(values) != 1 or not isinstance(values[0], ast.Call):
+            return False
+        called = self.qualified(values[0].func)
+        short = called.rsplit(".", 1)[-1]
+        return (
+            table().match(called) is not None
+            or short in {"get_peft_model", "prepare_model_for_kbit_training", "from_config", "PeftModel"}
+            or bool(
+                re.match(r"^[A-Z]\w*(Model|ForCausalLM|ForConditionalGeneration|LMHeadModel|WithValueHead)$", short)
+            )
+        )
+
     def is_path_expression(self, node: ast.AST) -> bool:
         """A file-system path by construction (`Path(...)`, `base / "x"`, `os.path.join(...)`): never a hub id."""
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
@@ -482,8 +513,12 @@ def _check_import(
         return None  # a relative import: the scanned package's own code
     modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
     for module in modules:
-        if _own(module, judge):
-            continue
+        if (
+            _own(module, judge)
+            or module == "transformers.models.auto"
+            or module.startswith("transformers.models.auto.")
+        ):
+            continue  # the generic Auto* factories: judged by what is loaded with them
         if any(module == m or module.startswith(m + ".") for m in MODEL_IMPLEMENTATION_MODULES):
             add("EXT004", node, f"imports {module}, a foreign model implementation")
             return module
@@ -517,7 +552,8 @@ def _check_class(node: ast.ClassDef, program: _Program, judge: Judge, add: Calla
         for sub in ast.walk(node)
         if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Load) and sub.attr in FOREIGN_MOE_CONFIG_KEYS
     }
-    if len(read) >= 2:
+    has_forward = any(isinstance(item, ast.FunctionDef) and item.name == "forward" for item in node.body)
+    if len(read) >= 2 and has_forward:
         keys = ", ".join(sorted(read))
         add("EXT004", node, f"class {node.name} reads a foreign MoE config ({keys}): a vendored foreign MoE block")
 
@@ -555,6 +591,7 @@ def _check_call(
             continue
         _check_deserialiser(node, name, program, add)
         _check_loader(node, name, program, judge, add, report_at=node)
+        _check_model_keyword(node, name, program, judge, add)
         short = name.rsplit(".", 1)[-1]
         if name.split(".")[0] in MODEL_LIBRARIES and not _own(name, judge):
             if _foreign_class(short, judge) and not any(name.startswith(m) for m in flagged_modules):
@@ -565,6 +602,42 @@ def _check_call(
                 if family or not isinstance(model_type, str):
                     add("EXT004", node, f"{name}({model_type!r}) builds a foreign ({family or 'unknown'}) architecture")
     del keywords
+
+
+_MODEL_KEYWORDS = (
+    "model",
+    "model_id",
+    "model_name",
+    "model_name_or_path",
+    "pretrained_model_name_or_path",
+    "base_model",
+)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def _check_model_keyword(
+    node: ast.Call, name: str, program: _Program, judge: Judge, add: Callable[[str, ast.AST, str], None]
+) -> None:
+    """Any call handed a hub id as its model (`SFTTrainer(model="org/x")`, `TransformersModel(model_id="org/x")`):
+    libraries that take an id load it, whatever the call is named."""
+    if table().match(name) or table().client_call(name):
+        return  # the loader check judged it
+    for item in node.keywords:
+        if item.arg not in _MODEL_KEYWORDS:
+            continue
+        value = program.value(item.value)
+        if not isinstance(value, str) or not _REPO_ID.match(value) or judge.namespace_ok(value):
+            continue
+        if value.split("/", 1)[0].lower() in {"username", "your-username", "user", "org", "your-org"}:
+            continue
+        if re.search(r"\.(py|json|ya?ml|txt|md|csv|jsonl)$", value) or value in program.saved_values:
+            continue
+        add(
+            "EXT001",
+            node,
+            f"{name or 'a call'}() is given {value!r} as its {item.arg}: a model outside the allowed namespaces",
+        )
+        return
 
 
 def _check_deserialiser(node: ast.Call, name: str, program: _Program, add: Callable[[str, ast.AST, str], None]) -> None:
@@ -636,6 +709,10 @@ def _check_loader(
             add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
         return
     value = program.value(argument)
+    if isinstance(value, str) and value in program.saved_values:
+        return  # the folder the same program trains into
+    if program.is_model_object(argument):
+        return  # a model built earlier (from_pretrained, get_peft_model...) passed on, not an id
     if isinstance(value, str):
         if judge.namespace_ok(value) and not value.startswith(("http://", "https://", "hf://")):
             return

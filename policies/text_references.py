@@ -37,6 +37,30 @@ HF_NON_MODEL = {
 WEIGHT_SUFFIXES = ("safetensors", "bin", "pt", "pth", "ckpt", "gguf", "ggml", "onnx", "h5", "pkl", "tflite", "msgpack")
 # Names of hosted API models: they have no weights to download (a call to an API is not a foreign checkpoint).
 API_ONLY = re.compile(r"^(gpt-3\.5|gpt-4|gpt-4o|gpt-5|o1|o3|o4|chatgpt|text-davinci|claude|gemini)([-.\w]*)$", re.I)
+# An API model's name inside another name (`ultrafeedback-gpt-3.5-turbo-helpfulness`): data made with an API.
+API_INSIDE = re.compile(r"(?i)(?<![a-z0-9])(gpt-3\.5|gpt-4o?|gpt-5|chatgpt|text-davinci|claude-\d|gemini-\d)")
+# Organisations of documentation placeholders, not of any model (`huggingface.co/username/my_model`).
+PLACEHOLDER_ORGS = frozenset(
+    {
+        "username",
+        "your-username",
+        "your_username",
+        "user",
+        "org",
+        "your-org",
+        "your_org",
+        "my-org",
+        "myorg",
+        "your-hf-username",
+        "your-name",
+        "yourname",
+        "<org>",
+        "<username>",
+        "example",
+        "someone",
+        "foo",
+    }
+)
 
 _URL = re.compile(
     r"""(?ix)(?P<url>
@@ -99,11 +123,22 @@ _BARE_HOST = re.compile(
 )
 _MODELFILE_FROM = re.compile(r"^\s*FROM\s+(?P<value>\S+)", re.I)
 _AUTO_MAP = re.compile(r"""["']?(?P<cls>Auto\w+)["']?\s*:\s*["'](?P<repo>[\w.-]+/[\w.-]+)--[\w.]+["']""")
-_QUOTED = re.compile(r"""(?P<q>["'`])(?P<value>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?P=q)""")
+_QUOTED = re.compile(r"""(?P<q>["'`])(?P<value>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)\\?(?P=q)""")
+# A path-like keyword before a quoted value (`output_dir="results/distill-qwen"`): a local folder, not a model id.
+_PATH_KEY_BEFORE = re.compile(
+    r"(?i)(output|save|logging|log|cache|run|out|result|tmp|data)[_-]?(dir|path|folder|name)?\s*[=:]\s*$"
+)
+# `--model X` and its spellings, in any text (docstrings and prose included: a command line is a command line).
+_MODEL_FLAG = re.compile(
+    r"(?i)--(?P<key>model|model[-_]id|model[-_]name[-_]or[-_]path|model[-_]name|base[-_]model|pretrained[-_]model"
+    r"[-_]name[-_]or[-_]path|repo[-_]id|hf[-_]repo|tokenizer[-_]name[-_]or[-_]path|tokenizer[-_]name)"
+    r"(?:=|\s+)[\"']?(?P<value>[^\s\"'\\,)]+)"
+)
 _PY_CONSTANT = re.compile(
     r"""^\s*(?P<key>[A-Za-z_]\w*)\s*(?::[^=]+)?=\s*(?P<q>["'])(?P<value>[^"']+)(?P=q)\s*(?:#.*)?$"""
 )
 _YAML_LIST_KEY = re.compile(r"""^\s*(?:-\s*)?["']?(?P<key>[\w.-]+)["']?\s*:\s*(?:#.*)?$""")
+_YAML_SCALAR = re.compile(r"""^\s+["']?(?P<value>[^"'#\s:\-][^"'#\s:]*)["']?\s*(?:#.*)?$""")
 _YAML_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#\s]+)""")
 _K8S_NAME = re.compile(r"""^\s*-?\s*name:\s*["']?(?P<key>[A-Za-z_][\w]*)["']?\s*$""")
 _K8S_VALUE = re.compile(r"""^\s*value:\s*["']?(?P<value>[^"'\s#]+)""")
@@ -170,8 +205,12 @@ def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     if _TEMPLATE.search(value) or value.replace(".", "").replace("e-", "").isdigit():
         return None
     key = normalised_key(key)
-    if API_ONLY.match(value.rsplit("/", 1)[-1]):
+    if API_ONLY.match(value.rsplit("/", 1)[-1]) or API_INSIDE.search(value):
         return None
+    if "/" in value and value.split("/", 1)[0].lower() in PLACEHOLDER_ORGS:
+        return None
+    if re.search(r"/checkpoint-\d+/?$", value):
+        return None  # a training run's own checkpoint folder
     if value.startswith(("http://", "https://", "hf://")):
         return None  # the URL check reports it
     family = judge.family_of(value)
@@ -226,7 +265,7 @@ def foreign_url(url: str, judge: Judge) -> str | None:
         if not segments or segments[0].startswith(("$", "%", "<", "{")):
             return "a model hub's endpoint (URLs of models are assembled from it)"
         if len(segments) >= 2 and segments[0].lower() not in HF_NON_MODEL:
-            if segments[0] in judge.allowed_namespaces:
+            if segments[0] in judge.allowed_namespaces or segments[0].lower() in PLACEHOLDER_ORGS:
                 return None
             return "link to a foreign model repository"
         return None
@@ -266,47 +305,58 @@ COMMAND_KINDS = {"shell", "make", "docker", "powershell", "csh", "fish", "yaml",
 
 def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], judge: Judge) -> list[Hit]:
     """References in one file: `lines` are the candidate lines (number, text) of the one ripgrep pass; `text` is
-    the whole decoded file, read for context that spans lines (front matter, Kubernetes env pairs, HCL blocks)."""
+    the whole decoded file, read for context that spans lines (front matter, Kubernetes env pairs, HCL blocks).
+    One finding per model and line: an id met by several detectors, or inside a URL already reported, counts once."""
     hits: list[Hit] = []
-    seen: set[tuple[str, int, str]] = set()
 
     def add(rule: str, number: int, column: int, message: str, matched: str) -> None:
-        if (rule, number, matched) not in seen:
-            seen.add((rule, number, matched))
-            hits.append(Hit(rule, number, column, message, matched))
+        hits.append(Hit(rule, number, column, message, matched))
 
     name = path.rsplit("/", 1)[-1]
     is_markdown = kind == "markdown"
     prose = _markdown_prose(text) if is_markdown else set()
     for number, line in lines:
+        in_prose = is_markdown and number in prose
         for match in _URL.finditer(line):
             url = match.group("url")
             reason = foreign_url(url, judge)
-            if reason and not (is_markdown and number in prose and reason.startswith("a model hub's endpoint")):
+            if reason and not (in_prose and reason.startswith("a model hub's endpoint")):
                 add("EXT002", number, match.start("url") + 1, f"{reason}: {url}", url)
         for match in _BARE_HOST.finditer(line):
-            if not (is_markdown and number in prose):
+            if not in_prose:
                 message = f"a model hub's endpoint (URLs of models are assembled from it): {match.group('host')}"
                 add("EXT002", number, match.start("host") + 1, message, match.group("host"))
         for match in _REMOTE_COPY.finditer(line):
             message = f"`{match.group('cmd')}` copies a weights file from remote storage: {match.group('arg')}"
             add("EXT002", number, match.start("arg") + 1, message, match.group("arg"))
-        if kind in COMMAND_KINDS or kind in {"python"}:
-            for match in _FETCH.finditer(line):
-                for token in match.group("args").split():
-                    token = token.strip("\"'`")
-                    if token.startswith("-") or not token:
-                        continue
-                    reason = foreign_value("model", token, judge)
-                    if reason:
-                        add("EXT003", number, match.start() + 1, f"`{match.group('cmd')}` fetches: {reason}", token)
-                    break
-        if kind == "python" or kind == "notebook" or (is_markdown and number in prose):
+        for match in _FETCH.finditer(line):
+            args = match.group("args")
+            if re.search(r"--repo[-_]type[= ]+[\"']?(dataset|space)", args):
+                continue  # a dataset or a Space, not a model
+            for token in args.split():
+                token = token.strip("\"'`\\")
+                if token.startswith("-") or not token:
+                    continue
+                reason = foreign_value("model", token, judge)
+                if reason:
+                    add("EXT003", number, match.start() + 1, f"`{match.group('cmd')}` fetches: {reason}", token)
+                break
+        for match in _MODEL_FLAG.finditer(line):
+            reason = foreign_value(match.group("key"), match.group("value"), judge)
+            if reason:
+                add(
+                    "EXT003",
+                    number,
+                    match.start("value") + 1,
+                    f"--{match.group('key')}: {reason}",
+                    match.group("value"),
+                )
+        if kind in {"python", "notebook"} or in_prose:
             constant = _PY_CONSTANT.match(line) if kind == "python" else None
             if constant and model_key(constant.group("key")):
                 reason = foreign_value(constant.group("key"), constant.group("value"), judge)
                 if reason:
-                    add("EXT003", number, constant.start("value") + 1, reason, constant.group(0).strip())
+                    add("EXT003", number, constant.start("value") + 1, reason, constant.group("value"))
             _quoted_ids(number, line, judge, add)
             continue
         for match in _PAIR.finditer(line):
@@ -320,33 +370,66 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
             for item in values:
                 reason = foreign_value(key, item, judge)
                 if reason:
-                    add("EXT003", number, match.start("value") + 1, reason, f"{key}={item}")
+                    add("EXT003", number, match.start("value") + 1, reason, item.strip("\"'"))
         if name.lower().startswith("modelfile") or name.lower().endswith(".modelfile"):
             found = _MODELFILE_FROM.match(line)
             if found:
                 reason = foreign_value("model", found.group("value"), judge)
                 if reason:
-                    add("EXT003", number, found.start("value") + 1, f"Modelfile FROM: {reason}", found.group(0))
+                    add("EXT003", number, found.start("value") + 1, f"Modelfile FROM: {reason}", found.group("value"))
         for found in _AUTO_MAP.finditer(line):
             repo = found.group("repo")
             if repo.split("/", 1)[0] not in judge.allowed_namespaces:
                 message = f"auto_map loads {found.group('cls')} as remote code from {repo!r}, another repository"
-                add("EXT003", number, found.start() + 1, message, found.group(0))
+                add("EXT003", number, found.start() + 1, message, repo)
         _quoted_ids(number, line, judge, add)
     if kind in {"yaml", "hcl", "text", "json"}:
         _pairs_over_lines(text, kind, judge, add)
-    return hits
+    return _one_per_reference(hits)
+
+
+def _one_per_reference(hits: list[Hit]) -> list[Hit]:
+    """Keep one finding per line and model: the URL when a line has one (a bare endpoint or an id it contains adds
+    nothing), else the first detector's finding of each id."""
+    urls: dict[int, list[str]] = {}
+    for hit in hits:
+        if hit.rule_id == "EXT002" and "/" in hit.matched.split("://", 1)[-1]:
+            urls.setdefault(hit.line, []).append(hit.matched.lower())
+    kept: list[Hit] = []
+    seen: set[tuple[str, int, str]] = set()
+    for hit in hits:
+        on_line = urls.get(hit.line, [])
+        value = hit.matched.strip("\"'`").lower()
+        if hit.rule_id == "EXT002" and on_line and "/" not in hit.matched.split("://", 1)[-1].strip("/"):
+            continue  # a bare endpoint beside a full URL on the same line
+        if hit.rule_id == "EXT003" and any(value in url for url in on_line):
+            continue
+        key = (hit.rule_id, hit.line, value)
+        if key not in seen:
+            seen.add(key)
+            kept.append(hit)
+    return kept
 
 
 def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
-    """Quoted repo ids that name a foreign model family: a reference wherever they sit."""
+    """Quoted repo ids that name a foreign model family: a reference wherever they sit. The family must stand as a
+    model name (`phi-2`, `Qwen2ForCausalLM`, `Llama-3.1-8B`), not inside another word (`vespo/phi_seq_mean`); output
+    folders, checkpoints of a run, placeholders and data made with an API model are not model ids."""
     for match in _QUOTED.finditer(line):
         value = match.group("value")
+        org, name = (part.lower() for part in value.split("/", 1))
         if _FILE_SUFFIX.search(value) or value.split("/", 1)[0] in judge.allowed_namespaces:
             continue
-        if judge.is_local_dir(value.split("/", 1)[0]) or API_ONLY.match(value.rsplit("/", 1)[-1]):
+        if org in PLACEHOLDER_ORGS or API_INSIDE.search(value) or judge.is_local_dir(value.split("/", 1)[0]):
             continue
-        family = judge.family_of(value.split("/", 1)[1]) or judge.family_of(value.split("/", 1)[0])
+        if _PATH_KEY_BEFORE.search(line[: match.start()]) or re.search(r"/checkpoint-\d+$", value):
+            continue
+        family = None
+        for part in (name, org):
+            found = judge.family_of(part)
+            if found and re.search(rf"(?<![a-z0-9]){re.escape(found)}(?=$|[-.\d]|for)", part):
+                family = found
+                break
         if family:
             add("EXT003", number, match.start("value") + 1, f"names {value!r}, a {family} model (foreign)", value)
 
@@ -360,10 +443,15 @@ def _pairs_over_lines(text: str, kind: str, judge: Judge, add: Callable[[str, in
     for index, line in enumerate(lines):
         listed = _YAML_LIST_KEY.match(line) if kind == "yaml" else None
         if listed and model_key(listed.group("key")):  # `base_model:` then `- item` lines
+            indent = len(line) - len(line.lstrip())
             for offset, following in enumerate(lines[index + 1 : index + 50], start=index + 2):
                 item = _YAML_ITEM.match(following)
-                if not item:
-                    break
+                if not item:  # a plain scalar continued on the next, deeper line: `model_name_or_path:\n  org/x`
+                    scalar = _YAML_SCALAR.match(following)
+                    if scalar and offset == index + 2 and len(following) - len(following.lstrip()) > indent:
+                        item = scalar
+                    else:
+                        break
                 reason = foreign_value(listed.group("key"), item.group("value"), judge)
                 if reason:
                     add(

@@ -123,7 +123,8 @@ def test_near_misses_of_identifiers_are_not_found(scan: Scan, path: str, content
         # a foreign MoE block vendored under another name: it reads the foreign config's MoE keys
         "from torch import nn\n\nclass RouterBlock(nn.Module):\n    def __init__(self, config):\n"
         "        super().__init__()\n        self.top_k = config.num_experts_per_tok\n"
-        "        self.n = config.num_local_experts\n        self.jitter = config.router_jitter_noise\n",
+        "        self.n = config.num_local_experts\n        self.jitter = config.router_jitter_noise\n\n"
+        "    def forward(self, x):\n        return x\n",
     ],
 )
 def test_foreign_architectures_are_found(scan: Scan, source: str) -> None:

@@ -237,3 +237,40 @@ def test_compiled_python_in_the_tree_is_not_a_pass(scan: Scan, path: str) -> Non
     data = importlib.util.MAGIC_NUMBER + b"\0" * 12 + marshal.dumps(code)
     result = scan({path: data, "src/ok.py": "x = 1\n"})
     assert [(f.rule_id, f.path) for f in result.findings] == [("COV001", path)]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # a model object passed on, not an id
+        "from peft import get_peft_model\nfrom trl import ValueHead\n"
+        "model = get_peft_model(base, config)\nwrapped = ValueHead.from_pretrained(model)\n",
+        # a folder joined onto the test's temporary folder
+        "import os\nfrom transformers import AutoModel\n\nclass T:\n    def test(self):\n"
+        "        path = os.path.join(self.tmp_dir, 'bema')\n        return AutoModel.from_pretrained(path)\n",
+        # the folder the same program trains into
+        "from peft import PeftModel\nfrom trl import SFTConfig\noutput_dir = 'Qwen-sft-run'\n"
+        "args = SFTConfig(output_dir=output_dir)\nmodel = PeftModel.from_pretrained(base, output_dir)\n",
+        # a path checked on disk first
+        "import os\nfrom transformers import AutoModel\n\ndef load(p):\n    if os.path.exists(p):\n"
+        "        return AutoModel.from_pretrained(p)\n",
+        # the generic Auto* factory module is not a model implementation
+        "from transformers.models.auto.auto_factory import _BaseAutoModelClass\n",
+        # reading a config's MoE numbers to count FLOPs is not a vendored block (no forward)
+        "class TestFlops:\n    def test(self, config):\n"
+        "        assert config.num_experts_per_tok * config.moe_intermediate_size > 0\n",
+    ],
+)
+def test_model_objects_run_folders_and_generic_factories_are_not_found(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/mod.py": source}), "EXT00") == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from trl import GRPOTrainer\ntrainer = GRPOTrainer(model='Qwen/Qwen3-1.7B', reward_funcs=reward)\n",
+        "from smolagents import TransformersModel\nm = TransformersModel(model_id='someone-else/agent-1.7b')\n",
+    ],
+)
+def test_a_hub_id_handed_to_any_call_as_its_model_is_found(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/agent.py": source}), "EXT001") == ["EXT001"]

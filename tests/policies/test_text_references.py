@@ -88,9 +88,10 @@ def test_near_misses_of_references_are_not_found(scan: Scan, path: str, content:
 
 
 def test_hub_urls_are_normalised_and_told_apart() -> None:
-    assert text_references.foreign_url("HTTPS://HF.CO/Org/Model", JUDGE)
-    assert text_references.foreign_url("huggingface.co/org/model/resolve/main/x.bin", JUDGE)
-    assert text_references.foreign_url("git@hf.co:org/model", JUDGE)
+    assert text_references.foreign_url("HTTPS://HF.CO/SomeLab/Model", JUDGE)
+    assert text_references.foreign_url("huggingface.co/somelab/model/resolve/main/x.bin", JUDGE)
+    assert text_references.foreign_url("git@hf.co:somelab/model", JUDGE)
+    assert text_references.foreign_url("https://huggingface.co/username/my_model", JUDGE) is None
     assert text_references.foreign_url("https://huggingface.co/oracle-ai/oracle850b-moe", JUDGE) is None
     assert text_references.foreign_url("https://huggingface.co/spaces/org/app", JUDGE) is None
     assert text_references.foreign_url("https://example.org/firmware.bin", JUDGE) is None
@@ -108,3 +109,46 @@ def test_values_under_model_keys_are_judged_by_shape_and_family() -> None:
     assert judge("model", "${MODEL}", JUDGE) is None
     assert judge("model", "claude-3-5-sonnet", JUDGE) is None
     assert judge("model", "resnet_block", JUDGE) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        (
+            "examples/run.ipynb",
+            '{"cells": [{"cell_type": "code", "source": ["model_name = \\"Qwen/Qwen3-1.7B\\"\\n"]}]}\n',
+        ),
+        ("trl/scripts/sft.py", '"""\nUsage:\n    python sft.py --model_name_or_path trl-lib/qwen1.5-1.8b-sft\n"""\n'),
+        ("docs/serve.md", "Start it with `trl vllm-serve --model Qwen/Qwen2.5-7B` and wait.\n"),
+        ("configs/cli.yaml", "model_name_or_path:\n  Qwen/Qwen2.5-0.5B\nlearning_rate: 1.0e-5\n"),
+    ],
+)
+def test_ids_in_notebook_json_docstrings_inline_commands_and_continued_yaml_are_found(
+    scan: Scan, path: str, content: str
+) -> None:
+    assert ids(scan({path: content}), "EXT003") == ["EXT003"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("src/metrics.py", 'self._metrics[mode]["vespo/phi_seq_mean"].append(value)\n'),
+        ("docs/distill.md", 'args = Config(output_dir="results/distill-qwen-gsm8k")\n'),
+        ("examples/data.py", 'REPO = "trl-lib/ultrafeedback-gpt-3.5-turbo-helpfulness"\n'),
+        ("docs/env.md", "```sh\nhf download openenv/echo_env --repo-type=space\n```\n"),
+        ("tests/test_card.py", 'assert card.url == "https://huggingface.co/username/my_base_model"\n'),
+        ("docs/resume.md", 'trainer.train(resume_from_checkpoint="Qwen3-0.6B-Instruct/checkpoint-5000")\n'),
+    ],
+)
+def test_metric_keys_output_folders_api_data_spaces_and_placeholders_are_not_models(
+    scan: Scan, path: str, content: str
+) -> None:
+    assert ids(scan({path: content}), "EXT00") == []
+
+
+def test_one_model_on_one_line_is_one_finding(scan: Scan) -> None:
+    readme = (
+        'trainer = SFTTrainer(model="Qwen/Qwen2.5-0.5B", args=args)\nsee https://huggingface.co/Qwen/Qwen2.5-0.5B\n'
+    )
+    result = scan({"README.md": "```python\n" + readme + "```\n"})
+    assert [(f.rule_id, f.line) for f in result.findings] == [("EXT003", 2), ("EXT002", 3)]
