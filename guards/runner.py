@@ -71,6 +71,7 @@ def select_files(
     tracked: set[str] | None = None
     limit = settings.scan.max_file_bytes
     root_str = str(root)
+    listed = set(candidates)
     for relative in candidates:
         if excluded is not None and excluded.match(relative):
             continue
@@ -92,8 +93,13 @@ def select_files(
         if stat.S_ISLNK(info.st_mode):
             link = os.readlink(location)
             target = Path(location).resolve()
-            if target.is_relative_to(root):
+            inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
+            if inside is not None and not inside.startswith(".git/") and (inside in listed or target.is_dir()):
                 skipped[relative] = "symlink (its target is scanned as itself)"
+            elif inside is not None:  # into .git (git-annex objects) or to a file nothing selects: never read
+                annex = "/annex/objects/" in f"/{inside}"
+                what = "a git-annex object (content kept outside git: a weights reference)" if annex else "not scanned"
+                skipped[relative] = f"symlink to {inside}, {what}"
             elif _HUB_CACHES.search(link) or _HUB_CACHES.search(str(target)):
                 skipped[relative] = f"symlink into a model hub cache (to {link}): a weights reference"
             else:
@@ -224,7 +230,8 @@ def run_gate(
             early = None  # reported below, when the pass is made again
     sizes: dict[str, int] = {}
     selected, skipped = select_files(root, gate, files, settings, sizes)
-    if not files and gate is not Gate.commit and not selected and not skipped:
+    if not files and gate is not Gate.commit and not selected and not skipped and not _tree_files(root):
+        # a tree with no file at all (settings that exclude every file are judged by the floor: TRU001)
         raise RootError(f"{root} holds no file to check; pass the checkout to check (--root DIR)")
     ctx = ScanContext(
         root=root,

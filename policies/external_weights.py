@@ -13,6 +13,7 @@ cells of Jupyter notebooks; key/value structure for configs), so words such as `
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import re
@@ -100,16 +101,17 @@ RULES = (FOREIGN_LOADER, HUB_URL, FOREIGN_IDENTIFIER, FOREIGN_ARCHITECTURE, WEIG
 # --- what counts as foreign -------------------------------------------------------------------------------------
 FOREIGN_FAMILIES = (
     "llama", "codellama", "mistral", "mixtral", "gpt", "gptj", "gpt-j", "gpt-neo", "gpt-neox", "falcon", "bloom", "opt",
-    "phi", "gemma", "qwen", "baichuan", "deepseek", "bert", "roberta", "deberta", "t5", "flan", "bart", "whisper",
-    "clip", "stablelm", "starcoder", "vicuna", "alpaca", "dbrx", "olmo", "pythia", "mpt", "jamba", "grok", "internlm",
-    "chatglm", "yi", "command-r", "granite", "smollm", "nemotron", "exaone", "minicpm",
+    "phi", "gemma", "qwen", "baichuan", "deepseek", "bert", "roberta", "deberta", "t5", "bart", "whisper",
+    "clip", "stablelm", "starcoder", "vicuna", "dbrx", "olmo", "pythia", "mpt", "jamba", "grok", "internlm",
+    "chatglm", "yi", "command-r", "granite", "smollm", "nemotron", "exaone", "minicpm", "tinyllama", "llava",
+    "zephyr", "openchat", "codegen", "santacoder", "openelm", "internvl", "idefics", "moondream", "rwkv",
 )  # fmt: skip
 # Candidate lines for the Python checks: the loader table's names and libraries, foreign modules, deserialisers
 # (the AST confirms them). Generic names (`load(`, `pipeline(`) matter only in files that name their library, which
 # these words already select.
 _DESERIALISER_WORDS = (
     r"pickle|torch\.load|serialization\.load|from torch import|import torch as|getattr\(\s*torch\b|joblib|\bdill\b"
-    r"|read_pickle|allow_pickle|Unpickler|Copied from transformers"
+    r"|read_pickle|allow_pickle|Unpickler|Copied from transformers|\bshelve\b|\b(?:np|numpy)\.load\([^)]*,[^)]*,"
     r"|\b(?:model|model_id|model_name|model_name_or_path|pretrained_model_name_or_path|base_model)\s*=\s*[rbf]?[\"'][\w.-]+/"
 )
 _CODE_WORDS = "|".join(rf"\b{re.escape(word)}\b" for word in python_loads.table().words()) + "|" + _DESERIALISER_WORDS
@@ -137,14 +139,31 @@ def _family_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(rf"(?<![a-z0-9])({families})(?:[-_.]?\d[\d.]*)?(?![a-z])")
 
 
+# Folders runs write to: `outputs/final` is a path, not the model "final" of a Hub organisation called "outputs".
+LOCAL_ROOTS = frozenset(
+    {"runs", "outputs", "output", "checkpoints", "ckpt", "ckpts", "results", "artifacts", "experiments", "exp",
+     "logs", "saved", "save", "work_dirs", "tmp", "out", "trained", "finetuned"}
+)  # fmt: skip
+
+
+_PATH_SUFFIX = re.compile(
+    r"\.(pt|pth|bin|safetensors|ckpt|gguf|onnx|h5|pkl|npz|npy|json|ya?ml|toml|txt|model|msgpack|tar|gz|zip)$", re.I
+)
+
+
 def _namespace_ok(value: str, ctx: ScanContext) -> bool:
-    """A local path or a repo id whose org is one of ours."""
+    """A local path or a repo id whose org is one of ours. A repo id is exactly `org/name`: a value of three or more
+    segments, or with a file suffix, is a path (foreign only when it names a foreign model: `checkpoints/meta-llama/
+    Llama-2-7b` is a local copy of one)."""
     value = value.strip()
     if value.startswith(("/", "./", "../", "~")):
         return True
     first = value.split("/", 1)[0]
     if "/" in value and first and (ctx.root / first).is_dir():  # "checkpoints/step-1000": a folder of this tree
         return True
+    foreign_family = family_of(value, tuple(ctx.settings.external_weights.extra_forbidden_names)) is not None
+    if "/" in value and (first in LOCAL_ROOTS or value.count("/") >= 2 or _PATH_SUFFIX.search(value)):
+        return not foreign_family
     org = value.split("/", 1)[0] if "/" in value else ""
     return org in ctx.settings.external_weights.allowed_namespaces
 
@@ -175,15 +194,25 @@ def check(ctx: ScanContext) -> PolicyResult:
             continue
         lines = candidates[path]
         kind = ctx.kind(path)  # by name, extension and shebang: an extensionless script is Python too
+        spans: set[int] = set()
         if (kind == "python" and _needs_parse(lines, code_words, ctx)) or (
             kind == "notebook" and any(code_words.search(line.text) for line in lines)
         ):
-            _check_python(ctx, path, result)
+            spans = _check_python(ctx, path, result)
+        elif kind == "markdown" and any(code_words.search(line.text) for line in lines):
+            _check_markdown_code(ctx, path, result)
+        elif path.endswith(_CYTHON) and any(code_words.search(line.text) for line in lines):
+            ctx.not_analysed(path, "Cython source: read as text only (loaders it names are reported)")
+            for fallback in python_loads.text_fallback([(line.number, line.text) for line in lines]):
+                rule = _RULES_BY_ID[fallback.rule_id]
+                result.findings.append(
+                    rule.finding(path, fallback.line, fallback.column, fallback.message, fallback.message)
+                )
         if kind == "binary":
             continue
         numbered = [(line.number, line.text) for line in lines]
         # a line the code layer already reported (a loader called with this id) is not reported again as a name
-        loaded = {f.line for f in result.findings if f.path == path and f.rule_id in {"EXT001", "EXT004"}}
+        loaded = spans | {f.line for f in result.findings if f.path == path and f.rule_id in {"EXT001", "EXT004"}}
         for hit in text_references.check_text(path, kind, ctx.text(path) or "", numbered, judge):
             if hit.rule_id == "EXT003" and hit.line in loaded:
                 continue
@@ -231,20 +260,14 @@ def _needs_parse(lines: list[Line], code_words: re.Pattern[str], ctx: ScanContex
     return False
 
 
-def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> set[int]:
     """A Python file or a notebook's code cells (findings in a notebook name the cell and its line); what does not
-    parse is read by the text fallback (fail closed)."""
+    parse is read by the text fallback (fail closed). Returns the lines the loader and architecture findings span."""
     program = ctx.python_program(path)
     if program is None:
-        return  # binary, unreadable or not a notebook: the reading layer recorded it as not analysed
+        return set()  # binary, unreadable or not a notebook: the reading layer recorded it as not analysed
     source, cells = program.source, program.cells
-    judge = python_loads.Judge(
-        namespace_ok=lambda value: _namespace_ok(value, ctx),
-        family_of=lambda value: family_of(value, tuple(ctx.settings.external_weights.extra_forbidden_names)),
-        load_config=lambda relative: _load_config(ctx, relative),
-        own_packages=_own_packages(ctx),
-        extra_loaders=frozenset(ctx.settings.external_weights.extra_loader_calls),
-    )
+    judge = _judge(ctx, path)
     hits: list[python_loads.Hit] = []
     if program.tree is not None:
         hits = python_loads.analyse(program.tree, judge)
@@ -255,8 +278,9 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
         numbered = [(first + offset, text) for offset, text in enumerate(chunk.split("\n"))]
         hits += python_loads.text_fallback(numbered)
     if not hits:
-        return
+        return set()
     source_lines = source.split("\n")
+    spans = {n for hit in hits if hit.rule_id in {"EXT001", "EXT004"} for n in range(hit.line, hit.end_line + 1)}
     for hit in hits:
         matched = _segment(source_lines, hit)
         line, message = hit.line, hit.message
@@ -265,6 +289,50 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> None:
             message, line = f"cell {cell}, line {cell_line}: {message}", 0
         rule = _RULES_BY_ID[hit.rule_id]
         result.findings.append(rule.finding(path, line, hit.column, message, matched or message))
+    return set() if cells else spans
+
+
+_CYTHON = (".pyx", ".pxd", ".pxi")
+# A fenced code block of Python in Markdown, MyST, Quarto or R Markdown: ```python, ```{python}, ```{code-cell} ipython3
+_PYTHON_FENCE = re.compile(r"^\s*(```|~~~)\s*\{?\s*(python3?|py|ipython3?|code-cell\s+(python3?|ipython3?))\b", re.I)
+
+
+def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+    """Python code blocks of a document, analysed as code (line numbers kept). Examples in documentation load
+    nothing by themselves: what they name is judged, an id they leave unresolved is not a finding."""
+    text = ctx.text(path) or ""
+    program: list[str] = []
+    inside = False
+    for line in text.split("\n"):
+        if not inside and _PYTHON_FENCE.match(line):
+            inside = True
+            program.append("")
+        elif inside and line.strip().startswith(("```", "~~~")):
+            inside = False
+            program.append("")
+        else:
+            program.append(line if inside and not line.lstrip().startswith(("%", "!", ">>>")) else "")
+    source = "\n".join(program)
+    if not source.strip():
+        return
+    tree = ctx_parse(source)
+    if tree is None:
+        return  # an example that does not parse is prose to the reader; the reference layer still reads it
+    judge = _judge(ctx)
+    judge.fail_closed = False
+    source_lines = source.split("\n")
+    for hit in python_loads.analyse(tree, judge):
+        if hit.rule_id == "EXT004":
+            continue  # an example importing a class explains, it does not implement
+        rule = _RULES_BY_ID[hit.rule_id]
+        result.findings.append(rule.finding(path, hit.line, hit.column, hit.message, _segment(source_lines, hit)))
+
+
+def ctx_parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
 
 
 def _segment(source_lines: list[str], hit: python_loads.Hit) -> str:
@@ -278,6 +346,17 @@ def _segment(source_lines: list[str], hit: python_loads.Hit) -> str:
     parts = [source_lines[hit.line - 1][hit.column - 1 :], *source_lines[hit.line : last - 1]]
     parts.append(source_lines[last - 1][: hit.end_column])
     return "\n".join(parts)
+
+
+def _judge(ctx: ScanContext, path: str = "") -> python_loads.Judge:
+    return python_loads.Judge(
+        package=".".join(path.split("/")[:-1]),
+        namespace_ok=lambda value: _namespace_ok(value, ctx),
+        family_of=lambda value: family_of(value, tuple(ctx.settings.external_weights.extra_forbidden_names)),
+        load_config=lambda relative: _load_config(ctx, relative),
+        own_packages=_own_packages(ctx),
+        extra_loaders=frozenset(ctx.settings.external_weights.extra_loader_calls),
+    )
 
 
 def _load_config(ctx: ScanContext, relative: str) -> object | None:

@@ -75,6 +75,7 @@ class Loader:
     flag_default: bool = False
     dataset_kw: str = ""
     library: str = ""
+    unless: tuple[str, object] | None = None  # a keyword and the value with which the call loads nothing
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Deserialiser:
     safe_kw: str = ""
     safe_value: object = None
     safe_by_default: bool = False
+    safe_position: int = -1  # the safe keyword's position when given positionally
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def table() -> LoaderTable:
         data = tomllib.loads(TABLE_FILE.read_text(encoding="utf-8"))
         loaders = tuple(
             Loader(
-                call=entry["call"],
+                call=call,
                 mode=entry["mode"],
                 keyword=entry["model"][0],
                 position=int(entry["model"][1]),
@@ -160,9 +162,11 @@ def table() -> LoaderTable:
                 also_flag=entry.get("also_flag", ""),
                 flag_default=bool(entry.get("flag_default", False)),
                 dataset_kw=entry.get("dataset_kw", ""),
+                unless=tuple(entry["unless"]) if "unless" in entry else None,
                 library=entry.get("library", ""),
             )
             for entry in data["loader"]
+            for call in ([entry["call"]] if isinstance(entry["call"], str) else entry["call"])
         )
         clients = {
             entry["class"]: (
@@ -179,6 +183,7 @@ def table() -> LoaderTable:
                 safe_kw=entry.get("safe_kw", ["", None])[0],
                 safe_value=entry.get("safe_kw", ["", None])[1],
                 safe_by_default=bool(entry.get("safe_by_default", False)),
+                safe_position=int(entry.get("safe_position", -1)),
             )
             for entry in data.get("deserialiser", [])
         )
@@ -209,6 +214,8 @@ class Judge:
     load_config: Callable[[str], object | None] = lambda path: None  # a JSON/YAML file of the tree, parsed
     own_packages: frozenset[str] = frozenset()  # top-level packages of the scanned repository
     extra_loaders: frozenset[str] = frozenset()  # settings: more functions that fetch weights
+    fail_closed: bool = True  # False for code examples in documentation: an unresolved id there loads nothing
+    package: str = ""  # the dotted package of the file (`whisper` for whisper/transcribe.py): relative imports
     hits: list[Hit] = field(default_factory=list)
 
 
@@ -231,12 +238,14 @@ class _Program:
     def __init__(self, nodes: list[ast.AST], judge: Judge) -> None:
         self.judge = judge
         self.imports: dict[str, str] = {}
+        self.star_modules: list[str] = []  # `from fastai.vision.all import *`: where a bare name may come from
         self.assignments: dict[str, list[ast.AST]] = {}
         self.unresolvable: set[str] = set()
         self.temporary: set[str] = set(_TEMPORARY_PARAMETERS)
         self.saved: set[str] = set()  # ast.dump of expressions passed to save_pretrained & co
         self.dumped: set[str] = set()  # names bound to pickle.dumps(...) & co (in-memory bytes)
         self.saved_values: set[str] = set()  # resolved strings a run writes to (output_dir=...)
+        self.in_memory: set[str] = set()  # names bound to an empty io.BytesIO() (written, then read back)
         for node in nodes:
             if isinstance(node, ast.Import):
                 for alias in node.names:
@@ -244,6 +253,12 @@ class _Program:
                     self.imports[local] = alias.name if alias.asname else alias.name.split(".")[0]
             elif isinstance(node, ast.ImportFrom):
                 module = node.module or ""
+                if node.level and judge.package:  # `from . import load_model` inside the package `whisper`
+                    parts = judge.package.split(".")
+                    base = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                    module = ".".join([*base, *([module] if module else [])])
+                if any(alias.name == "*" for alias in node.names) and module:
+                    self.star_modules.append(module)
                 for alias in node.names:
                     self.imports[alias.asname or alias.name] = f"{module}.{alias.name}" if module else alias.name
             elif isinstance(node, ast.Assign):
@@ -271,6 +286,8 @@ class _Program:
                 self.temporary.add(name)
             if any(isinstance(v, ast.Call) and dotted(v.func).endswith("dumps") for v in values):
                 self.dumped.add(name)
+            if len(values) == 1 and _in_memory_buffer(values[0]):
+                self.in_memory.add(name)
         for node in nodes:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SAVE_METHODS:
                 for argument in node.args[:2]:
@@ -299,6 +316,16 @@ class _Program:
         """The dotted name a callable expression stands for, through imports, aliases and constant getattr."""
         if depth > 6:
             return ""
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Call)
+            and dotted(node.func.func).rsplit(".", 1)[-1] == "attrgetter"
+            and node.func.args
+            and node.args
+        ):  # operator.attrgetter("from_pretrained")(AutoModel): the attribute of the object it is applied to
+            name = self.value(node.func.args[0])
+            base = self.qualified(node.args[0], depth + 1)
+            return f"{base}.{name}" if isinstance(name, str) and base else ""
         if isinstance(node, ast.Call) and dotted(node.func) == "getattr" and len(node.args) >= 2:
             name = self.value(node.args[1])
             base = self.qualified(node.args[0], depth + 1)
@@ -581,6 +608,7 @@ def _check_call(
             shifted = ast.Call(func=node.args[0], args=node.args[1:], keywords=node.keywords)
             ast.copy_location(shifted, node)
             _check_loader(shifted, inner, program, judge, add, report_at=node)
+            _check_deserialiser(shifted, inner, program, add)
             continue
         if name in {"operator.methodcaller", "methodcaller"} and node.args:
             method = program.value(node.args[0])  # methodcaller("from_pretrained", "org/x"): a method with arguments
@@ -604,14 +632,8 @@ def _check_call(
     del keywords
 
 
-_MODEL_KEYWORDS = (
-    "model",
-    "model_id",
-    "model_name",
-    "model_name_or_path",
-    "pretrained_model_name_or_path",
-    "base_model",
-)
+# Keywords through which libraries take the model they load (`base_model=` and `model_name=` also label metadata).
+_MODEL_KEYWORDS = ("model", "model_id", "model_name_or_path", "pretrained_model_name_or_path")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -640,12 +662,42 @@ def _check_model_keyword(
         return
 
 
+def _safe_through_star_kwargs(node: ast.Call, entry: Deserialiser, program: _Program) -> bool:
+    """`torch.load(f, **kwargs)` with `kwargs = {"weights_only": True} if new_torch else {}`: every dict that sets
+    the keyword sets the safe value (the other branch is for a library too old to have the keyword)."""
+    for item in node.keywords:
+        if item.arg is not None or not isinstance(item.value, ast.Name):
+            continue
+        values = program.assignments.get(item.value.id, [])
+        if len(values) != 1:
+            continue
+        branches = [values[0].body, values[0].orelse] if isinstance(values[0], ast.IfExp) else [values[0]]
+        if not all(isinstance(branch, ast.Dict) for branch in branches):
+            continue
+        setting = [program.value(branch) for branch in branches]
+        with_key = [d for d in setting if isinstance(d, dict) and entry.safe_kw in d]
+        if with_key and all(d[entry.safe_kw] == entry.safe_value for d in with_key):
+            return True
+    return False
+
+
+def _in_memory_buffer(value: ast.AST) -> bool:
+    """`io.BytesIO()` with nothing, or with pickled bytes of this program, in it: a round trip in memory."""
+    if not (isinstance(value, ast.Call) and dotted(value.func).rsplit(".", 1)[-1] == "BytesIO"):
+        return False
+    return not value.args or (isinstance(value.args[0], ast.Call) and dotted(value.args[0].func).endswith("dumps"))
+
+
 def _check_deserialiser(node: ast.Call, name: str, program: _Program, add: Callable[[str, ast.AST, str], None]) -> None:
     entry = table().deserialiser(name)
     if entry is None:
         return
+    if entry.safe_kw and _safe_through_star_kwargs(node, entry, program):
+        return
     if entry.safe_kw:
         given = _keyword(node, entry.safe_kw)
+        if given is None and 0 <= entry.safe_position < len(node.args):
+            given = node.args[entry.safe_position]
         if given is None and entry.safe_by_default:
             return
         if given is not None and program.value(given) == entry.safe_value and isinstance(given, ast.Constant):
@@ -654,7 +706,7 @@ def _check_deserialiser(node: ast.Call, name: str, program: _Program, add: Calla
         first = node.args[0]
         if isinstance(first, ast.Call) and dotted(first.func).endswith("dumps"):
             return
-        if isinstance(first, ast.Name) and first.id in program.dumped:
+        if isinstance(first, ast.Name) and (first.id in program.dumped or first.id in program.in_memory):
             return
     what = f"{name}() without {entry.safe_kw}={entry.safe_value!r}" if entry.safe_kw else f"{name}()"
     add("EXT006", node, f"{what} deserialises with pickle, which runs code from the file")
@@ -669,12 +721,20 @@ def _check_loader(
     report_at: ast.AST,
 ) -> None:
     loader = table().match(name) or table().client_call(name)
+    if loader is None and "." not in name:  # a bare name may come from a star import
+        for module in program.star_modules:
+            loader = table().match(f"{module}.{name}")
+            if loader is not None:
+                name = f"{module}.{name}"
+                break
     if loader is None and name.rsplit(".", 1)[-1] in judge.extra_loaders:
         loader = Loader(call=name, mode="id", keyword="repo_id", position=0, library="settings")
     if loader is None or loader.mode == "dataset":
         return
     if loader.dataset_kw and program.value(_keyword(node, loader.dataset_kw)) == "dataset":
         return
+    if loader.unless is not None and program.value(_keyword(node, loader.unless[0])) == loader.unless[1]:
+        return  # e.g. litgpt's LLM.load(..., init="random"): the architecture only, no weights
     if loader.call == "hub.load" and program.value(_keyword(node, "source")) == "local":
         return
     if loader.mode == "always":
@@ -705,7 +765,7 @@ def _check_loader(
     if argument is None:
         if loader.call == "pipeline" and not _has_star_kwargs(node):
             add("EXT001", report_at, f"{name}() without model= downloads the library's default (foreign) model")
-        elif _has_star_kwargs(node):
+        elif _has_star_kwargs(node) and judge.fail_closed:
             add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
         return
     value = program.value(argument)
@@ -720,6 +780,8 @@ def _check_loader(
         return
     if program.is_local_folder(argument):
         return
+    if program.value(_keyword(node, "local_files_only")) is True:
+        return  # an unresolved folder that may not be fetched: a local load (a resolved foreign id is still reported)
     prefix = program.prefix(argument)
     if prefix and ("/" in prefix or prefix.startswith(".")) and judge.namespace_ok(prefix):
         return
@@ -727,7 +789,8 @@ def _check_loader(
     # a local folder; `Path(args.model)` has no constant start and stays a finding
     if prefix.strip("/") and program.is_path_expression(argument) and judge.family_of(prefix) is None:
         return
-    add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
+    if judge.fail_closed:  # documentation examples: only what they name is judged
+        add("EXT001", report_at, f"{name}() loads a model whose id cannot be resolved statically (fail closed)")
 
 
 # --- text fallback for code that does not parse ----------------------------------------------------------------

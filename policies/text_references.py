@@ -87,7 +87,7 @@ MODEL_KEYS = frozenset(
         "base_model_name_or_path", "served_model_name", "checkpoint_dir", "model_path", "hf_model", "hf_model_id",
         "hf_model_name", "llm", "llm_model", "pretrained", "pretrained_model", "adapter_name_or_path",
         "draft_model", "speculative_model", "embedding_model", "model_repo", "model_url", "from", "model_type",
-        "architectures", "hf_repo", "hub_repo", "hf_model_repo",
+        "architectures", "hf_repo", "hub_repo", "hf_model_repo", "tokenizer_dir", "initial_checkpoint_dir",
     }
 )  # fmt: skip
 MODEL_KEY_ENDINGS = (
@@ -100,14 +100,15 @@ _KEY_WORD = (
 )
 # key, separator, value: `key: v`, `key = "v"`, `"key": "v"`, `KEY=v`, `--key v`, `--key=v`, `key v` (Modelfile)
 _PAIR = re.compile(
-    r"""(?:^|[\s{,(\[;"'])(?:--?)?["']?(?P<key>""" + _KEY_WORD + r""")["']?"""
-    r"""(?:\s*[:=]\s*|\s+)(?P<quote>["']?)(?P<value>[^\s"',}\]#;)]+)"""
+    r"""(?:^|[\s{,(\[;"'])(?P<dash>--?)?["']?(?P<key>""" + _KEY_WORD + r""")["']?"""
+    r"""(?P<sep>\s*[:=]\s*|\s+)(?P<quote>["']?)(?P<value>[^\s"',}\]#;()]+)"""
 )
 # Command-line fetches: the command, then its arguments.
 _FETCH = re.compile(
     r"(?i)(?P<cmd>huggingface-cli\s+(?:download|repo\s+clone)|(?<![\w-])hf\s+download|ollama\s+(?:pull|run)"
-    r"|litgpt\s+(?:download|finetune\w*|pretrain|generate|chat|serve|evaluate)|tune\s+download"
-    r"|modelscope\s+download|kaggle\s+models\s+instances\s+versions\s+download)\s+(?P<args>[^\n|;&]*)"
+    r"|litgpt\s+\w+|tune\s+download"
+    r"|modelscope\s+download|kaggle\s+models\s+instances\s+versions\s+download|vllm\s+serve|mlx_lm\.\w+"
+    r"|sglang\s+serve|lms\s+get|llamafactory-cli\s+\w+)\s+(?P<args>[^\n|;&]*)"
 )
 _FLAG_VALUE = re.compile(r"--(?:model|model_id|model-id|repo|repo_id|repo-id)[= ]+(?P<value>[^\s\"']+)")
 # Copies from remote storage (`rclone copy r2:bucket/x.gguf`, `gsutil cp gs://…`, `scp host:x.pt`): a remote
@@ -125,12 +126,14 @@ _MODELFILE_FROM = re.compile(r"^\s*FROM\s+(?P<value>\S+)", re.I)
 _AUTO_MAP = re.compile(r"""["']?(?P<cls>Auto\w+)["']?\s*:\s*["'](?P<repo>[\w.-]+/[\w.-]+)--[\w.]+["']""")
 _QUOTED = re.compile(r"""(?P<q>["'`])(?P<value>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)\\?(?P=q)""")
 # A path-like keyword before a quoted value (`output_dir="results/distill-qwen"`): a local folder, not a model id.
+_DATA_KEY_BEFORE = re.compile(r"(?i)(source|dataset\w*|data_\w*|destination_path|download_dir)\s*[=:]\s*$")
 _PATH_KEY_BEFORE = re.compile(
     r"(?i)(output|save|logging|log|cache|run|out|result|tmp|data)[_-]?(dir|path|folder|name)?\s*[=:]\s*$"
 )
 # `--model X` and its spellings, in any text (docstrings and prose included: a command line is a command line).
 _MODEL_FLAG = re.compile(
-    r"(?i)--(?P<key>model|model[-_]id|model[-_]name[-_]or[-_]path|model[-_]name|base[-_]model|pretrained[-_]model"
+    r"(?i)--(?P<key>model|model[-_]id|model[-_]path|model[-_]name[-_]or[-_]path|model[-_]name|base[-_]model"
+    r"|pretrained[-_]model|initial[-_]checkpoint[-_]dir|checkpoint[-_]dir|tokenizer[-_]dir"
     r"[-_]name[-_]or[-_]path|repo[-_]id|hf[-_]repo|tokenizer[-_]name[-_]or[-_]path|tokenizer[-_]name)"
     r"(?:=|\s+)[\"']?(?P<value>[^\s\"'\\,)]+)"
 )
@@ -140,6 +143,7 @@ _PY_CONSTANT = re.compile(
 _YAML_LIST_KEY = re.compile(r"""^\s*(?:-\s*)?["']?(?P<key>[\w.-]+)["']?\s*:\s*(?:#.*)?$""")
 _YAML_SCALAR = re.compile(r"""^\s+["']?(?P<value>[^"'#\s:\-][^"'#\s:]*)["']?\s*(?:#.*)?$""")
 _YAML_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#\s]+)""")
+_PY_KEYWORD = re.compile(r"""[(,]\s*(?P<key>[A-Za-z_]\w*)\s*=\s*[rf]?(?P<q>["'])(?P<value>[^"'{}]+)(?P=q)""")
 _K8S_NAME = re.compile(r"""^\s*-?\s*name:\s*["']?(?P<key>[A-Za-z_][\w]*)["']?\s*$""")
 _K8S_VALUE = re.compile(r"""^\s*value:\s*["']?(?P<value>[^"'\s#]+)""")
 _HCL_VARIABLE = re.compile(r"""^\s*variable\s+["'](?P<key>[\w-]+)["']""")
@@ -176,12 +180,13 @@ def candidate_patterns(families: tuple[str, ...]) -> list[str]:
         rf"{hosts}|xethub\.hf\.co|hf://|git@hf\.co",
         rf"://\S+\.(?:{suffixes})\b",
         r"huggingface-cli|\bhf\s+download|ollama\s+(?:pull|run)|litgpt\s+\w|tune\s+download|modelscope\s+download"
-        r"|kaggle\s+models|^\s*FROM\s+\S|\b(?:hf|hub)[_-]repo",
+        r"|kaggle\s+models|^\s*FROM\s+\S|\b(?:hf|hub)[_-]repo|vllm\s+serve|sglang|lms\s+get|llamafactory-cli",
         rf"\b(?:rclone|gsutil|s3cmd|s5cmd|azcopy|scp|rsync|mc|s3)\b.*\.(?:{suffixes})\b",
         keys + r"[\"']?\s*[:= ]\s*[\"']?[A-Za-z0-9][\w.-]*/[\w.-]+",
         keys + rf"[\"']?\s*[:= ]\s*[\"'\[]*[\w.-]*(?:{family})",
         r"^\s*-?\s*name:\s*[\"']?\w*(?:model|repo_id)|^\s*variable\s+\"\w*model",
         rf"[\w.-]+/[\w.-]*(?:{family})",
+        r"(?:model|pipeline|hub|repo)\w*\s*\([^)]*[\"'`][A-Za-z0-9][\w.-]*/[\w.-]+[\"'`]",
         r"auto_map",
     ]
     return [f"(?i:{pattern})" for pattern in patterns]
@@ -199,7 +204,7 @@ def model_key(key: str) -> bool:
 # --- values -------------------------------------------------------------------------------------------------------
 def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     """Why a value under a model-like key names a foreign model, or None."""
-    value = value.strip().strip("\"'`").rstrip(",;)]}")
+    value = value.strip().strip("\"'`").rstrip(",;)]}`.").strip("\"'`")
     if not value or value.lower() in {"null", "none", "~", "true", "false", "auto", "default", "local"}:
         return None
     if _TEMPLATE.search(value) or value.replace(".", "").replace("e-", "").isdigit():
@@ -229,11 +234,17 @@ def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     return None
 
 
+LOCAL_ROOTS = frozenset(
+    {"runs", "outputs", "output", "out", "checkpoints", "ckpt", "ckpts", "results", "artifacts", "experiments", "exp",
+     "logs", "saved", "save", "work_dirs", "tmp", "trained", "finetuned", "data"}
+)  # fmt: skip
+
+
 def _is_local(value: str, judge: Judge) -> bool:
     if value.startswith(("/", "./", "../", "~", "$")) or re.match(r"^[A-Za-z]:[\\/]", value):
         return True
     first = value.split("/", 1)[0]
-    return "/" in value and (judge.is_local_dir(first) or value.count("/") >= 2)
+    return "/" in value and (judge.is_local_dir(first) or value.count("/") >= 2 or first.lower() in LOCAL_ROOTS)
 
 
 def foreign_url(url: str, judge: Judge) -> str | None:
@@ -299,6 +310,9 @@ def _weights_like_bin(name: str) -> bool:
 
 
 # --- the check ----------------------------------------------------------------------------------------------------
+# Code in other languages (JavaScript, Rust, Go...) and scripts: a quoted repo id on a line that speaks of a model.
+OTHER_CODE_KINDS = {"text", "shell", "make", "docker", "powershell"}
+_MODEL_CONTEXT = re.compile(r"(?i)model|pipeline|from_pretrained|hub|repo|checkpoint|weights")
 CONFIG_KINDS = {"yaml", "json", "toml", "ini", "env", "hcl", "text"}
 COMMAND_KINDS = {"shell", "make", "docker", "powershell", "csh", "fish", "yaml", "text", "markdown", "notebook"}
 
@@ -329,7 +343,8 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
         for match in _REMOTE_COPY.finditer(line):
             message = f"`{match.group('cmd')}` copies a weights file from remote storage: {match.group('arg')}"
             add("EXT002", number, match.start("arg") + 1, message, match.group("arg"))
-        for match in _FETCH.finditer(line):
+        commandline = re.sub(r"""["',\[\]]""", " ", line) if kind in {"python", "notebook"} else line
+        for match in _FETCH.finditer(commandline):  # in code, an argv list too: ["litgpt", "download", repo]
             args = match.group("args")
             if re.search(r"--repo[-_]type[= ]+[\"']?(dataset|space)", args):
                 continue  # a dataset or a Space, not a model
@@ -340,7 +355,9 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value("model", token, judge)
                 if reason:
                     add("EXT003", number, match.start() + 1, f"`{match.group('cmd')}` fetches: {reason}", token)
-                break
+                    break
+                if "/" in token or "." in token:
+                    break  # the first path-like argument is the model; words before it are subcommands
         for match in _MODEL_FLAG.finditer(line):
             reason = foreign_value(match.group("key"), match.group("value"), judge)
             if reason:
@@ -357,12 +374,21 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value(constant.group("key"), constant.group("value"), judge)
                 if reason:
                     add("EXT003", number, constant.start("value") + 1, reason, constant.group("value"))
+            for keyword in _PY_KEYWORD.finditer(line) if kind == "python" else ():
+                if model_key(keyword.group("key")):
+                    reason = foreign_value(keyword.group("key"), keyword.group("value"), judge)
+                    if reason:
+                        add("EXT003", number, keyword.start("value") + 1, reason, keyword.group("value"))
             _quoted_ids(number, line, judge, add)
             continue
         for match in _PAIR.finditer(line):
             key, value = match.group("key"), match.group("value")
             if not model_key(key) or (not match.group("quote") and value.startswith("{")):
                 continue  # a flow mapping: its own pairs are matched on their own
+            if not match.group("sep").strip() and not match.group("dash"):
+                continue  # `pretrained Llama2 weights`: words, not a key and its value
+            if line[match.end() : match.end() + 1] == "(":
+                continue  # `model = whisper.load_model(`: a call, judged by the code layer
             values = [value]
             if not match.group("quote") and value.startswith("["):  # a flow sequence: every item
                 inside = line[match.start("value") + 1 :].split("]", 1)[0]
@@ -383,6 +409,11 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 message = f"auto_map loads {found.group('cls')} as remote code from {repo!r}, another repository"
                 add("EXT003", number, found.start() + 1, message, repo)
         _quoted_ids(number, line, judge, add)
+        if kind in OTHER_CODE_KINDS and _MODEL_CONTEXT.search(line):
+            for match in _QUOTED.finditer(line):  # `pipeline('task', 'Xenova/x')`, `api.model("org/x".to_string())`
+                reason = foreign_value("model", match.group("value"), judge)
+                if reason and "dataset" not in line.lower():
+                    add("EXT003", number, match.start("value") + 1, reason, match.group("value"))
     if kind in {"yaml", "hcl", "text", "json"}:
         _pairs_over_lines(text, kind, judge, add)
     return _one_per_reference(hits)
@@ -393,7 +424,7 @@ def _one_per_reference(hits: list[Hit]) -> list[Hit]:
     nothing), else the first detector's finding of each id."""
     urls: dict[int, list[str]] = {}
     for hit in hits:
-        if hit.rule_id == "EXT002" and "/" in hit.matched.split("://", 1)[-1]:
+        if hit.rule_id == "EXT002" and "/" in hit.matched.split("://", 1)[-1].strip("/"):
             urls.setdefault(hit.line, []).append(hit.matched.lower())
     kept: list[Hit] = []
     seen: set[tuple[str, int, str]] = set()
@@ -422,7 +453,8 @@ def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, i
             continue
         if org in PLACEHOLDER_ORGS or API_INSIDE.search(value) or judge.is_local_dir(value.split("/", 1)[0]):
             continue
-        if _PATH_KEY_BEFORE.search(line[: match.start()]) or re.search(r"/checkpoint-\d+$", value):
+        before = line[: match.start()]
+        if _PATH_KEY_BEFORE.search(before) or _DATA_KEY_BEFORE.search(before) or re.search(r"/checkpoint-\d+$", value):
             continue
         family = None
         for part in (name, org):

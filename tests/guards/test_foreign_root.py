@@ -353,3 +353,21 @@ def test_settings_in_policies_toml_alone_do_not_make_the_lock_required(tmp_path:
     code, stdout, _ = _run(root, audit=tmp_path / "log")
     assert code == 0, stdout
     assert "VENV004" not in stdout
+
+
+def test_a_link_into_git_annex_objects_is_not_a_pass(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    annex = root / ".git" / "annex" / "objects" / "ab" / "SHA256E-s4976--f00.safetensors"
+    root.mkdir()
+    (root / "app.py").write_text("x = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    annex.parent.mkdir(parents=True)
+    annex.write_bytes(b"\0" * 64)
+    (root / "models").mkdir()
+    (root / "models" / "model.safetensors").symlink_to("../.git/annex/objects/ab/SHA256E-s4976--f00.safetensors")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=root, check=True)
+    code, report, _ = _run(root)
+    assert code == 1
+    assert [(f["rule_id"], f["path"]) for f in report["findings"]] == [("COV001", "models/model.safetensors")]
+    assert "git-annex" in report["findings"][0]["message"]

@@ -274,3 +274,61 @@ def test_model_objects_run_folders_and_generic_factories_are_not_found(scan: Sca
 )
 def test_a_hub_id_handed_to_any_call_as_its_model_is_found(scan: Scan, source: str) -> None:
     assert ids(scan({"src/agent.py": source}), "EXT001") == ["EXT001"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained('./w')\n"
+        "pipe.load_lora_weights('nerijs/pixel-art-xl', weight_name='pixel.safetensors')\n",
+        "import tensorflow as tf\np = tf.keras.utils.get_file('v.h5', origin='https://example.org/keras/v_notop.h5')\n",
+        "import segmentation_models_pytorch as smp\nnet = smp.Unet(encoder_name='resnet34')\n",
+        "from huggingface_sb3 import load_from_hub\n"
+        "ck = load_from_hub(repo_id='sb3/ppo-CartPole-v1', filename='x.zip')\n",
+        "from flair.models import SequenceTagger\ntagger = SequenceTagger.load('flair/ner-english-large')\n",
+        "import clip\nmodel, preprocess = clip.load('ViT-B/32', device='cpu')\n",
+        "from fastai.vision.all import *\nlearn = vision_learner(dls, resnet34, metrics=error_rate)\n",
+        "import easyocr\nreader = easyocr.Reader(['en', 'de'])\n",
+        "from ultralytics import RTDETR\nmodel = RTDETR('rtdetr-l.pt')\n",
+        "import operator\nfrom transformers import AutoModel\n"
+        "m = operator.attrgetter('from_pretrained')(AutoModel)('distilbert-base-uncased')\n",
+    ],
+)
+def test_more_libraries_and_indirections_from_the_red_team_are_found(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/load.py": source}), "EXT001") == ["EXT001"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import numpy as np\narr = np.load(path, None, True)\n",
+        "import shelve\ndb = shelve.open('runs/cache.db')\n",
+        "import functools\nimport torch\nload_cpu = functools.partial(torch.load, map_location='cpu')\n",
+    ],
+)
+def test_positional_shelve_and_partial_deserialisers_are_found(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/io.py": source}), "EXT006") == ["EXT006"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import io\nimport pickle\nbuf = io.BytesIO()\npickle.dump(obj, buf)\nbuf.seek(0)\nback = pickle.load(buf)\n",
+        "from pathlib import Path\nfrom transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained(Path(out_dir) / 'final', local_files_only=True)\n",
+        "from transformers import AutoModel\nm = AutoModel.from_pretrained('outputs/final')\n",
+        "import os\nfrom transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained(os.path.join('runs/exp1', 'final'))\n",
+        "from mylab.models import Encoder\nenc = Encoder.from_pretrained('weights/enc/best.pt')\n",
+    ],
+)
+def test_in_memory_buffers_local_only_loads_and_run_paths_are_not_found(scan: Scan, source: str) -> None:
+    assert ids(scan({"src/io.py": source}), "EXT00") == []
+
+
+def test_a_resolved_foreign_id_is_found_even_with_local_files_only(scan: Scan) -> None:
+    source = (
+        "from transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained('meta-llama/Llama-2-7b', local_files_only=True)\n"
+    )
+    assert ids(scan({"src/io.py": source}), "EXT001") == ["EXT001"]

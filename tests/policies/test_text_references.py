@@ -152,3 +152,29 @@ def test_one_model_on_one_line_is_one_finding(scan: Scan) -> None:
     )
     result = scan({"README.md": "```python\n" + readme + "```\n"})
     assert [(f.rule_id, f.line) for f in result.findings] == [("EXT003", 2), ("EXT002", 3)]
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "rule"),
+    [
+        ("deploy/serve.sh", "vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000\n", "EXT003"),
+        ("web/app.js", "const clf = await pipeline('sentiment-analysis', 'Xenova/distilbert-base-sst2');\n", "EXT003"),
+        ("src/main.rs", 'let repo = api.model("sentence-transformers/all-MiniLM-L6-v2".to_string());\n', "EXT003"),
+        ("src/fast.pyx", "cdef object m = AutoModel.from_pretrained('bert-base-cased')\n", "EXT001"),
+        (
+            "report.qmd",
+            "# R\n\n```{python}\nfrom transformers import AutoModel\n"
+            "m = AutoModel.from_pretrained('roberta-base')\n```\n",
+            "EXT001",
+        ),
+    ],
+)
+def test_positional_serve_ids_other_languages_cython_and_quarto_chunks_are_found(
+    scan: Scan, path: str, content: str, rule: str
+) -> None:
+    assert rule in ids(scan({path: content}), "EXT00")
+
+
+def test_a_documentation_example_with_an_unresolved_id_is_not_a_load(scan: Scan) -> None:
+    doc = "```python\nfrom transformers import AutoModel\nmodel = AutoModel.from_pretrained(model_name)\n```\n"
+    assert ids(scan({"docs/usage.md": doc}), "EXT00") == []
