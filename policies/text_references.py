@@ -35,6 +35,9 @@ HF_NON_MODEL = {
     "avatars", "welcome", "terms-of-service", "privacy", "support", "inference-endpoints", "hub",
 }  # fmt: skip
 WEIGHT_SUFFIXES = ("safetensors", "bin", "pt", "pth", "ckpt", "gguf", "ggml", "onnx", "h5", "pkl", "tflite", "msgpack")
+# Archives and array files hold weights as often as data: a link to one is weights when its name says so
+# (`ViT-B_16.npz` of a model folder, `model.tar.gz`, `checkpoint.zip`), never by suffix alone (`modelnet40.zip`).
+ARCHIVE_SUFFIXES = ("npz", "npy", "zip", "tar", "tgz", "gz", "zst", "7z", "xz")
 # Names of hosted API models: they have no weights to download (a call to an API is not a foreign checkpoint).
 API_ONLY = re.compile(r"^(gpt-3\.5|gpt-4|gpt-4o|gpt-5|o1|o3|o4|chatgpt|text-davinci|claude|gemini)([-.\w]*)$", re.I)
 # An API model's name inside another name (`ultrafeedback-gpt-3.5-turbo-helpfulness`): data made with an API.
@@ -103,13 +106,21 @@ _PAIR = re.compile(
     r"""(?:^|[\s{,(\[;"'])(?P<dash>--?)?["']?(?P<key>""" + _KEY_WORD + r""")["']?"""
     r"""(?P<sep>\s*[:=]\s*|\s+)(?P<quote>["']?)(?P<value>[^\s"',}\]#;()]+)"""
 )
+# Literal words that each expensive pattern needs (tested on the lower-cased line before the pattern runs).
+_HUB_WORDS = re.compile(r"huggingface\.co|hf\.co|hf-mirror\.com")
+_COPY_WORDS = re.compile(r"rclone|gsutil|s3cmd|s5cmd|azcopy|scp|rsync|mc|s3")
+_FETCH_WORDS = re.compile(
+    r"huggingface-cli|hf\s|ollama|litgpt|tune|modelscope|kaggle|vllm|lmdeploy|mlx_lm|sglang|lms|llamafactory"
+)
 # Command-line fetches: the command, then its arguments.
 _FETCH = re.compile(
     r"(?i)(?P<cmd>huggingface-cli\s+(?:download|repo\s+clone)|(?<![\w-])hf\s+download|ollama\s+(?:pull|run)"
     r"|litgpt\s+\w+|tune\s+download"
     r"|modelscope\s+download|kaggle\s+models\s+instances\s+versions\s+download|vllm\s+serve|mlx_lm\.\w+"
-    r"|sglang\s+serve|lms\s+get|llamafactory-cli\s+\w+)\s+(?P<args>[^\n|;&]*)"
+    r"|sglang\s+serve|lms\s+get|llamafactory-cli\s+\w+|lmdeploy\s+serve\s+\w+)\s+(?P<args>[^\n|;&]*)"
 )
+# llama.cpp's `-hf ORG/NAME[:QUANT]` and `-hfr ORG/NAME`: a download from the hub.
+_HF_SHORT_FLAG = re.compile(r"(?<![\w-])-hfr?(?:=|\s+)[\"']?(?P<value>[^\s\"'\\,)]+)")
 _FLAG_VALUE = re.compile(r"--(?:model|model_id|model-id|repo|repo_id|repo-id)[= ]+(?P<value>[^\s\"']+)")
 # Copies from remote storage (`rclone copy r2:bucket/x.gguf`, `gsutil cp gs://…`, `scp host:x.pt`): a remote
 # argument (`name:path`, not a local path) that ends in a weights suffix.
@@ -118,6 +129,36 @@ _REMOTE_COPY = re.compile(
     + "|".join(WEIGHT_SUFFIXES)
     + r"))(?=[\s\"']|$)"
 )
+# Syncs from remote storage filtered to weights (`aws s3 sync s3://b/m ./m --include '*.safetensors'`): a remote
+# source (a URI or `remote:path`) and a `*.suffix` pattern of weights on the same command line.
+_REMOTE_SYNC = re.compile(
+    r"(?i)\b(?P<cmd>rclone|gsutil|s3cmd|s5cmd|azcopy|aws\s+s3)\b[^\n]*?\s[\"']?(?P<arg>(?:[a-z][\w+.-]*://|[\w.@-]+:)"
+    r"[^\s\"']*)[^\n]*?\*\.(?P<suffix>" + "|".join(WEIGHT_SUFFIXES) + r")\b"
+)
+# LitGPT's download layout, `checkpoints/ORG/NAME` (any prefix): the local copy of hub repo ORG/NAME, unless the last
+# part is a step of a run of ours.
+_HUB_LAYOUT = re.compile(r"(?:^|/)checkpoints/(?P<org>[A-Za-z0-9][\w.-]*)/(?P<name>[A-Za-z0-9][\w.-]*)/?$")
+_RUN_STEP = re.compile(r"(?i)^(step|epoch|iter|checkpoint|ckpt|global_step)[-_]?\d+$|^(final|latest|last|best)$")
+# A loader called with a quoted repo id in text that no code analysis reads: Markdown, `python -c "..."` in shell,
+# CI steps (Python files and notebooks are read by the code layer).
+_LOADER_CALL = re.compile(
+    r"""\b(?P<call>from_pretrained|snapshot_download|hf_hub_download|hf_hub_url)\(\s*"""
+    r"""(?:(?:repo_id|pretrained_model_name_or_path|model_id)\s*=\s*)?\\?["'](?P<value>[^"'\\\s]+)\\?["'](?P<rest>[^)]*)"""
+)
+_OLLAMA_CREATE = re.compile(r"(?i)ollama\s+create\s+(?P<name>[^\s\"';&|]+)")
+_ARG_TOKEN = re.compile(r"[^\s\"'`\\\[\](),;]+")
+# Keys under a model-like block that hold its id (`model:` / `  id: org/name`, `[model]` / `name = "org/name"`).
+_CHILD_KEYS = frozenset(
+    {"id", "name", "path", "repo", "repo_id", "uri", "name_or_path", "pretrained", "hub_id", "source"}
+)  # fmt: skip
+_BLOCK_KEY = re.compile(r"""^(?P<indent>\s*)(?:-\s+)?["']?(?P<key>[\w.-]+)["']?\s*[:=]\s*(?P<value>.*?)\s*,?\s*$""")
+# A model-like key that opens a block: `model:`, `"model": {`, `[model]` (a candidate line; the block is read whole).
+_BLOCK_OPENER_TEXT = (
+    r"""^\s*["']?(?:model|llm|base_model|tokenizer)[\w.-]*["']?\s*[:=]\s*(?:[{\[]|[>|][-+]?)?\s*$"""
+    r"""|^\s*\[[\w.-]*model[\w.-]*\]"""
+)
+_BLOCK_OPENER = re.compile(_BLOCK_OPENER_TEXT, re.I)
+_SECTION = re.compile(r"^\s*\[+(?P<name>[^\]]+)\]+\s*$")
 # A hub's host on its own in a string (`"https://" + "huggingface.co" + "/" + repo`): the endpoint of a download.
 _BARE_HOST = re.compile(
     r"""(?i)(?P<q>["'])(?P<host>(?:https?://)?(?:www\.)?(?:huggingface\.co|hf\.co|hf-mirror\.com))/?(?P=q)"""
@@ -140,7 +181,9 @@ _MODEL_FLAG = re.compile(
 _PY_CONSTANT = re.compile(
     r"""^\s*(?P<key>[A-Za-z_]\w*)\s*(?::[^=]+)?=\s*(?P<q>["'])(?P<value>[^"']+)(?P=q)\s*(?:#.*)?$"""
 )
-_YAML_LIST_KEY = re.compile(r"""^\s*(?:-\s*)?["']?(?P<key>[\w.-]+)["']?\s*:\s*(?:#.*)?$""")
+# `key:` alone, or opening a block scalar (`key: >-`), its value on the following lines
+_YAML_LIST_KEY = re.compile(r"""^\s*(?:-\s*)?["']?(?P<key>[\w.-]+)["']?\s*:\s*(?:[>|][-+]?\d?\s*)?(?:#.*)?$""")
+_FLOW_PAIR = re.compile(r"""["']?(?P<key>[\w.-]+)["']?\s*[:=]\s*["']?(?P<value>[^"',}]+)""")
 _YAML_SCALAR = re.compile(r"""^\s+["']?(?P<value>[^"'#\s:\-][^"'#\s:]*)["']?\s*(?:#.*)?$""")
 _YAML_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#\s]+)""")
 _PY_KEYWORD = re.compile(r"""[(,]\s*(?P<key>[A-Za-z_]\w*)\s*=\s*[rf]?(?P<q>["'])(?P<value>[^"'{}]+)(?P=q)""")
@@ -170,24 +213,30 @@ class Judge:
 
 def candidate_patterns(families: tuple[str, ...]) -> list[str]:
     """Rust-regex patterns (no look-around; flags scoped, so the patterns can be joined) for the one ripgrep pass:
-    hub hosts, weights links, fetch commands, model-like keys with a repo id or a family as value, key and value on
+    hub hosts, weights links, fetch commands (a Modelfile's `FROM` holds one word: Python's `from x import y`
+    is no candidate), model-like keys with a repo id or a family as value, key and value on
     two lines, and repo ids that name a foreign family."""
     hosts = "|".join(re.escape(host) for host in HUB_HOSTS)
     suffixes = "|".join(WEIGHT_SUFFIXES)
+    archives = "|".join(ARCHIVE_SUFFIXES)
     family = "|".join(re.escape(name) for name in families)
     keys = r"(?:model|name_or_path|repo_id|tokenizer|checkpoint_dir|init_from|pretrained|llm|architectures)[\w.-]*"
     patterns = [
         rf"{hosts}|xethub\.hf\.co|hf://|git@hf\.co",
-        rf"://\S+\.(?:{suffixes})\b",
+        rf"://\S+\.(?:{suffixes}|{archives})\b",
         r"huggingface-cli|\bhf\s+download|ollama\s+(?:pull|run)|litgpt\s+\w|tune\s+download|modelscope\s+download"
-        r"|kaggle\s+models|^\s*FROM\s+\S|\b(?:hf|hub)[_-]repo|vllm\s+serve|sglang|lms\s+get|llamafactory-cli",
+        r"|kaggle\s+models|^\s*FROM\s+\S+\s*$|\b(?:hf|hub)[_-]repo|vllm\s+serve|sglang|lms\s+get|llamafactory-cli|lmdeploy\s+serve|\s-hfr?\s",
         rf"\b(?:rclone|gsutil|s3cmd|s5cmd|azcopy|scp|rsync|mc|s3)\b.*\.(?:{suffixes})\b",
         keys + r"[\"']?\s*[:= ]\s*[\"']?[A-Za-z0-9][\w.-]*/[\w.-]+",
+        keys + r"[\"']?\s*[:=]\s*\{[^}]*[A-Za-z0-9][\w.-]*/[\w.-]+",  # a flow mapping: `model: {id: org/name}`
         keys + rf"[\"']?\s*[:= ]\s*[\"'\[]*[\w.-]*(?:{family})",
         r"^\s*-?\s*name:\s*[\"']?\w*(?:model|repo_id)|^\s*variable\s+\"\w*model",
         rf"[\w.-]+/[\w.-]*(?:{family})",
         r"(?:model|pipeline|hub|repo)\w*\s*\([^)]*[\"'`][A-Za-z0-9][\w.-]*/[\w.-]+[\"'`]",
-        r"auto_map",
+        r"auto_map|Auto\w+[\"']?\s*:\s*[\"'][\w.-]+/[\w.-]+--",
+        # a loader called with a quoted repo id, in text no code analysis reads (Markdown, `python -c`, CI steps)
+        r"(?:from_pretrained|snapshot_download|hf_hub_download|hf_hub_url)\(\s*[\w=\s]*\\?[\"'][\w.-]+/",
+        _BLOCK_OPENER_TEXT,
     ]
     return [f"(?i:{pattern})" for pattern in patterns]
 
@@ -222,6 +271,10 @@ def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     if key in {"architectures", "model_type"}:
         family = family or judge.family_of(re.sub(r"(For[A-Z]\w*|LMHeadModel|Model)$", "", value))
         return f"{key} names {value!r}, a {family} model (foreign)" if family else None
+    layout = _HUB_LAYOUT.search(value.rstrip("/") + ("/" if value.endswith("/") else ""))
+    if layout and _hub_layout_foreign(layout.group("org"), layout.group("name"), judge):
+        repo = f"{layout.group('org')}/{layout.group('name')}"
+        return f"{key} names {value!r}, the download layout of hub repo {repo!r}"
     if _is_local(value, judge):
         return f"{key} names {value!r}, a local copy of a {family} model (foreign)" if family else None
     if _REPO_ID.match(value) and not _FILE_SUFFIX.search(value):
@@ -238,6 +291,14 @@ LOCAL_ROOTS = frozenset(
     {"runs", "outputs", "output", "out", "checkpoints", "ckpt", "ckpts", "results", "artifacts", "experiments", "exp",
      "logs", "saved", "save", "work_dirs", "tmp", "trained", "finetuned", "data"}
 )  # fmt: skip
+
+
+def _hub_layout_foreign(org: str, name: str, judge: Judge) -> bool:
+    """`checkpoints/ORG/NAME` is a foreign repo's download unless ORG is ours, a placeholder or a folder of the tree,
+    or NAME is a step of a run."""
+    if org in judge.allowed_namespaces or org.lower() in PLACEHOLDER_ORGS or judge.is_local_dir(org):
+        return False
+    return not _RUN_STEP.match(name)
 
 
 def _is_local(value: str, judge: Judge) -> bool:
@@ -281,7 +342,7 @@ def foreign_url(url: str, judge: Judge) -> str | None:
             return "link to a foreign model repository"
         return None
     if host in {"modelscope.cn", "modelscope.ai"}:
-        return "link to a model hub" if segments[:1] == ["models"] or not segments else None
+        return "link to a model hub" if "models" in segments[:4] or not segments else None
     if host in {"ollama.com", "ollama.ai"}:
         return "link to a model hub" if segments[:1] == ["library"] or (segments and segments[0] != "blog") else None
     if host == "registry.ollama.ai":
@@ -296,6 +357,8 @@ def foreign_url(url: str, judge: Judge) -> str | None:
         last = segments[-1].lower() if segments else ""
         return "link to a weights file" if last.endswith(tuple("." + s for s in WEIGHT_SUFFIXES)) else None
     last = segments[-1].lower() if segments else ""
+    if any(last.endswith("." + suffix) for suffix in ARCHIVE_SUFFIXES) and _weights_like_archive(last):
+        return "link to an archive of weights"
     if any(last.endswith("." + suffix) for suffix in WEIGHT_SUFFIXES):
         if last.endswith(".bin") and scheme in {"http", "https"} and not _weights_like_bin(last):
             return None
@@ -307,6 +370,24 @@ def _weights_like_bin(name: str) -> bool:
     """A `.bin` that is model weights by its name (`pytorch_model.bin`, `model-00001-of-00002.bin`, `ggml-*.bin`),
     not any binary download (firmware, installers)."""
     return bool(re.search(r"model|weights|ckpt|checkpoint|ggml|adapter|consolidated|-of-\d", name))
+
+
+def _assembled_download(line: str, end: int) -> bool:
+    """Whether a hub endpoint ending at `end` is the start of a download URL assembled from it: nothing follows (the
+    endpoint on its own, a constant), or a template follows (`{repo}`, `%s`, `" + repo`) and the rest of the URL
+    fetches a file (`/resolve/`, `/raw/`, `/api/models`, a weights file)."""
+    rest = line[end:]
+    if not rest or rest[0] in "\"'` \t\n)]},;":
+        return True
+    token = re.split(r"[\s\"'`]", rest, maxsplit=1)[0]
+    return bool(re.search(r"/(resolve|raw|blob|tree|api|media)/|\.(" + "|".join(WEIGHT_SUFFIXES) + r")\b", token))
+
+
+def _weights_like_archive(name: str) -> bool:
+    """An archive or array file whose name says it holds a model (`model.tar.gz`, `ViT-B_16.npz` is not enough,
+    `vit_weights.npz`, `checkpoint-final.zip`), as a word: not `modelnet40.zip` or `ckpt_index.json.gz`'s data."""
+    stem = name.split(".", 1)[0]
+    return bool(re.search(r"(?<![a-z])(model|weights?|ckpt|checkpoint|state_dict|params)(?![a-z])", stem))
 
 
 # --- the check ----------------------------------------------------------------------------------------------------
@@ -331,33 +412,56 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
     prose = _markdown_prose(text) if is_markdown else set()
     for number, line in lines:
         in_prose = is_markdown and number in prose
-        for match in _URL.finditer(line):
+        lower = line.lower()  # cheap word tests first: most candidate lines hold none of these commands or URLs
+        for match in _URL.finditer(line) if "://" in line or "git@" in line or _HUB_WORDS.search(lower) else ():
             url = match.group("url")
             reason = foreign_url(url, judge)
+            if reason and reason.startswith("a model hub's endpoint") and not _assembled_download(line, match.end()):
+                continue  # `f"https://huggingface.co/{repo_id}"` in a message: a page, nothing is fetched from it
             if reason and not (in_prose and reason.startswith("a model hub's endpoint")):
                 add("EXT002", number, match.start("url") + 1, f"{reason}: {url}", url)
         for match in _BARE_HOST.finditer(line):
             if not in_prose:
                 message = f"a model hub's endpoint (URLs of models are assembled from it): {match.group('host')}"
                 add("EXT002", number, match.start("host") + 1, message, match.group("host"))
-        for match in _REMOTE_COPY.finditer(line):
+        for match in _REMOTE_COPY.finditer(line) if _COPY_WORDS.search(lower) else ():
             message = f"`{match.group('cmd')}` copies a weights file from remote storage: {match.group('arg')}"
             add("EXT002", number, match.start("arg") + 1, message, match.group("arg"))
         commandline = re.sub(r"""["',\[\]]""", " ", line) if kind in {"python", "notebook"} else line
-        for match in _FETCH.finditer(commandline):  # in code, an argv list too: ["litgpt", "download", repo]
+        # in code, an argv list too: ["litgpt", "download", repo]
+        for match in _FETCH.finditer(commandline) if _FETCH_WORDS.search(lower) else ():
             args = match.group("args")
             if re.search(r"--repo[-_]type[= ]+[\"']?(dataset|space)", args):
                 continue  # a dataset or a Space, not a model
             for token in args.split():
-                token = token.strip("\"'`\\")
+                found = _ARG_TOKEN.match(token.lstrip("\"'`\\"))
+                token = found.group() if found else ""
                 if token.startswith("-") or not token:
                     continue
-                reason = foreign_value("model", token, judge)
+                reason = foreign_value("model", token, judge) or _ollama_pull(match.group("cmd"), token, text, judge)
                 if reason:
                     add("EXT003", number, match.start() + 1, f"`{match.group('cmd')}` fetches: {reason}", token)
                     break
-                if "/" in token or "." in token:
-                    break  # the first path-like argument is the model; words before it are subcommands
+                if "/" in token or "." in token or match.group("cmd").lower().startswith("ollama"):
+                    break  # the model: the first path-like argument (for ollama, the first); words before: subcommands
+        for match in _REMOTE_SYNC.finditer(line) if "*." in line else ():
+            message = (
+                f"`{match.group('cmd')}` copies *.{match.group('suffix')} weights files from remote storage: "
+                f"{match.group('arg')}"
+            )
+            add("EXT002", number, match.start("arg") + 1, message, match.group("arg"))
+        for match in _HF_SHORT_FLAG.finditer(line) if "-hf" in line else ():
+            reason = foreign_value("model", match.group("value").split(":", 1)[0], judge)
+            if reason:
+                add("EXT003", number, match.start("value") + 1, f"-hf: {reason}", match.group("value"))
+        if kind not in {"python", "notebook"} and "_" in line and "(" in line:
+            for match in _LOADER_CALL.finditer(line):
+                if re.search(r"repo_type\s*=\s*\\?[\"'](dataset|space)", match.group("rest")):
+                    continue
+                reason = foreign_value("model", match.group("value"), judge)
+                if reason:
+                    message = f"{match.group('call')}(): {reason}"
+                    add("EXT003", number, match.start("value") + 1, message, match.group("value"))
         for match in _MODEL_FLAG.finditer(line):
             reason = foreign_value(match.group("key"), match.group("value"), judge)
             if reason:
@@ -383,8 +487,17 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
             continue
         for match in _PAIR.finditer(line):
             key, value = match.group("key"), match.group("value")
-            if not model_key(key) or (not match.group("quote") and value.startswith("{")):
-                continue  # a flow mapping: its own pairs are matched on their own
+            if model_key(key) and not match.group("quote") and value.startswith("{"):  # `model: {id: org/name}`
+                inside = line[match.start("value") + 1 :].split("}", 1)[0]
+                for pair in _FLOW_PAIR.finditer(inside):
+                    child = pair.group("value").strip()
+                    if normalised_key(pair.group("key")) in _CHILD_KEYS and not _is_local(child, judge):
+                        reason = foreign_value(key, child, judge)
+                        if reason:
+                            add("EXT003", number, match.start("value") + 2 + pair.start("value"), reason, child)
+                continue  # the mapping's own pairs are matched on their own
+            if not model_key(key):
+                continue
             if not match.group("sep").strip() and not match.group("dash"):
                 continue  # `pretrained Llama2 weights`: words, not a key and its value
             if line[match.end() : match.end() + 1] == "(":
@@ -416,6 +529,8 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                     add("EXT003", number, match.start("value") + 1, reason, match.group("value"))
     if kind in {"yaml", "hcl", "text", "json"}:
         _pairs_over_lines(text, kind, judge, add)
+    if kind in {"yaml", "json", "toml", "ini"} and any(_BLOCK_OPENER.match(line) for _, line in lines):
+        _ids_in_model_blocks(text, kind, judge, add)
     return _one_per_reference(hits)
 
 
@@ -440,6 +555,55 @@ def _one_per_reference(hits: list[Hit]) -> list[Hit]:
             seen.add(key)
             kept.append(hit)
     return kept
+
+
+def _ollama_pull(cmd: str, name: str, text: str, judge: Judge) -> str | None:
+    """`ollama pull NAME` downloads NAME from the Ollama registry whatever it is called; `ollama run NAME` does too,
+    unless the same file builds NAME itself (`ollama create NAME -f Modelfile`)."""
+    words = cmd.lower().split()
+    if words[0] != "ollama" or _is_local(name, judge) or name.lower().endswith(".gguf"):
+        return None
+    if name.split("/", 1)[0] in judge.allowed_namespaces or _TEMPLATE.search(name):
+        return None
+    created = {found.group("name") for found in _OLLAMA_CREATE.finditer(text)}
+    if words[1] == "run" and name in created:
+        return None
+    return f"model {name!r} comes from the Ollama registry"
+
+
+def _ids_in_model_blocks(text: str, kind: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
+    """Ids one level under a model-like key: YAML/JSON `model:` (or `"model": {`) then `id: org/name`, TOML/INI
+    `[model]` then `name = "org/name"` (a key such as `id` or `name` means nothing on its own)."""
+    parents: list[tuple[int, str]] = []  # (indent, key) of the open blocks (YAML, JSON)
+    section = ""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip() or line.lstrip().startswith(("#", "//", ";")):
+            continue
+        header = _SECTION.match(line) if kind in {"toml", "ini"} else None
+        if header:
+            section = header.group("name").strip().strip("\"'").rsplit(".", 1)[-1]
+            continue
+        found = _BLOCK_KEY.match(line)
+        if not found:
+            continue
+        indent, key, value = len(found.group("indent")), found.group("key"), found.group("value")
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        if kind in {"toml", "ini"}:
+            parent = section
+        else:
+            parent = parents[-1][1] if parents else ""
+            if value in {"", "{", "["} or value.startswith(("|", ">")):
+                parents.append((indent, key))
+                continue
+        if normalised_key(key) not in _CHILD_KEYS or not parent or not model_key(parent):
+            continue
+        value = value.strip().strip("\"'")
+        if _is_local(value, judge):
+            continue  # a path under a block (`tokenizer:` / `  path: /tmp/x/tokenizer.model`) is the key's own case
+        reason = foreign_value(parent, value, judge)
+        if reason:
+            add("EXT003", number, found.start("value") + 1, f"{parent}.{key}: {reason}", value)
 
 
 def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
