@@ -346,7 +346,7 @@ def generate_tree(root: Path, n_files: int, seed: int) -> tuple[dict[str, Any], 
     target_bytes = REFERENCE_BYTES * n_files // REFERENCE_FILES
     n_binary = max(3, n_files // 1000)
     binary_sizes = [rng.randint(50_000, 700_000) for _ in range(n_binary)]
-    n_text = n_files - n_binary - len(PLANTED) - 1 - IGNORED_FILES  # the rest: planted, .gitignore, ignored
+    n_text = n_files - n_binary - len(PLANTED) - 2 - IGNORED_FILES  # the rest: planted, .gitignore, pyproject, ignored
     kinds: list[str] = []
     for kind, (share, _, _) in TEXT_KINDS.items():
         kinds += [kind] * int(share * n_text)
@@ -391,6 +391,11 @@ def generate_tree(root: Path, n_files: int, seed: int) -> tuple[dict[str, Any], 
     files[planted["LTR001"]] = shell_file(rng, 600) + f"export {VARIABLE}=true\npython -m tools.train_local\n"
     files[planted["EXT005"]] = fake_safetensors(rng, 4096)
     files[".gitignore"] = "__pycache__/\n*.pyc\n.venv/\n.oracle/\nruns/\n*.log\n"
+    # the tree is a repository of its own (not an Oracle checkout): it declares the Hub namespace its code uses
+    files["pyproject.toml"] = (
+        '[project]\nname = "benchtree"\nversion = "0"\n\n'
+        '[tool.oracle.external_weights]\nallowed_namespaces = ["oracle-ai"]\n'
+    )
     for index in range(IGNORED_FILES):  # ignored by git, so neither the gate nor rg should read them
         files[f"runs/ignored_{index}.log"] = text_file(rng, 5000)
 

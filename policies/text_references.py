@@ -187,6 +187,12 @@ _FLOW_PAIR = re.compile(r"""["']?(?P<key>[\w.-]+)["']?\s*[:=]\s*["']?(?P<value>[
 _YAML_SCALAR = re.compile(r"""^\s+["']?(?P<value>[^"'#\s:\-][^"'#\s:]*)["']?\s*(?:#.*)?$""")
 _YAML_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#\s]+)""")
 _PY_KEYWORD = re.compile(r"""[(,]\s*(?P<key>[A-Za-z_]\w*)\s*=\s*[rf]?(?P<q>["'])(?P<value>[^"'{}]+)(?P=q)""")
+# Cheap test of a whole file before the line-by-line walk for pairs split over lines: a model-like key with nothing
+# after it (a YAML list or continued scalar follows), a Kubernetes `name: MODEL...`, a Terraform `variable "model..."`.
+_SPLIT_PAIR = re.compile(
+    r"""(?im)^\s*(?:-\s*)?["']?[\w.-]*(?:model|name_or_path|repo_id|tokenizer|architectures)[\w.-]*["']?\s*:\s*(?:[>|][-+]?)?\s*(?:#.*)?$"""
+    r"""|^\s*-?\s*name:\s*["']?\w*(?:model|repo_id)|^\s*variable\s+["'][\w-]*model"""
+)
 _K8S_NAME = re.compile(r"""^\s*-?\s*name:\s*["']?(?P<key>[A-Za-z_][\w]*)["']?\s*$""")
 _K8S_VALUE = re.compile(r"""^\s*value:\s*["']?(?P<value>[^"'\s#]+)""")
 _HCL_VARIABLE = re.compile(r"""^\s*variable\s+["'](?P<key>[\w-]+)["']""")
@@ -527,7 +533,7 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value("model", match.group("value"), judge)
                 if reason and "dataset" not in line.lower():
                     add("EXT003", number, match.start("value") + 1, reason, match.group("value"))
-    if kind in {"yaml", "hcl", "text", "json"}:
+    if kind in {"yaml", "hcl", "text", "json"} and _SPLIT_PAIR.search(text):
         _pairs_over_lines(text, kind, judge, add)
     if kind in {"yaml", "json", "toml", "ini"} and any(_BLOCK_OPENER.match(line) for _, line in lines):
         _ids_in_model_blocks(text, kind, judge, add)
