@@ -340,8 +340,9 @@ class _Program:
             if node.id not in self.unresolvable and len(values) == 1 and node.id not in self.imports:
                 value = values[0]
                 if isinstance(value, ast.Name | ast.Attribute) or (
-                    isinstance(value, ast.Call) and dotted(value.func) in {"getattr"}
-                ):
+                    isinstance(value, ast.Call)
+                    and (dotted(value.func) in {"getattr"} or isinstance(value.func, ast.Call))
+                ):  # an alias, a constant getattr, or `operator.attrgetter("x")(obj)` bound to a name
                     resolved = self.qualified(value, depth + 1)
                     if resolved:
                         return resolved

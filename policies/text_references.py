@@ -186,6 +186,7 @@ _YAML_LIST_KEY = re.compile(r"""^\s*(?:-\s*)?["']?(?P<key>[\w.-]+)["']?\s*:\s*(?
 _FLOW_PAIR = re.compile(r"""["']?(?P<key>[\w.-]+)["']?\s*[:=]\s*["']?(?P<value>[^"',}]+)""")
 _YAML_SCALAR = re.compile(r"""^\s+["']?(?P<value>[^"'#\s:\-][^"'#\s:]*)["']?\s*(?:#.*)?$""")
 _YAML_ITEM = re.compile(r"""^\s*-\s*["']?(?P<value>[^"'#\s]+)""")
+_DATA_CALL = re.compile(r"""repo_type\s*=\s*["'](?:dataset|space)["']|load_dataset\s*\(""")
 _PY_KEYWORD = re.compile(r"""[(,]\s*(?P<key>[A-Za-z_]\w*)\s*=\s*[rf]?(?P<q>["'])(?P<value>[^"'{}]+)(?P=q)""")
 # Cheap test of a whole file before the line-by-line walk for pairs split over lines: a model-like key with nothing
 # after it (a YAML list or continued scalar follows), a Kubernetes `name: MODEL...`, a Terraform `variable "model..."`.
@@ -484,7 +485,8 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value(constant.group("key"), constant.group("value"), judge)
                 if reason:
                     add("EXT003", number, constant.start("value") + 1, reason, constant.group("value"))
-            for keyword in _PY_KEYWORD.finditer(line) if kind == "python" else ():
+            data_call = _DATA_CALL.search(line)  # hf_hub_download(repo_id=..., repo_type="dataset")
+            for keyword in _PY_KEYWORD.finditer(line) if kind == "python" and not data_call else ():
                 if model_key(keyword.group("key")):
                     reason = foreign_value(keyword.group("key"), keyword.group("value"), judge)
                     if reason:

@@ -332,3 +332,19 @@ def test_a_resolved_foreign_id_is_found_even_with_local_files_only(scan: Scan) -
         "m = AutoModel.from_pretrained('meta-llama/Llama-2-7b', local_files_only=True)\n"
     )
     assert ids(scan({"src/io.py": source}), "EXT001") == ["EXT001"]
+
+
+def test_an_attrgetter_bound_to_a_name_is_resolved(scan: Scan) -> None:
+    source = (
+        "import operator\nfrom transformers import AutoModel\n"
+        "loader = operator.attrgetter('from_pretrained')(AutoModel)\nm = loader('distilbert-base-uncased')\n"
+    )
+    assert ids(scan({"src/attr.py": source}), "EXT001") == ["EXT001"]
+
+
+def test_a_dataset_download_names_no_model(scan: Scan) -> None:
+    source = (
+        "from huggingface_hub import hf_hub_download\n"
+        "p = hf_hub_download(repo_id='allenai/c4', filename='en/c4.json.gz', repo_type='dataset')\n"
+    )
+    assert ids(scan({"data/fetch.py": source}), "EXT00") == []
