@@ -156,7 +156,7 @@ def _namespace_ok(value: str, ctx: ScanContext) -> bool:
     segments, or with a file suffix, is a path (foreign only when it names a foreign model: `checkpoints/meta-llama/
     Llama-2-7b` is a local copy of one)."""
     value = value.strip()
-    if value.startswith(("/", "./", "../", "~")):
+    if value.startswith(("/", "./", "../", "~")) or value.endswith("/"):
         return True
     first = value.split("/", 1)[0]
     if "/" in value and first and (ctx.root / first).is_dir():  # "checkpoints/step-1000": a folder of this tree
@@ -200,7 +200,7 @@ def check(ctx: ScanContext) -> PolicyResult:
         ):
             spans = _check_python(ctx, path, result)
         elif kind == "markdown" and any(code_words.search(line.text) for line in lines):
-            _check_markdown_code(ctx, path, result)
+            spans = _check_markdown_code(ctx, path, result)
         elif path.endswith(_CYTHON) and any(code_words.search(line.text) for line in lines):
             ctx.not_analysed(path, "Cython source: read as text only (loaders it names are reported)")
             for fallback in python_loads.text_fallback([(line.number, line.text) for line in lines]):
@@ -297,7 +297,7 @@ _CYTHON = (".pyx", ".pxd", ".pxi")
 _PYTHON_FENCE = re.compile(r"^\s*(```|~~~)\s*\{?\s*(python3?|py|ipython3?|code-cell\s+(python3?|ipython3?))\b", re.I)
 
 
-def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> None:
+def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> set[int]:
     """Python code blocks of a document, analysed as code (line numbers kept). Examples in documentation load
     nothing by themselves: what they name is judged, an id they leave unresolved is not a finding."""
     text = ctx.text(path) or ""
@@ -314,18 +314,21 @@ def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> N
             program.append(line if inside and not line.lstrip().startswith(("%", "!", ">>>")) else "")
     source = "\n".join(program)
     if not source.strip():
-        return
+        return set()
     tree = ctx_parse(source)
     if tree is None:
-        return  # an example that does not parse is prose to the reader; the reference layer still reads it
+        return set()  # an example that does not parse is prose to the reader; the reference layer still reads it
     judge = _judge(ctx)
     judge.fail_closed = False
     source_lines = source.split("\n")
+    spans: set[int] = set()
     for hit in python_loads.analyse(tree, judge):
         if hit.rule_id == "EXT004":
             continue  # an example importing a class explains, it does not implement
         rule = _RULES_BY_ID[hit.rule_id]
         result.findings.append(rule.finding(path, hit.line, hit.column, hit.message, _segment(source_lines, hit)))
+        spans.update(range(hit.line, hit.end_line + 1))
+    return spans
 
 
 def ctx_parse(source: str) -> ast.Module | None:

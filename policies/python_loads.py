@@ -784,7 +784,7 @@ def _check_loader(
     if program.value(_keyword(node, "local_files_only")) is True:
         return  # an unresolved folder that may not be fetched: a local load (a resolved foreign id is still reported)
     prefix = program.prefix(argument)
-    if prefix and ("/" in prefix or prefix.startswith(".")) and judge.namespace_ok(prefix):
+    if prefix and ("/" in prefix or prefix.startswith(".")) and judge.namespace_ok(prefix + "x"):
         return
     # a path built with Path(...) / os.path.join from a constant start that names no foreign model ("runs/..."):
     # a local folder; `Path(args.model)` has no constant start and stays a finding

@@ -115,7 +115,8 @@ _FETCH_WORDS = re.compile(
 # Command-line fetches: the command, then its arguments.
 _FETCH = re.compile(
     r"(?i)(?P<cmd>huggingface-cli\s+(?:download|repo\s+clone)|(?<![\w-])hf\s+download|ollama\s+(?:pull|run)"
-    r"|litgpt\s+\w+|tune\s+download"
+    r"|(?-i:litgpt)\s+(?-i:download|chat|finetune\w*|pretrain|generate\w*|serve|evaluate|convert\w*|merge_lora)"
+    r"|tune\s+download"
     r"|modelscope\s+download|kaggle\s+models\s+instances\s+versions\s+download|vllm\s+serve|mlx_lm\.\w+"
     r"|sglang\s+serve|lms\s+get|llamafactory-cli\s+\w+|lmdeploy\s+serve\s+\w+)\s+(?P<args>[^\n|;&]*)"
 )
@@ -167,7 +168,9 @@ _MODELFILE_FROM = re.compile(r"^\s*FROM\s+(?P<value>\S+)", re.I)
 _AUTO_MAP = re.compile(r"""["']?(?P<cls>Auto\w+)["']?\s*:\s*["'](?P<repo>[\w.-]+/[\w.-]+)--[\w.]+["']""")
 _QUOTED = re.compile(r"""(?P<q>["'`])(?P<value>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)\\?(?P=q)""")
 # A path-like keyword before a quoted value (`output_dir="results/distill-qwen"`): a local folder, not a model id.
-_DATA_KEY_BEFORE = re.compile(r"(?i)(source|dataset\w*|data_\w*|destination_path|download_dir)\s*[=:]\s*$")
+_DATA_KEY_BEFORE = re.compile(
+    r"(?i)(source|dataset\w*|data_\w*|destination_path|download_dir)(\s*:\s*[\w\[\]|. ]+?)?\s*[=:]\s*$"
+)
 _PATH_KEY_BEFORE = re.compile(
     r"(?i)(output|save|logging|log|cache|run|out|result|tmp|data)[_-]?(dir|path|folder|name)?\s*[=:]\s*$"
 )
@@ -309,7 +312,7 @@ def _hub_layout_foreign(org: str, name: str, judge: Judge) -> bool:
 
 
 def _is_local(value: str, judge: Judge) -> bool:
-    if value.startswith(("/", "./", "../", "~", "$")) or re.match(r"^[A-Za-z]:[\\/]", value):
+    if value.startswith(("/", "./", "../", "~", "$")) or re.match(r"^[A-Za-z]:[\\/]", value) or value.endswith("/"):
         return True
     first = value.split("/", 1)[0]
     return "/" in value and (judge.is_local_dir(first) or value.count("/") >= 2 or first.lower() in LOCAL_ROOTS)
@@ -440,10 +443,15 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
             args = match.group("args")
             if re.search(r"--repo[-_]type[= ]+[\"']?(dataset|space)", args):
                 continue  # a dataset or a Space, not a model
+            option_value = False  # the word after `--config` or `--data.x` is that option's value, not the model
             for token in args.split():
                 found = _ARG_TOKEN.match(token.lstrip("\"'`\\"))
                 token = found.group() if found else ""
-                if token.startswith("-") or not token:
+                if option_value or not token:
+                    option_value = False
+                    continue
+                if token.startswith("-"):
+                    option_value = "=" not in token
                     continue
                 reason = foreign_value("model", token, judge) or _ollama_pull(match.group("cmd"), token, text, judge)
                 if reason:
@@ -625,6 +633,8 @@ def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, i
             continue
         if org in PLACEHOLDER_ORGS or API_INSIDE.search(value) or judge.is_local_dir(value.split("/", 1)[0]):
             continue
+        if org in LOCAL_ROOTS:
+            continue  # `Path("data/starcoder")`: a folder of the run
         before = line[: match.start()]
         if _PATH_KEY_BEFORE.search(before) or _DATA_KEY_BEFORE.search(before) or re.search(r"/checkpoint-\d+$", value):
             continue

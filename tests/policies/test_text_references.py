@@ -178,3 +178,28 @@ def test_positional_serve_ids_other_languages_cython_and_quarto_chunks_are_found
 def test_a_documentation_example_with_an_unresolved_id_is_not_a_load(scan: Scan) -> None:
     doc = "```python\nfrom transformers import AutoModel\nmodel = AutoModel.from_pretrained(model_name)\n```\n"
     assert ids(scan({"docs/usage.md": doc}), "EXT00") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("src/utils.py", "from litgpt import GPT, Config\n"),
+        (
+            "docs/pretrain.md",
+            "```sh\nlitgpt pretrain --config config_hub/pretrain/tinyllama.yaml --data.help TinyLlama\n```\n",
+        ),
+        ("src/prepare.py", 'destination = Path("data/starcoder")\n'),
+        ("src/ds.py", 'def load(source: str = "liuhaotian/LLaVA-Instruct-150K"):\n    return source\n'),
+        ("docs/convert.md", '```python\nm = AutoModel.from_pretrained("output_dir/", local_files_only=True)\n```\n'),
+    ],
+)
+def test_imports_option_values_data_folders_and_trailing_slash_folders_are_not_models(
+    scan: Scan, path: str, content: str
+) -> None:
+    assert ids(scan({path: content}), "EXT00") == []
+
+
+def test_a_multi_line_call_in_a_markdown_example_is_one_finding(scan: Scan) -> None:
+    code = "from transformers import AutoModel\nm = AutoModel.from_pretrained(\n    'microsoft/phi-2',\n)\n"
+    doc = "```python\n" + code + "```\n"
+    assert ids(scan({"docs/api.md": doc}), "EXT00") == ["EXT001"]
