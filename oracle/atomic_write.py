@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,24 @@ def _mode_for(path: Path) -> int:
 
 
 def write_atomically(path: Path, content: bytes | str | Callable[[Path], None]) -> Path:
-    """Write bytes, text (UTF-8) or, through a callback that writes the given temporary path, anything else."""
+    """Write bytes, text (UTF-8) or, through a callback that writes the given temporary path, anything else. A target
+    that is a device or a pipe (`--output /dev/null`, `/dev/stdout`) is written in place: renaming a file over it
+    would replace the device itself (as root, /dev/null would become a regular file for every process)."""
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path)
+    except FileNotFoundError:
+        special = False
+    if special:
+        if callable(content):
+            with tempfile.TemporaryDirectory() as scratch:
+                staged = Path(scratch) / path.name
+                content(staged)
+                data = staged.read_bytes()
+        else:
+            data = content.encode() if isinstance(content, str) else content
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
