@@ -9,6 +9,7 @@ is refused; the kill switch cancels our jobs and leaves another's alone.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def test_refusals_submit_nothing(tmp_path: Path, slurm_cluster: SlurmCluster) ->
 
     attest(root, tmp_path / "signing.pem")
     (root / "data" / "mini" / "tokens" / "index.json").unlink()  # data is outside git: the job's inputs are checked
-    (root / "data" / "mini" / "weights.bin").write_bytes(b"\x80\x04" + b"\0" * 64)  # a pickle by content
+    weights = pickle.dumps({"w": [0.5] * 64}, protocol=4)  # a pickle by its content (opcodes to STOP), not its name
+    (root / "data" / "mini" / "weights.bin").write_bytes(weights)
     _refused(root, slurm_cluster, "SUB003")
 
 
