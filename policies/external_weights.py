@@ -140,10 +140,8 @@ def _family_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
 
 
 # Folders runs write to: `outputs/final` is a path, not the model "final" of a Hub organisation called "outputs".
-LOCAL_ROOTS = frozenset(
-    {"runs", "outputs", "output", "checkpoints", "ckpt", "ckpts", "results", "artifacts", "experiments", "exp",
-     "logs", "saved", "save", "work_dirs", "tmp", "out", "trained", "finetuned"}
-)  # fmt: skip
+# (the reference layer's table; `data/` is a folder of data there, never one a model is loaded from here)
+LOCAL_ROOTS = text_references.LOCAL_ROOTS - {"data"}
 
 
 _PATH_SUFFIX = re.compile(
@@ -315,7 +313,7 @@ def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> s
     source = "\n".join(program)
     if not source.strip():
         return set()
-    tree = ctx_parse(source)
+    tree = _parse_example(source)
     if tree is None:
         return set()  # an example that does not parse is prose to the reader; the reference layer still reads it
     judge = _judge(ctx)
@@ -331,7 +329,7 @@ def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> s
     return spans
 
 
-def ctx_parse(source: str) -> ast.Module | None:
+def _parse_example(source: str) -> ast.Module | None:
     try:
         return ast.parse(source)
     except (SyntaxError, ValueError):

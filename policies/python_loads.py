@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from policies.text_references import PLACEHOLDER_ORGS
+
 TABLE_FILE = Path(__file__).with_name("loaders.toml")
 
 # Modules whose import is itself the use of a foreign model implementation (a model zoo or a model's code). Utility
@@ -651,7 +653,7 @@ def _check_model_keyword(
         value = program.value(item.value)
         if not isinstance(value, str) or not _REPO_ID.match(value) or judge.namespace_ok(value):
             continue
-        if value.split("/", 1)[0].lower() in {"username", "your-username", "user", "org", "your-org"}:
+        if value.split("/", 1)[0].lower() in PLACEHOLDER_ORGS:
             continue
         if re.search(r"\.(py|json|ya?ml|txt|md|csv|jsonl)$", value) or value in program.saved_values:
             continue
