@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from policies.lockfile import normalise_name as normalise_name  # its home is the stdlib-only lockfile
 from policies.rule import Gate
 from policies.settings import Settings
 from policies.venv_integrity import Problem, check_installation
+
+_T = TypeVar("_T")
 
 # When more files than this are selected, ripgrep walks the root itself (respecting .gitignore) and its matches are
 # filtered to the selection, instead of receiving every path on its command line.
@@ -631,12 +634,30 @@ class ScanContext:
             self._heads[relative], self._probed[relative] = b"", "whole"
             return b""
         if cached is None:
-            self._heads[relative] = data[:_HEAD]
-            if b"\0" in data[:_PROBE]:
-                self._probed[relative] = "binary" if looks_binary(data[:_PROBE]) else "nul"
-            else:
-                self._probed[relative] = "whole" if len(data) < _PROBE else "more"
+            self._keep_head(relative, data)
         return data[:n_bytes]
+
+    def _keep_head(self, relative: str, data: bytes) -> None:
+        """What head() keeps of a file's first `_PROBE` bytes (or all of it)."""
+        self._heads[relative] = data[:_HEAD]
+        if b"\0" in data[:_PROBE]:
+            self._probed[relative] = "binary" if looks_binary(data[:_PROBE]) else "nul"
+        else:
+            self._probed[relative] = "whole" if len(data) < _PROBE else "more"
+
+    def sniff(self, relative: str, judge: Callable[[int, int, bytes], _T]) -> _T:
+        """`judge(fd, size, start)` on the file opened once, `start` its first `_PROBE` bytes (or all of it): the
+        same read fills head(), so content sniffing and the reading layer read each file once. Raises OSError when
+        the file cannot be opened or read (the caller records why; head() is then left to try again)."""
+        size = self.size(relative)
+        fd = os.open(os.path.join(self._root_str, relative), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks
+        try:
+            start = os.read(fd, _PROBE)
+            if relative not in self._heads:
+                self._keep_head(relative, start)
+            return judge(fd, size, start)
+        finally:
+            os.close(fd)
 
     def _read(self, relative: str, n_bytes: int | None) -> bytes | None:
         # os-level calls: this runs once per file of the tree, where pathlib's overhead shows
@@ -759,8 +780,9 @@ class ScanContext:
             subset: Sequence[str] = self.files
             job = prefetched[1]
             found: dict[str, list[Line]] = {}
+            keep = _line_filter(wanted_lines, patterns, prefetched[0] - set(patterns))
             for path, lines in job.lines(set(self.files)).items():
-                kept = [line for line in lines if wanted_lines.search(line.text)]
+                kept = lines if keep is None else [line for line in lines if keep(line.text)]
                 if kept:
                     found[path] = kept
         else:
@@ -804,6 +826,21 @@ class ScanContext:
             if probed == "nul" or (probed == "more" and _nul_after(self.path(path), _PROBE, limit)):
                 found.append(path)
         return found
+
+
+def _line_filter(
+    wanted: re.Pattern[str], patterns: Sequence[str], others: Iterable[str]
+) -> Callable[[str], bool] | None:
+    """Which lines of the prefetched pass (each matches `patterns` or `others`) match `patterns`: None for all of
+    them (no other pattern was searched); else the cheaper test, by the length of the patterns: `wanted` itself, or
+    `wanted` only where one of the others matches too (a line no other pattern matches matched `patterns`)."""
+    others = list(others)
+    if not others:
+        return None
+    if sum(map(len, others)) >= sum(map(len, patterns)):
+        return lambda text: wanted.search(text) is not None
+    other = re.compile("|".join(f"(?:{pattern})" for pattern in others))
+    return lambda text: other.search(text) is None or wanted.search(text) is not None
 
 
 def _nul_after(path: Path, offset: int, limit: int) -> bool:

@@ -22,7 +22,7 @@ from policies import python_loads, text_references
 from policies.context import Line, ScanContext
 from policies.rule import ALL_GATES, Policy, PolicyResult, Rule, Severity
 from policies.settings import Settings
-from policies.weight_formats import executes_code, weights_kind_at
+from policies.weight_formats import executes_code, weights_kind_open
 
 NAME = "external_weights"
 
@@ -197,7 +197,11 @@ def check(ctx: ScanContext) -> PolicyResult:
             kind == "notebook" and any(code_words.search(line.text) for line in lines)
         ):
             spans = _check_python(ctx, path, result)
-        elif kind == "markdown" and any(code_words.search(line.text) for line in lines):
+        elif (
+            kind == "markdown"
+            and _python_fence_in(ctx.text(path) or "")  # else there is no code to read: cheaper than the words
+            and any(code_words.search(line.text) for line in lines)
+        ):
             spans = _check_markdown_code(ctx, path, result)
         elif path.endswith(_CYTHON) and any(code_words.search(line.text) for line in lines):
             ctx.not_analysed(path, "Cython source: read as text only (loaders it names are reported)")
@@ -293,6 +297,20 @@ def _check_python(ctx: ScanContext, path: str, result: PolicyResult) -> set[int]
 _CYTHON = (".pyx", ".pxd", ".pxi")
 # A fenced code block of Python in Markdown, MyST, Quarto or R Markdown: ```python, ```{python}, ```{code-cell} ipython3
 _PYTHON_FENCE = re.compile(r"^\s*(```|~~~)\s*\{?\s*(python3?|py|ipython3?|code-cell\s+(python3?|ipython3?))\b", re.I)
+
+
+_FENCE_LANGUAGE = re.compile(r"\s*\{?\s*(?i:py|ipython|code-cell)")  # what follows a fence that _PYTHON_FENCE opens
+
+
+def _python_fence_in(text: str) -> bool:
+    """Whether `text` may hold a block _PYTHON_FENCE opens (a fence, then a language that starts like a Python one)."""
+    for fence in ("```", "~~~"):
+        start = text.find(fence)
+        while start != -1:
+            if _FENCE_LANGUAGE.match(text, start + 3):
+                return True
+            start = text.find(fence, start + 1)
+    return False
 
 
 def _check_markdown_code(ctx: ScanContext, path: str, result: PolicyResult) -> set[int]:
@@ -409,7 +427,7 @@ def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> Non
     """Every selected file, whatever its size: its structure (archives, pointers included) says whether it is
     weights. A file that cannot be read is reported as not analysed (never a pass)."""
     try:
-        kind = weights_kind_at(ctx.path(path), ctx.size(path), path)
+        kind = ctx.sniff(path, lambda fd, size, start: weights_kind_open(fd, size, start, path))
     except OSError as exc:
         ctx.not_analysed(path, f"unreadable ({exc.strerror or exc})")
         return

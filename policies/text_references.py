@@ -17,6 +17,7 @@ The module knows nothing of rules or files: `check_text` returns `Hit`s for the 
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,9 +194,19 @@ _DATA_CALL = re.compile(r"""repo_type\s*=\s*["'](?:dataset|space)["']|load_datas
 _PY_KEYWORD = re.compile(r"""[(,]\s*(?P<key>[A-Za-z_]\w*)\s*=\s*[rf]?(?P<q>["'])(?P<value>[^"'{}]+)(?P=q)""")
 # Cheap test of a whole file before the line-by-line walk for pairs split over lines: a model-like key with nothing
 # after it (a YAML list or continued scalar follows), a Kubernetes `name: MODEL...`, a Terraform `variable "model..."`.
+_SPLIT_KEY_WORDS = ("model", "name_or_path", "repo_id", "tokenizer", "architectures")
+_SPLIT_KEY_END = r"""[\w.-]*["']?\s*:\s*(?:[>|][-+]?)?\s*(?:#.*)?$"""
+_SPLIT_NAME = r"""name:\s*["']?\w*(?:model|repo_id)"""
+_SPLIT_VARIABLE = r"""variable\s+["'][\w-]*model"""
 _SPLIT_PAIR = re.compile(
-    r"""(?im)^\s*(?:-\s*)?["']?[\w.-]*(?:model|name_or_path|repo_id|tokenizer|architectures)[\w.-]*["']?\s*:\s*(?:[>|][-+]?)?\s*(?:#.*)?$"""
-    r"""|^\s*-?\s*name:\s*["']?\w*(?:model|repo_id)|^\s*variable\s+["'][\w-]*model"""
+    rf"""(?im)^\s*(?:-\s*)?["']?[\w.-]*(?:{"|".join(_SPLIT_KEY_WORDS)}){_SPLIT_KEY_END}"""
+    rf"""|^\s*-?\s*{_SPLIT_NAME}|^\s*{_SPLIT_VARIABLE}"""
+)
+# What every match of _SPLIT_PAIR holds, as searches of lower-cased ASCII text that each start with a literal (sre
+# skips to it; the case-insensitive pattern tries every position of the file): when none matches, neither does it.
+_SPLIT_PAIR_PARTS = tuple(
+    re.compile(pattern, re.M)
+    for pattern in (*(word + _SPLIT_KEY_END for word in _SPLIT_KEY_WORDS), _SPLIT_NAME, _SPLIT_VARIABLE)
 )
 _K8S_NAME = re.compile(r"""^\s*-?\s*name:\s*["']?(?P<key>[A-Za-z_][\w]*)["']?\s*$""")
 _K8S_VALUE = re.compile(r"""^\s*value:\s*["']?(?P<value>[^"'\s#]+)""")
@@ -258,6 +269,42 @@ def normalised_key(key: str) -> str:
 def model_key(key: str) -> bool:
     key = normalised_key(key)
     return key in MODEL_KEYS or key.endswith(MODEL_KEY_ENDINGS)
+
+
+def _fewest_covering(words: set[str]) -> list[str]:
+    """The words of `words` that contain no other: every word of `words` contains one of them."""
+    return sorted(word for word in words if not any(other != word and other in word for other in words))
+
+
+# A model-like key (model_key) holds one of these words once lower-cased and `-` and `.` read as `_`.
+_MODEL_KEY_WORDS = tuple(_fewest_covering({*MODEL_KEYS, *MODEL_KEY_ENDINGS}))
+
+
+def _model_key_lines(lowered: str) -> list[int]:
+    """0-based indices (in `lowered.split("\\n")`) of the lines of lower-cased ASCII text that hold one of
+    _MODEL_KEY_WORDS: the only lines where a model-like key can be."""
+    normalised = lowered.replace("-", "_").replace(".", "_")
+    starts = []
+    for word in _MODEL_KEY_WORDS:
+        start = normalised.find(word)
+        while start != -1:
+            starts.append(start)
+            start = normalised.find(word, start + 1)
+    found: list[int] = []
+    line = position = 0
+    for start in sorted(starts):
+        line += normalised.count("\n", position, start)
+        position = start
+        if not found or found[-1] != line:
+            found.append(line)
+    return found
+
+
+def _split_pair_in(text: str, lowered: str | None) -> bool:
+    """_SPLIT_PAIR.search(text), ruled out first on lower-cased ASCII text (`lowered`) by the searches it implies."""
+    if lowered is not None and not any(part.search(lowered) for part in _SPLIT_PAIR_PARTS):
+        return False
+    return _SPLIT_PAIR.search(text) is not None
 
 
 # --- values -------------------------------------------------------------------------------------------------------
@@ -543,10 +590,22 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value("model", match.group("value"), judge)
                 if reason and "dataset" not in line.lower():
                     add("EXT003", number, match.start("value") + 1, reason, match.group("value"))
-    if kind in {"yaml", "hcl", "text", "json"} and _SPLIT_PAIR.search(text):
-        _pairs_over_lines(text, kind, judge, add)
-    if kind in {"yaml", "json", "toml", "ini"} and any(_BLOCK_OPENER.match(line) for _, line in lines):
-        _ids_in_model_blocks(text, kind, judge, add)
+    if kind in {"yaml", "hcl", "text", "json", "toml", "ini"}:
+        # lower-cased once for the whole-file walks' cheap tests; ASCII only, where lower-casing maps each character
+        # to one, so its lines and columns are the text's and case-insensitive matching is matching it
+        lowered = text.lower() if text.isascii() else None
+        keyed: list[int] | None = None  # the lines where a model-like key can be (None: any line)
+
+        def keyed_lines() -> list[int] | None:
+            nonlocal keyed
+            if keyed is None and lowered is not None:
+                keyed = _model_key_lines(lowered)
+            return keyed
+
+        if kind in {"yaml", "hcl", "text", "json"} and _split_pair_in(text, lowered):
+            _pairs_over_lines(text, kind, judge, add, keyed_lines())
+        if kind in {"yaml", "json", "toml", "ini"} and any(_BLOCK_OPENER.match(line) for _, line in lines):
+            _ids_in_model_blocks(text, kind, judge, add, keyed_lines() if kind in {"yaml", "json"} else None)
     return _one_per_reference(hits)
 
 
@@ -587,12 +646,31 @@ def _ollama_pull(cmd: str, name: str, text: str, judge: Judge) -> str | None:
     return f"model {name!r} comes from the Ollama registry"
 
 
-def _ids_in_model_blocks(text: str, kind: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
+def _ids_in_model_blocks(
+    text: str, kind: str, judge: Judge, add: Callable[[str, int, int, str, str], None], keyed: list[int] | None = None
+) -> None:
     """Ids one level under a model-like key: YAML/JSON `model:` (or `"model": {`) then `id: org/name`, TOML/INI
-    `[model]` then `name = "org/name"` (a key such as `id` or `name` means nothing on its own)."""
-    parents: list[tuple[int, str]] = []  # (indent, key) of the open blocks (YAML, JSON)
+    `[model]` then `name = "org/name"` (a key such as `id` or `name` means nothing on its own).
+
+    YAML/JSON with `keyed` (the lines where a model-like key can be, ascending): only the lines inside a block that
+    a model-like key opens are walked. Blocks of other keys never report, nor change what a model-like block holds
+    (they sit below it in `parents`), so while no model-like block is open the walk goes on at the next keyed line."""
+    parents: list[tuple[int, str, bool]] = []  # (indent, key, model-like) of the open blocks (YAML, JSON)
     section = ""
-    for number, line in enumerate(text.split("\n"), start=1):
+    lines = text.split("\n")
+    starts = keyed if kind in {"yaml", "json"} else None
+    index, skip_to = 0, 0  # skip_to: in starts
+    while index < len(lines):
+        if starts is not None and not any(model_like for _, _, model_like in parents):
+            skip_to = bisect.bisect_left(starts, index, skip_to)
+            if skip_to == len(starts):
+                break
+            if starts[skip_to] > index:
+                index = starts[skip_to]
+                parents.clear()
+        line = lines[index]
+        index += 1
+        number = index
         if not line.strip() or line.lstrip().startswith(("#", "//", ";")):
             continue
         header = _SECTION.match(line) if kind in {"toml", "ini"} else None
@@ -610,7 +688,7 @@ def _ids_in_model_blocks(text: str, kind: str, judge: Judge, add: Callable[[str,
         else:
             parent = parents[-1][1] if parents else ""
             if value in {"", "{", "["} or value.startswith(("|", ">")):
-                parents.append((indent, key))
+                parents.append((indent, key, model_key(key)))
                 continue
         if normalised_key(key) not in _CHILD_KEYS or not parent or not model_key(parent):
             continue
@@ -648,13 +726,17 @@ def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, i
             add("EXT003", number, match.start("value") + 1, f"names {value!r}, a {family} model (foreign)", value)
 
 
-def _pairs_over_lines(text: str, kind: str, judge: Judge, add: Callable[[str, int, int, str, str], None]) -> None:
+def _pairs_over_lines(
+    text: str, kind: str, judge: Judge, add: Callable[[str, int, int, str, str], None], keyed: list[int] | None = None
+) -> None:
     """Pairs whose key and value sit on different lines: Kubernetes `- name: MODEL_ID` / `value: ...`, Terraform
-    `variable "model_id" {` / `default = "..."`."""
+    `variable "model_id" {` / `default = "..."`. Every pair opens on a line with a model-like key: with `keyed`
+    (the lines where one can be, ascending), only those lines are looked at."""
     if not re.search(r"(?i)model|name_or_path|repo_id|tokenizer|architectures", text):
         return
     lines = text.split("\n")
-    for index, line in enumerate(lines):
+    for index in range(len(lines)) if keyed is None else keyed:
+        line = lines[index]
         listed = _YAML_LIST_KEY.match(line) if kind == "yaml" else None
         if listed and model_key(listed.group("key")):  # `base_model:` then `- item` lines
             indent = len(line) - len(line.lstrip())

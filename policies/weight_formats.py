@@ -261,18 +261,28 @@ def weights_kind_at(path: Path | str, size: int | None = None, name: str | None 
     try:
         if size is None:
             size = os.fstat(fd).st_size
-        head = os.pread(fd, HEAD_BYTES, 0)
-        tail = os.pread(fd, TAIL_BYTES, size - TAIL_BYTES) if size > HEAD_BYTES else b""
-        name = name or os.path.basename(path)
-        if head.startswith(b"version https://git-lfs") or name.endswith(_DVC_NAMES):
-            pointer = _pointer_at(fd, size, head, name)
-            if pointer is not None:
-                return pointer
-        if head and head[0] not in _CANDIDATE_FIRST_BYTES and not _candidate_elsewhere(head, tail):
-            return None  # the common case, decided on the bytes already read
-        return _kind(_FileSource(fd, size), head, tail, name, depth=0)
+        return weights_kind_open(fd, size, os.pread(fd, HEAD_BYTES, 0), name or os.path.basename(path))
     finally:
         os.close(fd)
+
+
+def weights_kind_open(fd: int, size: int, start: bytes, name: str) -> str | None:
+    """`weights_kind_at` for a file the caller opened (`fd`, of `size` bytes) and read from its start: `start` holds
+    at least its first HEAD_BYTES (or all of it), so that one read serves the caller and this sniffing."""
+    head = start[:HEAD_BYTES]
+    if size <= HEAD_BYTES:
+        tail = b""
+    elif size <= len(start):  # the end was read too
+        tail = start[size - TAIL_BYTES : size]
+    else:
+        tail = os.pread(fd, TAIL_BYTES, size - TAIL_BYTES)
+    if head.startswith(b"version https://git-lfs") or name.endswith(_DVC_NAMES):
+        pointer = _pointer_at(fd, size, head, name)
+        if pointer is not None:
+            return pointer
+    if head and head[0] not in _CANDIDATE_FIRST_BYTES and not _candidate_elsewhere(head, tail):
+        return None  # the common case, decided on the bytes already read
+    return _kind(_FileSource(fd, size), head, tail, name, depth=0)
 
 
 _DVC_NAMES = (".dvc", "dvc.yaml", "dvc.lock")
