@@ -185,6 +185,7 @@ def check(ctx: ScanContext) -> PolicyResult:
     for path in ctx.files:  # content sniffing first: it overlaps the ripgrep pass the runner started
         result.examined.append(path)
         _check_weight_file(ctx, path, result)
+        ctx.kind(path)  # while its first bytes are at hand and ripgrep still runs (every policy asks for it)
     candidates = ctx.grep(patterns)
     judge = _reference_judge(ctx)
     for path in ctx.files:

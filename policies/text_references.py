@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 HUB_HOSTS = (
@@ -283,17 +283,21 @@ _MODEL_KEY_WORDS = tuple(_fewest_covering({*MODEL_KEYS, *MODEL_KEY_ENDINGS}))
 def _model_key_lines(lowered: str) -> list[int]:
     """0-based indices (in `lowered.split("\\n")`) of the lines of lower-cased ASCII text that hold one of
     _MODEL_KEY_WORDS: the only lines where a model-like key can be."""
-    normalised = lowered.replace("-", "_").replace(".", "_")
+    return _lines_holding(lowered.replace("-", "_").replace(".", "_"), _MODEL_KEY_WORDS)
+
+
+def _lines_holding(text: str, words: tuple[str, ...]) -> list[int]:
+    """0-based indices, ascending, of the lines of `text` (split at \\n) that hold one of `words` (none spans lines)."""
     starts = []
-    for word in _MODEL_KEY_WORDS:
-        start = normalised.find(word)
+    for word in words:
+        start = text.find(word)
         while start != -1:
             starts.append(start)
-            start = normalised.find(word, start + 1)
+            start = text.find(word, start + 1)
     found: list[int] = []
     line = position = 0
     for start in sorted(starts):
-        line += normalised.count("\n", position, start)
+        line += text.count("\n", position, start)
         position = start
         if not found or found[-1] != line:
             found.append(line)
@@ -466,27 +470,29 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
 
     name = path.rsplit("/", 1)[-1]
     is_markdown = kind == "markdown"
-    prose = _markdown_prose(text) if is_markdown else set()
+    prose = _markdown_prose(text, [number for number, _ in lines]) if is_markdown else set()
     for number, line in lines:
         in_prose = is_markdown and number in prose
         lower = line.lower()  # cheap word tests first: most candidate lines hold none of these commands or URLs
-        for match in _URL.finditer(line) if "://" in line or "git@" in line or _HUB_WORDS.search(lower) else ():
+        hub_words = _HUB_WORDS.search(lower)
+        for match in _URL.finditer(line) if "://" in line or "git@" in line or hub_words else ():
             url = match.group("url")
             reason = foreign_url(url, judge)
             if reason and reason.startswith("a model hub's endpoint") and not _assembled_download(line, match.end()):
                 continue  # `f"https://huggingface.co/{repo_id}"` in a message: a page, nothing is fetched from it
             if reason and not (in_prose and reason.startswith("a model hub's endpoint")):
                 add("EXT002", number, match.start("url") + 1, f"{reason}: {url}", url)
-        for match in _BARE_HOST.finditer(line):
+        for match in _BARE_HOST.finditer(line) if hub_words or not line.isascii() else ():
             if not in_prose:
                 message = f"a model hub's endpoint (URLs of models are assembled from it): {match.group('host')}"
                 add("EXT002", number, match.start("host") + 1, message, match.group("host"))
         for match in _REMOTE_COPY.finditer(line) if _COPY_WORDS.search(lower) else ():
             message = f"`{match.group('cmd')}` copies a weights file from remote storage: {match.group('arg')}"
             add("EXT002", number, match.start("arg") + 1, message, match.group("arg"))
-        commandline = re.sub(r"""["',\[\]]""", " ", line) if kind in {"python", "notebook"} else line
+        fetch_words = _FETCH_WORDS.search(lower)
         # in code, an argv list too: ["litgpt", "download", repo]
-        for match in _FETCH.finditer(commandline) if _FETCH_WORDS.search(lower) else ():
+        commandline = re.sub(r"""["',\[\]]""", " ", line) if fetch_words and kind in {"python", "notebook"} else line
+        for match in _FETCH.finditer(commandline) if fetch_words else ():
             args = match.group("args")
             if re.search(r"--repo[-_]type[= ]+[\"']?(dataset|space)", args):
                 continue  # a dataset or a Space, not a model
@@ -524,7 +530,7 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 if reason:
                     message = f"{match.group('call')}(): {reason}"
                     add("EXT003", number, match.start("value") + 1, message, match.group("value"))
-        for match in _MODEL_FLAG.finditer(line):
+        for match in _MODEL_FLAG.finditer(line) if "--" in line else ():
             reason = foreign_value(match.group("key"), match.group("value"), judge)
             if reason:
                 add(
@@ -540,8 +546,9 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value(constant.group("key"), constant.group("value"), judge)
                 if reason:
                     add("EXT003", number, constant.start("value") + 1, reason, constant.group("value"))
-            data_call = _DATA_CALL.search(line)  # hf_hub_download(repo_id=..., repo_type="dataset")
-            for keyword in _PY_KEYWORD.finditer(line) if kind == "python" and not data_call else ():
+            # keyword arguments, but not of a call that names a dataset (hf_hub_download(..., repo_type="dataset"))
+            keywords = kind == "python" and "=" in line and not _DATA_CALL.search(line)
+            for keyword in _PY_KEYWORD.finditer(line) if keywords else ():
                 if model_key(keyword.group("key")):
                     reason = foreign_value(keyword.group("key"), keyword.group("value"), judge)
                     if reason:
@@ -579,7 +586,7 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 reason = foreign_value("model", found.group("value"), judge)
                 if reason:
                     add("EXT003", number, found.start("value") + 1, f"Modelfile FROM: {reason}", found.group("value"))
-        for found in _AUTO_MAP.finditer(line):
+        for found in _AUTO_MAP.finditer(line) if "Auto" in line else ():
             repo = found.group("repo")
             if repo.split("/", 1)[0] not in judge.allowed_namespaces:
                 message = f"auto_map loads {found.group('cls')} as remote code from {repo!r}, another repository"
@@ -704,6 +711,8 @@ def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, i
     """Quoted repo ids that name a foreign model family: a reference wherever they sit. The family must stand as a
     model name (`phi-2`, `Qwen2ForCausalLM`, `Llama-3.1-8B`), not inside another word (`vespo/phi_seq_mean`); output
     folders, checkpoints of a run, placeholders and data made with an API model are not model ids."""
+    if "/" not in line:
+        return
     for match in _QUOTED.finditer(line):
         value = match.group("value")
         org, name = (part.lower() for part in value.split("/", 1))
@@ -771,21 +780,24 @@ def _pairs_over_lines(
                 break
 
 
-def _markdown_prose(text: str) -> set[int]:
-    """Line numbers of a Markdown file that are prose: outside front matter and fenced code blocks."""
-    prose: set[int] = set()
+def _markdown_prose(text: str, numbers: Iterable[int]) -> set[int]:
+    """The line numbers of `numbers` that are prose in a Markdown file: outside front matter and fenced code blocks,
+    and not indented code. Front matter and fences are found from the lines that can hold their marks, so the
+    file is not walked line by line."""
     lines = text.split("\n")
-    fenced = False
-    front = bool(lines) and lines[0].strip() == "---"
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if front:
-            if number > 1 and stripped == "---":
-                front = False
+    first = 0  # 0-based index of the first line after the front matter
+    if lines and lines[0].strip() == "---":
+        ends = [i for i in _lines_holding(text, ("---",)) if i > 0 and lines[i].strip() == "---"]
+        first = ends[0] + 1 if ends else len(lines)
+    fences = [
+        i for i in _lines_holding(text, ("```", "~~~")) if i >= first and lines[i].strip().startswith(("```", "~~~"))
+    ]
+    prose: set[int] = set()
+    for number in numbers:
+        index = number - 1
+        if not first <= index < len(lines) or lines[index].startswith(("    ", "\t")):
             continue
-        if stripped.startswith(("```", "~~~")):
-            fenced = not fenced
-            continue
-        if not fenced and not line.startswith(("    ", "\t")):
+        opened = bisect.bisect_right(fences, index)  # fence lines up to this one
+        if opened % 2 == 0 and (not opened or fences[opened - 1] != index):
             prose.add(number)
     return prose
