@@ -150,6 +150,7 @@ def require_serving_allowed(
     from guards.audit import append_entry
     from guards.checkpoint_files import REQUIRED, TOKENIZER, uncovered_files, uncovered_message
     from guards.keys import SigningKeyError
+    from guards.process_policy import unsealed_reads
     from guards.provenance import PROVENANCE_FILE, ProvenanceError, verify_provenance
     from guards.trust import TrustError, load_trust_root, require_protected
 
@@ -161,7 +162,8 @@ def require_serving_allowed(
         trust = load_trust_root(root)
         details["trust"] = trust.describe()
         require_protected(trust, f"serving {checkpoint}")
-        record = verify_provenance(checkpoint, root, trust=trust)  # every file it lists, against the signed sha256
+        with unsealed_reads():  # hashing the weights is not loading them (the process policy is sealed below)
+            record = verify_provenance(checkpoint, root, trust=trust)  # every file it lists, against the signed sha256
         files: dict[str, object] = record["files"]  # verify_provenance checked it is a mapping
         unlisted = [name for name in REQUIRED if name not in files]
         if unlisted:
@@ -181,6 +183,10 @@ def require_serving_allowed(
         reason = f"serving refused: {exc}"
     if not reason:
         details.update({k: record[k] for k in ("commit", "run", "step", "job_id") if k in record})
+        from guards.process_policy import allow_and_seal
+
+        # the process policy lets this process read these weights and no others (sealed: nothing widens it later)
+        allow_and_seal(read_files=[checkpoint / name for name in record["files"]])
     else:
         details["reason"] = reason
     append_entry(

@@ -281,6 +281,13 @@ def train_command(
             raise fail(refusal, EXIT_BLOCKED)
         if data is not None:
             recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(data)})})
+        from guards.process_policy import allow_and_seal
+
+        # the process policy: weights may be read from this run's folder (the checkpoints it writes and resumes, each
+        # verified against its manifest), an explicit --resume folder and the recipe's data, nothing else
+        run_dir = Path(recipe.checkpoint.dir) / (run_name or recipe.name)
+        explicit = [resume] if resume not in (None, "auto") else []
+        allow_and_seal(read_roots=[run_dir, recipe.data.path, *explicit])
         placement = placement_from_env()
         run_dir = run_training(
             recipe,

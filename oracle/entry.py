@@ -52,6 +52,10 @@ def runtime_message(argv: list[str], module: str, missing: list[str]) -> str:
 
 
 def main() -> None:
+    # The runtime layer first, before typer, torch or the model are imported (guards.process_policy: stdlib only).
+    from guards.process_policy import install_for_argv
+
+    install_for_argv(sys.argv[1:])
     try:
         from oracle.cli import main as cli_main
 

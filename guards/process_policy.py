@@ -1,0 +1,590 @@
+"""The process policy: what a gated process (`oracle train`, `oracle serve`, `oracle data run`, `oracle hub publish`)
+may reach at run time, enforced with Python audit hooks (PEP 578) installed before any third-party import.
+
+Static analysis misses things; these hooks are the layer behind it. In a gated process:
+- **Network**: `socket.connect`/`sendto`/`sendmsg` reach only the addresses the command needs (the job's rendezvous
+  and nodes, the Kubernetes API server for the job-identity check, the data endpoints named on the command line,
+  the Hub endpoint only inside `oracle hub publish`), and name resolution (`getaddrinfo`, `gethostbyname`) only
+  their host names. Anything else is refused, naming the host.
+- **Weight files**: a file opened for reading whose bytes are weights (`policies.weight_formats`, the same content
+  sniffing the gates use, not the name) must be one the command may read: the files of the checkpoint being served
+  (its signed provenance verified them), the job's own run folder (checkpoints it writes and resumes), or the locked
+  virtualenv and interpreter. `safetensors.safe_open`, which opens files in Rust where no audit event is raised, is
+  wrapped to ask the same question.
+- **Programs**: no package installer or downloader is started (`pip`, `uv`, `conda`, `curl`, `wget`, `git clone`,
+  `huggingface-cli`, `hf`, ...), also not through a shell, `env` or `python -m pip`.
+- **Unpickling**: `torch.load` without `weights_only=True` (the only torch.load that raises `pickle.find_class`)
+  runs only on a file the command may read as weights, never on bytes from elsewhere.
+The Hub clients' offline switches are set too (`OFFLINE_ENV`), but the hooks are what is relied on.
+
+A refusal is one line on stderr, an entry in the audit log (gate `runtime`, naming the host, file or program and
+the code that asked) and the end of the process with exit 1 (`os._exit`: model code cannot catch it and carry on).
+The policy is configured in two steps: `install_for_argv` at start-up (before typer, torch or the model are
+imported) with what the command line says, then the command adds what it learns once its own checks have run (the
+recipe's run folder, the checkpoint whose provenance verified) and calls `seal()`; after that nothing can widen it.
+
+Limits (docs/security.md, "Runtime layer"): audit hooks see only what goes through the interpreter. A native
+extension that opens files or sockets itself (a Rust or C++ reader, NCCL, gloo, DNS inside libc) is not seen, and
+code written to defeat the hooks in-process can (ctypes, rewriting this module's state). The Kubernetes
+NetworkPolicy, read-only mounts and provenance checked on load are the layers that do not depend on the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policies.weight_formats import weights_kind_at
+
+EXIT_REFUSED = 1
+GATE = "runtime"
+
+# Set in every gated process but `oracle hub publish`; read by huggingface_hub, transformers and datasets at import.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_ENABLE_HF_TRANSFER": "0",  # the Rust transfer backend opens its own sockets
+    "HF_HUB_DISABLE_XET": "1",  # so does the Xet storage backend
+}
+
+# Programs a gated process never starts: package installers and downloaders.
+DENIED_PROGRAMS = frozenset(
+    {
+        "pip", "pip3", "pipx", "uv", "uvx", "conda", "mamba", "micromamba", "easy_install", "poetry", "pdm",
+        "curl", "wget", "aria2c", "axel", "huggingface-cli", "hf", "ollama", "kaggle", "git-lfs", "dvc",
+        "aws", "gsutil", "gcloud", "azcopy", "rclone", "s5cmd", "scp", "sftp", "ftp", "modelscope",
+    }
+)  # fmt: skip
+DENIED_PYTHON_MODULES = frozenset({"pip", "uv", "ensurepip", "conda", "huggingface_hub", "kagglehub", "modelscope"})
+DENIED_GIT_COMMANDS = frozenset({"clone", "fetch", "pull", "lfs", "submodule", "ls-remote", "remote", "archive"})
+_WRAPPERS = frozenset({"env", "sudo", "nohup", "exec", "time", "nice", "ionice", "stdbuf", "command", "xargs"})
+_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh", "busybox"})
+_SHELL_OPERATORS = frozenset({";", "&&", "||", "|", "&", "(", ")", "\n", "|&", ";;"})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_LOCAL_FAMILIES = frozenset(
+    family for family in (getattr(socket, "AF_UNIX", None), getattr(socket, "AF_NETLINK", None)) if family is not None
+)
+_FRAMES = 64  # how far up the stack a refusal looks for the code that asked
+
+
+class ProcessPolicyError(RuntimeError):
+    """The policy cannot be set up or widened (installed twice, widened after `seal()`)."""
+
+
+@dataclass
+class ProcessPolicy:
+    """What one gated process may reach. `hosts`: names or addresses reachable on any port; `endpoints`: (host,
+    port) pairs; `read_roots`: folders whose weight files may be read; `read_files`: single files."""
+
+    command: str
+    root: Path  # where the audit log is (the working directory)
+    hosts: set[str] = field(default_factory=set)
+    endpoints: set[tuple[str, int]] = field(default_factory=set)
+    read_roots: set[str] = field(default_factory=set)
+    read_files: set[str] = field(default_factory=set)
+    sealed: bool = False
+    # resolved once per name: the addresses the hosts and endpoints stand for
+    _addresses: set[str] = field(default_factory=set)
+    _address_ports: set[tuple[str, int]] = field(default_factory=set)
+    _names: set[str] = field(default_factory=set)
+
+    def allow(
+        self,
+        *,
+        hosts: Iterable[str] = (),
+        endpoints: Iterable[tuple[str, int]] = (),
+        read_roots: Iterable[Path | str] = (),
+        read_files: Iterable[Path | str] = (),
+    ) -> None:
+        if self.sealed:
+            raise ProcessPolicyError("the process policy is sealed: nothing can be allowed after start-up")
+        for host in hosts:
+            self._add_host(host, None)
+        for host, port in endpoints:
+            self._add_host(host, int(port))
+        self.read_roots.update(os.path.realpath(path) for path in read_roots)
+        self.read_files.update(os.path.realpath(path) for path in read_files)
+
+    def seal(self) -> None:
+        """No more `allow()`: called by the command once it knows everything it needs, before model code runs."""
+        self.sealed = True
+
+    def _add_host(self, host: str, port: int | None) -> None:
+        host = host.strip("[]").lower()
+        if not host:
+            return
+        self._names.add(host)
+        if port is None:
+            self.hosts.add(host)
+        else:
+            self.endpoints.add((host, port))
+        for address in _resolve(host):
+            if port is None:
+                self._addresses.add(address)
+            else:
+                self._address_ports.add((address, port))
+
+    # --- the decisions ----------------------------------------------------------------------------------------------
+    def name_allowed(self, host: str) -> bool:
+        host = host.strip("[]").lower().rstrip(".")
+        return host in self._names or _is_address(host) or host in ("localhost", socket.gethostname().lower())
+
+    def address_allowed(self, address: str, port: int) -> bool:
+        address = _canonical_address(address)
+        return address in self._addresses or (address, port) in self._address_ports
+
+    def may_read_weights(self, real: str) -> bool:
+        return real in self.read_files or any(_under(real, root) for root in self.read_roots)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _is_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
+
+
+def _canonical_address(address: str) -> str:
+    address = address.split("%", 1)[0].lower()
+    if address.startswith("::ffff:") and _is_address(address[7:]):
+        return address[7:]  # an IPv4 address in IPv6 form
+    return address
+
+
+def _resolve(host: str) -> set[str]:
+    """The addresses `host` stands for now (a name that does not resolve contributes none)."""
+    if _is_address(host):
+        return {_canonical_address(host)}
+    try:
+        return {_canonical_address(str(info[4][0])) for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return set()
+
+
+# --- programs ---------------------------------------------------------------------------------------------------------
+def denied_program(argv: Sequence[str] | str, depth: int = 0) -> str | None:
+    """The installer or downloader `argv` would start (through shells and wrappers too), or None."""
+    if isinstance(argv, str):
+        return _denied_in_shell(argv, depth)
+    words = [os.fsdecode(word) if isinstance(word, bytes) else str(word) for word in argv]
+    while words:
+        name = os.path.basename(words[0]).lower()
+        if "=" in words[0] and not name.startswith(("-", "/")) and words[0].split("=", 1)[0].isidentifier():
+            words = words[1:]  # NAME=value before the program
+            continue
+        if name in _WRAPPERS:
+            words = [word for word in words[1:] if not word.startswith("-")] if name != "env" else words[1:]
+            if name == "env":
+                while words and (words[0].startswith("-") or "=" in words[0]):
+                    words = words[1:]
+            continue
+        if name in ("timeout",):
+            words = [word for word in words[1:] if not word.startswith("-")][1:]  # the duration
+            continue
+        break
+    if not words:
+        return None
+    program = os.path.basename(words[0]).lower()
+    if program in DENIED_PROGRAMS or program.startswith(("pip3.", "python-pip")):
+        return " ".join(words[:3])
+    if program in _SHELLS and depth < 4:
+        for index, word in enumerate(words[1:], start=1):
+            shell_command = word == "-c" or (word.startswith("-") and "c" in word and not word.startswith("--"))
+            if shell_command and index + 1 < len(words):
+                return _denied_in_shell(words[index + 1], depth + 1)
+        return None
+    if program.startswith("python") or program in ("pypy", "pypy3"):
+        for index, word in enumerate(words[1:], start=1):
+            if word == "-m" and index + 1 < len(words):
+                module = words[index + 1].split(".", 1)[0]
+                return " ".join(words[: index + 2]) if module in DENIED_PYTHON_MODULES else None
+            if word.startswith("-m") and len(word) > 2:
+                return " ".join(words[: index + 1]) if word[2:].split(".", 1)[0] in DENIED_PYTHON_MODULES else None
+            if not word.startswith("-"):
+                return None  # a script: its arguments are not options of the interpreter
+    if program == "git":
+        rest = words[1:]
+        while rest and rest[0].startswith("-"):
+            rest = rest[2:] if rest[0] in ("-C", "-c", "--git-dir", "--work-tree") else rest[1:]
+        if rest and rest[0] in DENIED_GIT_COMMANDS:
+            return " ".join(words[: len(words) - len(rest) + 1])
+    return None
+
+
+def _denied_in_shell(command: str, depth: int) -> str | None:
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        tokens = command.split()  # unbalanced quotes: judge the words as they stand
+    simple: list[str] = []
+    for token in [*tokens, ";"]:
+        if token in _SHELL_OPERATORS or set(token) <= set(";&|()\n"):
+            found = denied_program(simple, depth + 1) if simple else None
+            if found:
+                return found
+            simple = []
+        elif token.startswith(("$(", "`")):
+            found = _denied_in_shell(token.strip("$()`"), depth + 1)
+            if found:
+                return found
+            simple.append(token)
+        else:
+            simple.append(token)
+    return None
+
+
+# --- the hook ---------------------------------------------------------------------------------------------------------
+_state = threading.local()
+_policy: ProcessPolicy | None = None
+_sniffed: dict[tuple[int, int, int, int], str | None] = {}
+
+
+def _busy() -> bool:
+    return bool(getattr(_state, "busy", False))
+
+
+def _caller() -> str:
+    """file:line of the first frame that is not this module's, the standard library's or an installed package's
+    wrapper around the call (the code that asked)."""
+    here = __file__
+    frame: Any = sys._getframe(1)
+    fallback = ""
+    stdlib = os.path.dirname(os.__file__)
+    for _ in range(_FRAMES):
+        if frame is None:
+            break
+        name = frame.f_code.co_filename
+        if name != here:
+            where = f"{name}:{frame.f_lineno}"
+            fallback = fallback or where
+            if not name.startswith((stdlib, "<")) and "site-packages" not in name:
+                return where
+        frame = frame.f_back
+    return fallback or "?"
+
+
+def _refuse(what: str, details: dict[str, object]) -> None:
+    """One line, one audit entry, exit 1. Runs with the hook switched off for this thread (the audit log's own
+    files and the git call that names the commit are not judged)."""
+    policy = _policy
+    assert policy is not None
+    _state.busy = True
+    caller = _caller()
+    line = f"oracle {policy.command}: refused by the process policy: {what} (from {caller})\n"
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode("utf-8", "replace"))
+    try:
+        from guards.audit import append_entry
+
+        append_entry(
+            policy.root,
+            gate=GATE,
+            result="refused",
+            commit=None,
+            details={"command": policy.command, "reason": what, "caller": caller, **details},
+        )
+    except Exception as exc:  # the refusal stands; say that it could not be recorded
+        os.write(2, f"oracle {policy.command}: the refusal could not be written to the audit log: {exc}\n".encode())
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_REFUSED)
+
+
+def _on_open(args: tuple[Any, ...]) -> None:
+    path, mode, flags = args[0], args[1], args[2]
+    if isinstance(path, int):
+        return  # an open file descriptor: judged when it was opened
+    if mode is not None:
+        if any(letter in mode for letter in "wax+"):
+            return
+    elif flags & _WRITE_FLAGS:
+        return
+    _check_read(os.fsdecode(path))
+
+
+def _check_read(path: str) -> None:
+    policy = _policy
+    assert policy is not None
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return  # the open itself fails
+    if not stat.S_ISREG(info.st_mode):
+        return
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key in _sniffed:
+        kind = _sniffed[key]
+    else:
+        _state.busy = True
+        try:
+            kind = weights_kind_at(path, size=info.st_size)
+        except OSError:
+            kind = None  # unreadable here: the open itself fails
+        finally:
+            _state.busy = False
+        _sniffed[key] = kind
+    if kind is None:
+        return
+    real = os.path.realpath(path)
+    if not policy.may_read_weights(real):
+        _refuse(
+            f"opening {real}: {kind} weights not covered by the signed provenance of what this process serves or "
+            "resumes, nor written by it",
+            {"file": real, "format": kind},
+        )
+
+
+def _on_resolve(args: tuple[Any, ...]) -> None:
+    host = args[0]
+    if host is None:
+        return
+    name = os.fsdecode(host) if isinstance(host, bytes) else str(host)
+    policy = _policy
+    assert policy is not None
+    if not policy.name_allowed(name):
+        _refuse(f"resolving {name}: not an endpoint this command may reach", {"host": name})
+
+
+def _on_connect(args: tuple[Any, ...]) -> None:
+    sock, address = args[0], args[1]
+    if address is None:
+        return
+    family = getattr(sock, "family", None)
+    if family in _LOCAL_FAMILIES:
+        return
+    if not isinstance(address, tuple) or len(address) < 2:
+        _refuse(f"connecting to {address!r}: not an endpoint this command may reach", {"host": repr(address)})
+        return
+    host, port = str(address[0]), int(address[1])
+    policy = _policy
+    assert policy is not None
+    if not policy.address_allowed(host, port):
+        _refuse(f"connecting to {host}:{port}: not an endpoint this command may reach", {"host": host, "port": port})
+
+
+def _on_spawn(argv: Sequence[str] | str) -> None:
+    found = denied_program(argv)
+    if found:
+        _refuse(
+            f"starting `{found}`: package installers and downloaders do not run in a gated process", {"program": found}
+        )
+
+
+def _on_find_class(args: tuple[Any, ...]) -> None:
+    frame: Any = sys._getframe(1)
+    for _ in range(_FRAMES):
+        if frame is None:
+            return  # a plain pickle load (the files it could read were judged when opened)
+        code = frame.f_code
+        if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            source = frame.f_locals.get("f")
+            policy = _policy
+            assert policy is not None
+            if isinstance(source, (str, os.PathLike)):
+                real = os.path.realpath(os.fspath(source))
+                if policy.may_read_weights(real):
+                    return
+                what = real
+            else:
+                what = f"a {type(source).__name__} (bytes not read from an allowed file)"
+            _refuse(
+                f"torch.load of {what} without weights_only=True (unpickling {args[0]}.{args[1]})",
+                {"file": what, "global": f"{args[0]}.{args[1]}"},
+            )
+            return
+        frame = frame.f_back
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    handler = _HANDLERS.get(event)
+    if handler is None or _busy():
+        return
+    handler(args)
+
+
+_HANDLERS: Mapping[str, Any] = {
+    "open": _on_open,
+    "socket.getaddrinfo": _on_resolve,
+    "socket.gethostbyname": _on_resolve,
+    "socket.gethostbyname_ex": _on_resolve,
+    "socket.connect": _on_connect,
+    "socket.sendto": _on_connect,
+    "socket.sendmsg": _on_connect,
+    "subprocess.Popen": lambda args: _on_spawn(args[1] if args[1] is not None else [os.fsdecode(args[0])]),
+    "os.system": lambda args: _on_spawn(os.fsdecode(args[0])),
+    "os.exec": lambda args: _on_spawn(args[1]),
+    "os.spawn": lambda args: _on_spawn(args[2]),
+    "os.posix_spawn": lambda args: _on_spawn(args[1]),
+    "pickle.find_class": _on_find_class,
+}
+
+
+# --- installing -------------------------------------------------------------------------------------------------------
+def current() -> ProcessPolicy | None:
+    """The policy installed in this process, if any."""
+    return _policy
+
+
+def install(policy: ProcessPolicy, *, offline: bool = True) -> ProcessPolicy:
+    """Install `policy` for the rest of the process (audit hooks cannot be removed). Once per process."""
+    global _policy
+    if _policy is not None:
+        raise ProcessPolicyError("the process policy is already installed")
+    if offline:
+        os.environ.update(OFFLINE_ENV)
+    # the interpreter and the locked virtualenv: the venv check in the job vouches for their files
+    policy.allow(read_roots=sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}))
+    _policy = policy
+    sys.addaudithook(_hook)
+    _wrap_native_readers()
+    return policy
+
+
+def _wrap_native_readers() -> None:
+    """safetensors opens files in Rust, where no audit event is raised: its `safe_open` asks the hook first."""
+    try:
+        import safetensors
+        import safetensors._safetensors_rust as rust
+    except ImportError:
+        return
+    native = rust.safe_open
+
+    def safe_open(filename: Any, *args: Any, **kwargs: Any) -> Any:
+        sys.audit("open", os.fspath(filename), "rb", os.O_RDONLY)
+        return native(filename, *args, **kwargs)
+
+    safetensors.safe_open = safe_open  # type: ignore[misc,assignment]
+    rust.safe_open = safe_open
+
+
+GATED = {("train",): "train", ("serve",): "serve", ("data", "run"): "data run", ("hub", "publish"): "hub publish"}
+
+
+def gated_command(argv: Sequence[str]) -> str | None:
+    """The gated command `argv` (the words after `oracle`) runs, or None."""
+    words = [word for word in argv if not word.startswith("-")][:2]
+    for prefix, name in GATED.items():
+        if tuple(words[: len(prefix)]) == prefix:
+            return name
+    return None
+
+
+def _option(argv: Sequence[str], name: str) -> list[str]:
+    values = []
+    for index, word in enumerate(argv):
+        if word == name and index + 1 < len(argv):
+            values.append(argv[index + 1])
+        elif word.startswith(name + "="):
+            values.append(word.split("=", 1)[1])
+    return values
+
+
+def _url_endpoint(url: str) -> tuple[str, int] | None:
+    """(host, port) of an http(s) URL, the scheme's port when it names none; None when it names no host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], root: Path) -> ProcessPolicy:
+    """The start-up policy of `command`, from its command line and the environment the job spec sets."""
+    policy = ProcessPolicy(command=command, root=root)
+    if command == "train":
+        # the rendezvous store (torchrun's MASTER_ADDR:MASTER_PORT; the collectives themselves are native) and the
+        # Kubernetes API server the job-identity check asks
+        master, port = environ.get("MASTER_ADDR"), environ.get("MASTER_PORT", "")
+        if master and port.isdigit():
+            policy.allow(endpoints=[(master, int(port))])
+        api = environ.get("KUBERNETES_SERVICE_HOST")
+        if api:
+            policy.allow(endpoints=[(api, int(environ.get("KUBERNETES_SERVICE_PORT", "443") or 443))])
+    elif command == "data run":
+        for item in _option(argv, "--input"):
+            if item.startswith(("https://", "http://")):
+                policy.allow(endpoints=[found] if (found := _url_endpoint(item)) else [])
+            elif item.startswith("s3://"):
+                endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+                found = _url_endpoint(endpoint) if endpoint else None
+                if found:
+                    policy.allow(endpoints=[found])
+                else:
+                    bucket = item.removeprefix("s3://").split("/", 1)[0]
+                    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+                    policy.allow(
+                        hosts=[
+                            f"{bucket}.s3.amazonaws.com",
+                            f"{bucket}.s3.{region}.amazonaws.com",
+                            "s3.amazonaws.com",
+                            f"s3.{region}.amazonaws.com",
+                        ]
+                    )
+    elif command == "hub publish":
+        endpoint = (_option(argv, "--endpoint") or [environ.get("HF_ENDPOINT", "https://huggingface.co")])[-1]
+        policy.allow(endpoints=[found] if (found := _url_endpoint(endpoint)) else [])
+        for checkpoint in _option(argv, "--checkpoint"):
+            policy.allow(read_roots=[checkpoint])  # publish verifies its provenance before reading a byte
+    return policy
+
+
+def install_for_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ProcessPolicy | None:
+    """Install the policy of the gated command `argv` runs (nothing for other commands, or for `--help`)."""
+    command = gated_command(argv)
+    if command is None or "--help" in argv:
+        return None
+    env = os.environ if environ is None else environ
+    policy = policy_for(command, argv, env, Path.cwd())
+    return install(policy, offline=command != "hub publish")
+
+
+@contextlib.contextmanager
+def unsealed_reads() -> Iterator[None]:
+    """Reads this thread makes inside the block are not judged: for the command's own checks before it seals the
+    policy (hashing the weights whose provenance it verifies). Refused once the policy is sealed."""
+    policy = _policy
+    if policy is None:
+        yield
+        return
+    if policy.sealed:
+        raise ProcessPolicyError("the process policy is sealed: its checks cannot be suspended")
+    _state.busy = True
+    try:
+        yield
+    finally:
+        _state.busy = False
+
+
+def allow_and_seal(**allowed: Any) -> None:
+    """Add what the command learnt from its own checks and seal the policy (no-op when none is installed)."""
+    policy = _policy
+    if policy is None:
+        return
+    policy.allow(**allowed)
+    policy.seal()
