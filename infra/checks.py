@@ -9,6 +9,9 @@ spec about to reach the scheduler and the data the job will read:
   (its stamp), on Kubernetes and Argo the image tagged with the lock's digest.
 - SUB003: no foreign weights among the job's inputs: the data files are token shards listed (with sha256) by
   our packed format's index, and nothing else there is a weights file by content.
+- SUB004: the runtime layer is in the spec: every process runs `oracle` (which installs the process policy's hooks
+  before anything else, guards/process_policy.py) with the Hub clients' offline switches (`oracle hub publish`
+  excepted), and on Kubernetes and Argo a NetworkPolicy of type Egress selects every pod that runs it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from guards.process_policy import OFFLINE_ENV
 from infra.spec import JobRequest
 
 _ASSIGNMENT = re.compile(r"\bALLOW_LOCAL_TRAIN\s*=\s*(\S*)")
@@ -49,6 +55,12 @@ def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str
         or ('"$venv/bin/torchrun"' not in script)
     ):
         problems.append(f"SUB002 the sbatch script does not run torchrun from the locked virtualenv {request.venv}")
+    exported = dict(re.findall(r"^export ([A-Z_]+)=(\S*)$", script, flags=re.MULTILINE))
+    missing = [f"{key}={value}" for key, value in OFFLINE_ENV.items() if exported.get(key, "").strip("'\"") != value]
+    if missing:
+        problems.append(f"SUB004 the sbatch script does not export {', '.join(missing)} (the runtime layer's switches)")
+    if "-m oracle train" not in script:
+        problems.append("SUB004 the sbatch script does not start training as `-m oracle train` (the process policy)")
     return problems
 
 
@@ -76,9 +88,81 @@ def _runs_training(container: dict[str, Any]) -> bool:
     )
 
 
-def check_documents(documents: list[dict[str, Any]], request: JobRequest) -> list[str]:
-    """SUB001/SUB002 over Kubernetes manifests or an Argo workflow."""
+_GATED = re.compile(r"^(oracle|python[0-9.]*\s+-m\s+oracle|torchrun\b.*\s-m\s+oracle)\s+(train|serve|data\s+run)\b")
+_WORKFLOW_NAME = "{{workflow.name}}"
+
+
+def _gated_process(container: dict[str, Any]) -> str | None:
+    """The gated `oracle` command a container runs (train, serve, data run), or None."""
+    words = " ".join(str(word) for key in ("command", "args") for word in container.get(key) or [])
+    words = re.sub(r"\s--?[a-z-]+=\S+", "", words)  # torchrun's --opt=value options
+    found = _GATED.search(words)
+    return found.group(2) if found else None
+
+
+def _network_policies(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NetworkPolicies of type Egress among the documents, and inside Argo resource templates."""
+    found: list[dict[str, Any]] = []
+    for document in documents:
+        items = [document]
+        for template in (document.get("spec") or {}).get("templates") or []:
+            manifest = (template.get("resource") or {}).get("manifest") if isinstance(template, dict) else None
+            if isinstance(manifest, str):
+                try:
+                    items.extend(item for item in yaml.safe_load_all(manifest) if isinstance(item, dict))
+                except yaml.YAMLError:
+                    continue
+        for item in items:
+            spec = item.get("spec") or {}
+            if item.get("kind") == "NetworkPolicy" and "Egress" in (spec.get("policyTypes") or []):
+                found.append(spec)
+    return found
+
+
+def _pod_labels(document: dict[str, Any]) -> dict[str, str] | None:
+    """The labels of the pods a Job, Deployment or Argo Workflow creates (None for other objects)."""
+    spec = document.get("spec") or {}
+    if document.get("kind") in ("Job", "Deployment"):
+        return dict(((spec.get("template") or {}).get("metadata") or {}).get("labels") or {})
+    if document.get("kind") == "Workflow":
+        labels = dict((spec.get("podMetadata") or {}).get("labels") or {})
+        return {**labels, "workflows.argoproj.io/workflow": _WORKFLOW_NAME}
+    return None
+
+
+def _selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = (selector.get("podSelector") or {}).get("matchLabels") or {}
+    expressions = (selector.get("podSelector") or {}).get("matchExpressions")
+    return not expressions and all(labels.get(key) == value for key, value in wanted.items())
+
+
+def check_runtime_layer(documents: list[dict[str, Any]]) -> list[str]:
+    """SUB004 over Kubernetes manifests or an Argo workflow."""
     problems = []
+    policies = _network_policies(documents)
+    for index, document in enumerate(documents):
+        name = f"{document.get('kind', '?')}/{(document.get('metadata') or {}).get('name', index)}"
+        gated = False
+        for where, container in _containers(document):
+            command = _gated_process(container)
+            if command is None:
+                continue
+            gated = True
+            env = {item.get("name"): item.get("value") for item in container.get("env") or [] if isinstance(item, dict)}
+            missing = [f"{key}={value}" for key, value in OFFLINE_ENV.items() if env.get(key) != value]
+            if missing:
+                problems.append(f"SUB004 {name} {where} runs `oracle {command}` without {', '.join(missing)}")
+        labels = _pod_labels(document)
+        if gated and labels is not None and not any(_selected(spec, labels) for spec in policies):
+            problems.append(
+                f"SUB004 no Egress NetworkPolicy selects the pods of {name}; render the spec with `oracle submit`"
+            )
+    return problems
+
+
+def check_documents(documents: list[dict[str, Any]], request: JobRequest) -> list[str]:
+    """SUB001/SUB002/SUB004 over Kubernetes manifests or an Argo workflow."""
+    problems = check_runtime_layer(documents)
     trainers = 0
     for index, document in enumerate(documents):
         name = f"{document.get('kind', '?')}/{(document.get('metadata') or {}).get('name', index)}"

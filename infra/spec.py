@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from guards.job_identity import PENDING_DIGEST as PENDING_DIGEST  # one definition, shared with the job's check
+from guards.process_policy import OFFLINE_ENV
 from guards.submission import DIGEST_ENV, RECORD_ENV
 
 Target = Literal["slurm", "k8s", "argo"]
@@ -85,6 +86,7 @@ class JobRequest:
     partition: str
     namespace: str
     labels: dict[str, str] = field(default_factory=dict)
+    egress_cidrs: tuple[str, ...] = ()  # policies.toml cluster.egress_cidrs: the NetworkPolicy's declared networks
 
     @property
     def world_size(self) -> int:
@@ -118,8 +120,9 @@ def job_labels(request: JobRequest) -> dict[str, str]:
 
 
 def job_environment(digest: str, record_path: str) -> dict[str, str]:
-    """What the training runtime check needs in the job, in the order the specs list it."""
-    return {"ALLOW_LOCAL_TRAIN": "false", DIGEST_ENV: digest, RECORD_ENV: record_path}
+    """What the training runtime check needs in the job, in the order the specs list it, then the Hub clients'
+    offline switches of the runtime layer (guards.process_policy, which installs its hooks whatever they say)."""
+    return {"ALLOW_LOCAL_TRAIN": "false", DIGEST_ENV: digest, RECORD_ENV: record_path, **OFFLINE_ENV}
 
 
 def spec_digest(text: str) -> str:

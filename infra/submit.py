@@ -185,6 +185,7 @@ def build_request(root: Path, options: SubmitOptions, settings: Settings, commit
         venv=venv,
         partition=cluster.slurm_partition,
         namespace=cluster.k8s_namespace,
+        egress_cidrs=tuple(cluster.egress_cidrs),
     )
     request = replace(request, labels=job_labels(request))
     data_dir = Path(config.data.path)

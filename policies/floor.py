@@ -85,6 +85,7 @@ TIGHTENING: dict[str, Tighten] = {
     "cluster.max_total_gpus": Tighten.at_most,
     "cluster.max_hours": Tighten.at_most,
     "cluster.monthly_budget_usd": Tighten.at_most,
+    "cluster.egress_cidrs": Tighten.subset,
 }
 _ORDER: dict[str, tuple[str, ...]] = {"scan.fail_on": ("error", "warning")}  # "warning" also fails on warnings
 

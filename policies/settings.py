@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from oracle.validation import describe_validation_error
 
@@ -113,6 +113,23 @@ class ClusterSettings(_Section):
     max_total_gpus: int = Field(default=256, gt=0, description="Most GPUs one job (and the GPU node group) may hold")
     max_hours: int = Field(default=168, gt=0, description="Longest wall time one job may request")
     monthly_budget_usd: int = Field(default=250_000, gt=0, description="Cap on the cloud budget (infra/terraform)")
+    egress_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Networks a job's pods may reach besides their peers and DNS (the Kubernetes API server, the "
+        "data endpoints), as CIDRs: the egress of the NetworkPolicy `oracle submit` renders",
+    )
+
+    @field_validator("egress_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a CIDR network (like 10.0.0.1/32): {exc}") from exc
+        return value
 
 
 class Settings(_Section):

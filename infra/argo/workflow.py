@@ -27,12 +27,14 @@ import pydantic
 from hera.workflows import models as m
 
 from guards.job_identity import POD_DIGEST_ANNOTATION
+from guards.process_policy import OFFLINE_ENV
 from guards.submission import DIGEST_ENV
 from infra.k8s.manifests import (
     RUN_AS_USER,
     RUNS_DIR,
     checkpoints_claim_name,
     gpu_resources,
+    network_policy,
     rendezvous_service,
     service_account_name,
     to_manifest,
@@ -190,13 +192,35 @@ def build_workflow(
     tokenize_command += ["--vocab-size", str(VOCAB_SIZE), "--out", f"{DATA_DIR}/tokenizer"]
     publish_command = ["oracle", "hub", "publish", "--repo-id", repo_id]
     train_templates, rendezvous, train = _train_templates(request, env, record_json, [data, runs])
+    # the workflow's pods reach each other, DNS and the declared networks (the data endpoints, the Hub the publish
+    # step uploads to, the API server): a NetworkPolicy owned by the workflow, created before any step runs
+    job_pods = {"oracle.dev/project": request.project, "app.kubernetes.io/name": request.job_name}
+    egress = network_policy(
+        f"{request.job_name}-egress-{{{{workflow.name}}}}"[:253],
+        request.namespace,
+        labels,
+        pods={**job_pods, _WORKFLOW_LABEL: "{{workflow.name}}"},
+        peers={**job_pods, _WORKFLOW_LABEL: "{{workflow.name}}"},
+        egress_cidrs=request.egress_cidrs,
+    )
+    network = m.Template(
+        name="network-policy",
+        resource=m.ResourceTemplate(
+            action="create", set_owner_reference=True, manifest=manifests_yaml([to_manifest(egress)])
+        ),
+    )
+    # publishing is the one step that talks to the Hub: the offline switches are off there (the process policy
+    # still allows only the --endpoint host)
+    online = {key: value for key, value in env.items() if key not in OFFLINE_ENV}
     templates = [
+        network,
         _step_template("data", request, env, record_json, data_command, mounts=[data]),
         _step_template("tokenize", request, env, record_json, tokenize_command, mounts=[data]),
         *train_templates,
-        _step_template("publish", request, env, record_json, publish_command, mounts=[data, runs]),
+        _step_template("publish", request, online, record_json, publish_command, mounts=[data, runs]),
     ]
     steps = [
+        [m.WorkflowStep(name="network-policy", template="network-policy")],
         [m.WorkflowStep(name="data", template="data")],
         [m.WorkflowStep(name="tokenize", template="tokenize"), *([rendezvous] if rendezvous else [])],
         [train],

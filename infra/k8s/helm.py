@@ -56,9 +56,11 @@ TEMPLATE_FILES = (
     "submission-configmap.yaml",
     "checkpoints-pvc.yaml",
     "rendezvous-service.yaml",
+    "training-networkpolicy.yaml",
     "training-job.yaml",
     "serving-deployment.yaml",
     "serving-service.yaml",
+    "serving-networkpolicy.yaml",
 )
 
 

@@ -19,6 +19,7 @@ import yaml
 from kubernetes import client
 
 from guards.job_identity import POD_DIGEST_ANNOTATION
+from guards.process_policy import OFFLINE_ENV
 from guards.submission import DIGEST_ENV
 from infra.spec import (
     IMAGE_WORKDIR,
@@ -42,6 +43,7 @@ TrainingObject = (
     | client.V1PersistentVolumeClaim
     | client.V1Service
     | client.V1Job
+    | client.V1NetworkPolicy
 )
 
 DEFAULT_CHECKPOINT_SIZE = "2Ti"
@@ -198,6 +200,53 @@ def rendezvous_service(request: JobRequest, selector: dict[str, str]) -> client.
     )
 
 
+DNS_NAMESPACE = "kube-system"
+DNS_LABELS = {"k8s-app": "kube-dns"}  # CoreDNS and kube-dns pods carry it on kubeadm, EKS, GKE and AKS
+NETWORK_POLICY_API = "networking.k8s.io/v1"
+
+
+def network_policy(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    pods: dict[str, str],
+    *,
+    peers: dict[str, str] | None,
+    egress_cidrs: Sequence[str],
+    annotations: dict[str, str] | None = None,
+) -> client.V1NetworkPolicy:
+    """Egress of the pods matching `pods` limited to: the pods matching `peers` (every port: the rendezvous and
+    the collectives; None for none), DNS (kube-dns, port 53), and the declared `egress_cidrs` (policies.toml
+    cluster.egress_cidrs: the API server, the data endpoints). Everything else, the Hub included, is dropped by
+    the cluster's network plugin, whatever the process does: the layer behind the process policy's hooks."""
+    dns = client.V1NetworkPolicyPeer(
+        namespace_selector=client.V1LabelSelector(match_labels={"kubernetes.io/metadata.name": DNS_NAMESPACE}),
+        pod_selector=client.V1LabelSelector(match_labels=dict(DNS_LABELS)),
+    )
+    rules = [
+        client.V1NetworkPolicyEgressRule(
+            to=[dns],
+            ports=[client.V1NetworkPolicyPort(protocol=proto, port=53) for proto in ("UDP", "TCP")],
+        )
+    ]
+    if peers is not None:
+        selector = client.V1LabelSelector(match_labels=dict(peers))
+        rules.append(client.V1NetworkPolicyEgressRule(to=[client.V1NetworkPolicyPeer(pod_selector=selector)]))
+    if egress_cidrs:
+        blocks = [client.V1NetworkPolicyPeer(ip_block=client.V1IPBlock(cidr=cidr)) for cidr in egress_cidrs]
+        rules.append(client.V1NetworkPolicyEgressRule(to=blocks))
+    return client.V1NetworkPolicy(
+        api_version=NETWORK_POLICY_API,
+        kind="NetworkPolicy",
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels), annotations=annotations),
+        spec=client.V1NetworkPolicySpec(
+            pod_selector=client.V1LabelSelector(match_labels=dict(pods)),
+            policy_types=["Egress"],
+            egress=rules,
+        ),
+    )
+
+
 def build_training(
     request: JobRequest, env: dict[str, str], record_base64: str, *, checkpoint_size: str = DEFAULT_CHECKPOINT_SIZE
 ) -> list[TrainingObject]:
@@ -303,21 +352,31 @@ def build_training(
             ),
         ),
     )
-    return [account, role, binding, record, claim, rendezvous, training]
+    # the job's pods reach each other, DNS and the declared networks; nothing else
+    egress = network_policy(
+        f"{job}-egress",
+        request.namespace,
+        labels,
+        pods={"oracle.dev/project": request.project, "app.kubernetes.io/name": job},
+        peers={"oracle.dev/project": request.project, "app.kubernetes.io/name": job},
+        egress_cidrs=request.egress_cidrs,
+        annotations=_annotations(request),
+    )
+    return [account, role, binding, record, claim, rendezvous, egress, training]
 
 
 def training_manifests(
     request: JobRequest, env: dict[str, str], record_json: str, *, checkpoint_size: str = DEFAULT_CHECKPOINT_SIZE
 ) -> list[Manifest]:
-    """ServiceAccount, its pod-reading Role and RoleBinding, record ConfigMap, checkpoint claim, headless Service and
-    the Indexed Job, as dicts."""
+    """ServiceAccount, its pod-reading Role and RoleBinding, record ConfigMap, checkpoint claim, headless Service, the
+    egress NetworkPolicy and the Indexed Job, as dicts."""
     objects = build_training(request, env, encode_record(record_json), checkpoint_size=checkpoint_size)
     return [to_manifest(item) for item in objects]
 
 
 def build_serving(
     request: JobRequest, *, digest: str, replicas: int = 1, port: int = DEFAULT_SERVE_PORT
-) -> list[client.V1Deployment | client.V1Service]:
+) -> list[client.V1Deployment | client.V1Service | client.V1NetworkPolicy]:
     """The typed serving objects: a Deployment serving the newest verified checkpoint of this submission's run (the
     run folder the training Job writes, `<recipe>-<submission digest>`) and its ClusterIP Service."""
     name = serving_name(request.project)
@@ -330,6 +389,7 @@ def build_serving(
         working_dir=IMAGE_WORKDIR,
         command=["oracle", "serve", "--checkpoint", checkpoint, "--host", "0.0.0.0", "--port", str(port)],
         env=[
+            *(client.V1EnvVar(name=key, value=value) for key, value in OFFLINE_ENV.items()),
             client.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
             client.V1EnvVar(
                 name=API_KEY_ENV,
@@ -380,7 +440,18 @@ def build_serving(
             ports=[client.V1ServicePort(name=http, port=80, target_port=http)],
         ),
     )
-    return [deployment, service]
+    # a server loads its checkpoint from the read-only volume and answers: it reaches nothing, not even DNS
+    egress = client.V1NetworkPolicy(
+        api_version=NETWORK_POLICY_API,
+        kind="NetworkPolicy",
+        metadata=_metadata(request, f"{name}-egress", labels),
+        spec=client.V1NetworkPolicySpec(
+            pod_selector=client.V1LabelSelector(match_labels=dict(labels)),
+            policy_types=["Egress"],
+            egress=[],
+        ),
+    )
+    return [deployment, service, egress]
 
 
 def serving_manifests(

@@ -55,7 +55,9 @@ def test_the_steps_run_data_tokenize_train_publish_in_order() -> None:
     pipeline = templates(document)[document["spec"]["entrypoint"]]
     order = [step["name"] for group in pipeline["steps"] for step in group if step["name"] in STEPS]
     assert order == ["data", "tokenize", "train", "publish"]
-    assert [len([s for s in group if s["name"] in STEPS]) for group in pipeline["steps"]] == [1, 1, 1, 1]
+    # the egress NetworkPolicy is created before any step runs
+    assert [step["name"] for step in pipeline["steps"][0]] == ["network-policy"]
+    assert [len([s for s in group if s["name"] in STEPS]) for group in pipeline["steps"][1:]] == [1, 1, 1, 1]
 
 
 def test_each_step_runs_oracle_in_the_locked_image_with_the_job_environment() -> None:
@@ -194,11 +196,11 @@ def _train(document: dict[str, Any]) -> dict[str, Any]:
     [
         (
             lambda d: _train(d)["container"]["env"][0].__setitem__("valeu", "x"),
-            "spec.templates[4].container.env[0]: Additional properties are not allowed ('valeu' was unexpected)",
+            "spec.templates[5].container.env[0]: Additional properties are not allowed ('valeu' was unexpected)",
         ),
         (
             lambda d: _train(d)["inputs"]["artifacts"][0]["raw"].__setitem__("encoding", "b64"),
-            "spec.templates[4].inputs.artifacts[0].raw: Additional properties are not allowed",
+            "spec.templates[5].inputs.artifacts[0].raw: Additional properties are not allowed",
         ),
         (
             lambda d: d["spec"].__setitem__("activeDeadlineSeconds", "soon"),
@@ -206,11 +208,11 @@ def _train(document: dict[str, Any]) -> dict[str, Any]:
         ),
         (
             lambda d: _train(d)["container"].__setitem__("command", "torchrun"),
-            "spec.templates[4].container.command: 'torchrun' is not of type array",
+            "spec.templates[5].container.command: 'torchrun' is not of type array",
         ),
         (
             lambda d: _train(d)["container"]["env"][0].pop("name"),
-            "spec.templates[4].container.env[0]: 'name' is a required property",
+            "spec.templates[5].container.env[0]: 'name' is a required property",
         ),
         (
             lambda d: d.__setitem__("spek", {}),
@@ -223,7 +225,8 @@ def test_a_broken_workflow_is_rejected_naming_the_field(
     breakage: Callable[[dict[str, Any]], object], expected: str
 ) -> None:
     document = copy.deepcopy(workflow())
-    assert list(templates(document)) == ["pipeline", "data", "tokenize", "rendezvous", "train", "publish"]
+    names = ["pipeline", "network-policy", "data", "tokenize", "rendezvous", "train", "publish"]
+    assert list(templates(document)) == names
     breakage(document)
     with pytest.raises(SpecError) as caught:
         validate_workflow(document)
@@ -268,3 +271,29 @@ def test_a_refused_submission_is_a_cluster_error() -> None:
         environ = {"ARGO_SERVER": api.url}
         with pytest.raises(ClusterError, match=f"^the Argo server {api.url} refused the workflow: .*forbidden"):
             submit_workflow(workflow(), environ=environ)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_the_workflow_carries_the_runtime_layer(nodes: int) -> None:
+    request = argo_request(nodes=nodes, egress_cidrs=("10.0.0.1/32", "192.0.2.0/24"))
+    document = workflow(request)
+    (policy,) = yaml.safe_load_all(templates(document)["network-policy"]["resource"]["manifest"])
+    validate_manifests([policy])  # the Kubernetes schema, strict
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Egress"]
+    # the workflow's own pods, DNS and the declared networks; nothing else
+    assert spec["podSelector"]["matchLabels"]["workflows.argoproj.io/workflow"] == "{{workflow.name}}"
+    peers = [peer for rule in spec["egress"] for peer in rule["to"]]
+    assert {peer["ipBlock"]["cidr"] for peer in peers if "ipBlock" in peer} == {"10.0.0.1/32", "192.0.2.0/24"}
+    assert [rule["ports"] for rule in spec["egress"] if "ports" in rule] == [
+        [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    ]
+    assert checks.check_runtime_layer([document]) == []
+    # every gated step is offline; the publish step alone talks to the Hub
+    for name, container in ((t["name"], t["container"]) for t in templates(document).values() if "container" in t):
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert (env.get("HF_HUB_OFFLINE") == "1") is (name != "publish"), name
+    # without the NetworkPolicy step, the submit gate's check refuses the workflow
+    stripped = copy.deepcopy(document)
+    stripped["spec"]["templates"] = [t for t in stripped["spec"]["templates"] if t["name"] != "network-policy"]
+    assert [p[:6] for p in checks.check_runtime_layer([stripped])] == ["SUB004"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from guards.process_policy import OFFLINE_ENV
 from infra import checks
 from infra.slurm import render_sbatch
 from infra.spec import JobRequest, SpecError, job_environment, parse_time
@@ -104,26 +105,66 @@ def test_sub002_refuses_a_venv_not_built_from_the_lock(tmp_path: Path) -> None:
     assert "make venv" in problems[0]
 
 
-def _pod(image: str, env: dict[str, str], command: list[str]) -> dict[str, object]:
+POD_LABELS = {"app": "trainer"}
+EGRESS = {
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "egress"},
+    "spec": {"podSelector": {"matchLabels": POD_LABELS}, "policyTypes": ["Egress"], "egress": []},
+}
+
+
+def _pod(
+    image: str, env: dict[str, str], command: list[str], *, offline: bool = True, kind: str = "Job"
+) -> dict[str, object]:
     container = {
         "name": "c",
         "image": image,
         "command": command,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [{"name": k, "value": v} for k, v in {**env, **(OFFLINE_ENV if offline else {})}.items()],
     }
-    return {"kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [container]}}}}
+    template = {"metadata": {"labels": POD_LABELS}, "spec": {"containers": [container]}}
+    return {"kind": kind, "metadata": {"name": "j"}, "spec": {"template": template}}
 
 
 def test_documents_check_finds_foreign_images_and_local_training(tmp_path: Path) -> None:
     job = request(tmp_path, target="k8s")
     good = _pod(job.image, {"ALLOW_LOCAL_TRAIN": "false"}, ["torchrun", "-m", "oracle", "train"])
-    assert checks.check_documents([good], job) == []
+    assert checks.check_documents([good, EGRESS], job) == []
     foreign = _pod("docker.io/someone/trainer:latest", {"ALLOW_LOCAL_TRAIN": "false"}, ["oracle", "train"])
-    assert [p[:6] for p in checks.check_documents([foreign], job)] == ["SUB002"]
+    assert [p[:6] for p in checks.check_documents([foreign, EGRESS], job)] == ["SUB002"]
     local = _pod(job.image, {"ALLOW_LOCAL_TRAIN": "true"}, ["oracle", "train"])
-    assert {p[:6] for p in checks.check_documents([local], job)} == {"SUB001"}
+    assert {p[:6] for p in checks.check_documents([local, EGRESS], job)} == {"SUB001"}
     no_training = _pod(job.image, {}, ["oracle", "serve"])
-    assert any("no container" in p for p in checks.check_documents([no_training], job))
+    assert any("no container" in p for p in checks.check_documents([no_training, EGRESS], job))
+
+
+def test_documents_check_requires_the_runtime_layer(tmp_path: Path) -> None:
+    job = request(tmp_path, target="k8s")
+    command = ["torchrun", "--nnodes=2", "--master-port=29500", "-m", "oracle", "train", "--config", "x"]
+    trainer = _pod(job.image, {"ALLOW_LOCAL_TRAIN": "false"}, command)
+    # no NetworkPolicy selecting the pods
+    (problem,) = checks.check_documents([trainer], job)
+    assert problem.startswith("SUB004")
+    assert "NetworkPolicy" in problem
+    # a NetworkPolicy that selects other pods, or allows ingress only, does not count
+    other = {**EGRESS, "spec": {**EGRESS["spec"], "podSelector": {"matchLabels": {"app": "else"}}}}  # type: ignore[dict-item]
+    ingress = {**EGRESS, "spec": {**EGRESS["spec"], "policyTypes": ["Ingress"]}}  # type: ignore[dict-item]
+    for policy in (other, ingress):
+        assert [p[:6] for p in checks.check_documents([trainer, policy], job)] == ["SUB004"]
+    # the offline switches missing from a serving container
+    server = _pod(job.image, {}, ["oracle", "serve", "--checkpoint", "runs/x"], offline=False, kind="Deployment")
+    problems = checks.check_documents([trainer, server, EGRESS], job)
+    assert [p[:6] for p in problems] == ["SUB004"]
+    assert "HF_HUB_OFFLINE=1" in problems[0]
+
+
+def test_sbatch_check_requires_the_runtime_layer(tmp_path: Path) -> None:
+    job = request(tmp_path)
+    script = sbatch(job).replace("export HF_HUB_OFFLINE=1\n", "")
+    problems = [p for p in checks.check_sbatch(script, job, LOCK_SHA) if not p.startswith("SUB002")]  # no venv here
+    assert [p[:6] for p in problems] == ["SUB004"]
+    assert "HF_HUB_OFFLINE=1" in problems[0]
+    assert not [p for p in checks.check_sbatch(sbatch(job), job, LOCK_SHA) if p.startswith("SUB004")]
 
 
 def test_sub003_data_inputs(tmp_path: Path) -> None:

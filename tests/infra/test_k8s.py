@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from guards.process_policy import OFFLINE_ENV
 from infra import checks
 from infra.k8s.apply import apply_manifests, delete_project_jobs, kubeconfig_present, list_project_jobs
 from infra.k8s.manifests import (
@@ -72,6 +73,19 @@ def manifests(request: JobRequest | None = None) -> list[dict[str, Any]]:
     return training_manifests(request, env, RECORD) + serving_manifests(request, digest=DIGEST)
 
 
+# The kinds of the training objects, in the order they are applied.
+TRAINING_KINDS = (
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Service",
+    "NetworkPolicy",
+    "Job",
+)
+
+
 def by_kind(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     found = [d for d in documents if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, f"{len(found)} {kind} objects"
@@ -88,17 +102,7 @@ def pod_spec(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def test_training_and_serving_manifests_validate_strictly() -> None:
     documents = manifests()
-    assert [d["kind"] for d in documents] == [
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "ConfigMap",
-        "PersistentVolumeClaim",
-        "Service",
-        "Job",
-        "Deployment",
-        "Service",
-    ]
+    assert [d["kind"] for d in documents] == [*TRAINING_KINDS, "Deployment", "Service", "NetworkPolicy"]
     validate_manifests(documents)
     validate_manifests(manifests(job_request(nodes=1, gpus_per_node=0, procs_per_node=4)))
 
@@ -230,7 +234,13 @@ def test_pods_run_as_non_root_without_privilege_escalation() -> None:
 
 def test_serving_runs_the_newest_checkpoint_of_the_submissions_run_behind_a_service_with_probes() -> None:
     documents = serving_manifests(job_request(), digest=DIGEST, replicas=3)
-    deployment, service = documents
+    deployment, service, egress = documents
+    # the server reaches nothing: an Egress policy with no rule selecting its pods
+    assert egress["spec"] == {
+        "egress": [],
+        "podSelector": {"matchLabels": deployment["spec"]["template"]["metadata"]["labels"]},
+        "policyTypes": ["Egress"],
+    }
     assert deployment["spec"]["replicas"] == 3
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == [
@@ -394,9 +404,11 @@ def test_apply_pipes_the_manifests_to_kubectl_server_side(kubectl: FakeKubectl) 
         "ConfigMap/oracle-train-oracle-mini-submission",
         "PersistentVolumeClaim/oracle-checkpoints",
         "Service/oracle-train-oracle-mini",
+        "NetworkPolicy/oracle-train-oracle-mini-egress",
         "Job/oracle-train-oracle-mini",
         "Deployment/oracle-serve",
         "Service/oracle-serve",
+        "NetworkPolicy/oracle-serve-egress",
     ]
 
 
@@ -581,3 +593,24 @@ def test_the_training_pod_may_read_pods_and_do_nothing_else() -> None:
     job_pod = pod_spec(documents, "Job")
     assert job_pod["automountServiceAccountToken"] is True  # the token the check reads the pod with
     assert pod_spec(documents, "Deployment")["automountServiceAccountToken"] is False  # serving needs none
+
+
+def test_the_training_pods_reach_their_peers_dns_and_the_declared_networks_only() -> None:
+    documents = manifests(job_request(nodes=2, egress_cidrs=("10.96.0.1/32",)))
+    validate_manifests(documents)
+    policy = by_kind(documents, "NetworkPolicy", "oracle-train-oracle-mini-egress")["spec"]
+    job_pods = by_kind(documents, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert policy["policyTypes"] == ["Egress"]
+    assert policy["podSelector"]["matchLabels"].items() <= job_pods.items()  # it selects every pod of the job
+    dns, peers, declared = policy["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert {port["port"] for port in dns["ports"]} == {53}
+    assert peers["to"][0]["podSelector"]["matchLabels"].items() <= job_pods.items()
+    assert "ports" not in peers
+    assert declared == {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}]}
+    # the trainer's container runs through `oracle` with the Hub clients offline
+    (container,) = pod_spec(documents, "Job")["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert {key: env.get(key) for key in OFFLINE_ENV} == OFFLINE_ENV
+    assert container["command"][container["command"].index("-m") + 1] == "oracle"
+    assert checks.check_runtime_layer(documents) == []

@@ -15,7 +15,7 @@ import yaml
 from guards.submission import DIGEST_ENV
 from infra.k8s.validate import validate_manifests
 from tests.checkouts import oracle
-from tests.infra.test_k8s import FakeKubectl
+from tests.infra.test_k8s import TRAINING_KINDS, FakeKubectl
 from tests.trust import session_key
 
 ARGS = ["--config", "oracle-mini", "--nodes", "1", "--gpus-per-node", "2", "--time", "01:00:00"]
@@ -101,7 +101,7 @@ def test_k8s_with_a_kubeconfig_applies_the_training_objects(
     ]
     applied = list(yaml.safe_load_all(call["stdin"]))
     kinds = [d["kind"] for d in applied]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim", "Service", "Job"]
+    assert kinds == list(TRAINING_KINDS)
     assert _env(applied)[DIGEST_ENV] == answer["digest"]
 
 
