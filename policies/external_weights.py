@@ -188,12 +188,14 @@ def check(ctx: ScanContext) -> PolicyResult:
         ctx.kind(path)  # while its first bytes are at hand and ripgrep still runs (every policy asks for it)
     candidates = ctx.grep(patterns)
     judge = _reference_judge(ctx)
+    code_lines: dict[str, set[int]] = {}  # lines of each path's EXT001/EXT004 findings
     for path in ctx.files:
         if path not in candidates:
             continue
         lines = candidates[path]
         kind = ctx.kind(path)  # by name, extension and shebang: an extensionless script is Python too
         spans: set[int] = set()
+        before = len(result.findings)
         if (kind == "python" and _needs_parse(lines, code_words, ctx)) or (
             kind == "notebook" and any(code_words.search(line.text) for line in lines)
         ):
@@ -211,11 +213,13 @@ def check(ctx: ScanContext) -> PolicyResult:
                 result.findings.append(
                     rule.finding(path, fallback.line, fallback.column, fallback.message, fallback.message)
                 )
+        reported = code_lines.setdefault(path, set())
+        reported.update(f.line for f in result.findings[before:] if f.path == path and f.rule_id in _CODE_RULES)
         if kind == "binary":
             continue
         numbered = [(line.number, line.text) for line in lines]
         # a line the code layer already reported (a loader called with this id) is not reported again as a name
-        loaded = spans | {f.line for f in result.findings if f.path == path and f.rule_id in {"EXT001", "EXT004"}}
+        loaded = spans | reported
         for hit in text_references.check_text(path, kind, ctx.text(path) or "", numbered, judge):
             if hit.rule_id == "EXT003" and hit.line in loaded:
                 continue
@@ -445,5 +449,6 @@ def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> Non
 
 
 _RULES_BY_ID = {rule.id: rule for rule in RULES}
+_CODE_RULES = frozenset({FOREIGN_LOADER.id, FOREIGN_ARCHITECTURE.id})
 
 POLICY = Policy(NAME, RULES, check, _patterns)

@@ -95,11 +95,23 @@ class LoaderTable:
     clients: dict[str, tuple[tuple[str, ...], str, int, tuple[str, ...]]]  # class → (methods, keyword, pos, modules)
     deserialisers: tuple[Deserialiser, ...]
 
+    @functools.cached_property
+    def _by_name(self) -> tuple[dict[str, tuple[Loader, ...]], tuple[Loader, ...]]:
+        """The loaders a call may match, by the call's last name: those whose own call ends in that name, and the
+        `*` entries (which match by module), in table order; then what any other name may match (the `*` entries)."""
+        always = [index for index, loader in enumerate(self.loaders) if loader.call == "*" or not _last(loader.call)]
+        named: dict[str, list[int]] = {}
+        for index, loader in enumerate(self.loaders):
+            if index not in always:
+                named.setdefault(_last(loader.call), []).append(index)
+        by_name = {name: tuple(self.loaders[i] for i in sorted([*indices, *always])) for name, indices in named.items()}
+        return by_name, tuple(self.loaders[i] for i in always)
+
     def match(self, qualified: str) -> Loader | None:
-        for loader in self.loaders:
+        by_name, others = self._by_name
+        for loader in by_name.get(_last(qualified), others):  # qualified ends with ".call": its last name is call's
             if loader.call == "*":
-                module = qualified.rsplit(".", 1)[0]
-                if any(module == m for m in loader.modules):
+                if qualified.rsplit(".", 1)[0] in loader.modules:
                     return loader
                 continue
             if qualified != loader.call and not qualified.endswith("." + loader.call):
@@ -222,6 +234,24 @@ class Judge:
 
 
 # --- static values ------------------------------------------------------------------------------------------------
+def _last(dotted_name: str) -> str:
+    return dotted_name.rsplit(".", 1)[-1]
+
+
+def walk(tree: ast.AST) -> list[ast.AST]:
+    """ast.walk's nodes, in its order (breadth first, children in field order), as a list and without a generator
+    per node."""
+    nodes = [tree]
+    for node in nodes:  # grows while it is read
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.AST):
+                nodes.append(value)
+            elif isinstance(value, list):
+                nodes.extend(item for item in value if isinstance(item, ast.AST))
+    return nodes
+
+
 def dotted(node: ast.AST) -> str:
     if isinstance(node, ast.Name):
         return node.id
@@ -231,6 +261,13 @@ def dotted(node: ast.AST) -> str:
     if isinstance(node, ast.Call):  # `HfFileSystem().open`: the instance's class stands for it
         return dotted(node.func)
     return ""
+
+
+# The nodes _Program reads bindings from.
+_BINDING_NODES = (
+    ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.With, ast.AsyncWith, ast.arg, ast.For, ast.AsyncFor,
+    ast.comprehension, ast.NamedExpr, ast.AugAssign, ast.Global, ast.Nonlocal,
+)  # fmt: skip
 
 
 class _Program:
@@ -249,6 +286,8 @@ class _Program:
         self.saved_values: set[str] = set()  # resolved strings a run writes to (output_dir=...)
         self.in_memory: set[str] = set()  # names bound to an empty io.BytesIO() (written, then read back)
         for node in nodes:
+            if not isinstance(node, _BINDING_NODES):
+                continue  # most nodes bind nothing
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     local = alias.asname or alias.name.split(".")[0]
@@ -499,8 +538,11 @@ class _Program:
 
 
 # --- the checks ---------------------------------------------------------------------------------------------------
+_ANALYSED_NODES = (ast.Import, ast.ImportFrom, ast.ClassDef, ast.Call, ast.Constant)
+
+
 def analyse(tree: ast.Module, judge: Judge) -> list[Hit]:
-    nodes = list(ast.walk(tree))
+    nodes = walk(tree)
     program = _Program(nodes, judge)
     seen: set[tuple[str, int, int]] = set()
     flagged_modules: list[str] = []  # a foreign module imported once is one finding, not one more per use
@@ -515,6 +557,8 @@ def analyse(tree: ast.Module, judge: Judge) -> list[Hit]:
         judge.hits.append(Hit(rule_id, line, column + 1, end_line, end_column, message))
 
     for node in nodes:
+        if not isinstance(node, _ANALYSED_NODES):
+            continue
         if isinstance(node, ast.Import | ast.ImportFrom):
             flagged = _check_import(node, judge, add)
             if flagged:
