@@ -287,13 +287,10 @@ def _check_cross_files(ctx: ScanContext, config: dict[str, object], result: Poli
 
 
 def model_facts(root: Path, configs: list[str], *, flagship: str) -> dict[str, dict[str, object]]:
-    """Counts of each config (and the component checks of the flagship), computed by the checkout's own model code:
-    in this process when that code is the one imported, else in one subprocess run from the checkout."""
-    import oracle
-
-    own_root = Path(oracle.__file__).resolve().parent.parent
-    if own_root == root.resolve():
-        return {config: _facts(root / config, components=config == flagship) for config in configs}
+    """Counts of each config (and the component checks of the flagship), computed by the checkout's own model code
+    in one subprocess run from the checkout, always: building the model runs the code under review, so it runs
+    under the process policy (no network, no weights file outside the venv, no installer: guards.process_policy),
+    never in the gate's own process, which must read every file of the tree, weights included."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     completed = subprocess.run(
         [sys.executable, "-m", "policies.architecture", flagship, *configs],
@@ -388,5 +385,9 @@ def _component_problems(config: object) -> list[str]:
 POLICY = Policy(NAME, RULES, check)
 
 if __name__ == "__main__":  # python -m policies.architecture FLAGSHIP CONFIG... (run from the checkout's root)
+    # the runtime layer first (a script entry point: the gate machinery is imported here, not by the policy module)
+    from guards.process_policy import ProcessPolicy, install
+
+    install(ProcessPolicy(command="guards architecture", root=Path.cwd())).seal()
     flagship_arg, *config_args = sys.argv[1:]
     print(json.dumps({c: _facts(Path(c).resolve(), components=c == flagship_arg) for c in config_args}))
