@@ -225,7 +225,12 @@ def run_gate(
     if not files and gate is not Gate.commit and git.is_repository(root):
         # ripgrep walks the tree (honouring .gitignore, plus force-added files) while Python selects and sniffs
         try:
-            early = RipgrepJob(root, patterns, settings.scan.max_file_bytes, None, git.ignored_but_tracked(root))
+            early = RipgrepJob(root, patterns, settings.scan.max_file_bytes, None)  # the walk starts at once
+            try:
+                early.add(git.ignored_but_tracked(root))  # then the tracked files it skips, once git has said
+            except BaseException:
+                early.stop()
+                raise
         except ScanError:
             early = None  # reported below, when the pass is made again
     sizes: dict[str, int] = {}

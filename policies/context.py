@@ -645,17 +645,19 @@ class ScanContext:
         else:
             self._probed[relative] = "whole" if len(data) < _PROBE else "more"
 
-    def sniff(self, relative: str, judge: Callable[[int, int, bytes], _T]) -> _T:
-        """`judge(fd, size, start)` on the file opened once, `start` its first `_PROBE` bytes (or all of it): the
-        same read fills head(), so content sniffing and the reading layer read each file once. Raises OSError when
-        the file cannot be opened or read (the caller records why; head() is then left to try again)."""
-        size = self.size(relative)
+    def sniff(self, relative: str, judge: Callable[[int, int, bytes, str], _T]) -> _T:
+        """`judge(fd, size, start, relative)` on the file opened once, `start` its first `_PROBE` bytes (or all of
+        it): the same read fills head(), so content sniffing and the reading layer read each file once. Raises
+        OSError when the file cannot be opened or read (the caller records why; head() is then left to try again)."""
+        size = self.sizes.get(relative)
+        if size is None:
+            size = self.size(relative)
         fd = os.open(os.path.join(self._root_str, relative), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks
         try:
             start = os.read(fd, _PROBE)
             if relative not in self._heads:
                 self._keep_head(relative, start)
-            return judge(fd, size, start)
+            return judge(fd, size, start, relative)
         finally:
             os.close(fd)
 
@@ -884,19 +886,37 @@ class RipgrepJob:
         args += ["--column", "--null", "--no-messages", "--color", "never", "--max-filesize", str(max_filesize)]
         for pattern in patterns:
             args += ["-e", pattern]
-        walk = files is None or len(files) > _RG_ARGV_LIMIT
-        # Only git's ignore rules may hide a file (they decide what is tracked); a committed .ignore/.rgignore must not.
-        only_git = ["--no-require-git", "--no-ignore-dot", "--no-ignore-global", "--no-ignore-parent"]
-        runs = [[*args, *only_git, "-g", "!.git", "--", "."]] if walk else []
-        explicit = list(also) if walk else [*(files or []), *also]
-        for start in range(0, len(explicit), _RG_ARGV_LIMIT):
-            runs.append([*args, "--no-ignore", "--", *explicit[start : start + _RG_ARGV_LIMIT]])
-        env = {key: value for key, value in os.environ.items() if key != "RIPGREP_CONFIG_PATH"}
-        self._processes = [
-            subprocess.Popen(run, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for run in runs
-        ]
+        self._args, self._root = args, root
+        self._env = {key: value for key, value in os.environ.items() if key != "RIPGREP_CONFIG_PATH"}
+        self._processes: list[subprocess.Popen[bytes]] = []
         self._lines: dict[str, list[Line]] | None = None
         self._binary: set[str] = set()
+        walk = files is None or len(files) > _RG_ARGV_LIMIT
+        if walk:
+            # Only git's ignore rules may hide a file (they decide what is tracked); a committed .ignore/.rgignore
+            # must not.
+            only_git = ["--no-require-git", "--no-ignore-dot", "--no-ignore-global", "--no-ignore-parent"]
+            self._start([*args, *only_git, "-g", "!.git", "--", "."])
+        self.add(list(also) if walk else [*(files or []), *also])
+
+    def add(self, files: Sequence[str]) -> None:
+        """Search these files too, whatever the ignore rules say (a walk's job: the tracked files it skips, which
+        may be known only once the walk has started)."""
+        if self._lines is not None:
+            raise ScanError("ripgrep's pass was collected before files were added to it")
+        for start in range(0, len(files), _RG_ARGV_LIMIT):
+            self._start([*self._args, "--no-ignore", "--", *files[start : start + _RG_ARGV_LIMIT]])
+
+    def _start(self, argv: list[str]) -> None:
+        self._processes.append(
+            subprocess.Popen(argv, cwd=self._root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env)
+        )
+
+    def stop(self) -> None:
+        """End the searches of a pass that will not be collected."""
+        for process in self._processes:
+            process.kill()
+            process.communicate()
 
     @property
     def binary(self) -> set[str]:

@@ -432,7 +432,7 @@ def _check_weight_file(ctx: ScanContext, path: str, result: PolicyResult) -> Non
     """Every selected file, whatever its size: its structure (archives, pointers included) says whether it is
     weights. A file that cannot be read is reported as not analysed (never a pass)."""
     try:
-        kind = ctx.sniff(path, lambda fd, size, start: weights_kind_open(fd, size, start, path))
+        kind = ctx.sniff(path, weights_kind_open)
     except OSError as exc:
         ctx.not_analysed(path, f"unreadable ({exc.strerror or exc})")
         return
