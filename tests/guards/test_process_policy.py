@@ -1,0 +1,303 @@
+"""The process policy's hooks (guards/process_policy.py), each class of refusal and what stays allowed, in fresh
+interpreters (audit hooks cannot be removed once added, and a refusal ends the process).
+
+Each case runs `python -c` with the policy installed and sealed as `oracle serve` or `oracle train` would, in a
+temporary working directory whose `.oracle/audit.jsonl` receives the refusal."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from guards.process_policy import (
+    OFFLINE_ENV,
+    ProcessPolicy,
+    ProcessPolicyError,
+    denied_program,
+    gated_command,
+    policy_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PREAMBLE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from guards.process_policy import ProcessPolicy, install, allow_and_seal
+policy = install(ProcessPolicy({command!r}, Path.cwd()))
+allow_and_seal(read_roots={roots!r}, read_files={files!r}, endpoints={endpoints!r})
+"""
+
+
+def run(
+    tmp_path: Path,
+    code: str,
+    *,
+    command: str = "serve",
+    roots: list[str] | None = None,
+    files: list[str] | None = None,
+    endpoints: list[tuple[str, int]] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    preamble = PREAMBLE.format(repo=str(REPO), command=command, roots=roots or [], files=files or [],
+                               endpoints=endpoints or [])  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", preamble + textwrap.dedent(code)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def refused(done: subprocess.CompletedProcess[str], tmp_path: Path, *expected: str) -> dict[str, object]:
+    """Exit 1, one refusal line on stderr naming `expected`, and the audit entry (returned)."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if "refused by the process policy" in line]
+    assert len(lines) == 1, done.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    entries = [json.loads(line) for line in (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["gate"], e["result"]) for e in entries] == [("runtime", "refused")]
+    details: dict[str, object] = entries[0]["details"]
+    return details
+
+
+def allowed(done: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "refused" not in done.stderr
+    assert not (tmp_path / ".oracle" / "audit.jsonl").exists()
+
+
+@pytest.fixture
+def local_server() -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- network ------------------------------------------------------------------------------------------------------
+def test_a_connection_to_an_address_the_command_does_not_need_is_refused(tmp_path: Path, local_server: str) -> None:
+    host, port = local_server.split(":")
+    done = run(tmp_path, f"import urllib.request; urllib.request.urlopen('http://{local_server}/x', timeout=5)")
+    details = refused(done, tmp_path, f"connecting to {local_server}")
+    assert (details["host"], details["port"], details["command"]) == (host, int(port), "serve")
+
+
+def test_resolving_a_host_the_command_does_not_need_is_refused_before_any_packet(tmp_path: Path) -> None:
+    done = run(tmp_path, "import socket; socket.getaddrinfo('hub.example.invalid', 443)")
+    assert refused(done, tmp_path, "resolving hub.example.invalid")["host"] == "hub.example.invalid"
+
+
+def test_udp_datagrams_are_judged_like_connections(tmp_path: Path) -> None:
+    done = run(
+        tmp_path, "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('192.0.2.1', 53))"
+    )
+    refused(done, tmp_path, "connecting to 192.0.2.1:53")
+
+
+def test_a_declared_endpoint_is_reachable_and_only_on_its_port(tmp_path: Path, local_server: str) -> None:
+    host, port = local_server.split(":")
+    code = f"import urllib.request; urllib.request.urlopen('http://{local_server}/x', timeout=5).read()"
+    allowed(run(tmp_path, code, endpoints=[(host, int(port))]), tmp_path)
+    refused(run(tmp_path, code, endpoints=[(host, int(port) + 1)]), tmp_path, f"connecting to {local_server}")
+
+
+def test_listening_and_unix_sockets_stay_allowed(tmp_path: Path) -> None:
+    code = """
+    import socket
+    server = socket.create_server(("127.0.0.1", 0))
+    left, right = socket.socketpair()
+    left.sendall(b"ok"); assert right.recv(2) == b"ok"
+    """
+    allowed(run(tmp_path, code), tmp_path)
+
+
+# --- weight files ---------------------------------------------------------------------------------------------------
+def _weights(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    save_file({"w": torch.ones(4, 4)}, str(folder / "model.safetensors"))
+    torch.save({"w": torch.ones(4, 4)}, folder / "renamed.txt")  # a zip archive of torch.save under a harmless name
+    (folder / "weights.pkl").write_bytes(pickle.dumps({"layer.weight": [0.5] * 64, "layer.bias": [0.1] * 8}))
+    np.save(folder / "array.npy", np.ones((2048, 2049), dtype=np.float32))  # model-sized: weights for its size
+    (folder / "notes.txt").write_text("not weights\n")
+    return {path.name: path for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("from safetensors.torch import load_file; load_file({path!r})", "model.safetensors"),
+        ("from safetensors import safe_open; safe_open({path!r}, 'pt')", "model.safetensors"),
+        ("import torch; torch.load({path!r}, weights_only=True)", "renamed.txt"),
+        ("import pickle; pickle.load(open({path!r}, 'rb'))", "weights.pkl"),
+        ("import numpy; numpy.load({path!r})", "array.npy"),
+        ("import os; os.read(os.open({path!r}, os.O_RDONLY), 10)", "model.safetensors"),
+    ],
+    ids=["safetensors", "safe_open", "torch-zip-renamed", "pickle", "numpy", "os.open"],
+)
+def test_a_weights_file_outside_what_the_command_may_read_is_refused_by_content(
+    tmp_path: Path, code: str, name: str
+) -> None:
+    path = _weights(tmp_path)[name]
+    details = refused(run(tmp_path, code.format(path=str(path))), tmp_path, f"opening {path}")
+    assert details["file"] == str(path)
+
+
+def test_weights_the_command_may_read_and_other_files_are_allowed(tmp_path: Path) -> None:
+    files = _weights(tmp_path)
+    code = f"""
+    from safetensors.torch import load_file
+    import torch
+    load_file({str(files["model.safetensors"])!r})
+    torch.load({str(files["renamed.txt"])!r}, weights_only=True)
+    open({str(files["notes.txt"])!r}).read()
+    with open({str(tmp_path / "written.safetensors")!r}, "wb") as out:  # writing is never refused
+        out.write(b"x")
+    """
+    allowed(
+        run(tmp_path, code, files=[str(files["model.safetensors"])], roots=[str(files["renamed.txt"].parent)]), tmp_path
+    )
+
+
+# --- unpickling -----------------------------------------------------------------------------------------------------
+def test_torch_load_of_bytes_without_weights_only_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    (tmp_path / "blob.bin").write_bytes(buffer.getvalue())
+    code = f"""
+    import io, torch
+    data = bytes.fromhex({buffer.getvalue().hex()!r})
+    torch.load(io.BytesIO(data), weights_only=False)
+    """
+    details = refused(run(tmp_path, code), tmp_path, "without weights_only=True")
+    assert "BytesIO" in str(details["file"])
+    # with weights_only=True the same bytes load
+    other = tmp_path / "weights-only"
+    other.mkdir()
+    allowed(run(other, code.replace("weights_only=False", "weights_only=True")), other)
+
+
+def test_torch_load_without_weights_only_runs_only_on_the_commands_own_files(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    torch.save({"w": torch.ones(2)}, run_dir / "state.pt")
+    code = f"import torch; torch.load({str(run_dir / 'state.pt')!r}, weights_only=False)"
+    allowed(run(tmp_path, code, command="train", roots=[str(run_dir)]), tmp_path)
+
+
+# --- programs -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import subprocess; subprocess.run(['pip', 'install', 'x'])",
+        "import subprocess; subprocess.run('cd /tmp && curl -sL https://example.invalid/w | tar x', shell=True)",
+        "import subprocess; subprocess.run([sys.executable, '-m', 'pip', 'install', 'x'])",
+        "import os; os.system('env HF_HUB_OFFLINE=0 huggingface-cli download org/model')",
+        "import os; os.execvp('git', ['git', '-C', '/tmp', 'clone', 'https://example.invalid/m'])",
+        "import os; os.posix_spawn('/usr/bin/wget', ['wget', 'https://example.invalid/w'], {})",
+    ],
+    ids=["pip", "shell-curl", "python-m-pip", "env-huggingface-cli", "git-clone", "posix_spawn-wget"],
+)
+def test_installers_and_downloaders_are_not_started(tmp_path: Path, code: str) -> None:
+    done = run(tmp_path, code)
+    details = refused(done, tmp_path, "package installers and downloaders do not run")
+    assert details["program"]
+
+
+def test_other_programs_start(tmp_path: Path) -> None:
+    code = """
+    import subprocess
+    subprocess.run(["git", "--version"], check=True)
+    subprocess.run("echo ok | cat", shell=True, check=True)
+    """
+    allowed(run(tmp_path, code), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "found"),
+    [
+        (["pip3.11", "install", "x"], True),
+        (["/usr/bin/env", "-i", "A=1", "uv", "pip", "install", "x"], True),
+        (["bash", "-lc", "echo hi; $(curl x)"], True),
+        (["sh", "-c", "python3 -m huggingface_hub.commands.huggingface_cli download x"], True),
+        (["timeout", "30", "wget", "x"], True),
+        (["git", "rev-parse", "HEAD"], False),
+        (["python3", "script.py", "-m", "pip"], False),  # arguments of a script, not of the interpreter
+        (["scontrol", "show", "job", "1"], False),
+        ("echo 'pip install is a phrase here'", False),
+    ],
+)
+def test_denied_program_sees_through_shells_and_wrappers(argv: list[str] | str, found: bool) -> None:
+    assert (denied_program(argv) is not None) is found
+
+
+# --- set-up ---------------------------------------------------------------------------------------------------------
+def test_gated_commands_and_their_start_up_policy(tmp_path: Path) -> None:
+    assert gated_command(["train", "--config", "x"]) == "train"
+    assert gated_command(["data", "run", "--input", "a"]) == "data run"
+    assert gated_command(["hub", "publish", "--repo-id", "a/b"]) == "hub publish"
+    assert gated_command(["guards", "run"]) is None
+    environ = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    train = policy_for("train", [], environ, tmp_path)
+    assert train.address_allowed("127.0.0.1", 29500)
+    assert not train.address_allowed("127.0.0.1", 8080)
+    assert train.address_allowed("10.96.0.1", 443)
+    data = policy_for("data run", ["--input", "https://data.example.invalid:8443/a.jsonl"], {}, tmp_path)
+    assert data.endpoints == {("data.example.invalid", 8443)}
+    publish = policy_for("hub publish", ["--endpoint", "http://127.0.0.1:9000"], {}, tmp_path)
+    assert publish.address_allowed("127.0.0.1", 9000)
+    assert not publish.address_allowed("127.0.0.1", 9001)
+
+
+def test_a_sealed_policy_cannot_be_widened() -> None:
+    policy = ProcessPolicy("serve", Path("."))
+    policy.seal()
+    with pytest.raises(ProcessPolicyError):
+        policy.allow(hosts=["hub.example.invalid"])
+
+
+def test_the_oracle_command_installs_it_before_anything_else(tmp_path: Path) -> None:
+    """`oracle data run` (a gated command): the Hub clients' switches are set and a download from the pipeline's
+    process is refused, although `--input` names a local file."""
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    code = f"""
+    import os, sys
+    sys.argv = ["oracle", "data", "run", "--input", {str(tmp_path / "in.jsonl")!r}, "--output", "out"]
+    sys.path.insert(0, {str(REPO)!r})
+    from guards.process_policy import install_for_argv, current
+    install_for_argv(sys.argv[1:])
+    assert current().command == "data run"
+    assert all(os.environ[key] == value for key, value in {OFFLINE_ENV!r}.items())
+    import socket
+    socket.create_connection(("127.0.0.1", 9), timeout=2)
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True, text=True)
+    refused(done, tmp_path, "oracle data run: refused", "connecting to 127.0.0.1:9")
+    assert socket.gethostname()  # the test's own process is unaffected
