@@ -31,8 +31,10 @@ NetworkPolicy, read-only mounts and provenance checked on load are the layers th
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
+import posix
 import shlex
 import socket
 import stat
@@ -67,11 +69,10 @@ DENIED_PROGRAMS = frozenset(
     }
 )  # fmt: skip
 DENIED_PYTHON_MODULES = frozenset({"pip", "uv", "ensurepip", "conda", "huggingface_hub", "kagglehub", "modelscope"})
-DENIED_GIT_COMMANDS = frozenset({"clone", "fetch", "pull", "lfs", "submodule", "ls-remote", "remote", "archive"})
+DENIED_GIT_COMMANDS = frozenset({"clone", "fetch", "pull", "lfs", "submodule", "ls-remote", "fetch-pack"})
 _WRAPPERS = frozenset({"env", "sudo", "nohup", "exec", "time", "nice", "ionice", "stdbuf", "command", "xargs"})
 _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh", "busybox"})
 _SHELL_OPERATORS = frozenset({";", "&&", "||", "|", "&", "(", ")", "\n", "|&", ";;"})
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _LOCAL_FAMILIES = frozenset(
     family for family in (getattr(socket, "AF_UNIX", None), getattr(socket, "AF_NETLINK", None)) if family is not None
 )
@@ -119,6 +120,8 @@ class ProcessPolicy:
     def seal(self) -> None:
         """No more `allow()`: called by the command once it knows everything it needs, before model code runs."""
         self.sealed = True
+        if self is _policy:
+            _wrap_torch()
 
     def _add_host(self, host: str, port: int | None) -> None:
         host = host.strip("[]").lower()
@@ -138,10 +141,31 @@ class ProcessPolicy:
     # --- the decisions ----------------------------------------------------------------------------------------------
     def name_allowed(self, host: str) -> bool:
         host = host.strip("[]").lower().rstrip(".")
-        return host in self._names or _is_address(host) or host in ("localhost", socket.gethostname().lower())
+        return host in self._names or _is_address(host) or host in ("localhost", _hostname)
+
+    def address_known(self, address: str) -> bool:
+        """An address one of the allowed names stands for (any port), or this machine's loopback."""
+        address = _canonical_address(address)
+        known = {item for item, _ in self._address_ports} | self._addresses
+        return address in known or address in ("127.0.0.1", "::1")
 
     def address_allowed(self, address: str, port: int) -> bool:
+        """`address` (an IP, or a name as given to connect) on `port` is one of the command's endpoints. A miss is
+        checked again against the names resolved now: the addresses behind a CDN or an object store rotate."""
+        if not _is_address(address.strip("[]")):
+            name = address.strip("[]").lower().rstrip(".")
+            return name in self.hosts or (name, port) in self.endpoints
         address = _canonical_address(address)
+        if address in self._addresses or (address, port) in self._address_ports:
+            return True
+        _state.resolving = True  # resolving the allowed names: only those lookups are not judged again
+        try:
+            for host in self.hosts:
+                self._addresses.update(_resolve(host))
+            for host, allowed_port in self.endpoints:
+                self._address_ports.update((item, allowed_port) for item in _resolve(host))
+        finally:
+            _state.resolving = False
         return address in self._addresses or (address, port) in self._address_ports
 
     def may_read_weights(self, real: str) -> bool:
@@ -180,74 +204,94 @@ def _resolve(host: str) -> set[str]:
 
 
 # --- programs ---------------------------------------------------------------------------------------------------------
+_PYTHON_OPTIONS_WITH_VALUES = frozenset({"-X", "-W", "-Q", "--check-hash-based-pycs"})
+# In a shell string: expansions that assemble a program name at run time, code from elsewhere, raw network paths.
+_SHELL_INDIRECTIONS = ("$'", '$"', "${", "$(", "`", "<<<", "/dev/tcp/", "/dev/udp/")
+_SHELL_WORDS = frozenset({"eval", "source", ".", "exec"})
+
+
+def _program_name(word: str) -> str:
+    return os.path.basename(word).lower()
+
+
+def _denied_name(name: str) -> bool:
+    return name in DENIED_PROGRAMS or name.startswith(("pip3.", "pip-", "git-remote-", "git-lfs", "git-fetch-pack"))
+
+
 def denied_program(argv: Sequence[str] | str, depth: int = 0) -> str | None:
-    """The installer or downloader `argv` would start (through shells and wrappers too), or None."""
+    """What about `argv` would start an installer or downloader, or None. Any word that names one counts, wherever
+    a wrapper put it (`env -u X`, `nice -n 5`, `timeout -s KILL 5`, `setsid`, `flock`, `busybox`, `find -exec`,
+    `xargs`): a deny-list by position would have to know every wrapper's options."""
     if isinstance(argv, str):
         return _denied_in_shell(argv, depth)
     words = [os.fsdecode(word) if isinstance(word, bytes) else str(word) for word in argv]
-    while words:
-        name = os.path.basename(words[0]).lower()
-        if "=" in words[0] and not name.startswith(("-", "/")) and words[0].split("=", 1)[0].isidentifier():
-            words = words[1:]  # NAME=value before the program
+    for index, word in enumerate(words):
+        if _denied_name(_program_name(word)):
+            return " ".join(words[index : index + 3])
+    for index, word in enumerate(words):
+        name = _program_name(word)
+        rest = words[index + 1 :]
+        if name in _SHELLS and depth < 4:
+            for argument in rest:  # the command string of -c (wherever the options put it), or a script
+                if not argument.startswith("-") and (found := _denied_in_shell(argument, depth + 1)):
+                    return found
+            if not [argument for argument in rest if not argument.startswith("-")]:
+                return f"{word} reading commands from its input"
+        if name.startswith("python") or name in ("pypy", "pypy3"):
+            found = _denied_python(word, rest)
+            if found:
+                return found
+        if name == "git":
+            for position, argument in enumerate(rest):
+                if argument in DENIED_GIT_COMMANDS or argument.startswith(("alias.", "--upload-pack", "--exec=")):
+                    return " ".join([word, *rest[: position + 1]])
+                if argument == "archive" and any(item.startswith("--remote") for item in rest):
+                    return f"{word} archive --remote"
+    return None
+
+
+def _denied_python(program: str, rest: list[str]) -> str | None:
+    skip = False
+    for position, word in enumerate(rest):
+        if skip:
+            skip = False
             continue
-        if name in _WRAPPERS:
-            words = [word for word in words[1:] if not word.startswith("-")] if name != "env" else words[1:]
-            if name == "env":
-                while words and (words[0].startswith("-") or "=" in words[0]):
-                    words = words[1:]
+        if word in _PYTHON_OPTIONS_WITH_VALUES:
+            skip = True
             continue
-        if name in ("timeout",):
-            words = [word for word in words[1:] if not word.startswith("-")][1:]  # the duration
-            continue
-        break
-    if not words:
-        return None
-    program = os.path.basename(words[0]).lower()
-    if program in DENIED_PROGRAMS or program.startswith(("pip3.", "python-pip")):
-        return " ".join(words[:3])
-    if program in _SHELLS and depth < 4:
-        for index, word in enumerate(words[1:], start=1):
-            shell_command = word == "-c" or (word.startswith("-") and "c" in word and not word.startswith("--"))
-            if shell_command and index + 1 < len(words):
-                return _denied_in_shell(words[index + 1], depth + 1)
-        return None
-    if program.startswith("python") or program in ("pypy", "pypy3"):
-        for index, word in enumerate(words[1:], start=1):
-            if word == "-m" and index + 1 < len(words):
-                module = words[index + 1].split(".", 1)[0]
-                return " ".join(words[: index + 2]) if module in DENIED_PYTHON_MODULES else None
-            if word.startswith("-m") and len(word) > 2:
-                return " ".join(words[: index + 1]) if word[2:].split(".", 1)[0] in DENIED_PYTHON_MODULES else None
-            if not word.startswith("-"):
-                return None  # a script: its arguments are not options of the interpreter
-    if program == "git":
-        rest = words[1:]
-        while rest and rest[0].startswith("-"):
-            rest = rest[2:] if rest[0] in ("-C", "-c", "--git-dir", "--work-tree") else rest[1:]
-        if rest and rest[0] in DENIED_GIT_COMMANDS:
-            return " ".join(words[: len(words) - len(rest) + 1])
+        module = (
+            rest[position + 1] if word == "-m" and position + 1 < len(rest) else word[2:] if word[:2] == "-m" else ""
+        )
+        if module:
+            return f"{program} -m {module}" if module.split(".", 1)[0] in DENIED_PYTHON_MODULES else None
+        if word == "-c" or not word.startswith("-"):
+            return None  # inline code or a script (child processes: docs/security.md, "The runtime layer's limits")
     return None
 
 
 def _denied_in_shell(command: str, depth: int) -> str | None:
+    for indirection in _SHELL_INDIRECTIONS:
+        if indirection in command:
+            return f"a shell command assembled at run time ({indirection!r} in {command[:80]!r})"
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     try:
         tokens = list(lexer)
     except ValueError:
         tokens = command.split()  # unbalanced quotes: judge the words as they stand
+    if any(token in _SHELL_WORDS for token in tokens):
+        return f"a shell command that runs code from elsewhere ({command[:80]!r})"
     simple: list[str] = []
     for token in [*tokens, ";"]:
-        if token in _SHELL_OPERATORS or set(token) <= set(";&|()\n"):
+        if token in _SHELL_OPERATORS or set(token) <= set(";&|()\n{}"):
+            if simple and any(char in simple[0] for char in "*?[\\$"):
+                return f"a program named by a pattern ({simple[0]!r})"
             found = denied_program(simple, depth + 1) if simple else None
             if found:
                 return found
             simple = []
-        elif token.startswith(("$(", "`")):
-            found = _denied_in_shell(token.strip("$()`"), depth + 1)
-            if found:
-                return found
-            simple.append(token)
+        elif not simple and token in ("if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "time"):
+            continue  # shell reserved words before a command
         else:
             simple.append(token)
     return None
@@ -256,7 +300,12 @@ def _denied_in_shell(command: str, depth: int) -> str | None:
 # --- the hook ---------------------------------------------------------------------------------------------------------
 _state = threading.local()
 _policy: ProcessPolicy | None = None
-_sniffed: dict[tuple[int, int, int, int], str | None] = {}
+# (device, inode, size, mtime, ctime) -> format: ctime cannot be set back (os.utime sets mtime only), and any write
+# changes it, so a file rewritten in place after it was judged is judged again
+_sniffed: dict[tuple[int, int, int, int, int], str | None] = {}
+_exit = posix._exit  # bound now: rebinding os._exit later does not turn a refusal into a log line
+_real_family = _socket.socket.family.__get__  # the socket's own family, not a subclass's property
+_hostname = socket.gethostname().lower()  # at start-up: socket.sethostname later does not widen the policy
 
 
 def _busy() -> bool:
@@ -277,7 +326,7 @@ def _caller() -> str:
         if name != here:
             where = f"{name}:{frame.f_lineno}"
             fallback = fallback or where
-            if not name.startswith((stdlib, "<")) and "site-packages" not in name:
+            if not name.startswith(stdlib) and "site-packages" not in name and not name.startswith("<frozen"):
                 return where
         frame = frame.f_back
     return fallback or "?"
@@ -310,7 +359,7 @@ def _refuse(what: str, details: dict[str, object]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(EXIT_REFUSED)
+            _exit(EXIT_REFUSED)
 
 
 def _on_open(args: tuple[Any, ...]) -> None:
@@ -318,34 +367,41 @@ def _on_open(args: tuple[Any, ...]) -> None:
     if isinstance(path, int):
         return  # an open file descriptor: judged when it was opened
     if mode is not None:
-        if any(letter in mode for letter in "wax+"):
-            return
-    elif flags & _WRITE_FLAGS:
+        if "r" not in mode and "+" not in mode:
+            return  # write-only ("w", "a", "x"): nothing is read
+    elif flags & os.O_ACCMODE == os.O_WRONLY:
         return
     _check_read(os.fsdecode(path))
+
+
+def _kind(path: str) -> str | None:
+    """The weights format of the regular file at `path` (None: not weights, not a regular file, or not there)."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None  # the open itself fails
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key in _sniffed:
+        return _sniffed[key]
+    _state.sniffing = path  # its own open of this path is not judged again; every other event still is
+    try:
+        kind = weights_kind_at(path, size=info.st_size)
+    except OSError:
+        kind = None  # unreadable here: the open itself fails
+    finally:
+        _state.sniffing = None
+    _sniffed[key] = kind
+    return kind
 
 
 def _check_read(path: str) -> None:
     policy = _policy
     assert policy is not None
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError):
-        return  # the open itself fails
-    if not stat.S_ISREG(info.st_mode):
+    if getattr(_state, "sniffing", None) == path:
         return
-    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    if key in _sniffed:
-        kind = _sniffed[key]
-    else:
-        _state.busy = True
-        try:
-            kind = weights_kind_at(path, size=info.st_size)
-        except OSError:
-            kind = None  # unreadable here: the open itself fails
-        finally:
-            _state.busy = False
-        _sniffed[key] = kind
+    kind = _kind(path)
     if kind is None:
         return
     real = os.path.realpath(path)
@@ -357,36 +413,86 @@ def _check_read(path: str) -> None:
         )
 
 
+def _exact_host(host: object) -> str | None:
+    """A host name or address given as exactly str or bytes (a subclass could show the check one value and the
+    socket another); None otherwise."""
+    if type(host) is str:
+        return host
+    if type(host) is bytes:
+        return os.fsdecode(host)
+    return None
+
+
 def _on_resolve(args: tuple[Any, ...]) -> None:
-    host = args[0]
-    if host is None:
+    if args[0] is None or getattr(_state, "resolving", False):
         return
-    name = os.fsdecode(host) if isinstance(host, bytes) else str(host)
+    name = _exact_host(args[0])
     policy = _policy
     assert policy is not None
-    if not policy.name_allowed(name):
-        _refuse(f"resolving {name}: not an endpoint this command may reach", {"host": name})
+    if name is None or not policy.name_allowed(name):
+        shown = name if name is not None else f"a {type(args[0]).__name__}"
+        _refuse(f"resolving {shown}: not an endpoint this command may reach", {"host": shown})
+
+
+def _on_reverse(args: tuple[Any, ...]) -> None:
+    """gethostbyaddr (a name or an address) and getnameinfo (a socket address): DNS queries too."""
+    target = args[0][0] if isinstance(args[0], tuple) and args[0] else args[0]
+    name = _exact_host(target)
+    policy = _policy
+    assert policy is not None
+    if name is None or not (policy.name_allowed(name) if not _is_address(name) else policy.address_known(name)):
+        shown = name if name is not None else f"a {type(target).__name__}"
+        _refuse(f"looking up {shown}: not an endpoint this command may reach", {"host": shown})
+
+
+def _on_socket(args: tuple[Any, ...]) -> None:
+    family, kind = args[1], args[2]
+    if family == getattr(socket, "AF_PACKET", None) or (isinstance(kind, int) and kind & 0xF == socket.SOCK_RAW):
+        _refuse("opening a raw or packet socket (no address the policy could judge)", {"family": int(family)})
 
 
 def _on_connect(args: tuple[Any, ...]) -> None:
     sock, address = args[0], args[1]
     if address is None:
         return
-    family = getattr(sock, "family", None)
+    try:
+        family = _real_family(sock)
+    except TypeError:
+        family = None
     if family in _LOCAL_FAMILIES:
         return
-    if not isinstance(address, tuple) or len(address) < 2:
-        _refuse(f"connecting to {address!r}: not an endpoint this command may reach", {"host": repr(address)})
-        return
-    host, port = str(address[0]), int(address[1])
     policy = _policy
     assert policy is not None
+    host = _exact_host(address[0]) if isinstance(address, tuple) and len(address) >= 2 else None
+    port = address[1] if host is not None else None
+    if host is None or type(port) is not int:
+        _refuse(f"connecting to {address!r}: not an address the policy can judge", {"host": repr(address)})
+        return
     if not policy.address_allowed(host, port):
         _refuse(f"connecting to {host}:{port}: not an endpoint this command may reach", {"host": host, "port": port})
 
 
-def _on_spawn(argv: Sequence[str] | str) -> None:
+def _on_move(args: tuple[Any, ...]) -> None:
+    """os.link / os.rename / os.replace: a weights file the process may not read does not become one it may."""
+    source = args[0]
+    if isinstance(source, int) or source is None:
+        return
+    path = os.fsdecode(source)
+    policy = _policy
+    assert policy is not None
+    kind = _kind(path)
+    if kind is not None and not policy.may_read_weights(real := os.path.realpath(path)):
+        _refuse(f"linking or moving {real}: {kind} weights this process may not read", {"file": real, "format": kind})
+
+
+def _on_spawn(argv: Sequence[str] | str, program: object = None) -> None:
     found = denied_program(argv)
+    if not found and isinstance(program, (str, bytes, os.PathLike)):
+        # the file that really runs, whatever argv[0] says (a link named otherwise resolves to its target)
+        given = os.fsdecode(program)
+        real = os.path.realpath(given)
+        if _denied_name(_program_name(real)) or _denied_name(_program_name(given)):
+            found = real
     if found:
         _refuse(
             f"starting `{found}`: package installers and downloaders do not run in a gated process", {"program": found}
@@ -403,6 +509,7 @@ def _on_find_class(args: tuple[Any, ...]) -> None:
             source = frame.f_locals.get("f")
             policy = _policy
             assert policy is not None
+            source = getattr(source, "name", source) if not isinstance(source, (str, os.PathLike)) else source
             if isinstance(source, (str, os.PathLike)):
                 real = os.path.realpath(os.fspath(source))
                 if policy.may_read_weights(real):
@@ -430,15 +537,26 @@ _HANDLERS: Mapping[str, Any] = {
     "socket.getaddrinfo": _on_resolve,
     "socket.gethostbyname": _on_resolve,
     "socket.gethostbyname_ex": _on_resolve,
+    "socket.gethostbyaddr": _on_reverse,
+    "socket.getnameinfo": _on_reverse,
+    "socket.__new__": _on_socket,
     "socket.connect": _on_connect,
     "socket.sendto": _on_connect,
     "socket.sendmsg": _on_connect,
-    "subprocess.Popen": lambda args: _on_spawn(args[1] if args[1] is not None else [os.fsdecode(args[0])]),
+    "socket.sethostname": lambda args: _refuse("changing the host name", {"host": str(args[0])}),
+    "subprocess.Popen": lambda args: _on_spawn(args[1] if args[1] is not None else [os.fsdecode(args[0])], args[0]),
     "os.system": lambda args: _on_spawn(os.fsdecode(args[0])),
-    "os.exec": lambda args: _on_spawn(args[1]),
-    "os.spawn": lambda args: _on_spawn(args[2]),
-    "os.posix_spawn": lambda args: _on_spawn(args[1]),
+    "os.exec": lambda args: _on_spawn(args[1], args[0]),
+    "os.spawn": lambda args: _on_spawn(args[2], args[1]),
+    "os.posix_spawn": lambda args: _on_spawn(args[1], args[0]),
+    "os.link": _on_move,
+    "os.rename": _on_move,
+    "shutil.move": _on_move,
     "pickle.find_class": _on_find_class,
+    # a subinterpreter starts without this process's audit hooks
+    "cpython.PyInterpreterState_New": lambda args: _refuse(
+        "starting a subinterpreter (it would run without the hooks)", {}
+    ),
 }
 
 
@@ -464,7 +582,17 @@ def install(policy: ProcessPolicy, *, offline: bool = True) -> ProcessPolicy:
 
 
 def _wrap_native_readers() -> None:
-    """safetensors opens files in Rust, where no audit event is raised: its `safe_open` asks the hook first."""
+    """Readers that open files where no audit event is raised ask the hook first: safetensors' `safe_open` (Rust),
+    and `os.open` with `dir_fd` (the event names the path without the folder it is relative to)."""
+    native_open = os.open
+
+    def open_with_dir_fd(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None and not os.path.isabs(os.fsdecode(path)):
+            sys.audit("open", f"/proc/self/fd/{dir_fd}/{os.fsdecode(path)}", None, flags)
+        return native_open(path, flags, mode, dir_fd=dir_fd)
+
+    os.open = open_with_dir_fd
+    posix.open = open_with_dir_fd
     try:
         import safetensors
         import safetensors._safetensors_rust as rust
@@ -473,11 +601,88 @@ def _wrap_native_readers() -> None:
     native = rust.safe_open
 
     def safe_open(filename: Any, *args: Any, **kwargs: Any) -> Any:
-        sys.audit("open", os.fspath(filename), "rb", os.O_RDONLY)
-        return native(filename, *args, **kwargs)
+        path = os.fspath(filename)  # evaluated once: the path judged is the path opened
+        sys.audit("open", path, "rb", os.O_RDONLY)
+        return native(path, *args, **kwargs)
 
     safetensors.safe_open = safe_open  # type: ignore[misc,assignment]
     rust.safe_open = safe_open
+
+
+def _wrap_torch() -> None:
+    """torch's readers that bypass Python's open (`torch.from_file`, `UntypedStorage.from_file`, `torch.jit.load`)
+    ask the hook first, and `torch.load` with `weights_only=False` runs only on a file the command may read (the
+    `pickle.find_class` check is the layer behind it). Called when the policy is sealed, torch being imported."""
+    import functools
+
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch as imported  # train and serve need it anyway
+        except ImportError:
+            return
+        torch = imported
+
+    def asking(reader: Any, argument: int = 0) -> Any:
+        @functools.wraps(reader)
+        def read(*args: Any, **kwargs: Any) -> Any:
+            source = args[argument] if len(args) > argument else kwargs.get("filename", kwargs.get("f"))
+            if isinstance(source, (str, bytes, os.PathLike)):
+                sys.audit("open", os.fsdecode(source), "rb", os.O_RDONLY)
+            elif source is not None and isinstance(getattr(source, "name", None), str):
+                sys.audit("open", source.name, "rb", os.O_RDONLY)
+            return reader(*args, **kwargs)
+
+        return read
+
+    torch.from_file = asking(torch.from_file)
+    torch.UntypedStorage.from_file = staticmethod(asking(torch.UntypedStorage.from_file))
+    if hasattr(torch, "jit"):
+        torch.jit.load = asking(torch.jit.load)
+    # torch.load unpickles in serialization._load / _legacy_load, with its weights-only unpickler when
+    # weights_only=True and with `pickle_module` (any Unpickler, which need not raise `pickle.find_class`) otherwise:
+    # the latter runs only on the source torch.load was given when that is a file the command may read
+    serialization = torch.serialization
+    safe = serialization._weights_only_unpickler
+    for name in ("_load", "_legacy_load"):
+        native = getattr(serialization, name)
+
+        def unpickling(*args: Any, __native: Any = native, **kwargs: Any) -> Any:
+            pickle_module = args[2] if len(args) > 2 else kwargs.get("pickle_module")
+            if pickle_module is not safe:
+                _judge_unpickled_source(_torch_load_source())
+            return __native(*args, **kwargs)
+
+        setattr(serialization, name, functools.wraps(native)(unpickling))
+
+
+def _torch_load_source() -> Any:
+    """The `f` torch.load was called with, from its frame (None when no torch.load frame is on the stack: a copy of
+    it, renamed, is refused as bytes from an unknown source)."""
+    frame: Any = sys._getframe(2)
+    for _ in range(_FRAMES):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            return frame.f_locals.get("f")
+        frame = frame.f_back
+    return None
+
+
+def _judge_unpickled_source(source: Any) -> None:
+    """torch.load(weights_only=False) of `source`: a path or a named file the command may read, nothing else."""
+    policy = _policy
+    assert policy is not None
+    name = source if isinstance(source, (str, bytes, os.PathLike)) else getattr(source, "name", None)
+    if isinstance(name, (str, bytes, os.PathLike)):
+        real = os.path.realpath(os.fsdecode(name))
+        if policy.may_read_weights(real):
+            return
+        what = real
+    else:
+        what = f"a {type(source).__name__} (bytes not read from a file this command may read)"
+    _refuse(f"torch.load of {what} without weights_only=True", {"file": what})
 
 
 GATED = {("train",): "train", ("serve",): "serve", ("data", "run"): "data run", ("hub", "publish"): "hub publish"}
@@ -557,11 +762,14 @@ def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], ro
 def install_for_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ProcessPolicy | None:
     """Install the policy of the gated command `argv` runs (nothing for other commands, or for `--help`)."""
     command = gated_command(argv)
-    if command is None or "--help" in argv:
-        return None
+    if command is None:
+        return None  # `--help` anywhere is no exemption: click may take it as an option's value and run the command
     env = os.environ if environ is None else environ
     policy = policy_for(command, argv, env, Path.cwd())
-    return install(policy, offline=command != "hub publish")
+    install(policy, offline=command != "hub publish")
+    if command not in ("train", "serve"):
+        policy.seal()  # the command line says all these commands reach; train and serve seal after their checks
+    return policy
 
 
 @contextlib.contextmanager

