@@ -500,29 +500,11 @@ def _on_spawn(argv: Sequence[str] | str, program: object = None) -> None:
 
 
 def _on_find_class(args: tuple[Any, ...]) -> None:
-    frame: Any = sys._getframe(1)
-    for _ in range(_FRAMES):
-        if frame is None:
-            return  # a plain pickle load (the files it could read were judged when opened)
-        code = frame.f_code
-        if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
-            source = frame.f_locals.get("f")
-            policy = _policy
-            assert policy is not None
-            source = getattr(source, "name", source) if not isinstance(source, (str, os.PathLike)) else source
-            if isinstance(source, (str, os.PathLike)):
-                real = os.path.realpath(os.fspath(source))
-                if policy.may_read_weights(real):
-                    return
-                what = real
-            else:
-                what = f"a {type(source).__name__} (bytes not read from an allowed file)"
-            _refuse(
-                f"torch.load of {what} without weights_only=True (unpickling {args[0]}.{args[1]})",
-                {"file": what, "global": f"{args[0]}.{args[1]}"},
-            )
-            return
-        frame = frame.f_back
+    """An unpickler resolving a global inside torch.load: the layer behind the unpickling functions' own check
+    (a plain pickle load is judged by the files it could read, when they were opened)."""
+    source = _torch_load_source(start=2)
+    if source is not _NO_TORCH_LOAD:
+        _judge_unpickled_source(source, detail=f" (unpickling {args[0]}.{args[1]})")
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
@@ -656,25 +638,30 @@ def _wrap_torch() -> None:
         setattr(serialization, name, functools.wraps(native)(unpickling))
 
 
-def _torch_load_source() -> Any:
-    """The `f` torch.load was called with, from its frame (None when no torch.load frame is on the stack: a copy of
-    it, renamed, is refused as bytes from an unknown source)."""
-    frame: Any = sys._getframe(2)
+_NO_TORCH_LOAD = object()
+
+
+def _torch_load_source(start: int = 2) -> Any:
+    """The `f` torch.load was called with, from its frame; `_NO_TORCH_LOAD` when no torch.load frame is on the stack
+    (the unpickling functions refuse that: a copy of torch.load, renamed, gives bytes from an unknown source)."""
+    frame: Any = sys._getframe(start)
     for _ in range(_FRAMES):
         if frame is None:
-            return None
+            return _NO_TORCH_LOAD
         code = frame.f_code
         if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
             return frame.f_locals.get("f")
         frame = frame.f_back
-    return None
+    return _NO_TORCH_LOAD
 
 
-def _judge_unpickled_source(source: Any) -> None:
+def _judge_unpickled_source(source: Any, detail: str = "") -> None:
     """torch.load(weights_only=False) of `source`: a path or a named file the command may read, nothing else."""
     policy = _policy
     assert policy is not None
     name = source if isinstance(source, (str, bytes, os.PathLike)) else getattr(source, "name", None)
+    if source is _NO_TORCH_LOAD:
+        _refuse(f"unpickling outside torch.load, without weights_only=True{detail}", {"file": "unknown"})
     if isinstance(name, (str, bytes, os.PathLike)):
         real = os.path.realpath(os.fsdecode(name))
         if policy.may_read_weights(real):
@@ -682,7 +669,7 @@ def _judge_unpickled_source(source: Any) -> None:
         what = real
     else:
         what = f"a {type(source).__name__} (bytes not read from a file this command may read)"
-    _refuse(f"torch.load of {what} without weights_only=True", {"file": what})
+    _refuse(f"torch.load of {what} without weights_only=True{detail}", {"file": what})
 
 
 GATED = {("train",): "train", ("serve",): "serve", ("data", "run"): "data run", ("hub", "publish"): "hub publish"}

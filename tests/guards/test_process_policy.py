@@ -204,11 +204,16 @@ def test_torch_load_of_bytes_without_weights_only_is_refused(tmp_path: Path) -> 
     allowed(run(other, code.replace("weights_only=False", "weights_only=True")), other)
 
 
-def test_torch_load_without_weights_only_runs_only_on_the_commands_own_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "call",
+    ["torch.load({path!r}, weights_only=False)", "torch.load(open({path!r}, 'rb'), weights_only=False)"],
+    ids=["path", "open-file"],
+)
+def test_torch_load_without_weights_only_runs_only_on_the_commands_own_files(tmp_path: Path, call: str) -> None:
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     torch.save({"w": torch.ones(2)}, run_dir / "state.pt")
-    code = f"import torch; torch.load({str(run_dir / 'state.pt')!r}, weights_only=False)"
+    code = "import torch\n" + call.format(path=str(run_dir / "state.pt"))
     allowed(run(tmp_path, code, command="train", roots=[str(run_dir)]), tmp_path)
 
 
@@ -407,14 +412,6 @@ def test_torch_load_without_weights_only_is_judged_before_unpickling(tmp_path: P
     """
     details = refused(run(tmp_path, code, command="train"), tmp_path, "without weights_only=True")
     assert "BytesIO" in str(details["file"])
-
-
-def test_torch_load_of_an_open_file_of_the_commands_own_run_is_allowed(tmp_path: Path) -> None:
-    run_dir = tmp_path / "runs" / "r"
-    run_dir.mkdir(parents=True)
-    torch.save({"w": torch.ones(2)}, run_dir / "state.pt")
-    code = f"import torch\nwith open({str(run_dir / 'state.pt')!r}, 'rb') as f:\n    torch.load(f, weights_only=False)"
-    allowed(run(tmp_path, code, command="train", roots=[str(run_dir)]), tmp_path)
 
 
 def test_connecting_by_name_to_a_declared_endpoint_is_allowed(tmp_path: Path, local_server: str) -> None:
