@@ -741,8 +741,8 @@ def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], ro
     elif command == "hub publish":
         endpoint = (_option(argv, "--endpoint") or [environ.get("HF_ENDPOINT", "https://huggingface.co")])[-1]
         policy.allow(endpoints=[found] if (found := _url_endpoint(endpoint)) else [])
-        for checkpoint in _option(argv, "--checkpoint"):
-            policy.allow(read_roots=[checkpoint])  # publish verifies its provenance before reading a byte
+        # the checkpoint, or the folder `oracle hub build` staged: publish verifies its provenance before reading a byte
+        policy.allow(read_roots=[*_option(argv, "--checkpoint"), *_option(argv, "--staged")])
     return policy
 
 

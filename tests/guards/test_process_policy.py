@@ -288,7 +288,10 @@ def test_gated_commands_and_their_start_up_policy(tmp_path: Path) -> None:
     assert train.address_allowed("10.96.0.1", 443)
     data = policy_for("data run", ["--input", "https://data.example.invalid:8443/a.jsonl"], {}, tmp_path)
     assert data.endpoints == {("data.example.invalid", 8443)}
-    publish = policy_for("hub publish", ["--endpoint", "http://127.0.0.1:9000"], {}, tmp_path)
+    publish = policy_for(
+        "hub publish", ["--endpoint", "http://127.0.0.1:9000", "--staged", str(tmp_path)], {}, tmp_path
+    )
+    assert publish.may_read_weights(str(tmp_path.resolve() / "model.safetensors"))
     assert publish.address_allowed("127.0.0.1", 9000)
     assert not publish.address_allowed("127.0.0.1", 9001)
 
