@@ -34,9 +34,8 @@ import httpx2 as httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from policies.floor import PolicyFloor  # noqa: E402
 from tests.serve.fixtures import make_served_checkpoint  # noqa: E402
-from tests.train.conftest import local_training, make_checkout, recipe, write_corpus  # noqa: E402
+from tests.train.conftest import local_training, make_checkout, make_local_trust, recipe, write_corpus  # noqa: E402
 from tests.trust import make_trust, set_session_trust  # noqa: E402
 
 WITH_HOOKS = [sys.executable, "-m", "oracle"]
@@ -118,9 +117,7 @@ def main() -> None:
         base = Path(tmp)
         trust = make_trust(base / "trust")
         set_session_trust(trust)
-        floor = PolicyFloor().model_dump(mode="json")
-        floor["settings"]["local_train"]["allow_override"] = True
-        local = make_trust(base / "local-trust", floor=floor, keys_from=trust)
+        local = make_local_trust(base / "local-trust", trust)
         corpus = write_corpus(base / "corpus", sequences=max(64, 4 * args.steps))
         checkout = make_checkout(base)
         config = recipe(

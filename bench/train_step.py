@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,12 +34,22 @@ sys.path.insert(0, str(ROOT))
 
 from oracle.moe850b.config import load_config  # noqa: E402
 from oracle.moe850b.params import count_parameters  # noqa: E402
-from tests.train.conftest import job_environment, make_checkout, recipe, start_training, write_corpus  # noqa: E402
+from tests.train.conftest import (  # noqa: E402
+    local_training,
+    make_checkout,
+    make_local_trust,
+    recipe,
+    start_training,
+    write_corpus,
+)
+from tests.trust import TestTrust, make_trust, set_session_trust  # noqa: E402
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
 
 
-def run_case(base: Path, preset: str, *, world: int, steps: int, seq_len: int, micro: int, device: str) -> dict:
+def run_case(
+    base: Path, preset: str, *, world: int, steps: int, seq_len: int, micro: int, device: str, trust: TestTrust
+) -> dict[str, Any]:
     model = load_config(preset)
     work = Path(tempfile.mkdtemp(dir=base))
     corpus = write_corpus(
@@ -63,7 +74,7 @@ def run_case(base: Path, preset: str, *, world: int, steps: int, seq_len: int, m
         checkpoint__interval=10**6,
     )
     job = start_training(
-        checkout, ["--config", str(path)], world=world, env=job_environment(checkout, config=path), cpu=device == "cpu"
+        checkout, ["--config", str(path)], world=world, env=local_training(checkout, trust), cpu=device == "cpu"
     )
     codes = job.wait(timeout=3600)
     if codes != [0] * world:
@@ -93,8 +104,15 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
+        # a development trust root whose floor allows the local-training override (a job's record would need a
+        # scheduler that knows the job: the benchmark trains as tests/train do)
+        session = make_trust(base / "trust")
+        set_session_trust(session)
+        trust = make_local_trust(base / "local-trust", session)
         if torch.cuda.is_available():
-            result = run_case(base, "oracle-bench", world=1, steps=args.steps, seq_len=2049, micro=8, device="cuda")
+            result = run_case(
+                base, "oracle-bench", world=1, steps=args.steps, seq_len=2049, micro=8, device="cuda", trust=trust
+            )
             result["mfu"] = result["model_tflops"] * 1e12 / H100_BF16_PEAK
             results.append(result)
         cases = [("oracle-mini", 65, 4)]
@@ -112,7 +130,16 @@ def main() -> None:
         for preset, seq_len, micro in cases:
             for world in (1, 2):
                 results.append(
-                    run_case(base, preset, world=world, steps=args.steps, seq_len=seq_len, micro=micro, device="cpu")
+                    run_case(
+                        base,
+                        preset,
+                        world=world,
+                        steps=args.steps,
+                        seq_len=seq_len,
+                        micro=micro,
+                        device="cpu",
+                        trust=trust,
+                    )
                 )
     for r in results:
         extra = f", MFU {r['mfu']:.1%}" if "mfu" in r else ""

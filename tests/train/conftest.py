@@ -123,9 +123,14 @@ def local_trust(tmp_path_factory: pytest.TempPathFactory) -> TestTrust:
     """A trust root whose policy floor lets ALLOW_LOCAL_TRAIN=true through (an organisation's choice for a
     development machine), signed with the session's keys: provenance written under it verifies under the session
     trust root too."""
+    return make_local_trust(tmp_path_factory.mktemp("local-trust"), session_trust())
+
+
+def make_local_trust(directory: Path, keys_from: TestTrust) -> TestTrust:
+    """A trust root in `directory` whose floor allows the ALLOW_LOCAL_TRAIN override, with `keys_from`'s keys."""
     floor = PolicyFloor().model_dump(mode="json")
     floor["settings"]["local_train"]["allow_override"] = True
-    return make_trust(tmp_path_factory.mktemp("local-trust"), floor=floor, keys_from=session_trust())
+    return make_trust(directory, floor=floor, keys_from=keys_from)
 
 
 def local_training(root: Path, trust: TestTrust, *, signed: bool = True) -> dict[str, str]:
