@@ -119,6 +119,8 @@ class ProcessPolicy:
 
     def seal(self) -> None:
         """No more `allow()`: called by the command once it knows everything it needs, before model code runs."""
+        if self.sealed:
+            return
         self.sealed = True
         if self is _policy:
             _wrap_torch()
