@@ -48,6 +48,9 @@ from typing import Any
 from policies.weight_formats import weights_kind_at
 
 EXIT_REFUSED = 1
+HUB_STAGING = (
+    Path(".oracle") / "hub"
+)  # where `oracle hub publish` stages what it sends (hub.stage.DEFAULT_OUT's parent)
 GATE = "runtime"
 
 # Set in every gated process but `oracle hub publish`; read by huggingface_hub, transformers and datasets at import.
@@ -743,8 +746,10 @@ def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], ro
     elif command == "hub publish":
         endpoint = (_option(argv, "--endpoint") or [environ.get("HF_ENDPOINT", "https://huggingface.co")])[-1]
         policy.allow(endpoints=[found] if (found := _url_endpoint(endpoint)) else [])
-        # the checkpoint, or the folder `oracle hub build` staged: publish verifies its provenance before reading a byte
-        policy.allow(read_roots=[*_option(argv, "--checkpoint"), *_option(argv, "--staged")])
+        # the checkpoint, or the folder `oracle hub build` staged, and the private folder publish copies them into
+        # (hub.stage: .oracle/hub/ of the working directory): publish verifies their provenance before sending a byte
+        staging = root / HUB_STAGING
+        policy.allow(read_roots=[*_option(argv, "--checkpoint"), *_option(argv, "--staged"), staging])
     return policy
 
 

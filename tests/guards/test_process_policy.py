@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from guards.process_policy import (
+    HUB_STAGING,
     OFFLINE_ENV,
     ProcessPolicy,
     ProcessPolicyError,
@@ -31,6 +32,7 @@ from guards.process_policy import (
     gated_command,
     policy_for,
 )
+from hub.stage import DEFAULT_OUT
 
 REPO = Path(__file__).resolve().parents[2]
 PREAMBLE = """
@@ -292,6 +294,8 @@ def test_gated_commands_and_their_start_up_policy(tmp_path: Path) -> None:
         "hub publish", ["--endpoint", "http://127.0.0.1:9000", "--staged", str(tmp_path)], {}, tmp_path
     )
     assert publish.may_read_weights(str(tmp_path.resolve() / "model.safetensors"))
+    assert publish.may_read_weights(str(tmp_path.resolve() / ".oracle" / "hub" / ".staged-x" / "model.safetensors"))
+    assert DEFAULT_OUT.parent == HUB_STAGING  # the folder hub.stage copies what it publishes into
     assert publish.address_allowed("127.0.0.1", 9000)
     assert not publish.address_allowed("127.0.0.1", 9001)
 
