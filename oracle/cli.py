@@ -272,7 +272,7 @@ def train_command(
     from oracle.train.config import load_train_config
     from oracle.train.data import TrainDataError
     from oracle.train.distributed import LaunchError, placement_from_env
-    from oracle.train.trainer import TrainError, environment_facts, run_training
+    from oracle.train.trainer import TrainError, environment_facts, run_directory, run_training
 
     try:
         recipe = load_train_config(config)
@@ -285,9 +285,8 @@ def train_command(
 
         # the process policy: weights may be read from this run's folder (the checkpoints it writes and resumes, each
         # verified against its manifest), an explicit --resume folder and the recipe's data, nothing else
-        run_dir = Path(recipe.checkpoint.dir) / (run_name or recipe.name)
         explicit = [resume] if resume not in (None, "auto") else []
-        allow_and_seal(read_roots=[run_dir, recipe.data.path, *explicit])
+        allow_and_seal(read_roots=[run_directory(recipe, run_name), recipe.data.path, *explicit])
         placement = placement_from_env()
         run_dir = run_training(
             recipe,

@@ -441,12 +441,17 @@ class _Progress:
             self.bar.stop()
 
 
+def run_directory(config: TrainConfig, run_name: str | None) -> Path:
+    """The run's folder: `<checkpoint.dir>/<run name or the recipe's name>`."""
+    return (Path(config.checkpoint.dir) / (run_name or config.name)).absolute()
+
+
 def run_training(
     config: TrainConfig, *, resume: str | None, run_name: str | None, facts: RunFacts, placement: Placement
 ) -> Path:
     """Train (or continue) the run; returns its directory. Resume: "auto" (the newest complete checkpoint of the run,
     none: start fresh) or the path of a checkpoint folder."""
-    run_dir = (Path(config.checkpoint.dir) / (run_name or config.name)).absolute()
+    run_dir = run_directory(config, run_name)
     data_dir = Path(config.data.path).absolute()
     if placement.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
