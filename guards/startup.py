@@ -31,6 +31,16 @@ from types import CodeType
 from guards import git
 
 START_UP_MODULES = frozenset({"sitecustomize", "usercustomize"})
+# The one start-up module this project writes itself: the SLURM job's private sitecustomize (infra/slurm renders this
+# text into `.oracle/jobs/<job id>/site/`), which only takes the live checkout off the import path. A running job
+# keeps it in the checkout, so a train command started beside the job would otherwise see a hazard; this exact text
+# at that place is none (any other byte, or any other place, still is).
+JOB_SITE_HOOK = """import os
+import sys
+
+live = os.path.realpath(os.environ["ORACLE_LIVE_CHECKOUT"])
+sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != live]
+"""
 # .py, .pyc and this interpreter's extension-module suffixes (.so), longest first so "x.abi3.so" is module x
 _MODULE_SUFFIXES = tuple(sorted(all_suffixes(), key=len, reverse=True))
 _CACHE_DIR = "__pycache__"
@@ -76,11 +86,25 @@ def _walk(root: Path) -> Iterator[tuple[PurePosixPath, list[str], list[str]]]:
         yield relative, listed, files
 
 
+def _is_job_site_hook(relative: PurePosixPath, path: Path) -> bool:
+    """`relative` is a SLURM job's own sitecustomize: `.oracle/jobs/<id>/site/sitecustomize.py`, a regular file
+    holding exactly JOB_SITE_HOOK."""
+    parts = relative.parts
+    if len(parts) != 5 or parts[:2] != (".oracle", "jobs") or parts[3:] != ("site", "sitecustomize.py"):
+        return False
+    try:
+        return not path.is_symlink() and path.is_file() and path.read_bytes() == JOB_SITE_HOOK.encode()
+    except OSError:
+        return False  # unreadable: cannot show it is the job's own
+
+
 def _untracked_hazard(relative: PurePosixPath, is_folder: bool, path: Path, packages: frozenset[str]) -> str | None:
     """Why an untracked file or folder would run, or None."""
     module = _module_name(relative.name, is_folder=is_folder)
     if is_folder and module is not None and not _holds_modules(path):
         module = None  # a folder without modules imports nothing
+    if module in START_UP_MODULES and not is_folder and _is_job_site_hook(relative, path):
+        return None
     if module in START_UP_MODULES:
         return f"`site` imports {module} at every interpreter start-up when its folder is on the path"
     if not is_folder and relative.name.endswith(".pth"):

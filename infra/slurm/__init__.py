@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 
 from guards.job_identity import DIGEST_FIELD, comment_for
+from guards.startup import JOB_SITE_HOOK
 from infra.spec import RENDEZVOUS_PORT, ClusterError, JobRequest
 
 TEMPLATE = Path(__file__).with_name("train.sbatch.j2")
@@ -83,6 +84,7 @@ def render_sbatch(
         comment=comment_for(request.mark, digest),
         tree=tree,
         port=RENDEZVOUS_PORT,
+        site_hook=JOB_SITE_HOOK,
     )
 
 

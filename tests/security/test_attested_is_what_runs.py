@@ -31,9 +31,11 @@ from guards import git as guards_git
 from guards.attestation import build_statement, envelope, write_attestation
 from guards.keys import load_signing_key
 from guards.result import GateResult
-from guards.startup import startup_hazards
+from guards.startup import JOB_SITE_HOOK, startup_hazards
 from policies.rule import Gate
 from tests.checkouts import attest, git, make_repository_checkout, oracle
+from tests.infra.test_checks import request as job_request
+from tests.infra.test_checks import sbatch
 
 VIOLATION = '\n\ndef load_foreign():\n    from transformers import AutoModel\n\n    return AutoModel.from_pretrained("meta-llama/Llama-2-7b")\n'  # noqa: E501
 TARGET = "oracle/__init__.py"  # a tracked file every command imports
@@ -187,6 +189,29 @@ def test_sitecustomize_in_the_checkout_really_runs_in_a_job_started_from_it(chec
         [sys.executable, "-c", "pass"], env={**os.environ, "PYTHONPATH": str(checkout)}, capture_output=True, text=True
     )
     assert "planted code ran" in done.stdout
+
+
+def test_a_running_jobs_own_site_hook_is_not_a_hazard_but_any_change_to_it_is(checkout: Path) -> None:
+    """A SLURM job keeps its private sitecustomize (JOB_SITE_HOOK, which only takes the live checkout off the path)
+    under `.oracle/jobs/<id>/site/` while it runs; a command started beside the job must be refused for what it is
+    (not one of the job's processes), not for that file. One byte more, or the same text elsewhere, is a hazard."""
+    hook = checkout / ".oracle" / "jobs" / "12" / "site" / "sitecustomize.py"
+    hook.parent.mkdir(parents=True)
+    hook.write_text(JOB_SITE_HOOK)
+    assert f"<<'SITE'\n{JOB_SITE_HOOK}SITE\n" in sbatch(job_request(checkout.parent / "job"))  # what the job writes
+    assert startup_hazards(checkout) == []
+
+    hook.write_text(JOB_SITE_HOOK + PAYLOAD)
+    assert [entry for entry in startup_hazards(checkout) if entry.startswith(".oracle/jobs/12/site/sitecustomize.py")]
+    hook.write_text(JOB_SITE_HOOK)
+    elsewhere = checkout / ".oracle" / "jobs" / "12" / "sitecustomize.py"
+    elsewhere.write_text(JOB_SITE_HOOK)
+    assert [entry for entry in startup_hazards(checkout) if entry.startswith(".oracle/jobs/12/sitecustomize.py")]
+    elsewhere.unlink()
+    hook.unlink()
+    hook.symlink_to(checkout / "planted.py")
+    (checkout / "planted.py").write_text(JOB_SITE_HOOK)
+    assert [entry for entry in startup_hazards(checkout) if entry.startswith(".oracle/jobs/12/site/sitecustomize.py")]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -131,13 +132,20 @@ def test_a_genuine_record_with_the_id_of_another_running_job_is_refused(
 def test_a_process_beside_the_genuine_job_is_refused(root: Path, slurm_cluster: SlurmCluster) -> None:
     """`oracle submit` starts the real job; the user then trains beside it, outside the job, with that job's own
     record, digest and id: everything the controller says about the job checks out, but this process is not one of
-    its processes."""
+    its processes. The job's own files lie in the checkout meanwhile (its export and its private sitecustomize under
+    `.oracle/jobs/<id>/`): the refusal must be for what this process is, not for those files, so the command starts
+    once the job has written them."""
     env = {**slurm_cluster.env, "ORACLE_SIGNING_KEY": str(root.parent / "signing.pem")}
     submit = ["submit", "--target", "slurm", "--config", "oracle-mini", "--gpus-per-node", "0", "--force"]
     answer = json.loads(oracle(root, *submit, "--format", "json", env=env).stdout)
     job = answer["job_id"]
     try:
         assert slurm_cluster.wait_for_state(job, {"RUNNING"}, timeout=60) == "RUNNING"
+        site_hook = root / ".oracle" / "jobs" / job / "site" / "sitecustomize.py"
+        deadline = time.monotonic() + 60
+        while not site_hook.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert site_hook.is_file(), f"job {job} never wrote {site_hook}"
         _refused(
             root,
             _job_env(Path(answer["record"]), answer["digest"], job, slurm_cluster),
