@@ -294,10 +294,13 @@ def explain_command(rule_id: Annotated[str, typer.Argument(help="A rule id such 
     if rule is None:
         raise _fail(f"no rule {rule_id!r}; `oracle guards rules` lists them")
     gates = ", ".join(sorted(str(g) for g in rule.gates))
+    first_word = rule.title.split(" ", 1)[0]
+    # "Model or weights…" reads "model or weights…" after "Reports:"; an acronym ("URL of…") keeps its case
+    what = rule.title if first_word[1:2].isupper() else rule.title[0].lower() + rule.title[1:]
     typer.echo(
         f"{rule.id}: {rule.title}\n"
         f"policy: {rule.policy}    severity: {rule.severity}    gates: {gates}\n\n"
-        f"## What it does\nReports: {rule.title[0].lower()}{rule.title[1:]}.\n\n"
+        f"## What it does\nReports: {what}.\n\n"
         f"## Why is this bad?\n{rule.rationale}\n\n"
         f"## Example\n{_indent(rule.example)}\n\n"
         f"## Use instead\n{_indent(rule.example_fix)}\n\n"

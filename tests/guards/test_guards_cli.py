@@ -167,3 +167,9 @@ def test_a_root_that_is_not_a_folder_fails_closed(tmp_path: Path, kind: str) -> 
     assert f"{root} does not exist or is not a folder" in result.output
     assert "PASSED" not in result.output
     assert root.is_file() if kind == "file" else not root.exists()
+
+
+def test_explain_keeps_an_acronym_at_the_start_of_the_title() -> None:
+    explained = runner.invoke(app, ["guards", "explain", "EXT002"]).stdout
+    assert "Reports: URL of a foreign model or weight file." in explained
+    assert "Reports: model or weights loaded" in runner.invoke(app, ["guards", "explain", "EXT001"]).stdout
