@@ -4,6 +4,9 @@ to the commit, attestation, submission, configs, data and job that produced it.
 The record is a DSSE envelope (as attestations are) whose payload lists `files` (name → sha256) plus the training
 facts; `hub` (weights) and `serve` (loading) accept weights only when it verifies, and the external-weights policy
 lets such files stay in the tree. Unsigned provenance never verifies: anyone can write a hash.
+
+Files derived from a checkpoint (`oracle export`) get a record of the same form: their `files`, and under `source`
+the checkpoint they came from (its path, the sha256 of its provenance.json and the facts that identify its run).
 """
 
 from __future__ import annotations
@@ -40,6 +43,20 @@ def write_provenance(
     path = directory / PROVENANCE_FILE
     data = json.dumps(envelope(record, signing_key, payload_type=PAYLOAD_TYPE), indent=2).encode() + b"\n"
     return write_atomically(path, data)
+
+
+def derived_facts(checkpoint: Path, record: dict[str, Any], **facts: Any) -> dict[str, Any]:
+    """The facts of a record for files derived from `checkpoint`, whose verified record is `record`: `source` names
+    it (path, the sha256 of its provenance.json, its commit, run and step); `facts` say how they were derived."""
+    identity: dict[str, Any] = {
+        key: record[key] for key in ("commit", "attestation_digest", "run", "step", "job_id") if key in record
+    }
+    source: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "provenance_sha256": file_digest(checkpoint / PROVENANCE_FILE),
+        **identity,
+    }
+    return {"source": source, **facts}
 
 
 def verify_provenance(
