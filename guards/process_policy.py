@@ -1,5 +1,6 @@
-"""The process policy: what a gated process (`oracle train`, `oracle serve`, `oracle data run`, `oracle hub publish`)
-may reach at run time, enforced with Python audit hooks (PEP 578) installed before any third-party import.
+"""The process policy: what a gated process (`oracle train`, `oracle serve`, `oracle data run`, `oracle hub publish`,
+`oracle export`) may reach at run time, enforced with Python audit hooks (PEP 578) installed before any third-party
+import.
 
 Static analysis misses things; these hooks are the layer behind it. In a gated process:
 - **Network**: `socket.connect`/`sendto`/`sendmsg` reach only the addresses the command needs (the job's rendezvous
@@ -677,7 +678,13 @@ def _judge_unpickled_source(source: Any, detail: str = "") -> None:
     _refuse(f"torch.load of {what} without weights_only=True{detail}", {"file": what})
 
 
-GATED = {("train",): "train", ("serve",): "serve", ("data", "run"): "data run", ("hub", "publish"): "hub publish"}
+GATED = {
+    ("train",): "train",
+    ("serve",): "serve",
+    ("data", "run"): "data run",
+    ("hub", "publish"): "hub publish",
+    ("export",): "export",
+}
 
 
 def gated_command(argv: Sequence[str]) -> str | None:
@@ -750,6 +757,13 @@ def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], ro
         # (hub.stage: .oracle/hub/ of the working directory): publish verifies their provenance before sending a byte
         staging = root / HUB_STAGING
         policy.allow(read_roots=[*_option(argv, "--checkpoint"), *_option(argv, "--staged"), staging])
+    elif command == "export":
+        # the checkpoint (its provenance is verified before a tensor is read) and the folder written, with the partial
+        # sibling it is written into (oracle.moe850b.hf_export.partial_dir), whose shards are hashed for the record
+        outs = [Path(out) for out in _option(argv, "--out")]
+        policy.allow(
+            read_roots=[*_option(argv, "--checkpoint"), *outs, *(o.parent / f".{o.name}.partial" for o in outs)]
+        )
     return policy
 
 

@@ -618,3 +618,46 @@ def serve_command(
         raise fail(str(exc)) from exc
     if failure is not None:
         raise fail(f"loading {checkpoint} failed: {failure}")
+
+
+class ExportFormat(StrEnum):
+    hf = "hf"
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="A checkpoint folder (step-NNNNNNNN) whose signed provenance verifies.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write (new or empty; --force replaces it).")],
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", help="hf: transformers' Qwen2MoeForCausalLM.")
+    ] = ExportFormat.hf,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest weights shard, e.g. 5GB.")] = "5GB",
+) -> None:
+    """Export a checkpoint for the ecosystem: a folder transformers loads with AutoModelForCausalLM (no remote code),
+    its tokenizer, and a provenance record over every file naming the source checkpoint (signed with
+    ORACLE_SIGNING_KEY when set).
+
+    Example: oracle export --checkpoint runs/oracle-mini-42/step-00000040 --out exports/oracle-mini-hf
+    """
+    from guards.audit import AuditError
+    from guards.keys import SigningKeyError, load_signing_key
+    from oracle.moe850b.hf_export import ExportError, audited_export
+
+    try:
+        exported = audited_export(
+            checkpoint, out, Path.cwd(), force=force, max_shard_size=max_shard_size, signing_key=load_signing_key()
+        )
+    except ExportError as exc:
+        code = EXIT_BLOCKED if exc.refused else EXIT_ERROR
+        raise fail(f"export refused: {exc}" if exc.refused else str(exc), code) from exc
+    except (SigningKeyError, AuditError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    signed = "signed" if exported.signed else "unsigned (set ORACLE_SIGNING_KEY to sign it)"
+    stdout.print(
+        f"exported {checkpoint} as {export_format.value} ({exported.shards} weights shard(s), "
+        f"{len(exported.files)} files) into {exported.directory}; provenance {signed}",
+        highlight=False,
+    )
