@@ -243,9 +243,10 @@ def test_a_tampered_checkpoint_is_refused_before_anything_is_written(mini: Expor
     assert json.loads(audit[-1])["result"] == "refused"
 
 
-def test_a_non_empty_out_is_refused_unless_forced(plain: Export) -> None:
+def test_a_non_empty_out_is_refused_unless_forced(plain: Export, monkeypatch: pytest.MonkeyPatch) -> None:
     from oracle.cli import app
 
+    monkeypatch.chdir(plain.root)  # the audit log of the working directory
     args = ["export", "--checkpoint", str(plain.checkpoint.directory), "--out", str(plain.out)]
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2
@@ -254,6 +255,8 @@ def test_a_non_empty_out_is_refused_unless_forced(plain: Export) -> None:
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
     assert file_digest(plain.out / "model.safetensors") == before  # the same bytes again
     assert not hf_export.partial_dir(plain.out).exists()
+    audit = [json.loads(line) for line in (plain.root / ".oracle" / "audit.jsonl").read_text().splitlines()]
+    assert [entry["result"] for entry in audit] == ["allowed", "refused", "allowed"]
 
 
 def test_oracle_export_runs_under_the_process_policy(plain: Export, tmp_path: Path) -> None:
