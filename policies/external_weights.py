@@ -105,6 +105,7 @@ FOREIGN_FAMILIES = (
     "clip", "stablelm", "starcoder", "vicuna", "dbrx", "olmo", "pythia", "mpt", "jamba", "grok", "internlm",
     "chatglm", "yi", "command-r", "granite", "smollm", "nemotron", "exaone", "minicpm", "tinyllama", "llava",
     "zephyr", "openchat", "codegen", "santacoder", "openelm", "internvl", "idefics", "moondream", "rwkv",
+    "cohere", "glm", "lfm", "smolvlm", "ministral", "olmoe", "gptneox",
 )  # fmt: skip
 # Candidate lines for the Python checks: the loader table's names and libraries, foreign modules, deserialisers
 # (the AST confirms them). Generic names (`load(`, `pipeline(`) matter only in files that name their library, which
@@ -129,8 +130,15 @@ _FROM_IMPORT = re.compile(r"^\s*from\s+(transformers|peft|optimum)\s+import\s+\(
 def family_of(value: str, extra: tuple[str, ...] = ()) -> str | None:
     """The foreign model family a value names as a whole word, with an optional version ("phi-2", "Llama-3.1-8B",
     "qwen2.5"); never a family hidden inside another word ("graphics", "Optional", "optimizer", "prompt")."""
-    match = _family_pattern(extra).search(value.lower())
+    pattern = _family_pattern(extra)
+    match = pattern.search(value.lower())
+    if match is None and value != value.lower():  # a class name glued to the family: "tiny-GemmaForCausalLM"
+        match = pattern.search(_CAMEL_ACRONYM.sub(r"\1 \2", _CAMEL.sub(r"\1 \2", value)).lower())
     return match.group(1) if match else None
+
+
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_CAMEL_ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")  # "OPTForCausalLM": "OPT For…"
 
 
 @functools.lru_cache(maxsize=8)

@@ -594,6 +594,8 @@ def _check_import(
         ):
             continue  # the generic Auto* factories: judged by what is loaded with them
         if any(module == m or module.startswith(m + ".") for m in MODEL_IMPLEMENTATION_MODULES):
+            if _no_architecture(module, node):
+                continue
             add("EXT004", node, f"imports {module}, a foreign model implementation")
             return module
     if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in MODEL_LIBRARIES:
@@ -606,12 +608,28 @@ def _check_import(
     return None
 
 
+# Modules of a model package that hold no architecture: its configuration, generation settings and pre-processing.
+_NO_ARCHITECTURE_MODULE = re.compile(
+    r"\.(?:configuration|generation|tokenization|processing|image_processing|video_processing|feature_extraction)"
+    r"_\w+$"
+)
+
+
+def _no_architecture(module: str, node: ast.Import | ast.ImportFrom) -> bool:
+    """An import that brings in no model architecture: a configuration, generation or pre-processing module of a
+    model package, or only its config classes. Anything from a modeling module is architecture code, its functions
+    too (`apply_rotary_pos_emb`, `rotate_half` are pieces of the foreign model)."""
+    if _NO_ARCHITECTURE_MODULE.search(module):
+        return True
+    return isinstance(node, ast.ImportFrom) and all(alias.name.endswith("Config") for alias in node.names)
+
+
 def _foreign_class(name: str, judge: Judge) -> bool:
     """A class named after a foreign model family (`LlamaForCausalLM`, `Qwen2MoeSparseMoeBlock`); the generic
     factories (`AutoModel*`, `PreTrainedModel`, `PeftModel`) are judged by what is done with them."""
     if _GENERIC_CLASS.match(name) or not _MODEL_CLASS.match(name):
         return False
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    words = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name))
     return judge.family_of(words) is not None
 
 

@@ -168,6 +168,8 @@ _BARE_HOST = re.compile(
 _MODELFILE_FROM = re.compile(r"^\s*FROM\s+(?P<value>\S+)", re.I)
 _AUTO_MAP = re.compile(r"""["']?(?P<cls>Auto\w+)["']?\s*:\s*["'](?P<repo>[\w.-]+/[\w.-]+)--[\w.]+["']""")
 _QUOTED = re.compile(r"""(?P<q>["'`])(?P<value>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)\\?(?P=q)""")
+# A dataset loader's first argument (`load_dataset("trl-lib/llava-instruct-mix")`): a data set, not a model.
+_DATASET_CALL_BEFORE = re.compile(r"\b(?:load_dataset|load_from_hub|dataset_from_hub)\(\s*(?:path\s*=\s*)?$")
 # A path-like keyword before a quoted value (`output_dir="results/distill-qwen"`): a local folder, not a model id.
 _DATA_KEY_BEFORE = re.compile(
     r"(?i)(source|dataset\w*|data_\w*|destination_path|download_dir)(\s*:\s*[\w\[\]|. ]+?)?\s*[=:]\s*$"
@@ -312,6 +314,9 @@ def _split_pair_in(text: str, lowered: str | None) -> bool:
 
 
 # --- values -------------------------------------------------------------------------------------------------------
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*){2,}$")
+
+
 def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     """Why a value under a model-like key names a foreign model, or None."""
     value = value.strip().strip("\"'`").rstrip(",;)]}`.").strip("\"'`")
@@ -328,6 +333,8 @@ def foreign_value(key: str, value: str, judge: Judge) -> str | None:
         return None  # a training run's own checkpoint folder
     if value.startswith(("http://", "https://", "hf://")):
         return None  # the URL check reports it
+    if _DOTTED.match(value) and judge.is_local_dir(value.split(".", 1)[0]):
+        return None  # `torchtune.models.mistral.mistral_7b`: a builder in the scanned tree's own package
     family = judge.family_of(value)
     if key in {"architectures", "model_type"}:
         family = family or judge.family_of(re.sub(r"(For[A-Z]\w*|LMHeadModel|Model)$", "", value))
@@ -409,7 +416,7 @@ def foreign_url(url: str, judge: Judge) -> str | None:
     if host == "registry.ollama.ai":
         return "link to a model hub"
     if host == "kaggle.com":
-        return "link to a model hub" if segments[:1] == ["models"] else None
+        return "link to a model hub" if segments[:1] == ["models"] and len(segments) >= 3 else None  # /models/org/x
     if host == "download.pytorch.org":
         return None if segments[:1] == ["whl"] else "link to a model hub"
     if host in {"civitai.com", "tfhub.dev", "dl.fbaipublicfiles.com"}:
@@ -506,6 +513,8 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
                 if token.startswith("-"):
                     option_value = "=" not in token
                     continue
+                if match.group("cmd").endswith("pretrain") and "/" not in token:
+                    break  # `litgpt pretrain pythia-14m`: an architecture trained from random weights, not fetched
                 reason = foreign_value("model", token, judge) or _ollama_pull(match.group("cmd"), token, text, judge)
                 if reason:
                     add("EXT003", number, match.start() + 1, f"`{match.group('cmd')}` fetches: {reason}", token)
@@ -632,11 +641,18 @@ def _one_per_reference(hits: list[Hit]) -> list[Hit]:
             continue  # a bare endpoint beside a full URL on the same line
         if hit.rule_id == "EXT003" and any(value in url for url in on_line):
             continue
-        key = (hit.rule_id, hit.line, value)
+        key = (hit.rule_id, hit.line, _hub_repo(value) if hit.rule_id == "EXT002" else value)
         if key not in seen:
             seen.add(key)
             kept.append(hit)
     return kept
+
+
+def _hub_repo(url: str) -> str:
+    """The repository a model hub URL points into (`huggingface.co/org/x/commit/abc` and `…/org/x` are one); any
+    other URL as it is."""
+    found = re.match(r"^(?:\w+://)?(?:www\.)?(huggingface\.co|hf\.co)/([\w.-]+/[\w.-]+)", url)
+    return f"{found.group(1)}/{found.group(2)}" if found and found.group(2).split("/")[0] not in HF_NON_MODEL else url
 
 
 def _ollama_pull(cmd: str, name: str, text: str, judge: Judge) -> str | None:
@@ -725,9 +741,11 @@ def _quoted_ids(number: int, line: str, judge: Judge, add: Callable[[str, int, i
         before = line[: match.start()]
         if _PATH_KEY_BEFORE.search(before) or _DATA_KEY_BEFORE.search(before) or re.search(r"/checkpoint-\d+$", value):
             continue
+        if _DATASET_CALL_BEFORE.search(before) or f"/datasets/{value}".lower() in line.lower():
+            continue  # `load_dataset("org/x")`, or the same id linked as a dataset on this line
         family = None
-        for part in (name, org):
-            found = judge.family_of(part)
+        for part, original in zip((name, org), reversed(value.split("/", 1)), strict=True):
+            found = judge.family_of(original)  # the original case: a family glued to a class name is told apart
             if found and re.search(rf"(?<![a-z0-9]){re.escape(found)}(?=$|[-.\d]|for)", part):
                 family = found
                 break

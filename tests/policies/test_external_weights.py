@@ -120,6 +120,10 @@ def test_near_misses_of_identifiers_are_not_found(scan: Scan, path: str, content
         "from transformers import AutoConfig\ncfg = AutoConfig.for_model('qwen2_moe', num_experts=64)\n",
         "import transformers\n\nclass Mine(transformers.Qwen2ForCausalLM):\n    pass\n",
         "import transformers\nnet = transformers.GemmaForCausalLM(config)\n",
+        "from transformers import OPTConfig, OPTForCausalLM\n",  # an acronym family glued to its class
+        "from transformers.models.llama.modeling_llama import *\n",
+        "from transformers.models.llama.modeling_llama import LlamaDecoderLayer, rotate_half\n",
+        "from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as rope\n",
         # a foreign MoE block vendored under another name: it reads the foreign config's MoE keys
         "from torch import nn\n\nclass RouterBlock(nn.Module):\n    def __init__(self, config):\n"
         "        super().__init__()\n        self.top_k = config.num_experts_per_tok\n"
@@ -141,6 +145,10 @@ def test_foreign_architectures_are_found(scan: Scan, source: str) -> None:
         "from peft import PeftModelForCausalLM\n",
         # utility modules of the ecosystem are not model implementations
         "from vllm.logger import init_logger\nimport peft\nimport diffusers.utils\nfrom timm.layers import DropPath\n",
+        # configuration, generation and pre-processing modules: no architecture
+        "from transformers.models.llama.configuration_llama import LlamaConfig\n",
+        "import transformers.models.phi3.configuration_phi3\n",
+        "from transformers.models.gemma3.generation_gemma3 import Gemma3GenerationConfig\n",
         # the scanned repository's own package, whatever its name
         "from mypkg.models.llama import LlamaForCausalLM\n",
         "from .modeling import MixtralSparseMoeBlock\n",

@@ -203,3 +203,47 @@ def test_a_multi_line_call_in_a_markdown_example_is_one_finding(scan: Scan) -> N
     code = "from transformers import AutoModel\nm = AutoModel.from_pretrained(\n    'microsoft/phi-2',\n)\n"
     doc = "```python\n" + code + "```\n"
     assert ids(scan({"docs/api.md": doc}), "EXT00") == ["EXT001"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        # a hub landing page, a dataset loaded by id, the same id linked as a dataset, a builder in the tree's package
+        ("README.md", "Models: https://www.kaggle.com/models and https://kaggle.com/models.\n"),
+        ("examples/data.py", 'ds = load_dataset("trl-lib/llava-instruct-mix", split="train")\n'),
+        (
+            "docs/data.md",
+            "[data](https://huggingface.co/datasets/trl-lib/llava-instruct-mix): 'trl-lib/llava-instruct-mix'\n",
+        ),
+        ("configs/ppo.yaml", "reward_model:\n  base_model_path: runs.models.mistral.mistral_7b\n"),
+        # `litgpt pretrain NAME` trains NAME's architecture from random weights: nothing is fetched
+        ("tutorials/pretrain.md", "```bash\nlitgpt pretrain pythia-14m --out_dir out/custom\n```\n"),
+    ],
+)
+def test_landing_pages_datasets_own_builders_and_pretraining_from_scratch_are_not_models(
+    scan: Scan, path: str, content: str
+) -> None:
+    assert ids(scan({path: content, "runs/models/__init__.py": ""}), "EXT00") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "rule"),
+    [
+        ("README.md", "See https://www.kaggle.com/models/google/gemma for the weights.\n", "EXT002"),
+        ("tests/test_x.py", 'IDS = ["trl-internal-testing/tiny-GemmaForCausalLM"]\n', "EXT003"),
+        ("tests/test_y.py", 'IDS = ["trl-internal-testing/tiny-LlamaForCausalLM-3.1"]\n', "EXT003"),
+        ("tests/test_z.py", 'IDS = ["trl-internal-testing/tiny-OPTForCausalLM"]\n', "EXT003"),
+        ("scripts/lit.sh", "litgpt finetune meta-llama/Llama-3.2-1B --out_dir out/ft\n", "EXT003"),
+        ("scripts/pre.sh", "litgpt pretrain EleutherAI/pythia-160m --tokenizer_dir x\n", "EXT003"),  # hub config
+    ],
+)
+def test_model_pages_and_ids_glued_to_a_class_name_are_found(scan: Scan, path: str, content: str, rule: str) -> None:
+    assert ids(scan({path: content}), "EXT00") == [rule]
+
+
+def test_a_commit_url_and_the_repo_url_of_one_model_on_one_line_are_one_finding(scan: Scan) -> None:
+    line = (
+        "CommitInfo(commit_url='https://huggingface.co/somelab/Qwen2-7B-GRPO/commit/4f2a', "
+        "repo_url=RepoUrl('https://huggingface.co/somelab/Qwen2-7B-GRPO'))\n"
+    )
+    assert ids(scan({"notes/upload.txt": line}), "EXT00") == ["EXT002"]
