@@ -759,7 +759,7 @@ def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], ro
         policy.allow(read_roots=[*_option(argv, "--checkpoint"), *_option(argv, "--staged"), staging])
     elif command == "export":
         # the checkpoint (its provenance is verified before a tensor is read) and the folder written, with the partial
-        # sibling it is written into (oracle.moe850b.hf_export.partial_dir), whose shards are hashed for the record
+        # sibling it is written into (hub.export.partial_dir), whose shards are hashed for the record
         outs = [Path(out) for out in _option(argv, "--out")]
         policy.allow(
             read_roots=[*_option(argv, "--checkpoint"), *outs, *(o.parent / f".{o.name}.partial" for o in outs)]

@@ -43,6 +43,7 @@ from guards.checkpoint_files import (
     uncovered_message,
 )
 from guards.provenance import PROVENANCE_FILE, ProvenanceError, derived_facts, verify_provenance, write_provenance
+from hub.card import TEMPERATURE, TOP_P
 from oracle.moe850b.config import ConfigError, MoEConfig, parse_config
 from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, SPECIAL_TOKENS
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
@@ -54,8 +55,6 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 INDEX = "model.safetensors.index.json"
 # Qwen2MoE always runs a shared expert: a model without one gets an all-zero one of this width (exactly zero out).
 ABSENT_SHARED_WIDTH = 8
-# Sampling defaults of the generation config when the checkpoint signs none (hub/card.py publishes the same).
-TEMPERATURE, TOP_P = 0.7, 0.9
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 

@@ -644,7 +644,7 @@ def export_command(
     """
     from guards.audit import AuditError
     from guards.keys import SigningKeyError, load_signing_key
-    from oracle.moe850b.hf_export import ExportError, audited_export
+    from hub.export import ExportError, audited_export
 
     try:
         exported = audited_export(

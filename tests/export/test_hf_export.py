@@ -22,13 +22,13 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-import oracle.moe850b.hf_export as hf_export
+import hub.export as hf_export
 from guards.attestation import file_digest
 from guards.keys import load_signing_key
 from guards.process_policy import gated_command, policy_for
 from guards.provenance import PROVENANCE_FILE, verify_provenance, write_provenance
 from oracle.moe850b.config import MoEConfig, load_config
-from oracle.moe850b.hf_export import ExportError, audited_export
+from hub.export import ExportError, audited_export
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.tokenization.chat_template import render_chat
