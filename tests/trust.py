@@ -35,7 +35,7 @@ class TestTrust:
 
 def _oracle(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != TRUST_ROOT_ENV}
-    done = subprocess.run([ORACLE, *args], capture_output=True, text=True, check=False, env=env, timeout=120)
+    done = subprocess.run([ORACLE, *args], capture_output=True, text=True, check=False, env=env, timeout=300)
     assert done.returncode == 0, f"oracle {' '.join(args)}: {done.stdout}{done.stderr}"
     return done.stdout
 
