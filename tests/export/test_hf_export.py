@@ -27,8 +27,8 @@ from guards.attestation import file_digest
 from guards.keys import load_signing_key
 from guards.process_policy import gated_command, policy_for
 from guards.provenance import PROVENANCE_FILE, verify_provenance, write_provenance
-from oracle.moe850b.config import MoEConfig, load_config
 from hub.export import ExportError, audited_export
+from oracle.moe850b.config import MoEConfig, load_config
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.tokenization.chat_template import render_chat
