@@ -212,6 +212,8 @@ def test_a_running_jobs_own_site_hook_is_not_a_hazard_but_any_change_to_it_is(ch
     hook.symlink_to(checkout / "planted.py")
     (checkout / "planted.py").write_text(JOB_SITE_HOOK)
     assert [entry for entry in startup_hazards(checkout) if entry.startswith(".oracle/jobs/12/site/sitecustomize.py")]
+    shutil.rmtree(checkout / ".oracle" / "jobs")  # the checkout is shared with the tests after this one
+    (checkout / "planted.py").unlink()
 
 
 @pytest.mark.parametrize(
