@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policies.bytecode import stop_reading_bytecode
 from policies.weight_formats import weights_kind_at
 
 EXIT_REFUSED = 1
@@ -569,6 +570,13 @@ def install(policy: ProcessPolicy, *, offline: bool = True) -> ProcessPolicy:
     return policy
 
 
+def stop_reading_bytecode_or_refuse() -> None:
+    """From here on this process and the interpreters it starts compile every module from its source
+    (policies.bytecode); a forged cache that has already run is refused."""
+    for source, cache, why in stop_reading_bytecode(os.environ):
+        _refuse(f"{cache} ran instead of {source}: {why}; delete it", {"bytecode": cache})
+
+
 def _wrap_native_readers() -> None:
     """Readers that open files where no audit event is raised ask the hook first: safetensors' `safe_open` (Rust),
     and `os.open` with `dir_fd` (the event names the path without the folder it is relative to)."""
@@ -775,6 +783,7 @@ def install_for_argv(argv: Sequence[str], environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     policy = policy_for(command, argv, env, Path.cwd())
     install(policy, offline=command != "hub publish")
+    stop_reading_bytecode_or_refuse()  # what these commands produce leaves the machine or answers users
     if command not in ("train", "serve"):
         policy.seal()  # the command line says all these commands reach; train and serve seal after their checks
     return policy

@@ -19,16 +19,14 @@ which checks their files against the installed distributions' RECORDs.
 
 from __future__ import annotations
 
-import importlib.util
-import marshal
 import os
 import sys
 from collections.abc import Iterator
 from importlib.machinery import all_suffixes
 from pathlib import Path, PurePosixPath
-from types import CodeType
 
 from guards import git
+from policies.bytecode import forged
 
 START_UP_MODULES = frozenset({"sitecustomize", "usercustomize"})
 # The one start-up module this project writes itself: the SLURM job's private sitecustomize (infra/slurm renders this
@@ -45,7 +43,6 @@ sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or os.curdi
 _MODULE_SUFFIXES = tuple(sorted(all_suffixes(), key=len, reverse=True))
 _CACHE_DIR = "__pycache__"
 _VENV_MARKER = "pyvenv.cfg"
-_HEADER = 16  # magic, flags, then mtime+size or the source hash
 _SHOWN = 5
 FIX = (
     "delete them (or move them out of the checkout), or commit what should run; "
@@ -118,40 +115,12 @@ def _untracked_hazard(relative: PurePosixPath, is_folder: bool, path: Path, pack
     return None
 
 
-def _compiled(source: bytes, path: Path, optimize: int) -> CodeType:
-    return compile(source, str(path), "exec", dont_inherit=True, optimize=optimize)
-
-
 def _bytecode_hazard(cache: Path, source: Path) -> str | None:
-    """Why Python could load `cache` for `source` with other code than the source's, or None (it would not load
-    it at all, or it holds the source's code)."""
-    parts = cache.name.split(".")  # <module>.<tag>.pyc or <module>.<tag>.opt-<level>.pyc
-    if parts[1] != sys.implementation.cache_tag:
-        return f"bytecode for another interpreter ({parts[1]}) that this one cannot check"
-    optimize = int(parts[2].removeprefix("opt-")) if len(parts) == 4 and parts[2].startswith("opt-") else 0
-    try:
-        data, source_bytes, stat = cache.read_bytes(), source.read_bytes(), source.stat()
-    except OSError as exc:
-        return f"unreadable bytecode or source ({exc.strerror})"
-    if len(data) < _HEADER or data[:4] != importlib.util.MAGIC_NUMBER:
-        return None  # Python rejects the header and compiles the source
-    flags = int.from_bytes(data[4:8], "little")
-    if flags == 0:
-        mtime, size = int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF
-        if data[8:16] != mtime.to_bytes(4, "little") + size.to_bytes(4, "little"):
-            return None  # stale: Python recompiles it
-    elif flags == 0b11 and data[8:16] != importlib.util.source_hash(source_bytes):
-        return None  # a checked hash-based pyc of other source: Python recompiles it
-    elif flags not in (0b01, 0b11):
-        return None  # invalid flags: Python rejects the header
-    try:
-        cached = marshal.loads(data[_HEADER:])
-        expected = _compiled(source_bytes, source, optimize)
-    except (ValueError, EOFError, TypeError, SyntaxError) as exc:
-        return f"bytecode Python would load that cannot be checked ({type(exc).__name__})"
-    if cached != expected:
-        return "bytecode Python would load instead of the source, not compiled from it (planted or forged)"
-    return None
+    """Why Python could load `cache` for `source` with other code than the source's, or None."""
+    tag = cache.name.split(".")[1]  # <module>.<tag>.pyc or <module>.<tag>.opt-<level>.pyc
+    if tag != sys.implementation.cache_tag:
+        return f"bytecode for another interpreter ({tag}) that this one cannot check"
+    return forged(cache, source)
 
 
 def _cache_source(relative: PurePosixPath) -> PurePosixPath | None:

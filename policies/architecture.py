@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from policies.bytecode import NO_BYTECODE_PREFIX, reads_bytecode
 from policies.context import ScanContext
 from policies.rule import ALL_GATES, Gate, Policy, PolicyResult, Rule, Severity
 
@@ -292,6 +293,8 @@ def model_facts(root: Path, configs: list[str], *, flagship: str) -> dict[str, d
     under the process policy (no network, no weights file outside the venv, no installer: guards.process_policy),
     never in the gate's own process, which must read every file of the tree, weights included."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    if not reads_bytecode():  # a gate whose process stopped reading caches (publish, submit): its child as well
+        env.update(PYTHONPYCACHEPREFIX=NO_BYTECODE_PREFIX, PYTHONDONTWRITEBYTECODE="1")
     completed = subprocess.run(
         [sys.executable, "-m", "policies.architecture", flagship, *configs],
         capture_output=True,

@@ -231,8 +231,8 @@ def _check_installed(ctx: ScanContext, entries: dict[str, LockEntry], lock_path:
     normalised = {normalise_name(name) for name in allowed}
     for line, message, matched in lock_mismatches(env.distributions, locked, normalised, lock_path):
         result.findings.append(UNLOCKED_DISTRIBUTION.finding(lock_path, line, 1 if line else 0, message, matched))
-    # Recompiling every bytecode cache costs about 30 s on this project's venv: done where a result leaves the
-    # machine (publish, submit; the job's start calls verify_venv, which always does it), not on each `make guards`.
+    # Bytecode where a result leaves the machine (publish, submit): the gate's process stops reading caches and
+    # verifies those it already ran (policies.bytecode); the job never reads any (PYTHONPYCACHEPREFIX in its script).
     bytecode = ctx.gate is not Gate.ci
     for problem in env.installation_problems(ctx.root, locked, allowed, lock_path, bytecode):
         rule = _RULE_OF_KIND.get(problem.kind)

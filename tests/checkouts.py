@@ -55,9 +55,9 @@ def make_repository_checkout(tmp_path: Path) -> Path:
 def oracle(
     root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """`oracle ARGS` in the checkout. The timeout only stops a hung command: the publish and submit gates verify
-    every bytecode cache of the venv by compiling its source (about 50 s for 21,000 caches on 2 idle cores), and a
-    busy CI machine can take several times that."""
+    """`oracle ARGS` in the checkout. The timeout only stops a hung command: the publish and submit gates hash every
+    file of the venv against its RECORD and compile what they import from source (about 25 s on 2 idle cores), and
+    a busy CI machine can take several times that."""
     return subprocess.run(
         [ORACLE, *args],
         cwd=root,

@@ -58,6 +58,24 @@ def session_trust_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         os.environ[TRUST_ROOT_ENV] = previous
 
 
+@pytest.fixture(autouse=True)
+def reads_bytecode_again() -> Iterator[None]:
+    """A gate judged in this process stops it reading bytecode caches for good (policies.bytecode), as it must in a
+    command; the test session's later imports and subprocesses go back to the interpreter's defaults."""
+    import os
+    import sys
+
+    prefix, dont_write = sys.pycache_prefix, sys.dont_write_bytecode
+    environ = {name: os.environ.get(name) for name in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
+    yield
+    sys.pycache_prefix, sys.dont_write_bytecode = prefix, dont_write
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def repository_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One attested checkout of this repository for the session (tests.checkouts); tests that change it make their

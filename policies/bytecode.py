@@ -1,0 +1,113 @@
+"""Bytecode a governed process runs: only what it compiled from the sources it checked.
+
+Python runs `__pycache__/m.<tag>.pyc` instead of `m.py` whenever the cache's header matches the source (its mtime
+and size, both of which a user sets at will, or a hash it need not check). Package managers write no hash for those
+caches into RECORD, so a planted cache runs other code than the verified source. Two defences, one check:
+
+- `forged(cache, source)` says whether Python would load `cache` for `source` and it holds other code than the
+  source compiled (the checkout's start-up scan and `venv_integrity.py`'s full scan use it);
+- `stop_reading_bytecode()` makes the running process compile every module it imports from now on from its source
+  (`sys.pycache_prefix` under a path that cannot exist, the same one the training job exports), and verifies the
+  caches of the modules it had already imported. That costs a few seconds of compiling what the process imports,
+  where checking every cache of the venv costs about a minute on two cores, and it leaves no window between the
+  check and the import. The gates that let results leave the machine call it (`policies.context.Environment`).
+
+Standard library only: `policies/venv_integrity.py` imports it when it runs isolated (`python -I -S`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import marshal
+import os
+import sys
+import sysconfig
+from collections.abc import MutableMapping
+from pathlib import Path
+
+# Under /dev/null nothing can be created: Python finds no cache there and cannot write one.
+NO_BYTECODE_PREFIX = "/dev/null/oracle-no-bytecode"
+_HEADER = 16  # magic, flags, then mtime and size, or the source hash
+# (cache, mtime_ns, size) of caches this process has already verified: a module is imported once.
+_verified: set[tuple[str, int, int]] = set()
+
+
+def optimization(cache: Path) -> int:
+    """The `-O` level a cache named `<module>.<tag>[.opt-N].pyc` was compiled at."""
+    parts = cache.name.split(".")
+    return int(parts[2].removeprefix("opt-")) if len(parts) == 4 and parts[2].startswith("opt-") else 0
+
+
+def forged(cache: Path, source: Path) -> str | None:
+    """Why Python would load `cache` for `source` and run other code than the source's; None when it would not load
+    it (another header, stale, rejected) or it holds exactly the source compiled. Unreadable files are a reason."""
+    try:
+        data, source_bytes, stat = cache.read_bytes(), source.read_bytes(), source.stat()
+    except OSError as exc:
+        return f"unreadable bytecode or source ({exc.strerror})"
+    if len(data) < _HEADER or data[:4] != importlib.util.MAGIC_NUMBER:
+        return None  # Python rejects the header and compiles the source
+    flags = int.from_bytes(data[4:8], "little")
+    if flags == 0:
+        mtime, size = int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF
+        if data[8:16] != mtime.to_bytes(4, "little") + size.to_bytes(4, "little"):
+            return None  # stale: Python compiles the source again
+    elif flags == 0b11 and data[8:16] != importlib.util.source_hash(source_bytes):
+        return None  # a checked hash-based cache of other source: Python compiles the source again
+    elif flags not in (0b01, 0b11):
+        return None  # invalid flags: Python rejects the header
+    try:
+        cached = marshal.loads(data[_HEADER:])
+        expected = compile(source_bytes, str(source), "exec", dont_inherit=True, optimize=optimization(cache))
+    except (ValueError, EOFError, TypeError, SyntaxError) as exc:
+        return f"bytecode Python would load that cannot be checked ({type(exc).__name__})"
+    if cached != expected:
+        return "bytecode Python would load instead of the source, not compiled from it (planted or forged)"
+    return None
+
+
+def reads_bytecode() -> bool:
+    """Whether this process may still import modules from caches beside their sources."""
+    return sys.pycache_prefix != NO_BYTECODE_PREFIX
+
+
+def stop_reading_bytecode(environ: MutableMapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """From now on this process (and, through `environ`, the interpreters it starts) compiles every module it
+    imports from its source. Returns (source, cache, why) for each module it had already imported from a cache that
+    is not its source compiled: code that has run, which the caller must refuse."""
+    sys.pycache_prefix = NO_BYTECODE_PREFIX
+    sys.dont_write_bytecode = True
+    if environ is not None:
+        environ["PYTHONPYCACHEPREFIX"] = NO_BYTECODE_PREFIX
+        environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    return imported_from_forged_bytecode()
+
+
+def imported_from_forged_bytecode() -> list[tuple[str, str, str]]:
+    """(source, cache, why) for each imported module whose cache Python would have loaded and is forged. The
+    standard library belongs to the interpreter, which is trusted as a whole (the job requires a root-owned one)."""
+    stdlib = tuple(str(Path(sysconfig.get_paths()[key]).resolve()) + os.sep for key in ("stdlib", "platstdlib"))
+    found = []
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        cache, source = getattr(spec, "cached", None), getattr(spec, "origin", None)
+        if not isinstance(cache, str) or not isinstance(source, str) or not source.endswith(".py"):
+            continue  # built-in, frozen, extension or namespace module, or one loaded from a bare .pyc
+        if cache.startswith(NO_BYTECODE_PREFIX) or os.path.realpath(source).startswith(stdlib):
+            continue
+        try:
+            stat = os.stat(cache)
+        except FileNotFoundError:
+            continue  # no cache: it was compiled from its source
+        except OSError as exc:
+            found.append((source, cache, f"unreadable bytecode ({exc.strerror})"))
+            continue
+        key = (cache, stat.st_mtime_ns, stat.st_size)
+        if key in _verified:
+            continue
+        why = forged(Path(cache), Path(source))
+        if why is None:
+            _verified.add(key)
+        else:
+            found.append((source, cache, why))
+    return found

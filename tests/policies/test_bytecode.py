@@ -1,0 +1,104 @@
+"""policies.bytecode: a governed process runs no cache it did not verify, and refuses one that already ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import marshal
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from policies.bytecode import NO_BYTECODE_PREFIX, forged
+
+SOURCE = "VALUE = 'honest'\n"
+
+
+def _module(tmp_path: Path) -> tuple[Path, Path]:
+    source = tmp_path / "pkgmod.py"
+    source.write_text(SOURCE)
+    cache = Path(importlib.util.cache_from_source(str(source)))
+    import py_compile
+
+    py_compile.compile(str(source), cfile=str(cache), doraise=True)
+    return source, cache
+
+
+def _forge(source: Path, cache: Path) -> None:
+    """Another code object under the honest header (mtime and size of the source): Python would load it."""
+    header = cache.read_bytes()[:16]
+    cache.write_bytes(header + marshal.dumps(compile("VALUE = 'forged'\n", str(source), "exec")))
+
+
+def test_an_honest_cache_passes_and_a_forged_one_is_named(tmp_path: Path) -> None:
+    source, cache = _module(tmp_path)
+    assert forged(cache, source) is None
+    _forge(source, cache)
+    assert forged(cache, source) == (
+        "bytecode Python would load instead of the source, not compiled from it (planted or forged)"
+    )
+
+
+def test_a_stale_cache_is_inert_and_an_unreadable_source_is_a_reason(tmp_path: Path) -> None:
+    source, cache = _module(tmp_path)
+    _forge(source, cache)
+    source.write_text(SOURCE + "# changed size\n")  # the header no longer matches: Python recompiles
+    assert forged(cache, source) is None
+    source.unlink()
+    assert str(forged(cache, source)).startswith("unreadable bytecode or source")
+
+
+def _run(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).resolve().parents[2]}"}
+    for name in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False, cwd=tmp_path
+    )
+
+
+def test_after_stopping_a_process_imports_the_source_not_a_forged_cache(tmp_path: Path) -> None:
+    source, cache = _module(tmp_path)
+    _forge(source, cache)
+    done = _run(
+        tmp_path,
+        "import os\nfrom policies.bytecode import stop_reading_bytecode\n"
+        "env = {}\nprint(stop_reading_bytecode(env))\nimport pkgmod\nprint(pkgmod.VALUE)\nprint(env)\n",
+    )
+    assert done.returncode == 0, done.stderr
+    found, value, env = done.stdout.splitlines()
+    assert (found, value) == ("[]", "honest")
+    assert NO_BYTECODE_PREFIX in env
+    assert "PYTHONDONTWRITEBYTECODE" in env
+
+
+def test_a_forged_cache_that_already_ran_is_reported(tmp_path: Path) -> None:
+    source, cache = _module(tmp_path)
+    _forge(source, cache)
+    done = _run(
+        tmp_path,
+        "import pkgmod\nfrom policies.bytecode import stop_reading_bytecode\n"
+        "print(pkgmod.VALUE)\nprint(stop_reading_bytecode())\n",
+    )
+    assert done.returncode == 0, done.stderr
+    value, found = done.stdout.splitlines()
+    assert value == "forged"  # the planted cache ran before the process stopped reading caches
+    assert str(cache) in found
+    assert "planted or forged" in found
+
+
+def test_the_process_policy_refuses_a_command_that_already_ran_a_forged_cache(tmp_path: Path) -> None:
+    source, cache = _module(tmp_path)
+    _forge(source, cache)
+    done = _run(
+        tmp_path,
+        "import pkgmod\nfrom guards.process_policy import install_for_argv\n"
+        "install_for_argv(['export', '--checkpoint', 'c', '--out', 'o'])\nprint('not reached')\n",
+    )
+    assert done.returncode == 1
+    assert "not reached" not in done.stdout
+    assert f"{cache} ran instead of {source}" in done.stderr
+    assert done.stderr.count("\n") == 1
+    entries = [json.loads(line) for line in (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["gate"], e["result"], e["details"]["bytecode"]) for e in entries] == [("runtime", "refused", str(cache))]
