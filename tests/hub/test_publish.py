@@ -29,6 +29,17 @@ def hub() -> Iterator[HubServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def published(repository_checkout: Path) -> Iterator[HubServer]:
+    """A Hub on which the checkout was published once, for the tests whose refusals must leave that log alone."""
+    token = "hf_" + secrets.token_hex(17)
+    with HubServer({token: "alice"}) as server:
+        server.orgs["oracle-ai"] = {"alice"}
+        server.token = token  # type: ignore[attr-defined]
+        assert _publish(repository_checkout, server)[0] == 0
+        yield server
+
+
 def _publish(root: Path, hub: HubServer, *args: str, token: str | None = None) -> tuple[int, str, str]:
     env = {"HF_TOKEN": token if token is not None else hub.token, "HF_HUB_OFFLINE": "0"}  # type: ignore[attr-defined]
     done = oracle(root, "hub", "publish", "--repo-id", REPO, "--endpoint", hub.url, *args, env=env)
@@ -170,10 +181,11 @@ def _safetensors() -> bytes:
     ],
 )
 def test_a_staged_folder_that_fails_the_gate_sends_nothing(
-    repository_checkout: Path, hub: HubServer, tmp_path: Path, plant: object, reason: str
+    repository_checkout: Path, published: HubServer, tmp_path: Path, plant: object, reason: str
 ) -> None:
-    assert _publish(repository_checkout, hub)[0] == 0  # the repository exists: a refusal must leave its log alone
+    hub = published  # the repository exists: a refusal must leave its log alone
     log, requests = hub.commits(REPO), len(hub.requests)
+    assert log
     staged = _staged_copy(repository_checkout, tmp_path)
     plant(staged, hub.token)  # type: ignore[attr-defined,operator]
     code, _, err = _publish(repository_checkout, hub, "--staged", str(staged))
