@@ -15,7 +15,8 @@ Static analysis misses things; these hooks are the layer behind it. In a gated p
 - **Programs**: no package installer or downloader is started (`pip`, `uv`, `conda`, `curl`, `wget`, `git clone`,
   `huggingface-cli`, `hf`, ...), also not through a shell, `env` or `python -m pip`.
 - **Unpickling**: `torch.load` without `weights_only=True` (the only torch.load that raises `pickle.find_class`)
-  runs only on a file the command may read as weights, never on bytes from elsewhere.
+  runs only on a file under a folder the command may unpickle from (`train`: its own checkpoints, where DeepSpeed
+  keeps its state as pickles; no other command), never on bytes from elsewhere: readable weights are not enough.
 The Hub clients' offline switches are set too (`OFFLINE_ENV`), but the hooks are what is relied on.
 
 A refusal is one line on stderr, an entry in the audit log (gate `runtime`, naming the host, file or program and
@@ -91,7 +92,9 @@ class ProcessPolicyError(RuntimeError):
 @dataclass
 class ProcessPolicy:
     """What one gated process may reach. `hosts`: names or addresses reachable on any port; `endpoints`: (host,
-    port) pairs; `read_roots`: folders whose weight files may be read; `read_files`: single files."""
+    port) pairs; `read_roots`: folders whose weight files may be read; `read_files`: single files;
+    `unpickle_roots`: folders whose files `torch.load(weights_only=False)` may unpickle (runs code: only `train`'s own
+    run folder, where DeepSpeed keeps its optimizer state as pickles; empty for every other command)."""
 
     command: str
     root: Path  # where the audit log is (the working directory)
@@ -99,6 +102,7 @@ class ProcessPolicy:
     endpoints: set[tuple[str, int]] = field(default_factory=set)
     read_roots: set[str] = field(default_factory=set)
     read_files: set[str] = field(default_factory=set)
+    unpickle_roots: set[str] = field(default_factory=set)
     sealed: bool = False
     # resolved once per name: the addresses the hosts and endpoints stand for
     _addresses: set[str] = field(default_factory=set)
@@ -112,6 +116,7 @@ class ProcessPolicy:
         endpoints: Iterable[tuple[str, int]] = (),
         read_roots: Iterable[Path | str] = (),
         read_files: Iterable[Path | str] = (),
+        unpickle_roots: Iterable[Path | str] = (),
     ) -> None:
         if self.sealed:
             raise ProcessPolicyError("the process policy is sealed: nothing can be allowed after start-up")
@@ -121,6 +126,7 @@ class ProcessPolicy:
             self._add_host(host, int(port))
         self.read_roots.update(os.path.realpath(path) for path in read_roots)
         self.read_files.update(os.path.realpath(path) for path in read_files)
+        self.unpickle_roots.update(os.path.realpath(path) for path in unpickle_roots)
 
     def seal(self) -> None:
         """No more `allow()`: called by the command once it knows everything it needs, before model code runs."""
@@ -177,6 +183,11 @@ class ProcessPolicy:
 
     def may_read_weights(self, real: str) -> bool:
         return real in self.read_files or any(_under(real, root) for root in self.read_roots)
+
+    def may_unpickle(self, real: str) -> bool:
+        """Readable weights are not enough: the venv, a checkpoint being served or exported, a staged folder hold
+        files anyone could have written, and unpickling one runs its code."""
+        return any(_under(real, root) for root in self.unpickle_roots)
 
 
 def _under(path: str, root: str) -> bool:
@@ -607,7 +618,7 @@ def _wrap_native_readers() -> None:
 
 def _wrap_torch() -> None:
     """torch's readers that bypass Python's open (`torch.from_file`, `UntypedStorage.from_file`, `torch.jit.load`)
-    ask the hook first, and `torch.load` with `weights_only=False` runs only on a file the command may read (the
+    ask the hook first, and `torch.load` with `weights_only=False` runs only on a file the command may unpickle (the
     `pickle.find_class` check is the layer behind it). Called when the policy is sealed, torch being imported."""
     import functools
 
@@ -637,7 +648,7 @@ def _wrap_torch() -> None:
         torch.jit.load = asking(torch.jit.load)
     # torch.load unpickles in serialization._load / _legacy_load, with its weights-only unpickler when
     # weights_only=True and with `pickle_module` (any Unpickler, which need not raise `pickle.find_class`) otherwise:
-    # the latter runs only on the source torch.load was given when that is a file the command may read
+    # the latter runs only on the source torch.load was given when that is a file the command may unpickle
     serialization = torch.serialization
     safe = serialization._weights_only_unpickler
     for name in ("_load", "_legacy_load"):
@@ -670,7 +681,7 @@ def _torch_load_source(start: int = 2) -> Any:
 
 
 def _judge_unpickled_source(source: Any, detail: str = "") -> None:
-    """torch.load(weights_only=False) of `source`: a path or a named file the command may read, nothing else."""
+    """torch.load(weights_only=False) of `source`: a path or a named file the command may unpickle, nothing else."""
     policy = _policy
     assert policy is not None
     name = source if isinstance(source, (str, bytes, os.PathLike)) else getattr(source, "name", None)
@@ -678,7 +689,7 @@ def _judge_unpickled_source(source: Any, detail: str = "") -> None:
         _refuse(f"unpickling outside torch.load, without weights_only=True{detail}", {"file": "unknown"})
     if isinstance(name, (str, bytes, os.PathLike)):
         real = os.path.realpath(os.fsdecode(name))
-        if policy.may_read_weights(real):
+        if policy.may_unpickle(real):
             return
         what = real
     else:

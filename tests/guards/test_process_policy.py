@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from guards.process_policy import ProcessPolicy, install, allow_and_seal
 policy = install(ProcessPolicy({command!r}, Path.cwd()))
-allow_and_seal(read_roots={roots!r}, read_files={files!r}, endpoints={endpoints!r})
+allow_and_seal(read_roots={roots!r}, read_files={files!r}, endpoints={endpoints!r}, unpickle_roots={unpickle!r})
 """
 
 
@@ -53,9 +55,10 @@ def run(
     roots: list[str] | None = None,
     files: list[str] | None = None,
     endpoints: list[tuple[str, int]] | None = None,
+    unpickle: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     preamble = PREAMBLE.format(repo=str(REPO), command=command, roots=roots or [], files=files or [],
-                               endpoints=endpoints or [])  # fmt: skip
+                               endpoints=endpoints or [], unpickle=unpickle or [])  # fmt: skip
     return subprocess.run(
         [sys.executable, "-c", preamble + textwrap.dedent(code)],
         cwd=tmp_path,
@@ -216,7 +219,25 @@ def test_torch_load_without_weights_only_runs_only_on_the_commands_own_files(tmp
     run_dir.mkdir(parents=True)
     torch.save({"w": torch.ones(2)}, run_dir / "state.pt")
     code = "import torch\n" + call.format(path=str(run_dir / "state.pt"))
-    allowed(run(tmp_path, code, command="train", roots=[str(run_dir)]), tmp_path)
+    allowed(run(tmp_path, code, command="train", roots=[str(run_dir)], unpickle=[str(run_dir)]), tmp_path)
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "venv"])
+def test_readable_weights_are_not_unpicklable(tmp_path: Path, where: str) -> None:
+    """A checkpoint being served and the venv are readable, but a pickle planted there would run its code."""
+    folder = tmp_path / "ckpt" if where == "checkpoint" else Path(sys.prefix) / f"planted-{os.getpid()}"
+    folder.mkdir()
+    try:
+        torch.save({"w": torch.ones(2)}, folder / "state.pt")
+        code = f"import torch\ntorch.load({str(folder / 'state.pt')!r}, weights_only=False)\n"
+        details = refused(run(tmp_path, code, roots=[str(folder)]), tmp_path, "without weights_only=True")
+        assert details["file"] == os.path.realpath(folder / "state.pt")
+        # the same file with the weights-only unpickler loads
+        (tmp_path / "ok").mkdir()
+        allowed(run(tmp_path / "ok", code.replace("weights_only=False", "weights_only=True"), roots=[str(folder)]),
+                tmp_path / "ok")  # fmt: skip
+    finally:
+        shutil.rmtree(folder)
 
 
 # --- programs -------------------------------------------------------------------------------------------------------
