@@ -14,9 +14,11 @@ Static analysis misses things; these hooks are the layer behind it. In a gated p
   wrapped to ask the same question.
 - **Programs**: no package installer or downloader is started (`pip`, `uv`, `conda`, `curl`, `wget`, `git clone`,
   `huggingface-cli`, `hf`, ...), also not through a shell, `env` or `python -m pip`.
-- **Unpickling**: `torch.load` without `weights_only=True` (the only torch.load that raises `pickle.find_class`)
-  runs only on a file under a folder the command may unpickle from (`train`: its own checkpoints, where DeepSpeed
-  keeps its state as pickles; no other command), never on bytes from elsewhere: readable weights are not enough.
+- **Unpickling**: nothing is unpickled with arbitrary globals. `TORCH_FORCE_WEIGHTS_ONLY_LOAD` makes every
+  `torch.load` use torch's weights-only unpickler, even where the caller asks for `weights_only=False` (DeepSpeed
+  does, for its own checkpoint files: `train` allows the two DeepSpeed classes they hold instead,
+  `oracle.train.trainer.DEEPSPEED_SAFE_GLOBALS`); a load that still reaches another unpickler is refused, whatever
+  the file (the venv, a checkpoint being served or exported: readable weights are not unpicklable).
 The Hub clients' offline switches are set too (`OFFLINE_ENV`), but the hooks are what is relied on.
 
 A refusal is one line on stderr, an entry in the audit log (gate `runtime`, naming the host, file or program and
@@ -66,6 +68,9 @@ OFFLINE_ENV = {
     "HF_HUB_DISABLE_XET": "1",  # so does the Xet storage backend
 }
 
+# Every torch.load uses the weights-only unpickler, even where the caller passes weights_only=False.
+WEIGHTS_ONLY_ENV = {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}
+
 # Programs a gated process never starts: package installers and downloaders.
 DENIED_PROGRAMS = frozenset(
     {
@@ -92,9 +97,7 @@ class ProcessPolicyError(RuntimeError):
 @dataclass
 class ProcessPolicy:
     """What one gated process may reach. `hosts`: names or addresses reachable on any port; `endpoints`: (host,
-    port) pairs; `read_roots`: folders whose weight files may be read; `read_files`: single files;
-    `unpickle_roots`: folders whose files `torch.load(weights_only=False)` may unpickle (runs code: only `train`'s own
-    run folder, where DeepSpeed keeps its optimizer state as pickles; empty for every other command)."""
+    port) pairs; `read_roots`: folders whose weight files may be read; `read_files`: single files."""
 
     command: str
     root: Path  # where the audit log is (the working directory)
@@ -102,7 +105,6 @@ class ProcessPolicy:
     endpoints: set[tuple[str, int]] = field(default_factory=set)
     read_roots: set[str] = field(default_factory=set)
     read_files: set[str] = field(default_factory=set)
-    unpickle_roots: set[str] = field(default_factory=set)
     sealed: bool = False
     # resolved once per name: the addresses the hosts and endpoints stand for
     _addresses: set[str] = field(default_factory=set)
@@ -116,7 +118,6 @@ class ProcessPolicy:
         endpoints: Iterable[tuple[str, int]] = (),
         read_roots: Iterable[Path | str] = (),
         read_files: Iterable[Path | str] = (),
-        unpickle_roots: Iterable[Path | str] = (),
     ) -> None:
         if self.sealed:
             raise ProcessPolicyError("the process policy is sealed: nothing can be allowed after start-up")
@@ -126,7 +127,6 @@ class ProcessPolicy:
             self._add_host(host, int(port))
         self.read_roots.update(os.path.realpath(path) for path in read_roots)
         self.read_files.update(os.path.realpath(path) for path in read_files)
-        self.unpickle_roots.update(os.path.realpath(path) for path in unpickle_roots)
 
     def seal(self) -> None:
         """No more `allow()`: called by the command once it knows everything it needs, before model code runs."""
@@ -183,11 +183,6 @@ class ProcessPolicy:
 
     def may_read_weights(self, real: str) -> bool:
         return real in self.read_files or any(_under(real, root) for root in self.read_roots)
-
-    def may_unpickle(self, real: str) -> bool:
-        """Readable weights are not enough: the venv, a checkpoint being served or exported, a staged folder hold
-        files anyone could have written, and unpickling one runs its code."""
-        return any(_under(real, root) for root in self.unpickle_roots)
 
 
 def _under(path: str, root: str) -> bool:
@@ -573,6 +568,8 @@ def install(policy: ProcessPolicy, *, offline: bool = True) -> ProcessPolicy:
         raise ProcessPolicyError("the process policy is already installed")
     if offline:
         os.environ.update(OFFLINE_ENV)
+    os.environ.update(WEIGHTS_ONLY_ENV)  # read by torch.load at each call; the wrapper below is the enforcement
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     # the interpreter and the locked virtualenv: the venv check in the job vouches for their files
     policy.allow(read_roots=sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}))
     _policy = policy
@@ -618,8 +615,8 @@ def _wrap_native_readers() -> None:
 
 def _wrap_torch() -> None:
     """torch's readers that bypass Python's open (`torch.from_file`, `UntypedStorage.from_file`, `torch.jit.load`)
-    ask the hook first, and `torch.load` with `weights_only=False` runs only on a file the command may unpickle (the
-    `pickle.find_class` check is the layer behind it). Called when the policy is sealed, torch being imported."""
+    ask the hook first, and `torch.load` unpickles only with torch's weights-only unpickler (the `pickle.find_class`
+    check is the layer behind it). Called when the policy is sealed, torch being imported."""
     import functools
 
     torch: Any = sys.modules.get("torch")
@@ -648,7 +645,7 @@ def _wrap_torch() -> None:
         torch.jit.load = asking(torch.jit.load)
     # torch.load unpickles in serialization._load / _legacy_load, with its weights-only unpickler when
     # weights_only=True and with `pickle_module` (any Unpickler, which need not raise `pickle.find_class`) otherwise:
-    # the latter runs only on the source torch.load was given when that is a file the command may unpickle
+    # the latter never runs
     serialization = torch.serialization
     safe = serialization._weights_only_unpickler
     for name in ("_load", "_legacy_load"):
@@ -681,19 +678,15 @@ def _torch_load_source(start: int = 2) -> Any:
 
 
 def _judge_unpickled_source(source: Any, detail: str = "") -> None:
-    """torch.load(weights_only=False) of `source`: a path or a named file the command may unpickle, nothing else."""
-    policy = _policy
-    assert policy is not None
+    """torch.load of `source` reached an unpickler other than torch's weights-only one: refused, whatever the file
+    (TORCH_FORCE_WEIGHTS_ONLY_LOAD was switched off, or the caller passed its own `pickle_module`)."""
     name = source if isinstance(source, (str, bytes, os.PathLike)) else getattr(source, "name", None)
     if source is _NO_TORCH_LOAD:
         _refuse(f"unpickling outside torch.load, without weights_only=True{detail}", {"file": "unknown"})
     if isinstance(name, (str, bytes, os.PathLike)):
-        real = os.path.realpath(os.fsdecode(name))
-        if policy.may_unpickle(real):
-            return
-        what = real
+        what = os.path.realpath(os.fsdecode(name))
     else:
-        what = f"a {type(source).__name__} (bytes not read from a file this command may read)"
+        what = f"a {type(source).__name__}"
     _refuse(f"torch.load of {what} without weights_only=True{detail}", {"file": what})
 
 

@@ -284,11 +284,9 @@ def train_command(
         from guards.process_policy import allow_and_seal
 
         # the process policy: weights may be read from this run's folder (the checkpoints it writes and resumes, each
-        # verified against its manifest), an explicit --resume folder and the recipe's data, nothing else; DeepSpeed's
-        # own pickled state is unpickled only from the checkpoints (the data is never unpickled)
+        # verified against its manifest), an explicit --resume folder and the recipe's data, nothing else
         explicit = [resume] if resume not in (None, "auto") else []
-        checkpoints = [run_directory(recipe, run_name), *explicit]
-        allow_and_seal(read_roots=[*checkpoints, recipe.data.path], unpickle_roots=checkpoints)
+        allow_and_seal(read_roots=[run_directory(recipe, run_name), recipe.data.path, *explicit])
         placement = placement_from_env()
         run_dir = run_training(
             recipe,

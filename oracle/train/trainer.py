@@ -152,6 +152,18 @@ def initialise_engine(config: TrainConfig, placement: Placement) -> tuple[Any, O
     return engine, model
 
 
+def allow_deepspeed_state() -> None:
+    """Let torch's weights-only unpickler build the two classes of DeepSpeed's own that a ZeRO checkpoint holds
+    besides tensors and plain containers (found with `torch.serialization.get_unsafe_globals_in_checkpoint` on the
+    checkpoints of this trainer). DeepSpeed asks torch.load for `weights_only=False`; the process policy forces the
+    weights-only unpickler anyway (guards.process_policy: nothing is unpickled with arbitrary globals), and a class
+    missing here fails the load with torch's one-line error naming it."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum])
+
+
 def consolidated_state(engine: Any, model: OracleMoE, *, rank: int) -> dict[str, torch.Tensor]:
     """Full tensors of every parameter and persistent buffer, on rank 0 (empty elsewhere); gathered one parameter
     at a time under ZeRO-3, so no rank holds more than one full tensor beyond its shard."""
@@ -229,6 +241,7 @@ class Trainer:
                     f"{directory / ckpt.TRAINER_STATE}: {key} is {state.get(key)}, this run's is {have}; resume only "
                     "with the training config and data the checkpoint was made with (or start a new run name)"
                 )
+        allow_deepspeed_state()
         loaded, _ = self.engine.load_checkpoint(
             str(directory / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
         )

@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from guards.process_policy import ProcessPolicy, install, allow_and_seal
 policy = install(ProcessPolicy({command!r}, Path.cwd()))
-allow_and_seal(read_roots={roots!r}, read_files={files!r}, endpoints={endpoints!r}, unpickle_roots={unpickle!r})
+allow_and_seal(read_roots={roots!r}, read_files={files!r}, endpoints={endpoints!r})
 """
 
 
@@ -55,10 +55,9 @@ def run(
     roots: list[str] | None = None,
     files: list[str] | None = None,
     endpoints: list[tuple[str, int]] | None = None,
-    unpickle: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     preamble = PREAMBLE.format(repo=str(REPO), command=command, roots=roots or [], files=files or [],
-                               endpoints=endpoints or [], unpickle=unpickle or [])  # fmt: skip
+                               endpoints=endpoints or [])  # fmt: skip
     return subprocess.run(
         [sys.executable, "-c", preamble + textwrap.dedent(code)],
         cwd=tmp_path,
@@ -192,50 +191,60 @@ def test_weights_the_command_may_read_and_other_files_are_allowed(tmp_path: Path
 
 
 # --- unpickling -----------------------------------------------------------------------------------------------------
-def test_torch_load_of_bytes_without_weights_only_is_refused(tmp_path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save({"w": torch.ones(2)}, buffer)
-    (tmp_path / "blob.bin").write_bytes(buffer.getvalue())
-    code = f"""
-    import io, torch
-    data = bytes.fromhex({buffer.getvalue().hex()!r})
-    torch.load(io.BytesIO(data), weights_only=False)
-    """
-    details = refused(run(tmp_path, code), tmp_path, "without weights_only=True")
-    assert "BytesIO" in str(details["file"])
-    # with weights_only=True the same bytes load
-    other = tmp_path / "weights-only"
-    other.mkdir()
-    allowed(run(other, code.replace("weights_only=False", "weights_only=True")), other)
+class _RunsCode:
+    """Unpickling it calls os.mkdir: what a malicious pickle does with its own globals."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (self.path,))
 
 
-@pytest.mark.parametrize(
-    "call",
-    ["torch.load({path!r}, weights_only=False)", "torch.load(open({path!r}, 'rb'), weights_only=False)"],
-    ids=["path", "open-file"],
-)
-def test_torch_load_without_weights_only_runs_only_on_the_commands_own_files(tmp_path: Path, call: str) -> None:
+def test_torch_load_without_weights_only_uses_the_weights_only_unpickler(tmp_path: Path) -> None:
+    """DeepSpeed asks for weights_only=False: plain state still loads, a pickle's own code never runs, whatever the
+    file (here one the command may read as weights)."""
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     torch.save({"w": torch.ones(2)}, run_dir / "state.pt")
-    code = "import torch\n" + call.format(path=str(run_dir / "state.pt"))
-    allowed(run(tmp_path, code, command="train", roots=[str(run_dir)], unpickle=[str(run_dir)]), tmp_path)
+    marker = tmp_path / "code-ran"
+    torch.save({"w": _RunsCode(str(marker))}, run_dir / "evil.pt")
+    code = f"""
+    import torch
+    assert torch.load({str(run_dir / "state.pt")!r}, weights_only=False)["w"].tolist() == [1.0, 1.0]
+    torch.load(open({str(run_dir / "state.pt")!r}, "rb"), weights_only=False)
+    try:
+        torch.load({str(run_dir / "evil.pt")!r}, weights_only=False)
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).splitlines()[0])
+    """
+    done = run(tmp_path, code, command="train", roots=[str(run_dir)])
+    allowed(done, tmp_path)
+    assert done.stdout.startswith("UnpicklingError Weights only load failed")
+    assert not marker.exists()
 
 
-@pytest.mark.parametrize("where", ["checkpoint", "venv"])
-def test_readable_weights_are_not_unpicklable(tmp_path: Path, where: str) -> None:
-    """A checkpoint being served and the venv are readable, but a pickle planted there would run its code."""
-    folder = tmp_path / "ckpt" if where == "checkpoint" else Path(sys.prefix) / f"planted-{os.getpid()}"
+@pytest.mark.parametrize("where", ["bytes", "checkpoint", "venv"])
+def test_switching_the_weights_only_unpickler_off_is_refused(tmp_path: Path, where: str) -> None:
+    """Code that unsets TORCH_FORCE_WEIGHTS_ONLY_LOAD reaches the full unpickler: refused before it runs, for bytes
+    and for files the command may read (a checkpoint being served, the venv) alike."""
+    folder = Path(sys.prefix) / f"planted-{os.getpid()}" if where == "venv" else tmp_path / "ckpt"
     folder.mkdir()
     try:
         torch.save({"w": torch.ones(2)}, folder / "state.pt")
-        code = f"import torch\ntorch.load({str(folder / 'state.pt')!r}, weights_only=False)\n"
+        source = (
+            f"io.BytesIO(bytes.fromhex({(folder / 'state.pt').read_bytes().hex()!r}))"
+            if where == "bytes"
+            else repr(str(folder / "state.pt"))
+        )
+        code = f"""
+        import io, os, torch
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        torch.load({source}, weights_only=False)
+        """
         details = refused(run(tmp_path, code, roots=[str(folder)]), tmp_path, "without weights_only=True")
-        assert details["file"] == os.path.realpath(folder / "state.pt")
-        # the same file with the weights-only unpickler loads
-        (tmp_path / "ok").mkdir()
-        allowed(run(tmp_path / "ok", code.replace("weights_only=False", "weights_only=True"), roots=[str(folder)]),
-                tmp_path / "ok")  # fmt: skip
+        expected = "a BytesIO" if where == "bytes" else os.path.realpath(folder / "state.pt")
+        assert details["file"] == expected
     finally:
         shutil.rmtree(folder)
 
@@ -432,7 +441,8 @@ def test_torch_load_without_weights_only_is_judged_before_unpickling(tmp_path: P
     buffer = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buffer)
     code = f"""
-    import io, pickle, torch
+    import io, os, pickle, torch
+    os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     class Unpickler(pickle._Unpickler):
         pass
     module = type("m", (), {{"Unpickler": Unpickler, "load": pickle.load, "__name__": "m"}})
