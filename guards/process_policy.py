@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.bytecode import stop_reading_bytecode
+from policies.bytecode import describe, stop_reading_bytecode
 from policies.weight_formats import weights_kind_at
 
 EXIT_REFUSED = 1
@@ -582,7 +582,7 @@ def stop_reading_bytecode_or_refuse() -> None:
     """From here on this process and the interpreters it starts compile every module from its source
     (policies.bytecode); a forged cache that has already run is refused."""
     for source, cache, why in stop_reading_bytecode(os.environ):
-        _refuse(f"{cache} ran instead of {source}: {why}; delete it", {"bytecode": cache})
+        _refuse(describe(source, cache, why), {"bytecode": cache})
 
 
 def _wrap_native_readers() -> None:

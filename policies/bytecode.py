@@ -7,10 +7,11 @@ caches into RECORD, so a planted cache runs other code than the verified source.
 - `forged(cache, source)` says whether Python would load `cache` for `source` and it holds other code than the
   source compiled (the checkout's start-up scan and `venv_integrity.py`'s full scan use it);
 - `stop_reading_bytecode()` makes the running process compile every module it imports from now on from its source
-  (`sys.pycache_prefix` under a path that cannot exist, the same one the training job exports), and verifies the
-  caches of the modules it had already imported. That costs a few seconds of compiling what the process imports,
-  where checking every cache of the venv costs about a minute on two cores, and it leaves no window between the
-  check and the import. The gates that let results leave the machine call it (`policies.context.Environment`).
+  (`sys.pycache_prefix` under a path that cannot exist, the same one the training job exports; a bare `m.pyc` with
+  no source is no longer importable at all), and verifies the caches of the modules it had already imported. That
+  costs about 3 s of compiling what a gated command imports, where checking every cache of the venv costs about 28 s
+  on two cores (bench/venv_bytecode.py), and it leaves no window between the check and the import. The runtime
+  layer's commands (guards.process_policy) and the publish and submit gates (policies.context.Environment) call it.
 
 Standard library only: `policies/venv_integrity.py` imports it when it runs isolated (`python -I -S`).
 """
@@ -23,6 +24,7 @@ import os
 import sys
 import sysconfig
 from collections.abc import MutableMapping
+from importlib.machinery import EXTENSION_SUFFIXES, SOURCE_SUFFIXES, ExtensionFileLoader, FileFinder, SourceFileLoader
 from pathlib import Path
 
 # Under /dev/null nothing can be created: Python finds no cache there and cannot write one.
@@ -77,10 +79,29 @@ def stop_reading_bytecode(environ: MutableMapping[str, str] | None = None) -> li
     is not its source compiled: code that has run, which the caller must refuse."""
     sys.pycache_prefix = NO_BYTECODE_PREFIX
     sys.dont_write_bytecode = True
+    _import_sources_and_extensions_only()
     if environ is not None:
         environ["PYTHONPYCACHEPREFIX"] = NO_BYTECODE_PREFIX
         environ["PYTHONDONTWRITEBYTECODE"] = "1"
     return imported_from_forged_bytecode()
+
+
+def describe(source: str, cache: str, why: str) -> str:
+    """One line for a cache `imported_from_forged_bytecode` found, with the fix."""
+    if not source:
+        return f"{cache}: {why}; delete it, or install the source it was compiled from"
+    return f"{cache} ran instead of {source}: {why}; delete it"
+
+
+def _import_sources_and_extensions_only() -> None:
+    """The path hook that finds modules in folders, without its loader of bare `.pyc` files (a module that is only
+    bytecode): finders made from now on find sources and extension modules (whose files RECORD hashes)."""
+    hook = FileFinder.path_hook((ExtensionFileLoader, EXTENSION_SUFFIXES), (SourceFileLoader, SOURCE_SUFFIXES))
+    hooks = [item for item in sys.path_hooks if "FileFinder" not in getattr(item, "__qualname__", "")]
+    if len(hooks) == len(sys.path_hooks):
+        return  # no folder finder (an embedded interpreter): nothing imports bare bytecode either
+    sys.path_hooks[:] = [*hooks, hook]
+    sys.path_importer_cache.clear()  # the finders made with the old hook go; new ones are made on the next import
 
 
 def imported_from_forged_bytecode() -> list[tuple[str, str, str]]:
@@ -91,8 +112,11 @@ def imported_from_forged_bytecode() -> list[tuple[str, str, str]]:
     for module in list(sys.modules.values()):
         spec = getattr(module, "__spec__", None)
         cache, source = getattr(spec, "cached", None), getattr(spec, "origin", None)
+        if isinstance(source, str) and source.endswith(".pyc") and not os.path.realpath(source).startswith(stdlib):
+            found.append(("", source, "a module that is only bytecode ran: what it does cannot be checked"))
+            continue
         if not isinstance(cache, str) or not isinstance(source, str) or not source.endswith(".py"):
-            continue  # built-in, frozen, extension or namespace module, or one loaded from a bare .pyc
+            continue  # built-in, frozen, extension or namespace module
         if cache.startswith(NO_BYTECODE_PREFIX) or os.path.realpath(source).startswith(stdlib):
             continue
         try:

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
-from policies.bytecode import stop_reading_bytecode
+from policies.bytecode import describe, stop_reading_bytecode
 from policies.lockfile import normalise_name as normalise_name  # its home is the stdlib-only lockfile
 from policies.rule import Gate
 from policies.settings import Settings
@@ -86,7 +86,7 @@ class Environment:
         )
         if running:
             problems += [
-                Problem(Kind.modified, cache, f"{cache} ran instead of {source}: {why}; delete it")
+                Problem(Kind.modified, cache, describe(source, cache, why))
                 for source, cache, why in stop_reading_bytecode()
             ]
         return problems

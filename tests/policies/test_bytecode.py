@@ -102,3 +102,26 @@ def test_the_process_policy_refuses_a_command_that_already_ran_a_forged_cache(tm
     assert done.stderr.count("\n") == 1
     entries = [json.loads(line) for line in (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()]
     assert [(e["gate"], e["result"], e["details"]["bytecode"]) for e in entries] == [("runtime", "refused", str(cache))]
+
+
+def test_a_module_that_is_only_bytecode_is_not_importable_after_stopping_and_is_reported_before(
+    tmp_path: Path,
+) -> None:
+    import py_compile
+
+    (tmp_path / "src.py").write_text("VALUE = 'bare'\n")
+    py_compile.compile(str(tmp_path / "src.py"), cfile=str(tmp_path / "bare.pyc"), doraise=True)
+    (tmp_path / "src.py").unlink()
+    after = _run(
+        tmp_path,
+        "from policies.bytecode import stop_reading_bytecode\nstop_reading_bytecode()\n"
+        "try:\n    import bare\nexcept ModuleNotFoundError:\n    print('not importable')\n",
+    )
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == "not importable\n"
+    before = _run(
+        tmp_path, "import bare\nfrom policies.bytecode import stop_reading_bytecode\nprint(stop_reading_bytecode())\n"
+    )
+    assert before.returncode == 0, before.stderr
+    assert str(tmp_path / "bare.pyc") in before.stdout
+    assert "a module that is only bytecode ran" in before.stdout
