@@ -44,6 +44,7 @@ import socket
 import stat
 import sys
 import threading
+import zipimport
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -580,8 +581,16 @@ def install(policy: ProcessPolicy, *, offline: bool = True) -> ProcessPolicy:
 
 def stop_reading_bytecode_or_refuse() -> None:
     """From here on this process and the interpreters it starts compile every module from its source
-    (policies.bytecode); a forged cache that has already run is refused."""
-    for source, cache, why in stop_reading_bytecode(os.environ):
+    (policies.bytecode), also not from a zip archive on the path (zipimport takes bytecode from an archive without
+    its source); a forged cache that has already run is refused."""
+    _state.busy = True  # the check reads the caches of what was imported before
+    try:
+        found = stop_reading_bytecode(os.environ)
+    finally:
+        _state.busy = False
+    sys.path_hooks[:] = [hook for hook in sys.path_hooks if hook is not zipimport.zipimporter]
+    sys.path_importer_cache.clear()
+    for source, cache, why in found:
         _refuse(describe(source, cache, why), {"bytecode": cache})
 
 

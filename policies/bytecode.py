@@ -18,6 +18,7 @@ Standard library only: `policies/venv_integrity.py` imports it when it runs isol
 
 from __future__ import annotations
 
+import _imp
 import importlib.util
 import marshal
 import os
@@ -26,6 +27,7 @@ import sysconfig
 from collections.abc import MutableMapping
 from importlib.machinery import EXTENSION_SUFFIXES, SOURCE_SUFFIXES, ExtensionFileLoader, FileFinder, SourceFileLoader
 from pathlib import Path
+from types import CodeType
 
 # Under /dev/null nothing can be created: Python finds no cache there and cannot write one.
 NO_BYTECODE_PREFIX = "/dev/null/oracle-no-bytecode"
@@ -50,22 +52,40 @@ def forged(cache: Path, source: Path) -> str | None:
     if len(data) < _HEADER or data[:4] != importlib.util.MAGIC_NUMBER:
         return None  # Python rejects the header and compiles the source
     flags = int.from_bytes(data[4:8], "little")
-    if flags == 0:
+    if flags == 0b01 or (flags == 0b11 and _imp.check_hash_based_pycs == "never"):
+        pass  # an unchecked hash-based cache, or checking switched off (`--check-hash-based-pycs never`): loaded
+    elif flags == 0:
         mtime, size = int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF
         if data[8:16] != mtime.to_bytes(4, "little") + size.to_bytes(4, "little"):
             return None  # stale: Python compiles the source again
-    elif flags == 0b11 and data[8:16] != importlib.util.source_hash(source_bytes):
-        return None  # a checked hash-based cache of other source: Python compiles the source again
-    elif flags not in (0b01, 0b11):
+    elif flags == 0b11:
+        if data[8:16] != importlib.util.source_hash(source_bytes):
+            return None  # a checked hash-based cache of other source: Python compiles the source again
+    else:
         return None  # invalid flags: Python rejects the header
     try:
         cached = marshal.loads(data[_HEADER:])
         expected = compile(source_bytes, str(source), "exec", dont_inherit=True, optimize=optimization(cache))
     except (ValueError, EOFError, TypeError, SyntaxError) as exc:
         return f"bytecode Python would load that cannot be checked ({type(exc).__name__})"
-    if cached != expected:
+    if not _same_code(cached, expected):
         return "bytecode Python would load instead of the source, not compiled from it (planted or forged)"
     return None
+
+
+def _same_code(cached: object, expected: CodeType) -> bool:
+    """Code objects equal field for field, instructions included as they will run: `==` compares the instructions
+    with their specialised forms mapped back and their inline caches skipped, so a cache holding a specialised
+    instruction that the interpreter runs differently would compare equal to the source."""
+    if not isinstance(cached, CodeType) or cached != expected:
+        return False
+    if getattr(cached, "_co_code_adaptive", cached.co_code) != getattr(expected, "_co_code_adaptive", expected.co_code):
+        return False
+    return all(
+        _same_code(mine, theirs)
+        for mine, theirs in zip(cached.co_consts, expected.co_consts, strict=True)
+        if isinstance(theirs, CodeType)
+    )
 
 
 def reads_bytecode() -> bool:
@@ -104,20 +124,31 @@ def _import_sources_and_extensions_only() -> None:
     sys.path_importer_cache.clear()  # the finders made with the old hook go; new ones are made on the next import
 
 
+def _in_stdlib(path: str) -> bool:
+    """Under the base interpreter's standard library and outside every site-packages (inside a venv sysconfig's
+    `platstdlib` is the venv's lib/pythonX.Y, which holds site-packages: not the interpreter's)."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix, "installed_base": sys.base_prefix,
+            "installed_platbase": sys.base_exec_prefix}  # fmt: skip
+    roots = {os.path.realpath(sysconfig.get_paths(vars=base)[key]) for key in ("stdlib", "platstdlib")}
+    real = os.path.realpath(path)
+    outside_sites = not {"site-packages", "dist-packages"} & set(Path(real).parts)
+    return outside_sites and any(real.startswith(root + os.sep) for root in roots)
+
+
 def imported_from_forged_bytecode() -> list[tuple[str, str, str]]:
-    """(source, cache, why) for each imported module whose cache Python would have loaded and is forged. The
-    standard library belongs to the interpreter, which is trusted as a whole (the job requires a root-owned one)."""
-    stdlib = tuple(str(Path(sysconfig.get_paths()[key]).resolve()) + os.sep for key in ("stdlib", "platstdlib"))
+    """(source, cache, why) for each imported module whose cache Python would have loaded and is forged. The base
+    interpreter's standard library, source and cache both, belongs to the interpreter, which is trusted as a whole
+    (the job requires a root-owned one)."""
     found = []
     for module in list(sys.modules.values()):
         spec = getattr(module, "__spec__", None)
         cache, source = getattr(spec, "cached", None), getattr(spec, "origin", None)
-        if isinstance(source, str) and source.endswith(".pyc") and not os.path.realpath(source).startswith(stdlib):
+        if isinstance(source, str) and source.endswith(".pyc") and not _in_stdlib(source):
             found.append(("", source, "a module that is only bytecode ran: what it does cannot be checked"))
             continue
         if not isinstance(cache, str) or not isinstance(source, str) or not source.endswith(".py"):
             continue  # built-in, frozen, extension or namespace module
-        if cache.startswith(NO_BYTECODE_PREFIX) or os.path.realpath(source).startswith(stdlib):
+        if cache.startswith(NO_BYTECODE_PREFIX) or (_in_stdlib(source) and _in_stdlib(cache)):
             continue
         try:
             stat = os.stat(cache)

@@ -125,3 +125,42 @@ def test_a_module_that_is_only_bytecode_is_not_importable_after_stopping_and_is_
     assert before.returncode == 0, before.stderr
     assert str(tmp_path / "bare.pyc") in before.stdout
     assert "a module that is only bytecode ran" in before.stdout
+
+
+def test_a_specialised_instruction_that_compares_equal_is_still_forged(tmp_path: Path) -> None:
+    """Code objects' `==` maps specialised instructions back to their plain form: LOAD_FAST__LOAD_FAST where the
+    source has LOAD_FAST; LOAD_CONST compares equal, yet loads the caller's argument instead of the constant."""
+    import dis
+
+    source = tmp_path / "victim.py"
+    source.write_text('def execute(runner, command):\n    return runner("true")\n')
+    module = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
+    function = next(const for const in module.co_consts if isinstance(const, type(module)))
+    raw = bytearray(function._co_code_adaptive)  # type: ignore[attr-defined]
+    constant = function.co_consts.index("true")
+    for at in range(0, len(raw) - 2, 2):
+        if raw[at] == dis.opmap["LOAD_FAST"] and raw[at + 2] == dis.opmap["LOAD_CONST"] and raw[at + 3] == constant:
+            raw[at] = dis._all_opmap["LOAD_FAST__LOAD_FAST"]  # type: ignore[attr-defined]
+            break
+    blob = marshal.dumps(module)
+    assert blob.count(function._co_code_adaptive) == 1  # type: ignore[attr-defined]
+    forged_blob = blob.replace(function._co_code_adaptive, bytes(raw))  # type: ignore[attr-defined]
+    assert marshal.loads(forged_blob) == module  # what the previous check compared
+    cache = Path(importlib.util.cache_from_source(str(source)))
+    cache.parent.mkdir()
+    info = source.stat()
+    flags_and_stamp = (0).to_bytes(4, "little") + int(info.st_mtime).to_bytes(4, "little")
+    cache.write_bytes(importlib.util.MAGIC_NUMBER + flags_and_stamp + info.st_size.to_bytes(4, "little") + forged_blob)
+    assert forged(cache, source) is not None
+
+
+def test_installed_packages_are_not_the_standard_library() -> None:
+    """Inside a venv sysconfig's `platstdlib` is the venv's lib/pythonX.Y, which holds site-packages."""
+    import json as stdlib_module
+    import sysconfig
+
+    from policies.bytecode import _in_stdlib
+
+    assert _in_stdlib(stdlib_module.__file__)
+    assert not _in_stdlib(str(Path(sysconfig.get_paths()["purelib"]) / "torch" / "__init__.py"))
+    assert not _in_stdlib(str(Path(sys.base_prefix) / "lib" / "python3.11" / "site-packages" / "m.py"))
