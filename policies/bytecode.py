@@ -19,6 +19,7 @@ Standard library only: `policies/venv_integrity.py` imports it when it runs isol
 from __future__ import annotations
 
 import _imp
+import functools
 import importlib.util
 import marshal
 import os
@@ -124,15 +125,21 @@ def _import_sources_and_extensions_only() -> None:
     sys.path_importer_cache.clear()  # the finders made with the old hook go; new ones are made on the next import
 
 
+@functools.cache
+def _stdlib_roots() -> tuple[str, ...]:
+    """The base interpreter's standard library folders (computed once: asked for every imported module)."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix, "installed_base": sys.base_prefix,
+            "installed_platbase": sys.base_exec_prefix}  # fmt: skip
+    paths = sysconfig.get_paths(vars=base)
+    return tuple({os.path.realpath(paths[key]) + os.sep for key in ("stdlib", "platstdlib")})
+
+
 def _in_stdlib(path: str) -> bool:
     """Under the base interpreter's standard library and outside every site-packages (inside a venv sysconfig's
     `platstdlib` is the venv's lib/pythonX.Y, which holds site-packages: not the interpreter's)."""
-    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix, "installed_base": sys.base_prefix,
-            "installed_platbase": sys.base_exec_prefix}  # fmt: skip
-    roots = {os.path.realpath(sysconfig.get_paths(vars=base)[key]) for key in ("stdlib", "platstdlib")}
     real = os.path.realpath(path)
     outside_sites = not {"site-packages", "dist-packages"} & set(Path(real).parts)
-    return outside_sites and any(real.startswith(root + os.sep) for root in roots)
+    return outside_sites and real.startswith(_stdlib_roots())
 
 
 def imported_from_forged_bytecode() -> list[tuple[str, str, str]]:

@@ -58,10 +58,15 @@ def _run(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_after_stopping_a_process_imports_the_source_not_a_forged_cache(tmp_path: Path) -> None:
+def _run_beside_a_forged_cache(tmp_path: Path, script: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`script` run with the importable module pkgmod, whose cache holds other code under an honest header."""
     source, cache = _module(tmp_path)
     _forge(source, cache)
-    done = _run(
+    return cache, _run(tmp_path, script)
+
+
+def test_after_stopping_a_process_imports_the_source_not_a_forged_cache(tmp_path: Path) -> None:
+    _, done = _run_beside_a_forged_cache(
         tmp_path,
         "import os\nfrom policies.bytecode import stop_reading_bytecode\n"
         "env = {}\nprint(stop_reading_bytecode(env))\nimport pkgmod\nprint(pkgmod.VALUE)\nprint(env)\n",
@@ -74,9 +79,7 @@ def test_after_stopping_a_process_imports_the_source_not_a_forged_cache(tmp_path
 
 
 def test_a_forged_cache_that_already_ran_is_reported(tmp_path: Path) -> None:
-    source, cache = _module(tmp_path)
-    _forge(source, cache)
-    done = _run(
+    cache, done = _run_beside_a_forged_cache(
         tmp_path,
         "import pkgmod\nfrom policies.bytecode import stop_reading_bytecode\n"
         "print(pkgmod.VALUE)\nprint(stop_reading_bytecode())\n",
