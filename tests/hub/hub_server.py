@@ -2,6 +2,14 @@
 private model repo, commit small files and read them back, answered with the status codes, `X-Error-Code` /
 `X-Error-Message` headers and JSON bodies of the real Hub.
 
+Large files go through Git LFS as with the real Hub's legacy path: preupload answers `lfs` for a path an LFS pattern
+of the revision's `.gitattributes` matches (`*.safetensors`, ...) or a file over 10 MiB; the LFS batch API
+(`{repo}.git/info/lfs/objects/batch`, basic transfer only, never Xet) hands out an upload href (a one-time ticket,
+like a presigned URL: it needs no token) and a verify href; the PUT of the bytes is refused (400) unless their sha256
+and size are the oid and size announced; objects are stored by oid per repo; a commit's `lfsFile` line is refused
+unless its oid was uploaded to that repo (with that size); listings report LFS files with their `lfs` sha256, size
+and pointer size, as the Hub does, and downloads carry `X-Linked-Etag` / `X-Linked-Size`.
+
 Refused like the Hub: missing tokens (401, `RepoNotFound` on repo routes), unknown tokens (401 "Invalid credentials in
 Authorization header"), creating under a namespace the user can't write (403), reading or writing a repo of such a
 namespace (404 `RepoNotFound`: every repo here is private, and the Hub does not reveal private repos), unknown repos,
@@ -9,7 +17,8 @@ revisions and files (404 with their error codes), malformed NDJSON commits (400)
 metadata validation rejects (`/api/validate-yaml` and the commit itself). Like the Hub, a new repo starts with an
 "initial commit" holding `.gitattributes`.
 
-Left out: LFS and Xet (preupload answers `regular` for every file; an `lfsFile` line is refused), branches other than
+Left out: Xet (uploads through it are refused: no `xet-write-token` route; a client must set HF_HUB_DISABLE_XET,
+as `oracle hub publish` does), LFS multipart transfer and downloads through the batch API, branches other than
 `main` (a commit id works as a read-only revision), pull requests, dataset and space repos. State lives in memory.
 """
 
@@ -18,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fnmatch
 import hashlib
 import http
 import json
@@ -30,7 +40,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import yaml
@@ -61,6 +71,8 @@ INITIAL_GITATTRIBUTES = b"".join(
 _FRONT_MATTER = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
 _REPO_NAME = re.compile(r"^(?![-.])(?!.*--)(?!.*\.\.)[A-Za-z0-9._-]{1,96}(?<![-.])$")
 _COMMIT_OID = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+LFS_CONTENT_TYPE = "application/vnd.git-lfs+json"
 _INFO_FIELDS = frozenset(
     {"author", "cardData", "createdAt", "disabled", "downloads", "gated", "lastModified", "likes", "private", "sha"}
     | {"siblings", "tags", "usedStorage"}
@@ -70,6 +82,26 @@ _INFO_FIELDS = frozenset(
 def git_blob_sha1(content: bytes) -> str:
     """The id git gives a file's content (the Hub's `oid`/`ETag` for regular files)."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def lfs_pointer(oid: str, size: int) -> bytes:
+    """The Git LFS pointer file that stands for an object in git (its blob id is the Hub's `oid` for an LFS file)."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
+
+
+def lfs_patterns(gitattributes: bytes) -> list[str]:
+    """The patterns a `.gitattributes` routes to LFS (`filter=lfs`)."""
+    patterns = []
+    for line in gitattributes.decode("utf-8", "replace").splitlines():
+        fields = line.split()
+        if len(fields) > 1 and not fields[0].startswith("#") and "filter=lfs" in fields[1:]:
+            patterns.append(fields[0])
+    return patterns
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """git's rule: a pattern without a slash matches the file name at any depth, one with a slash the whole path."""
+    return fnmatch.fnmatchcase(path if "/" in pattern.strip("/") else path.rsplit("/", 1)[-1], pattern.strip("/"))
 
 
 def check_card(content: str) -> tuple[dict[str, Any] | None, list[str], list[str]]:
@@ -141,6 +173,20 @@ class Commit:
     date: str
     tree: dict[str, bytes]
     changed: tuple[str, ...]
+    lfs: frozenset[str] = frozenset()  # the paths of `tree` stored in LFS
+
+    def lfs_info(self, path: str) -> dict[str, Any] | None:
+        """The `lfs` block of a listing entry (sha256 oid, size, pointer size), None for a regular file."""
+        if path not in self.lfs:
+            return None
+        content = self.tree[path]
+        oid = hashlib.sha256(content).hexdigest()
+        return {"oid": oid, "size": len(content), "pointerSize": len(lfs_pointer(oid, len(content)))}
+
+    def blob_id(self, path: str) -> str:
+        """The git blob id of `path`: of its content, or of its LFS pointer."""
+        lfs = self.lfs_info(path)
+        return git_blob_sha1(lfs_pointer(lfs["oid"], lfs["size"]) if lfs else self.tree[path])
 
 
 @dataclass
@@ -157,6 +203,17 @@ class Repo:
             if commit.oid == revision:
                 return commit
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+
+
+class Operation(NamedTuple):
+    """One line of a commit: "file" (content), "lfsFile" (oid and size, the content uploaded before), "deletedFile"
+    or "deletedFolder"."""
+
+    kind: str
+    path: str
+    content: bytes = b""
+    oid: str | None = None
+    size: int | None = None
 
 
 @dataclass
@@ -193,6 +250,8 @@ class HubServer:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.tree_page_size = 1000  # entries per page of /tree (the client follows the `Link` header)
         self.commits_page_size = 50  # commits per page of /commits
+        self.lfs_objects: dict[str, dict[str, bytes]] = {}  # repo id -> LFS oid (sha256) -> the bytes uploaded
+        self._upload_tickets: dict[str, tuple[str, str, int]] = {}  # ticket -> (repo id, oid, size) announced
         self._failures: list[int] = []
         self._failing_methods: frozenset[str] | None = None
         self._commit_count = 0
@@ -296,6 +355,14 @@ class HubServer:
             case "POST", ["api", "models", ns, name, "commit", rev]:
                 repo = self._repo(user, ns, name)
                 return self._commit(repo, user, unquote(rev), body, headers.get("content-type", ""), query)
+            case "POST", [ns, git_name, "info", "lfs", "objects", "batch"] if git_name.endswith(".git"):
+                repo = self._repo(user, ns, git_name.removesuffix(".git"))
+                return self._lfs_batch(repo, _json_body(body))
+            case "POST", [ns, git_name, "info", "lfs", "objects", "verify"] if git_name.endswith(".git"):
+                repo = self._repo(user, ns, git_name.removesuffix(".git"))
+                return self._lfs_verify(repo, _json_body(body))
+            case "PUT", ["lfs-upload", ticket]:
+                return self._lfs_upload(unquote(ticket), body)
             case (("GET" | "HEAD"), [ns, name, "resolve", rev, *path]) if ns != "api" and path:
                 return self._resolve(self._repo(user, ns, name), unquote(rev), unquote("/".join(path)), headers)
         raise HubError(404, "Sorry, we can't find the page you are looking for.")
@@ -387,7 +454,9 @@ class HubServer:
             card = check_card(commit.tree["README.md"].decode("utf-8", "replace"))[0]
         blobs = query.get("blobs", ["false"])[0].lower() == "true"
         siblings = [
-            {"rfilename": path} | ({"size": len(content), "blobId": git_blob_sha1(content)} if blobs else {})
+            {"rfilename": path}
+            | ({"size": len(content), "blobId": commit.blob_id(path)} if blobs else {})
+            | ({"lfs": lfs} if blobs and (lfs := commit.lfs_info(path)) else {})
             for path, content in sorted(commit.tree.items())
         ]
         tags = [tag for tag in (card or {}).get("tags", []) if isinstance(tag, str)]
@@ -445,7 +514,9 @@ class HubServer:
                 entry: dict[str, Any] = {"type": "directory", "oid": oid, "size": 0, "path": item}
             else:
                 content = commit.tree[item]
-                entry = {"type": "file", "oid": git_blob_sha1(content), "size": len(content), "path": item}
+                entry = {"type": "file", "oid": commit.blob_id(item), "size": len(content), "path": item}
+                if lfs := commit.lfs_info(item):
+                    entry["lfs"] = lfs
             if expand:
                 entry["lastCommit"] = self._last_commit(repo, commit, item)
             entries.append(entry)
@@ -487,6 +558,7 @@ class HubServer:
         files = payload.get("files")
         if not isinstance(files, list):
             raise HubError(400, '"files" must be an array')
+        patterns = lfs_patterns(head.tree.get(".gitattributes", b""))
         answers = []
         for i, item in enumerate(files):
             if not isinstance(item, dict) or not isinstance(item.get("size"), int) or item["size"] < 0:
@@ -494,9 +566,11 @@ class HubServer:
             path = _checked_path(item.get("path"))
             if len(_b64decode(item.get("sample"), f"files[{i}].sample")) > 512:
                 raise HubError(400, f'"files[{i}].sample" must be at most 512 bytes')
-            answer: dict[str, Any] = {"path": path, "uploadMode": "regular", "shouldIgnore": False}
-            if path in head.tree:
-                answer["oid"] = git_blob_sha1(head.tree[path])
+            lfs = item["size"] > MAX_REGULAR_FILE or any(_matches(path, pattern) for pattern in patterns)
+            answer: dict[str, Any] = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
+            if path in head.tree:  # what the client compares its own oid with: sha256 for LFS, git blob id otherwise
+                content = head.tree[path]
+                answer["oid"] = hashlib.sha256(content).hexdigest() if lfs else git_blob_sha1(content)
             answers.append(answer)
         return _json_reply({"files": answers, "commitOid": head.oid})
 
@@ -515,15 +589,31 @@ class HubServer:
         parent = header.get("parentCommit")
         if parent is not None and parent != head.oid:
             raise HubError(412, "A commit has happened since. Please refresh and try again.")
-        tree = dict(head.tree)
+        tree, lfs = dict(head.tree), set(head.lfs)
         changed: list[str] = []
-        for kind, path, content in operations:
+        stored = self.lfs_objects.get(repo.repo_id, {})
+        for number, (kind, path, content, oid, size) in enumerate(operations, start=2):
             if kind == "file":
                 tree[path] = content
+                lfs.discard(path)
+                changed.append(path)
+            elif kind == "lfsFile":
+                assert oid is not None
+                if oid not in stored:
+                    raise HubError(
+                        400,
+                        f"Line {number}: LFS object {oid} ({path}) was never uploaded to {repo.repo_id}; upload it "
+                        "through the LFS batch API before committing it",
+                    )
+                if size is not None and size != len(stored[oid]):
+                    raise HubError(400, f"Line {number}: {path} has size {size}, its LFS object {len(stored[oid])}")
+                tree[path] = stored[oid]
+                lfs.add(path)
                 changed.append(path)
             elif kind == "deletedFile":
                 if tree.pop(path, None) is None:
                     raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+                lfs.discard(path)
                 changed.append(path)
             else:
                 inside = [p for p in tree if p.startswith(path + "/")]
@@ -532,25 +622,97 @@ class HubServer:
                 changed += inside
                 for p in inside:
                     del tree[p]
+                    lfs.discard(p)
         if "README.md" in changed and "README.md" in tree:
             errors = check_card(tree["README.md"].decode("utf-8", "replace"))[1]
             if errors:
                 raise HubError(400, "Invalid metadata in README.md.\n" + "\n".join(f"- {e}" for e in errors))
-        commit = self._record(repo, user or "", header["summary"], header.get("description", ""), tree, changed)
+        commit = self._record(
+            repo, user or "", header["summary"], header.get("description", ""), tree, changed, frozenset(lfs)
+        )
         return _json_reply(
             {"success": True, "commitOid": commit.oid, "commitUrl": f"{self.url}/{repo.repo_id}/commit/{commit.oid}"}
         )
 
     def _record(
-        self, repo: Repo, author: str, title: str, message: str, tree: dict[str, bytes], changed: list[str]
+        self,
+        repo: Repo,
+        author: str,
+        title: str,
+        message: str,
+        tree: dict[str, bytes],
+        changed: list[str],
+        lfs: frozenset[str] = frozenset(),
     ) -> Commit:
         self._commit_count += 1
         parent = repo.history[-1].oid if repo.history else ""
         seed = f"{parent}\n{author}\n{title}\n{message}\n{self._commit_count}\n{sorted(tree)}"
         oid = hashlib.sha1(seed.encode()).hexdigest()
-        commit = Commit(oid, title, message, author, _now(), tree, tuple(dict.fromkeys(changed)))
+        commit = Commit(oid, title, message, author, _now(), tree, tuple(dict.fromkeys(changed)), lfs)
         repo.history.append(commit)
         return commit
+
+    def _lfs_batch(self, repo: Repo, payload: dict[str, Any]) -> Reply:
+        """The LFS batch API, uploads only, basic transfer only (never Xet): each object not stored yet gets an
+        upload href (a one-time ticket: the PUT carries no token, as a presigned URL) and a verify href."""
+        if payload.get("operation") != "upload":
+            raise HubError(400, '"operation" must be "upload": this test Hub serves downloads through /resolve only')
+        transfers = payload.get("transfers", ["basic"])
+        if not isinstance(transfers, list) or "basic" not in transfers:
+            raise HubError(400, f'"transfers" must offer "basic" (this test Hub offers no other), not {transfers!r}')
+        if payload.get("hash_algo", "sha256") != "sha256":
+            raise HubError(400, '"hash_algo" must be "sha256"')
+        objects = payload.get("objects")
+        if not isinstance(objects, list) or not objects:
+            raise HubError(400, '"objects" must be a non-empty array of {"oid", "size"}')
+        stored = self.lfs_objects.setdefault(repo.repo_id, {})
+        answers = []
+        for i, item in enumerate(objects):
+            oid, size = (
+                item.get("oid") if isinstance(item, dict) else None,
+                item.get("size") if isinstance(item, dict) else None,
+            )
+            if not (isinstance(oid, str) and _SHA256.match(oid)) or not isinstance(size, int) or size < 0:
+                raise HubError(400, f'"objects[{i}]" must hold an "oid" (64 lower-case hex: a sha256) and a "size"')
+            answer: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+            if oid not in stored:
+                ticket = hashlib.sha256(os.urandom(32)).hexdigest()
+                self._upload_tickets[ticket] = (repo.repo_id, oid, size)
+                verify = f"{self.url}/{repo.repo_id}.git/info/lfs/objects/verify"
+                answer["actions"] = {
+                    "upload": {"href": f"{self.url}/lfs-upload/{ticket}", "expires_in": 3600},
+                    "verify": {"href": verify, "expires_in": 3600},
+                }
+            answers.append(answer)
+        return _json_reply(
+            {"transfer": "basic", "objects": answers, "hash_algo": "sha256"}, headers={"Content-Type": LFS_CONTENT_TYPE}
+        )
+
+    def _lfs_upload(self, ticket: str, body: bytes) -> Reply:
+        """The PUT of an object's bytes: stored under its oid only when their sha256 and size are the ones announced."""
+        announced = self._upload_tickets.get(ticket)
+        if announced is None:
+            raise HubError(403, "Unknown or used upload ticket; ask the LFS batch API for a new upload href")
+        repo_id, oid, size = announced
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != oid or len(body) != size:
+            raise HubError(
+                400,
+                f"Uploaded bytes have sha256 {digest} and size {len(body)}, not the oid {oid} and size {size} "
+                "announced to the LFS batch API; upload the file that was announced",
+            )
+        self.lfs_objects.setdefault(repo_id, {})[oid] = body
+        del self._upload_tickets[ticket]
+        return Reply(200)
+
+    def _lfs_verify(self, repo: Repo, payload: dict[str, Any]) -> Reply:
+        oid, size = payload.get("oid"), payload.get("size")
+        stored = self.lfs_objects.get(repo.repo_id, {})
+        if not isinstance(oid, str) or oid not in stored:
+            raise HubError(404, f"LFS object {oid} was never uploaded to {repo.repo_id}")
+        if size != len(stored[oid]):
+            raise HubError(422, f"LFS object {oid} has size {len(stored[oid])}, not {size}")
+        return _json_reply({"success": True})
 
     def _resolve(self, repo: Repo, revision: str, path: str, headers: Mapping[str, str]) -> Reply:
         commit = repo.at(revision)
@@ -558,7 +720,9 @@ class HubServer:
             raise HubError(404, "Entry not found", "EntryNotFound")
         content = commit.tree[path]
         reply = Reply(200, content, {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})
-        reply.headers |= {"ETag": f'"{git_blob_sha1(content)}"', "X-Repo-Commit": commit.oid}
+        reply.headers |= {"ETag": f'"{commit.blob_id(path)}"', "X-Repo-Commit": commit.oid}
+        if lfs := commit.lfs_info(path):  # what the Hub sends beside its redirect to the LFS storage
+            reply.headers |= {"X-Linked-Etag": f'"{lfs["oid"]}"', "X-Linked-Size": str(lfs["size"])}
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("range", ""))
         if "range" in headers:
             start = int(wanted.group(1)) if wanted else len(content)
@@ -599,8 +763,8 @@ def _checked_path(value: object) -> str:
     return value
 
 
-def _parse_ndjson(body: bytes) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
-    """The commit's header and its operations ("file", "deletedFile" or "deletedFolder", path, content)."""
+def _parse_ndjson(body: bytes) -> tuple[dict[str, Any], list[Operation]]:
+    """The commit's header and its operations."""
     try:
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
     except ValueError as err:
@@ -618,17 +782,22 @@ def _parse_ndjson(body: bytes) -> tuple[dict[str, Any], list[tuple[str, str, byt
     for number, line in enumerate(lines[1:], start=2):
         key, value = line.get("key"), line["value"]
         if key == "lfsFile":
-            raise HubError(400, f"Line {number}: LFS files are not accepted here; upload regular files")
-        if key == "file":
+            oid, size = value.get("oid"), value.get("size")
+            if value.get("algo", "sha256") != "sha256" or not (isinstance(oid, str) and _SHA256.match(oid)):
+                raise HubError(400, f'Line {number}: an lfsFile needs "algo": "sha256" and its sha256 as "oid"')
+            if size is not None and (not isinstance(size, int) or size < 0):
+                raise HubError(400, f'Line {number}: "size" must be a non-negative integer')
+            operations.append(Operation("lfsFile", _checked_path(value.get("path")), oid=oid, size=size))
+        elif key == "file":
             if value.get("encoding") != "base64":
                 raise HubError(400, f'Line {number}: "encoding" must be "base64"')
             content = _b64decode(value.get("content"), f"line {number} content")
             if len(content) > MAX_REGULAR_FILE:
                 raise HubError(400, f"Line {number}: files over 10 MiB must be uploaded with LFS or Xet")
-            operations.append(("file", _checked_path(value.get("path")), content))
+            operations.append(Operation("file", _checked_path(value.get("path")), content))
         elif key in ("deletedFile", "deletedFolder"):
             path = value.get("path")
-            operations.append((key, _checked_path(path.rstrip("/") if isinstance(path, str) else path), b""))
+            operations.append(Operation(key, _checked_path(path.rstrip("/") if isinstance(path, str) else path)))
         else:
             raise HubError(400, f"Line {number}: unknown operation {key!r}")
     return header, operations
@@ -646,10 +815,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         length = self.headers.get("Content-Length")
-        if self.command in ("POST", "PUT") and length is None:
+        chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        if self.command in ("POST", "PUT") and length is None and not chunked:
             reply = _error_reply(HubError(411, "Content-Length required"))
         else:
-            body = self.rfile.read(int(length)) if length else b""
+            body = self._chunked_body() if chunked else self.rfile.read(int(length)) if length else b""
             reply = self.server.hub.handle(self.command, self.path, dict(self.headers.items()), body)
         self.send_response(reply.status)
         for key, value in reply.headers.items():
@@ -658,6 +828,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
+
+    def _chunked_body(self) -> bytes:
+        """A body sent with `Transfer-Encoding: chunked` (how an upload streamed from a file may arrive)."""
+        chunks = []
+        while size := int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after the chunk
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, up to the blank line
+            pass
+        return b"".join(chunks)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve
 
@@ -676,15 +856,17 @@ def client_env(server: HubServer, home: Path) -> dict[str, str]:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_DISABLE_XET": "1",  # this Hub offers LFS, not Xet (the client would use hf_xet whenever installed)
     }
 
 
 @contextlib.contextmanager
 def point_client_at(server: HubServer, home: Path) -> Iterator[None]:
     """Point the already imported huggingface_hub at `server` until the block ends, by setting the constants that
-    HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE fixed at import. `HfApi(endpoint=)` and `hf_hub_download(endpoint=)` need
-    none of this, but `ModelCard.load` (and `hf_hub_download` without `endpoint=`) read `constants.ENDPOINT` and
-    `constants.HUGGINGFACE_CO_URL_TEMPLATE`. HF_TOKEN is hidden so that only tokens passed explicitly are sent."""
+    HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE and HF_HUB_DISABLE_XET (this Hub offers LFS, not Xet) fixed at import.
+    `HfApi(endpoint=)` and `hf_hub_download(endpoint=)` need none of this, but `ModelCard.load` (and
+    `hf_hub_download` without `endpoint=`) read `constants.ENDPOINT` and `constants.HUGGINGFACE_CO_URL_TEMPLATE`.
+    HF_TOKEN is hidden so that only tokens passed explicitly are sent."""
     from huggingface_hub import constants
 
     patched: dict[str, object] = {
@@ -695,6 +877,7 @@ def point_client_at(server: HubServer, home: Path) -> Iterator[None]:
         "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
         "HF_HUB_OFFLINE": False,
         "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_DISABLE_XET": True,
     }
     saved = {name: getattr(constants, name) for name in patched}
     hidden = {name: os.environ.pop(name) for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if name in os.environ}

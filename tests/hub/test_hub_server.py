@@ -22,6 +22,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils._http import hf_raise_for_status  # the client's own error mapping
 
 from tests.hub.hub_server import HubServer, client_env, git_blob_sha1, point_client_at
@@ -314,3 +315,74 @@ def test_client_env_points_a_subprocess_at_the_hub(hub: HubServer, api: HfApi, t
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "apache-2.0"
+
+
+# -- LFS --------------------------------------------------------------------------------------------------------------
+WEIGHTS = b"\x00safetensors-like bytes\xff" * 200  # routed to LFS by the initial .gitattributes (*.safetensors)
+
+
+def lfs_batch(hub: HubServer, oid: str, size: int, repo_id: str = REPO) -> httpx2.Response:
+    payload = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}]}
+    headers = {"Authorization": f"Bearer {ALICE}", "Accept": "application/vnd.git-lfs+json"}
+    return httpx2.post(f"{hub.url}/{repo_id}.git/info/lfs/objects/batch", json=payload, headers=headers)
+
+
+def test_an_lfs_file_goes_through_the_batch_api_and_lists_with_its_sha256(
+    hub: HubServer, api: HfApi, tmp_path: Path
+) -> None:
+    import hashlib
+
+    oid = publish(api, files={"README.md": README, "model.safetensors": WEIGHTS})
+    sha256 = hashlib.sha256(WEIGHTS).hexdigest()
+    sent = [(method, path.split("/")[-1]) for method, path, _ in hub.requests if method in {"POST", "PUT"}]
+    assert ("POST", "batch") in sent  # the client's LFS path, not Xet
+    assert ("POST", "verify") in sent
+    assert [method for method, path, _ in hub.requests if path.startswith("/lfs-upload/")] == ["PUT"]
+    assert hub.lfs_objects[REPO] == {sha256: WEIGHTS}
+    (entry,) = [e for e in api.list_repo_tree(REPO) if isinstance(e, RepoFile) and e.path == "model.safetensors"]
+    assert entry.lfs is not None
+    assert (entry.lfs.sha256, entry.lfs.size) == (sha256, len(WEIGHTS))
+    assert entry.blob_id != git_blob_sha1(WEIGHTS)  # git holds the pointer, as on the Hub
+    local = hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, token=ALICE, cache_dir=tmp_path / "c")
+    assert Path(local).read_bytes() == WEIGHTS
+    assert publish(api, files={"model.safetensors": WEIGHTS}) == oid  # preupload's sha256 matched: no commit
+    assert [method for method, path, _ in hub.requests if path.startswith("/lfs-upload/")] == ["PUT"]  # stored
+
+
+def test_an_upload_whose_bytes_are_not_the_announced_oid_is_refused(hub: HubServer, api: HfApi) -> None:
+    import hashlib
+
+    api.create_repo(REPO)
+    oid = hashlib.sha256(WEIGHTS).hexdigest()
+    batch = lfs_batch(hub, oid, len(WEIGHTS))
+    assert batch.status_code == 200
+    assert batch.json()["transfer"] == "basic"
+    (answer,) = batch.json()["objects"]
+    upload = answer["actions"]["upload"]["href"]
+    tampered = httpx2.put(upload, content=WEIGHTS[:-1] + b"\x00")
+    assert tampered.status_code == 400
+    assert f"not the oid {oid}" in tampered.json()["error"]
+    assert hub.lfs_objects.get(REPO, {}) == {}
+    assert httpx2.put(upload, content=WEIGHTS).status_code == 200  # the same ticket, the announced bytes
+    assert httpx2.put(upload, content=WEIGHTS).status_code == 403  # a ticket is used once
+    wrong_size = lfs_batch(hub, hashlib.sha256(b"x").hexdigest(), 2)
+    put = httpx2.put(wrong_size.json()["objects"][0]["actions"]["upload"]["href"], content=b"x")
+    assert put.status_code == 400
+    assert "size 1" in put.json()["error"]
+    assert lfs_batch(hub, oid, len(WEIGHTS)).json()["objects"][0].get("actions") is None  # stored: nothing to do
+
+
+def test_a_commit_naming_an_lfs_object_never_uploaded_is_refused(hub: HubServer, api: HfApi) -> None:
+    import hashlib
+
+    api.create_repo(REPO)
+    oid = hashlib.sha256(WEIGHTS).hexdigest()
+    line = ndjson("lfsFile", path="model.safetensors", algo="sha256", oid=oid, size=len(WEIGHTS))
+    refused = raw_commit(hub, [HEADER, line])
+    assert refused.status_code == 400
+    assert f"LFS object {oid} (model.safetensors) was never uploaded" in refused.json()["error"]
+    lfs_batch(hub, oid, len(WEIGHTS))  # announced only: still refused
+    assert raw_commit(hub, [HEADER, line]).status_code == 400
+    publish(api, "alice/other", {"model.safetensors": WEIGHTS})  # uploaded to another repo: still refused here
+    assert raw_commit(hub, [HEADER, line]).status_code == 400
+    assert len(hub.commits(REPO)) == 1
