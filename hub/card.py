@@ -33,10 +33,17 @@ LICENSE = "apache-2.0"  # the project's license (pyproject.toml: Apache-2.0)
 LICENSE_NAME = "Apache License 2.0"
 LANGUAGES = ["en", "ru"]  # what the data pipeline keeps (`oracle data run --languages en,ru`)
 LANGUAGE_NAMES = "English and Russian"
-# The Hub reads library_name to offer a "use this model" snippet; a library it knows (transformers) would offer code
-# that cannot load an `oracle_moe` model. "oracle" names what loads these files; the "pytorch" tag keeps the Hub's
-# framework filter.
+# The Hub reads library_name to offer a "use this model" snippet. With weights the repository holds the transformers
+# export (Qwen2MoeForCausalLM, no remote code), so it is transformers, and the card's own snippet is the one a user
+# runs; without weights its config.json is ours (`oracle_moe`), which transformers cannot load, so "oracle" names
+# what reads it. The "pytorch" tag keeps the Hub's framework filter.
 LIBRARY_NAME = "oracle"
+LIBRARY_NAME_WITH_WEIGHTS = "transformers"
+EXPORT_ARCHITECTURE = "Qwen2MoeForCausalLM"
+EXPORT_MODEL_TYPE = "qwen2_moe"
+# The prompt of the card's usage snippet.
+SNIPPET_PROMPT = "What is a mixture-of-experts language model?"
+SNIPPET_NEW_TOKENS = 64
 PIPELINE_TAG = "text-generation"
 TAGS = ["moe", "mixture-of-experts", "oracle", "oracle-moe", "pytorch"]
 
@@ -110,7 +117,8 @@ def render_card(
     commit: str,
     attestation_digest: str,
 ) -> str:
-    """The model card (README.md) of `config_name` as published to `repo_id` from `commit`.
+    """The model card (README.md) of `config_name` as published to `repo_id` from `commit`. `has_weights`: the
+    repository holds the transformers export (`oracle export --format hf`), and the card shows how to load it.
 
     Raises CardError for a malformed repo id, commit or digest, or if the card's own metadata fails validation;
     ConfigError for an unknown config.
@@ -127,7 +135,11 @@ def render_card(
     config = load_config(config_name)
     count = count_parameters(config)
     card_data = ModelCardData(
-        license=LICENSE, language=list(LANGUAGES), library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAG, tags=list(TAGS)
+        license=LICENSE,
+        language=list(LANGUAGES),
+        library_name=LIBRARY_NAME_WITH_WEIGHTS if has_weights else LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(TAGS),
     )
     card = ModelCard.from_template(
         card_data,
@@ -143,6 +155,9 @@ def render_card(
         language_names=LANGUAGE_NAMES,
         license_name=LICENSE_NAME,
         files=_files(has_weights=has_weights, has_tokenizer=has_tokenizer),
+        architecture=EXPORT_ARCHITECTURE,
+        prompt=SNIPPET_PROMPT,
+        max_new_tokens=SNIPPET_NEW_TOKENS,
         arch=_architecture(config),
         params=_parameters(count),
         recipe=_recipe(config.name),
@@ -169,9 +184,14 @@ def _bytes(value: int) -> str:
 
 def _files(*, has_weights: bool, has_tokenizer: bool) -> list[tuple[str, str]]:
     """What hub/stage.py stages beside the card."""
+    config = (
+        f"the transformers config (`{EXPORT_ARCHITECTURE}`, model_type `{EXPORT_MODEL_TYPE}`; ours under `oracle`)"
+        if has_weights
+        else f"the architecture (model_type `{MODEL_TYPE}`)"
+    )
     files = [
         ("README.md", "this card"),
-        ("config.json", f"the architecture (model_type `{MODEL_TYPE}`)"),
+        ("config.json", config),
         ("generation_config.json", "special token ids and sampling defaults"),
         ("default_system.txt", "the default system prompt for chat"),
         ("default_intro.txt", "the model's introduction of itself"),
@@ -180,8 +200,10 @@ def _files(*, has_weights: bool, has_tokenizer: bool) -> list[tuple[str, str]]:
     if has_tokenizer:
         files.append(("tokenizer.json", "the tokenizer, with tokenizer_config.json and special_tokens_map.json"))
     if has_weights:
-        files.append(("*.safetensors", "the weights"))
-        files.append(("provenance.json", "where the weights come from, with the sha256 of each weights file"))
+        files.append(("*.safetensors", "the weights, in shards that `model.safetensors.index.json` lists"))
+        files.append(
+            ("provenance.json", "signed: the sha256 of every file of the export and the checkpoint it was made from")
+        )
     return files
 
 

@@ -1,11 +1,19 @@
 """`oracle hub publish`: the publish gate, then one atomic commit of the staged files to the Hugging Face Hub.
 
 The gate: a valid attestation for HEAD on a clean tree, a fresh staging of exactly the files to publish
-(hub.stage.build), and the staged-file checks (PUB001-PUB005). Only then is the network used: the repository is
-created if missing (private unless `--public`), the remote files are compared by git blob id, and one
+(hub.stage.build: with `--checkpoint EXPORT`, the transformers folder `oracle export --format hf` wrote), and the
+staged-file checks (PUB001-PUB005). Only then is the network used: the repository is created if missing (private
+unless `--public`), the remote files are compared (by git blob id, or by sha256 for files in LFS), and one
 `HfApi.create_commit` adds what changed and deletes what is no longer published, with a message naming the git
-commit and the attestation digest. Unchanged content makes no commit. The token comes from HF_TOKEN (or
-HUGGINGFACE_TOKEN) and is passed to the client only: it is never printed, logged, audited or staged.
+commit and the attestation digest. Unchanged content makes no commit.
+
+Large files (the shards, anything the Hub routes to LFS) go through the client's Git LFS path: its object id is the
+sha256 of the staged bytes, the digest the signed provenance lists, and the Hub checks the upload against it. Xet is
+switched off for the upload: hf_xet is a native extension that hashes, chunks and opens its own connections out of
+the process policy's sight (guards.process_policy, "Limits").
+
+The token comes from HF_TOKEN (or HUGGINGFACE_TOKEN) and is passed to the client only: it is never printed, logged,
+audited or staged.
 """
 
 from __future__ import annotations
@@ -274,14 +282,18 @@ def _send(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     publication = Publication(repo_id, endpoint, staged, dry_run=dry_run)
+    from huggingface_hub import constants
+
     api = HfApi(endpoint=endpoint, token=token or False)
+    xet_was_disabled = constants.HF_HUB_DISABLE_XET
+    constants.HF_HUB_DISABLE_XET = True  # read at each upload (module docstring: LFS, not Xet)
     try:
         head, remote = _remote_files(api, repo_id) if token is not None else (None, {})
         publication.changes = _plan(staged.directory, remote)
         if dry_run or not publication.changed:
             return publication
-        dropped = [c.path for c in publication.changes if c.action == "delete" and c.path in _WEIGHT_FILES]
-        if dropped:
+        dropped = [c.path for c in publication.changes if c.action == "delete" and _published_weights(c.path)]
+        if dropped and not staged.has_weights:  # a new export replaces the old one's files; nothing else may drop them
             raise PublishError(
                 f"publish refused: {repo_id} holds published weights ({', '.join(dropped)}) that this publish would "
                 "delete; publish with --checkpoint, or remove them on the Hub deliberately",
@@ -310,13 +322,25 @@ def _send(
     except PublishError:
         raise
     except Exception as exc:
-        raise _describe_http_error(exc, repo_id, endpoint) from None
+        raise _describe_http_error(_cause(exc), repo_id, endpoint) from None
+    finally:
+        constants.HF_HUB_DISABLE_XET = xet_was_disabled
     publication.commit_oid = info.oid
     publication.commit_url = str(info.commit_url)
     return publication
 
 
-_WEIGHT_FILES = frozenset({"model.safetensors", "model.safetensors.index.json", "provenance.json"})
+def _published_weights(path: str) -> bool:
+    """A file of published weights: any safetensors file, the shard index, the provenance record."""
+    return path.endswith(".safetensors") or path in {"model.safetensors.index.json", "provenance.json"}
+
+
+def _cause(exc: Exception) -> Exception:
+    """The Hub's answer behind the client's wrapper of a failed LFS upload ("Error while uploading 'X'")."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    cause = exc.__cause__
+    return cause if isinstance(exc, RuntimeError) and isinstance(cause, HfHubHTTPError) else exc
 
 
 def _remote_files(api: Any, repo_id: str) -> tuple[str | None, dict[str, tuple[str, str | None]]]:

@@ -2,20 +2,29 @@
 
 A staged folder holds the model card (`README.md`), `config.json`, `generation_config.json`, the default prompts,
 the tokenizer files when a tokenizer is given (or committed under oracle/tokenization/assets), the attestation the
-publish is gated on (`attestation.json`), and — only when a checkpoint's signed provenance verifies — its weights
-(`model.safetensors` with `model.safetensors.index.json`, and `provenance.json`). It is written into a temporary
-folder and renamed into place, so a failed build leaves the previous one whole.
+publish is gated on (`attestation.json`), and — only when `--checkpoint` names a transformers export whose signed
+provenance verifies — the export: its `config.json` (Qwen2MoeForCausalLM), `generation_config.json`, tokenizer,
+weights (`model.safetensors`, or shards `model-0000k-of-0000n.safetensors` with `model.safetensors.index.json`) and
+`provenance.json`. The card then shows the transformers snippet that loads it. It is written into a temporary folder
+and renamed into place, so a failed build leaves the previous one whole.
 
-Weights are taken only under a configured trust root (never the development default, never keys of the checkout
-or the current directory): the checkpoint's provenance verifies against the trust root's provenance keys, its
-folder holds nothing the record does not cover (guards.checkpoint_files), and what is staged — the weights, their
-config and, when the record signs one, the tokenizer (which `--tokenizer` may then only repeat) — is verified again
-as copied, so the bytes published are the bytes verified. A `hub build --checkpoint` that is refused is audited
-(gate `publish`, action `build`); `hub publish` audits its own decisions.
+What is published as weights is the folder `oracle export --format hf` wrote, never a training checkpoint (whose
+files only Oracle reads; one is refused with the export command to run). The export is taken only under a
+configured trust root (never the development default, never keys of the checkout or the current directory): its
+provenance verifies against the trust root's provenance keys and records a transformers export; the checkpoint it
+names as its source is present and its provenance.json is the one named, signed by the trust root too; the folder
+holds exactly the files its record lists (a shard missing or extra is refused by name); the index names exactly the
+shards listed; its config is the architecture the card describes. What is staged is verified again as copied, so
+the bytes published are the bytes verified. When the export signs a tokenizer, `--tokenizer` may only repeat it.
+A `hub build --checkpoint` that is refused is audited (gate `publish`, action `build`); `hub publish` audits its
+own decisions.
 
 The staged-file checks (PUB001-PUB005) look at the files themselves, which the tree-wide gates never see:
 PUB001 a file outside the allowed set, PUB002 an environment file, PUB003 a secret (tokens, keys), PUB004 a weights
-file without verifying provenance, PUB005 the card's metadata or the cross-file numbers.
+file (every shard) or a file beside it that the staged signed provenance does not cover with the staged bytes'
+sha256, a file that record lists but that is not staged, an index that does not name exactly the staged shards,
+PUB005 the card's metadata, the cross-file numbers, or a card for transformers over a config transformers cannot
+load without remote code.
 """
 
 from __future__ import annotations
@@ -48,6 +57,23 @@ PROVENANCE = "provenance.json"
 ALLOWED_FILES = frozenset(
     {CARD, CONFIG, GENERATION, *PROMPTS, ATTESTATION, *TOKENIZER_FILES, WEIGHTS, WEIGHTS_INDEX, PROVENANCE}
 )
+# The shards `oracle export --format hf` writes (huggingface_hub's `model{suffix}.safetensors` pattern).
+SHARD = re.compile(r"^model-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
+# What an export's signed record may list: everything it contributes (the record itself beside them).
+EXPORT_FILES = frozenset({CONFIG, GENERATION, *TOKENIZER_FILES, WEIGHTS, WEIGHTS_INDEX})
+EXPORT_FORMAT = "hf"
+EXPORT_ARCHITECTURE = "Qwen2MoeForCausalLM"
+EXPORT_MODEL_TYPE = "qwen2_moe"
+
+
+def allowed_file(name: str) -> bool:
+    """Whether Oracle publishes a file of this name (PUB001)."""
+    return name in ALLOWED_FILES or SHARD.match(name) is not None
+
+
+def is_weights_name(name: str) -> bool:
+    return name == WEIGHTS or SHARD.match(name) is not None
+
 
 # What must never be published (PUB003): tokens and keys by their documented shapes.
 _SECRETS = (
@@ -150,8 +176,8 @@ def _stage(
     from policies.settings import load_settings
 
     settings = load_settings(root)
-    # the checkpoint first: when its record signs a tokenizer, that tokenizer is the one published
-    signed = _stage_weights(root, checkpoint, staging, config_name) if checkpoint is not None else []
+    # the export first: when its record signs a tokenizer, that tokenizer is the one published
+    signed = _stage_export(root, checkpoint, staging, config_name) if checkpoint is not None else []
     tokenizer_dir = tokenizer if tokenizer is not None else root / TOKENIZER_ASSETS
     has_tokenizer = all((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES)
     if tokenizer is not None and not has_tokenizer:
@@ -169,6 +195,11 @@ def _stage(
                     "signed provenance covers; drop --tokenizer (the checkpoint's own is published)"
                 )
         has_tokenizer = True
+    if checkpoint is not None and not has_tokenizer:
+        raise StageError(
+            f"--checkpoint {checkpoint}: the export signs no tokenizer and none is committed, so the card's snippet "
+            "(AutoTokenizer) could not run; export a checkpoint trained with a tokenizer, or pass --tokenizer"
+        )
     commit = _head(root)  # the attestation verified for HEAD
     try:
         card = render_card(
@@ -191,7 +222,8 @@ def _stage(
             f"hub/assets/{GENERATION} differs from the generation config built from {config_name}; "
             "regenerate it (hub.card.generation_config_json) and commit it"
         )
-    (staging / GENERATION).write_bytes(_json_bytes(generation))
+    if GENERATION not in signed:  # an export's own (signed) generation config is the one published
+        (staging / GENERATION).write_bytes(_json_bytes(generation))
     for name in PROMPTS:
         shutil.copyfile(ASSETS / name, staging / name)
     if has_tokenizer and not signed_tokenizer:
@@ -216,7 +248,7 @@ def _check_replaceable(out: Path) -> None:
         return
     if not out.is_dir() or out.is_symlink():
         raise StageError(f"--out {out} exists and is not a folder; choose another --out")
-    strangers = [p.name for p in out.iterdir() if p.name not in ALLOWED_FILES or not p.is_file()]
+    strangers = [p.name for p in out.iterdir() if not allowed_file(p.name) or not p.is_file()]
     if strangers:
         raise StageError(
             f"--out {out} holds {', '.join(sorted(strangers)[:3])}, which a staging never writes; it is not replaced "
@@ -238,7 +270,8 @@ def _replace(staging: Path, out: Path) -> None:
 def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[str, ...] = ()) -> Staged:
     """A folder staged earlier by `oracle hub build` (and reviewed), re-checked as if new. It is copied into a folder
     only this process uses (links refused), the copy passes the staged-file checks, and every file equals what a
-    fresh build from HEAD writes (weights: their signed provenance and config, as in a build). Returns the copy."""
+    fresh build from HEAD writes (weights: the export its signed provenance covers, checked as in a build). Returns
+    the copy."""
     from guards.attestation import verify_attestation
     from policies.settings import load_settings
 
@@ -264,7 +297,7 @@ def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[
         problems = check_staged(root, private, config_name, secret_values=secret_values)
         if problems:
             raise StageError(f"the staged files fail the publish gate: {problems[0]}")
-        part = _signed_part(root, private) if (private / WEIGHTS).is_file() else None
+        part = _signed_part(root, private) if (private / PROVENANCE).is_file() else None
         try:
             fresh = build(
                 root,
@@ -292,22 +325,23 @@ def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
         raise
-    return Staged(private, _head(root), attestation.digest, WEIGHTS in actual, TOKENIZER_FILES[0] in actual, actual)
+    has_weights = any(is_weights_name(name) for name in actual)
+    return Staged(private, _head(root), attestation.digest, has_weights, TOKENIZER_FILES[0] in actual, actual)
 
 
 def _signed_part(root: Path, staged: Path) -> Path:
-    """The checkpoint inside a staged folder: its record and the files the record lists, in a folder of their own
-    (beside them a staging holds the card and prompts, which no checkpoint contributes)."""
-    from guards.checkpoint_files import CONTRIBUTED
+    """The export inside a staged folder: its record and the files the record lists, in a folder of their own
+    (beside them a staging holds the card and prompts, which no export contributes)."""
     from guards.provenance import ProvenanceError, verify_provenance
 
     try:
         files = verify_provenance(staged, root, only=[], trust=_publishing_trust(root, "--staged"))["files"]
     except ProvenanceError as exc:
         raise StageError(f"--staged: {exc}; stage again with `oracle hub build --checkpoint`") from exc
-    part = Path(tempfile.mkdtemp(prefix=f"{staged.name}-checkpoint-", dir=staged.parent))
-    for name in (PROVENANCE, *(n for n in CONTRIBUTED if n in files and (staged / n).is_file())):
-        shutil.copyfile(staged / name, part / name)
+    part = Path(tempfile.mkdtemp(prefix=f"{staged.name}-export-", dir=staged.parent))
+    for name in (PROVENANCE, *(n for n in files if n in EXPORT_FILES or SHARD.match(n))):
+        if (staged / name).is_file():
+            shutil.copyfile(staged / name, part / name)
     return part
 
 
@@ -318,11 +352,13 @@ def _private_parent(root: Path) -> Path:
 
 
 def staged_config_name(directory: Path) -> str | None:
-    """The preset a staged config.json describes (its `name`), when it is one of ours."""
+    """The preset a staged config.json describes (its `name`, or for an export the `name` of its `oracle` block),
+    when it is one of ours."""
     from oracle.moe850b.config import available_presets
 
     try:
-        name = json.loads((directory / CONFIG).read_text(encoding="utf-8")).get("name")
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+        name = (config.get("oracle") if isinstance(config.get("oracle"), dict) else config).get("name")
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) and name in available_presets() else None
@@ -334,52 +370,133 @@ def _head(root: Path) -> str:
     return git.head_commit(root)
 
 
-def _stage_weights(root: Path, checkpoint: Path, staging: Path, config_name: str) -> list[str]:
-    """Stage the checkpoint's signed files (the weights, their config, the tokenizer when signed, the record) only
-    when a trust root is configured, its provenance verifies against it, the folder holds nothing the record does
-    not cover, and its config is the architecture the card describes. The copies are verified again: what is
-    published is what was verified. Returns the names taken from the checkpoint."""
-    from guards.checkpoint_files import uncovered_files, uncovered_message
+def _stage_export(root: Path, export: Path, staging: Path, config_name: str) -> list[str]:
+    """Stage the transformers export `oracle export --format hf` wrote into `export` (module docstring: what is
+    checked before a byte is copied); the copies are verified again, so what is published is what was verified.
+    Returns the names taken from the export (every file its record lists)."""
+    from guards.checkpoint_files import UncoveredFileError, read_verified
     from guards.provenance import ProvenanceError, verify_provenance
-    from oracle.moe850b.config import ConfigError, load_config
 
-    trust = _publishing_trust(root, f"--checkpoint {checkpoint}")
+    what = f"--checkpoint {export}"
+    trust = _publishing_trust(root, what)
     try:
-        files: dict[str, Any] = verify_provenance(checkpoint, root, trust=trust)["files"]
+        record = verify_provenance(export, root, trust=trust)
     except ProvenanceError as exc:
         raise StageError(
-            f"--checkpoint {checkpoint}: {exc}; only weights with verifying provenance are published"
+            f"{what}: {exc}; only weights with verifying provenance are published: publish the export as `oracle "
+            "export --format hf` wrote it, signed (ORACLE_SIGNING_KEY)"
         ) from exc
-    unlisted = [name for name in (WEIGHTS, CONFIG) if name not in files]
-    if unlisted:
-        raise StageError(f"--checkpoint {checkpoint}: its provenance lists no {', '.join(unlisted)}")
-    uncovered = uncovered_files(checkpoint, files)
-    if uncovered:
-        raise StageError(uncovered_message(checkpoint, uncovered))
-    signed_tokenizer = [name for name in TOKENIZER_FILES if name in files]
-    if signed_tokenizer and len(signed_tokenizer) != len(TOKENIZER_FILES):
+    described = record.get("export")
+    if not isinstance(described, dict) or described.get("format") != EXPORT_FORMAT:
         raise StageError(
-            f"--checkpoint {checkpoint}: its provenance signs only {', '.join(signed_tokenizer)} of the tokenizer "
-            f"({', '.join(TOKENIZER_FILES)}); publish a checkpoint `oracle train` wrote"
+            f"{what} is not a transformers export (its provenance records none); publish what `oracle export "
+            f"--format hf --checkpoint {export} --out DIR` writes, with --checkpoint DIR"
         )
-    taken = [WEIGHTS, CONFIG, *signed_tokenizer]
+    _check_source(root, export, record, trust)
+    files: dict[str, Any] = record["files"]
+    foreign = sorted(name for name in files if name not in EXPORT_FILES and not SHARD.match(name))
+    if foreign:
+        raise StageError(
+            f"{what}: its provenance lists {', '.join(foreign[:3])}, which an export never holds; publish the "
+            "folder `oracle export --format hf` wrote"
+        )
+    uncovered = sorted(p.name for p in export.iterdir() if p.name != PROVENANCE and p.name not in files)
+    if uncovered:
+        raise StageError(
+            f"{what} holds {', '.join(uncovered[:3])}, which its signed {PROVENANCE} does not cover; remove it, or "
+            "export again into an empty folder"
+        )
+    try:
+        config = json.loads(read_verified(export / CONFIG, files[CONFIG])) if CONFIG in files else None
+        index = (
+            json.loads(read_verified(export / WEIGHTS_INDEX, files[WEIGHTS_INDEX])) if WEIGHTS_INDEX in files else None
+        )
+    except (UncoveredFileError, ValueError) as exc:
+        raise StageError(f"{what}: {exc}; export it again") from exc
+    problem = _shard_problem(sorted(name for name in files if is_weights_name(name)), index)
+    if problem:
+        raise StageError(f"{what}: {problem}; publish the export as `oracle export --format hf` wrote it")
+    _check_export_config(what, config, config_name)
+    taken = sorted(files)
     for name in (PROVENANCE, *taken):
-        shutil.copyfile(checkpoint / name, staging / name)
+        shutil.copyfile(export / name, staging / name)
     try:
         verify_provenance(staging, root, only=taken, trust=trust)
     except ProvenanceError as exc:
-        raise StageError(f"--checkpoint {checkpoint} changed while it was staged ({exc}); stage it again") from exc
+        raise StageError(f"{what} changed while it was staged ({exc}); stage it again") from exc
+    return taken
+
+
+def _check_source(root: Path, export: Path, record: dict[str, Any], trust: TrustRoot) -> None:
+    """The checkpoint the export names as its source is here, its provenance.json is the one named, and that record
+    verifies against the same trust root (its signature: its files were verified when the export was made)."""
+    from guards.provenance import ProvenanceError, verify_provenance
+
+    source = record.get("source")
+    checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
+    if not isinstance(checkpoint, str) or not isinstance(source, dict):
+        raise StageError(f"--checkpoint {export}: its provenance names no source checkpoint; export it again")
+    named = Path(checkpoint)
+    if not (named / PROVENANCE).is_file():
+        raise StageError(
+            f"--checkpoint {export}: the checkpoint it was exported from, {named}, has no {PROVENANCE} here; publish "
+            "where that checkpoint is, or export it again from where it is"
+        )
+    if file_digest(named / PROVENANCE) != source.get("provenance_sha256"):
+        raise StageError(
+            f"--checkpoint {export}: {named / PROVENANCE} is not the record the export was made from (its sha256 "
+            "differs); export the checkpoint again"
+        )
     try:
-        same = load_config(staging / CONFIG) == load_config(config_name)
-    except ConfigError as exc:
-        raise StageError(f"--checkpoint {checkpoint}: {exc}") from exc
+        verify_provenance(named, root, only=[], trust=trust)
+    except ProvenanceError as exc:
+        raise StageError(f"--checkpoint {export}: the checkpoint it was exported from: {exc}") from exc
+
+
+def _shard_problem(weights: list[str], index: object) -> str | None:
+    """Why the weights an export's record lists are not one loadable set with `index` (its index, None if none)."""
+    if not weights:
+        return "its provenance lists no weights (model.safetensors or model-0000k-of-0000n.safetensors)"
+    if index is None:
+        return (
+            None if weights == [WEIGHTS] else f"{WEIGHTS_INDEX} is missing beside the shards {', '.join(weights[:3])}"
+        )
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        return f"{WEIGHTS_INDEX} has no weight_map of tensor -> file"
+    named = set(weight_map.values())
+    if WEIGHTS in weights:
+        return f"{WEIGHTS} and shards are listed together"
+    count = {int(m["count"]) for name in weights if (m := SHARD.match(name))}
+    expected = {f"model-{i:05d}-of-{n:05d}.safetensors" for n in count for i in range(1, n + 1)}
+    missing = sorted((named | expected) - set(weights))
+    if missing:
+        return f"{missing[0]} is named by {WEIGHTS_INDEX} or the shard count but not listed in its provenance"
+    extra = sorted(set(weights) - named)
+    if extra or len(count) != 1:
+        return f"{(extra or weights)[0]} is not one of the shards {WEIGHTS_INDEX} names"
+    return None
+
+
+def _check_export_config(what: str, config: object, config_name: str) -> None:
+    """The export's config.json: Qwen2MoeForCausalLM without remote code, whose `oracle` block is `config_name`."""
+    from oracle.moe850b.config import ConfigError, MoEConfig, load_config
+
+    if not isinstance(config, dict):
+        raise StageError(f"{what}: its provenance lists no {CONFIG}; export it again")
+    if config.get("architectures") != [EXPORT_ARCHITECTURE] or config.get("model_type") != EXPORT_MODEL_TYPE:
+        raise StageError(f"{what}: {CONFIG} is not {EXPORT_ARCHITECTURE} ({EXPORT_MODEL_TYPE}); export it again")
+    if "auto_map" in config:
+        raise StageError(f"{what}: {CONFIG} asks for remote code (auto_map); export it again")
+    try:
+        same = MoEConfig.model_validate(config.get("oracle")) == load_config(config_name)
+    except (ValueError, ConfigError) as exc:
+        raise StageError(f"{what}: {CONFIG} has no valid `oracle` block ({str(exc).splitlines()[0]})") from exc
     if not same:
         raise StageError(
-            f"--checkpoint {checkpoint}: its config.json is not the {config_name} architecture the card describes; "
-            "pass the matching --config"
+            f"{what}: its config.json is not the {config_name} architecture the card describes; pass the matching "
+            "--config"
         )
-    (staging / WEIGHTS_INDEX).write_bytes(_json_bytes(_weights_index(staging / WEIGHTS)))
-    return taken
 
 
 def _publishing_trust(root: Path, what: str) -> TrustRoot:
@@ -402,15 +519,6 @@ def _audit_build_refusal(root: Path, checkpoint: Path, exc: StageError) -> None:
     append_entry(root, gate="publish", result="refused", commit=git.head_commit_or_none(root), details=details)
 
 
-def _weights_index(path: Path) -> dict[str, Any]:
-    """The sharded-checkpoint index loaders read (`weight_map`), for a single file."""
-    with path.open("rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(length))
-    names = sorted(key for key in header if key != "__metadata__")
-    return {"metadata": {"total_size": path.stat().st_size}, "weight_map": dict.fromkeys(names, WEIGHTS)}
-
-
 def check_staged(
     root: Path, directory: Path, config_name: str | None = None, *, secret_values: tuple[str, ...] = ()
 ) -> list[str]:
@@ -422,6 +530,7 @@ def check_staged(
 
     settings = load_settings(root)
     problems: list[str] = []
+    record, unverified = _staged_record(root, directory)
     entries = sorted(directory.rglob("*"))
     for path in entries:
         name = path.relative_to(directory).as_posix()
@@ -433,8 +542,8 @@ def check_staged(
         if re.search(r"(^|/)\.env(\.|$)", name) or name.endswith(".env"):
             problems.append(f"PUB002 {name} is an environment file; never publish one (remove it)")
             continue
-        if name not in ALLOWED_FILES:
-            allowed = ", ".join(sorted(ALLOWED_FILES))
+        if not allowed_file(name):
+            allowed = ", ".join(sorted(ALLOWED_FILES | {"model-0000k-of-0000n.safetensors"}))
             problems.append(f"PUB001 {name} is not one of the files Oracle publishes ({allowed}); remove it")
             continue
         data = _read_head(path, 50_000_000)
@@ -447,17 +556,22 @@ def check_staged(
                 problems.append(f"PUB003 {name} contains the Hub token in use; remove it and rotate the token")
                 break
         kind = weights_kind(path)
-        if name == WEIGHTS and kind is None:
+        if is_weights_name(name) and kind is None:
             kind = "weights"  # by its name: whatever its bytes look like, it is published as weights
-        if kind is not None and not _provenance_covers(root, directory, name):
-            problems.append(
-                f"PUB004 {name} is a {kind} weights file without verifying provenance; publish only "
-                "checkpoints from `oracle train` with a signed provenance.json"
-            )
-        elif name != WEIGHTS:
+        if kind is not None:
+            problem = _uncovered(path, name, kind, record, unverified)
+            if problem:
+                problems.append(f"PUB004 {problem}")
+        else:
             problem = _malformed(name, data)
             if problem:
                 problems.append(f"PUB005 {name}: {problem}")
+            elif record is not None and name in record["files"]:  # the export's config, index, tokenizer
+                problem = _uncovered(path, name, None, record, unverified)
+                if problem:
+                    problems.append(f"PUB004 {problem}")
+    if record is not None:
+        problems.extend(f"PUB004 {problem}" for problem in _export_set_problems(directory, record))
     card = directory / CARD
     if card.is_file():
         try:
@@ -468,11 +582,30 @@ def check_staged(
             namespaces = settings.external_weights.allowed_namespaces
             for problem in validate_card_metadata(metadata, allowed_namespaces=namespaces):
                 problems.append(f"PUB005 {CARD}: {problem}")
+            if metadata.get("library_name") == "transformers" and not _transformers_config(directory / CONFIG):
+                problems.append(
+                    f"PUB005 {CARD}: library_name is transformers, but {CONFIG} is not {EXPORT_ARCHITECTURE} without "
+                    "remote code, so the card's snippet cannot load it; rebuild with `oracle hub build`"
+                )
     else:
         problems.append(f"PUB005 {CARD} (the model card) is missing; run `oracle hub build`")
     if not any(problem.startswith("PUB005") for problem in problems):  # the numbers of files that parse
         problems.extend(f"PUB005 {problem}" for problem in cross_file_problems(root, directory, config_name))
     return problems
+
+
+def _transformers_config(path: Path) -> bool:
+    """Whether `path` is a config transformers loads as the export's architecture without remote code."""
+    try:
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(config, dict)
+        and config.get("architectures") == [EXPORT_ARCHITECTURE]
+        and config.get("model_type") == EXPORT_MODEL_TYPE
+        and "auto_map" not in config
+    )
 
 
 def _malformed(name: str, data: bytes) -> str | None:
@@ -494,22 +627,60 @@ def _read_head(path: Path, limit: int) -> bytes:
         return handle.read(limit)
 
 
-def _provenance_covers(root: Path, directory: Path, name: str) -> bool:
-    """Whether a staged weights file is covered by the staged record under a configured trust root (the
-    development default vouches for nothing published)."""
+def _staged_record(root: Path, directory: Path) -> tuple[dict[str, Any] | None, str]:
+    """The staged provenance record once its signature verifies under a configured trust root (the development
+    default vouches for nothing published), else None and why. Its files are checked one by one (`_uncovered`)."""
     from guards.provenance import ProvenanceError, verify_provenance
     from guards.trust import TrustError, load_trust_root
 
     if not (directory / PROVENANCE).is_file():
-        return False
+        return None, f"no {PROVENANCE} is staged"
     try:
         trust = load_trust_root(root)
         if trust.development:
-            return False
-        verify_provenance(directory, root, only=[name], trust=trust)  # only: the card and prompts are not the run's
-    except (TrustError, ProvenanceError):
-        return False
-    return True
+            return None, "the development trust root vouches for nothing published"
+        return verify_provenance(directory, root, only=[], trust=trust), ""  # only: the card is not the export's
+    except (TrustError, ProvenanceError) as exc:
+        return None, str(exc)
+
+
+def _uncovered(path: Path, name: str, kind: str | None, record: dict[str, Any] | None, why: str) -> str | None:
+    """Why the staged file `name` (a weights file of `kind`, or a file the record lists) is not covered by the
+    staged record with the sha256 of its staged bytes, or None."""
+    what = f"{name} is a {kind} weights file" if kind else name
+    if record is None:
+        return (
+            f"{what} without verifying provenance ({why}); publish only an export from `oracle export --format hf` "
+            f"with its signed {PROVENANCE}"
+        )
+    signed = record["files"].get(name)
+    if signed is None:
+        return f"{what} that {PROVENANCE} does not list; remove it (publish the export as it was written)"
+    if file_digest(path) != signed:
+        return (
+            f"{name}: its sha256 is not the one {PROVENANCE} signs (altered after the export); stage the export "
+            "again with `oracle hub build --checkpoint EXPORT`"
+        )
+    return None
+
+
+def _export_set_problems(directory: Path, record: dict[str, Any]) -> list[str]:
+    """Every file the staged record lists is staged, and the staged weights are one set with their index."""
+    files: dict[str, Any] = record["files"]
+    fix = "stage the whole export again (`oracle hub build --checkpoint EXPORT`)"
+    missing = [f"{name} is listed in {PROVENANCE} but not staged; {fix}" for name in sorted(files)
+               if not (directory / name).is_file()]  # fmt: skip
+    if missing:
+        return missing
+    index: object = None
+    if (directory / WEIGHTS_INDEX).is_file():
+        try:
+            index = json.loads((directory / WEIGHTS_INDEX).read_bytes())
+        except ValueError:
+            return []  # PUB005 reports it
+    staged_weights = sorted(p.name for p in directory.iterdir() if is_weights_name(p.name))
+    problem = _shard_problem(staged_weights, index)
+    return [f"{problem}; stage the export again with `oracle hub build --checkpoint EXPORT`"] if problem else []
 
 
 def cross_file_problems(root: Path, directory: Path, config_name: str | None = None) -> list[str]:

@@ -144,11 +144,23 @@ def test_card_without_weights_says_so_and_reports_no_results(card_without_weight
     assert "model-index" not in split_front_matter(card_without_weights)[0]
 
 
-def test_card_with_weights_points_at_provenance(card_with_weights: str) -> None:
+def test_card_with_weights_is_for_transformers_and_points_at_provenance(card_with_weights: str) -> None:
     assert "No weights are published yet" not in card_with_weights
     assert "`provenance.json`" in card_with_weights
-    assert f"hf download {REPO}" in card_with_weights
     assert "`tokenizer.json`" in card_with_weights
+    assert split_front_matter(card_with_weights)[0]["library_name"] == "transformers"
+    usage = card_with_weights.split("## How to use\n", 1)[1].split("\n## ", 1)[0]
+    for line in (
+        f'tokenizer = AutoTokenizer.from_pretrained("{REPO}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{REPO}")',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+        "return_dict=True)",
+    ):
+        assert line in usage  # the snippet itself runs in tests/hub/test_publish.py, against a published export
+    assert "Qwen2MoeForCausalLM" in card_with_weights
+    assert "## How to use" not in render_card(
+        repo_id=REPO, has_weights=False, has_tokenizer=True, commit=COMMIT, attestation_digest=DIGEST
+    )
 
 
 def test_governance_names_the_commit_and_the_attestation(card_without_weights: str) -> None:

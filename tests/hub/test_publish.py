@@ -3,10 +3,15 @@ strict local Hub server (tests/hub/hub_server.py) and read back with the real `h
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
 import secrets
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,9 +107,8 @@ def test_publish_makes_one_commit_that_reads_back_identical_and_republishing_mak
     for name, data in files.items():
         path = hf_hub_download(REPO, name, endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "cache")  # type: ignore[attr-defined]
         assert Path(path).read_bytes() == data, name
-    card = ModelCard.load(
-        hf_hub_download(REPO, "README.md", endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "c2")
-    )  # type: ignore[attr-defined]
+    token = hub.token  # type: ignore[attr-defined]
+    card = ModelCard.load(hf_hub_download(REPO, "README.md", endpoint=hub.url, token=token, cache_dir=tmp_path / "c2"))
     assert card.data.pipeline_tag == "text-generation"
 
     code, out, err = _publish(repository_checkout, hub)
@@ -264,8 +268,12 @@ def test_server_errors_are_one_line_and_a_non_zero_exit(repository_checkout: Pat
     assert _ours(hub) == []
 
 
-def _signed_checkpoint(root: Path, directory: Path, *, signed: bool = True) -> Path:
-    """An oracle-mini checkpoint (bf16, random weights) with provenance signed by the key the checkout trusts."""
+SHARD_BYTES = 2_000_000  # oracle-mini in bf16 is ~6 MB: several shards
+
+
+def _signed_checkpoint(directory: Path, *, tokenizer: Path | None = None, signed: bool = True) -> Path:
+    """An oracle-mini checkpoint (bf16, random weights) laid out as `oracle train` leaves one, with provenance signed
+    by a provenance key of the session trust root (the one the checkout trusts), or unsigned."""
     import torch
 
     from guards.keys import load_signing_key
@@ -273,37 +281,174 @@ def _signed_checkpoint(root: Path, directory: Path, *, signed: bool = True) -> P
     from oracle.moe850b.config import load_config
     from oracle.moe850b.model import OracleMoE
     from oracle.moe850b.weights import save_checkpoint
+    from oracle.tokenization.tokenizer import TOKENIZER_FILES
+    from tests.trust import session_key
 
     torch.manual_seed(0)
     save_checkpoint(OracleMoE(load_config("oracle-mini")).to(torch.bfloat16), directory)
-    key = load_signing_key({"ORACLE_SIGNING_KEY": str(root.parent / "signing.pem")}) if signed else None
-    write_provenance(directory, ["model.safetensors", "config.json"], {"step": 1, "job_id": "1"}, key)
+    names = ["model.safetensors", "config.json"]
+    if tokenizer is not None:
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(tokenizer / name, directory / name)
+        names += TOKENIZER_FILES
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(session_key())}) if signed else None
+    facts = {"commit": "c" * 40, "run": "publish-test", "step": 1, "job_id": "1"}
+    write_provenance(directory, names, facts, key)
     return directory
 
 
-def test_weights_are_published_only_with_verifying_provenance(
-    repository_checkout: Path, hub: HubServer, tmp_path: Path
-) -> None:
-    from huggingface_hub import hf_hub_download
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A signed oracle-mini checkpoint with a trained tokenizer, and its transformers export in several shards
+    (`oracle export --format hf`, signed by the session's provenance key): (checkpoint, export)."""
+    from guards.keys import load_signing_key
+    from hub.export import audited_export
+    from oracle.moe850b.config import load_config
+    from oracle.tokenization.tokenizer import save_tokenizer, train_tokenizer
+    from tests.trust import session_key
 
-    unsigned = _signed_checkpoint(repository_checkout, tmp_path / "unsigned", signed=False)
-    args = ["--config", "oracle-mini", "--checkpoint", str(unsigned)]
-    code, _, err = _publish(repository_checkout, hub, *args)
+    tmp = tmp_path_factory.mktemp("exported")
+    texts = ["The quick brown fox jumps over the lazy dog.", "Съешь же ещё этих мягких французских булок.", "x = 1\n"]
+    (tmp / "corpus.txt").write_text("\n".join(texts * 8), encoding="utf-8")
+    mini = load_config("oracle-mini")
+    trained, _ = train_tokenizer([tmp / "corpus.txt"], mini.vocab_size, min_frequency=2)
+    tokenizer = save_tokenizer(trained, tmp / "tokenizer", context_length=mini.context_length)
+    checkpoint = _signed_checkpoint(tmp / "runs" / "r" / "step-00000001", tokenizer=tokenizer)
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(session_key())})
+    export = audited_export(checkpoint, tmp / "export", tmp, max_shard_size=SHARD_BYTES, signing_key=key).directory
+    assert len(list(export.glob("model-*-of-*.safetensors"))) >= 2
+    return checkpoint, export
+
+
+def _card_snippet(card: str) -> str:
+    """The python code block of a model card."""
+    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    assert len(blocks) == 1, "the card shows one python snippet"
+    return str(blocks[0])
+
+
+def test_an_export_is_published_through_lfs_and_the_cards_snippet_runs_on_the_download(
+    repository_checkout: Path, hub: HubServer, exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import hashlib
+
+    from huggingface_hub import snapshot_download
+
+    checkpoint, export = exported
+    args = ["--config", "oracle-mini", "--checkpoint"]
+    code, _, err = _publish(repository_checkout, hub, *args, str(checkpoint))  # a training checkpoint: never as is
     assert code == 1
-    assert "is unsigned" in err
+    assert "is not a transformers export" in err
+    assert f"oracle export --format hf --checkpoint {checkpoint}" in err
     assert hub.commits(REPO) == []
 
-    checkpoint = _signed_checkpoint(repository_checkout, tmp_path / "signed")
-    code, _, err = _publish(repository_checkout, hub, "--config", "oracle-mini", "--checkpoint", str(checkpoint))
+    code, out, err = _publish(repository_checkout, hub, *args, str(export))
     assert code == 0, err
-    assert {"model.safetensors", "model.safetensors.index.json", "provenance.json"} <= set(hub.files(REPO))
-    path = hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "c")  # type: ignore[attr-defined]
-    assert Path(path).read_bytes() == (checkpoint / "model.safetensors").read_bytes()
-    index = json.loads(hub.files(REPO)["model.safetensors.index.json"])
-    assert set(index["weight_map"].values()) == {"model.safetensors"}
-    card = hub.files(REPO)["README.md"].decode()
-    assert "No weights are published yet" not in card
+    shards = sorted(p.name for p in export.glob("model-*-of-*.safetensors"))
+    published = hub.files(REPO)
+    assert set(published) == {p.name for p in export.iterdir()} | {
+        "README.md", "default_system.txt", "default_intro.txt", "attestation.json", ".gitattributes"
+    }  # fmt: skip
+    # every shard went through LFS (the publisher's environment leaves hf_xet on: publish turns Xet off itself),
+    # stored under the sha256 the export's provenance signs
+    uploads = [method for method, path, _ in hub.requests if path.startswith("/lfs-upload/")]
+    assert uploads == ["PUT"] * len(shards)
+    signed = json.loads(base64.b64decode(json.loads((export / "provenance.json").read_bytes())["payload"]))["files"]
+    assert set(hub.lfs_objects[REPO]) == {signed[name] for name in shards}
+    assert all(hashlib.sha256(published[name]).hexdigest() == signed[name] for name in signed)
 
-    code, _, err = _publish(repository_checkout, hub, "--checkpoint", str(checkpoint))  # card says oracle850b
+    download = Path(snapshot_download(REPO, endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "cache"))  # type: ignore[attr-defined]
+    for path in export.iterdir():
+        assert (download / path.name).read_bytes() == path.read_bytes(), path.name
+    card = (download / "README.md").read_text()
+    metadata, _ = split_front_matter(card)
+    assert metadata["library_name"] == "transformers"
+    snippet = _card_snippet(card)
+    for call in ("AutoModelForCausalLM.from_pretrained", "AutoTokenizer.from_pretrained", "apply_chat_template"):
+        assert call in snippet
+    assert snippet.count(f'"{REPO}"') == 2
+    # the snippet as the card shows it, pointed at the download; then check that it generated new tokens
+    script = snippet.replace(f'"{REPO}"', repr(str(download)))
+    script += "\nassert outputs.shape[1] > inputs['input_ids'].shape[1], outputs.shape\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+
+    code, out, err = _publish(repository_checkout, hub, *args, str(export))  # compared by sha256 for LFS files
+    assert code == 0, err
+    assert "no commit made" in out
+    assert len(_ours(hub)) == 1
+
+
+def _alter(directory: Path, name: str) -> str:
+    (directory / name).write_bytes((directory / name).read_bytes()[:-2] + b"\0\0")
+    return name
+
+
+def _add_shard(directory: Path, name: str) -> str:
+    shutil.copyfile(directory / name, directory / "model-00009-of-00009.safetensors")
+    return "model-00009-of-00009.safetensors"
+
+
+def _unsign(directory: Path, name: str) -> str:
+    record = json.loads((directory / "provenance.json").read_bytes())
+    (directory / "provenance.json").write_text(json.dumps({**record, "signatures": []}))
+    return "is unsigned"
+
+
+@pytest.mark.parametrize("tamper", [_alter, _add_shard, _unsign], ids=["altered-shard", "extra-shard", "unsigned"])
+def test_a_tampered_export_is_refused_in_one_line_naming_the_file_and_audited(
+    repository_checkout: Path, published: HubServer, exported: tuple[Path, Path], tmp_path: Path, tamper: object
+) -> None:
+    hub = published
+    log, requests = hub.commits(REPO), len(hub.requests)
+    copy = tmp_path / "export"
+    shutil.copytree(exported[1], copy)
+    shard = sorted(p.name for p in copy.glob("model-*-of-*.safetensors"))[1]
+    named = tamper(copy, shard)  # type: ignore[operator]
+    code, _, err = _publish(repository_checkout, hub, "--config", "oracle-mini", "--checkpoint", str(copy))
     assert code == 1
-    assert "not the oracle850b architecture" in err
+    assert len(err.strip().splitlines()) == 1
+    assert named in err
+    assert "export" in err.split(";")[-1]  # the fix: the export, as written
+    assert hub.commits(REPO) == log
+    assert [method for method, _, _ in hub.requests[requests:] if method in {"POST", "PUT"}] == []
+    audit = [json.loads(line) for line in (repository_checkout / ".oracle" / "audit.jsonl").read_text().splitlines()]
+    assert (audit[-1]["gate"], audit[-1]["result"]) == ("publish", "refused")
+    assert err.strip().endswith(audit[-1]["details"]["reason"])
+
+
+def _staged_export(exported: tuple[Path, Path], directory: Path) -> Path:
+    """The export's files as a staging holds them."""
+    shutil.copytree(exported[1], directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (lambda d, s: (d / s[0]).unlink(), "PUB004 {0} is listed in provenance.json but not staged"),
+        (lambda d, s: (d / s[0]).write_bytes(b"\0" + (d / s[0]).read_bytes()[1:]), "PUB004 {0}: its sha256 is not"),
+        (
+            lambda d, s: shutil.copyfile(d / s[0], d / "model-00007-of-00009.safetensors"),
+            "PUB004 model-00007-of-00009.safetensors is a safetensors weights file that provenance.json does not list",
+        ),
+        (lambda d, s: (d / "provenance.json").unlink(), "PUB004 {0} is a safetensors weights file without verifying"),
+    ],
+    ids=["missing", "altered", "extra", "no-record"],
+)
+def test_staged_shards_are_each_checked_against_the_signed_record(
+    repository_checkout: Path, exported: tuple[Path, Path], tmp_path: Path, tamper: object, expected: str
+) -> None:
+    from hub.stage import check_staged
+
+    staged = _staged_export(exported, tmp_path / "staged")
+    assert [p for p in check_staged(repository_checkout, staged, "oracle-mini") if p.startswith("PUB004")] == []
+    shards = sorted(p.name for p in staged.glob("model-*-of-*.safetensors"))
+    tamper(staged, shards)  # type: ignore[operator]
+    problems = [p for p in check_staged(repository_checkout, staged, "oracle-mini") if p.startswith("PUB004")]
+    assert problems
+    assert problems[0].startswith(expected.format(*shards)), problems
+    assert all("\n" not in problem and ";" in problem for problem in problems)  # one line, then the fix
