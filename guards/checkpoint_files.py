@@ -20,18 +20,21 @@ from pathlib import Path
 from guards.provenance import PROVENANCE_FILE
 from oracle.tokenization.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
 from oracle.train.checkpoint import MANIFEST, TRAINER_STATE
+from oracle.weight_files import PARTITIONS_FILE, WEIGHTS_FILE, is_part_file
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = WEIGHTS_FILE
+PARTITIONS = PARTITIONS_FILE  # the index of the per-rank parts `oracle train` writes (oracle.moe850b.partitioned)
 CONFIG = "config.json"
 TOKENIZER = TOKENIZER_FILE  # what the server encodes with
 PROVENANCE = PROVENANCE_FILE  # the signed record itself
 SYSTEM_PROMPT = "default_system.txt"
 GENERATION_CONFIG = "generation_config.json"
 
-# Served and published only when the signed record lists them; serving needs the first three (the weights, the
-# config they are built with, the tokenizer the server encodes with).
-REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
-CONTRIBUTED = (WEIGHTS, CONFIG, *TOKENIZER_FILES, SYSTEM_PROMPT, GENERATION_CONFIG)
+# Served and published only when the signed record lists them; serving needs the weights (one file, or the parts a
+# training job's ranks wrote with their index: `weights_files`), the config they are built with and the tokenizer
+# the server encodes with.
+REQUIRED = (CONFIG, TOKENIZER)
+CONTRIBUTED = (WEIGHTS, PARTITIONS, CONFIG, *TOKENIZER_FILES, SYSTEM_PROMPT, GENERATION_CONFIG)
 
 # Written by `oracle train` for resuming (oracle.train.checkpoint, oracle.train.trainer), read by neither serving
 # nor publishing.
@@ -68,9 +71,24 @@ def uncovered_message(directory: Path, names: list[str]) -> str:
     )
 
 
+def is_contributed(name: str) -> bool:
+    return name in CONTRIBUTED or is_part_file(name)
+
+
 def signed_contributions(signed: Mapping[str, object]) -> dict[str, str]:
     """The contributed files the record lists: name -> signed sha256."""
-    return {name: str(signed[name]) for name in CONTRIBUTED if name in signed}
+    return {name: str(signed[name]) for name in sorted(signed) if is_contributed(name)}
+
+
+def missing_required(signed: Mapping[str, object]) -> list[str]:
+    """What a record must list for its folder to be served, and does not: the config, the tokenizer, and the weights
+    as one file or as an index of parts with every part it names (checked against the index when loading)."""
+    missing = [name for name in REQUIRED if name not in signed]
+    if WEIGHTS not in signed and PARTITIONS not in signed:
+        missing.insert(0, f"{WEIGHTS} (or {PARTITIONS} and its parts)")
+    elif PARTITIONS in signed and not any(is_part_file(name) for name in signed):
+        missing.insert(0, "the part files of " + PARTITIONS)
+    return missing
 
 
 def read_verified(path: Path, sha256: str) -> bytes:

@@ -35,11 +35,22 @@ class ProvenanceError(RuntimeError):
 
 
 def write_provenance(
-    directory: Path, weights: list[str], facts: dict[str, Any], signing_key: Ed25519PrivateKey | None
+    directory: Path,
+    weights: list[str],
+    facts: dict[str, Any],
+    signing_key: Ed25519PrivateKey | None,
+    *,
+    digests: dict[str, str] | None = None,
 ) -> Path:
-    """Write (and sign, given a key) a record for the named weights files in `directory` (their sha256 are computed
-    here). Without a key the record is written unsigned, and so never verifies: it still documents the run."""
-    record = {"files": {name: file_digest(directory / name) for name in sorted(weights)}, **facts}
+    """Write (and sign, given a key) a record for the named weights files in `directory`; their sha256 are computed
+    here, except those `digests` gives (computed by the rank of a training job that wrote the file: the signer never
+    reads another rank's files). Without a key the record is written unsigned, and so never verifies: it still
+    documents the run."""
+    given = digests or {}
+    record = {
+        "files": {name: given[name] if name in given else file_digest(directory / name) for name in sorted(weights)},
+        **facts,
+    }
     path = directory / PROVENANCE_FILE
     data = json.dumps(envelope(record, signing_key, payload_type=PAYLOAD_TYPE), indent=2).encode() + b"\n"
     return write_atomically(path, data)

@@ -144,11 +144,12 @@ def require_serving_allowed(
 ) -> dict[str, Any]:
     """The verified provenance record of `checkpoint`, against the trust root only (whatever `root`, the current
     directory, holds under policies/keys); ServingRefusedError when no trust root is configured, the record does not
-    verify, it does not cover every file the server needs (guards.checkpoint_files.REQUIRED), the folder holds a file
-    it does not cover, or `tokenizer` (--tokenizer) is not the tokenizer it signs. Audits either way (gate `serve`)."""
+    verify, it does not cover every file the server needs (guards.checkpoint_files.missing_required), the folder
+    holds a file it does not cover, or `tokenizer` (--tokenizer) is not the tokenizer it signs. Audits either way
+    (gate `serve`)."""
     from guards import git
     from guards.audit import append_entry
-    from guards.checkpoint_files import REQUIRED, TOKENIZER, uncovered_files, uncovered_message
+    from guards.checkpoint_files import TOKENIZER, missing_required, uncovered_files, uncovered_message
     from guards.keys import SigningKeyError
     from guards.process_policy import unsealed_reads
     from guards.provenance import PROVENANCE_FILE, ProvenanceError, verify_provenance
@@ -165,7 +166,7 @@ def require_serving_allowed(
         with unsealed_reads():  # hashing the weights is not loading them (the process policy is sealed below)
             record = verify_provenance(checkpoint, root, trust=trust)  # every file it lists, against the signed sha256
         files: dict[str, object] = record["files"]  # verify_provenance checked it is a mapping
-        unlisted = [name for name in REQUIRED if name not in files]
+        unlisted = missing_required(files)
         if unlisted:
             raise ProvenanceError(
                 f"{checkpoint / PROVENANCE_FILE} does not list {', '.join(unlisted)}; serve a checkpoint `oracle "

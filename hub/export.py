@@ -12,8 +12,9 @@ exactly zero. Capacity dropping is training-only and not exported. Refused, in o
 The weights are written as transformers 5 itself saves Qwen2MoE (`save_pretrained` reverts its fused in-memory
 experts to one `mlp.experts.{e}.{gate,up,down}_proj.weight` per expert, the layout every Qwen2MoE loader reads),
 in shards planned by huggingface_hub's `split_torch_state_dict_into_shards` on meta tensors. Streaming: source
-tensors are read lazily (`safetensors.safe_open`, slice by slice), one output shard is built, written and dropped
-before the next, so memory holds at most one shard of converted tensors.
+tensors are read lazily (`safetensors.safe_open`, slice by slice, from `model.safetensors` or from the training
+ranks' parts, where an expert's slice is one flat range), one output shard is built, written and dropped before the
+next, so memory holds at most one shard of converted tensors.
 
 Shapes: E experts, F expert width, D model width.
 """
@@ -36,8 +37,11 @@ from guards.attestation import file_digest
 from guards.checkpoint_files import (
     CONFIG,
     GENERATION_CONFIG,
+    PARTITIONS,
+    TOKENIZER,
     WEIGHTS,
     UncoveredFileError,
+    missing_required,
     read_verified,
     uncovered_files,
     uncovered_message,
@@ -45,6 +49,8 @@ from guards.checkpoint_files import (
 from guards.provenance import PROVENANCE_FILE, ProvenanceError, derived_facts, verify_provenance, write_provenance
 from hub.card import TEMPERATURE, TOP_P
 from oracle.moe850b.config import ConfigError, MoEConfig, parse_config
+from oracle.moe850b.partitioned import PartitionedReader, parse_index
+from oracle.moe850b.weights import CheckpointError
 from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, SPECIAL_TOKENS
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
 
@@ -194,18 +200,11 @@ def plan_tensors(config: MoEConfig) -> list[Planned]:
     return plan
 
 
-def read_planned(handle: Any, item: Planned, dtype: torch.dtype) -> torch.Tensor:
-    """The tensor `item` describes, read from the open safetensors `handle` (only the slice it needs)."""
+def read_planned(weights: SourceWeights, item: Planned, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor `item` describes, read from the checkpoint's weights (only the slice it needs)."""
     if item.source is None:
         return torch.zeros(item.shape, dtype=dtype)
-    tensor: torch.Tensor
-    if item.expert is None:
-        tensor = handle.get_tensor(item.source)
-    elif item.rows is None:
-        tensor = handle.get_slice(item.source)[item.expert]
-    else:
-        tensor = handle.get_slice(item.source)[item.expert, item.rows[0] : item.rows[1]]
-    tensor = tensor.to(dtype).contiguous()
+    tensor = weights.fetch(item.source, item.expert, item.rows).to(dtype).contiguous()
     if tuple(tensor.shape) != item.shape:
         raise ExportError(f"{item.source}: shape {tuple(tensor.shape)}, the config expects {item.shape}")
     return tensor * item.scale if item.scale != 1.0 else tensor
@@ -217,7 +216,7 @@ def write_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def stream_shards(
-    weights: Path, plan: list[Planned], out: Path, dtype: torch.dtype, max_shard_size: int | str
+    weights: SourceWeights, plan: list[Planned], out: Path, dtype: torch.dtype, max_shard_size: int | str
 ) -> list[str]:
     """Write the planned tensors as shards (and the index when there are several); returns the files written."""
     from huggingface_hub import split_torch_state_dict_into_shards
@@ -228,11 +227,10 @@ def stream_shards(
         meta, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
     )
     del meta
-    with safe_open(str(weights), framework="pt") as handle:
-        for filename, names in split.filename_to_tensors.items():
-            shard = {name: read_planned(handle, by_name[name], dtype) for name in names}
-            write_shard(shard, out / filename)
-            del shard  # before the next shard is read
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: read_planned(weights, by_name[name], dtype) for name in names}
+        write_shard(shard, out / filename)
+        del shard  # before the next shard is read
     written = list(split.filename_to_tensors)
     if split.is_sharded:
         index = {
@@ -269,7 +267,7 @@ def verified_source(checkpoint: Path, root: Path) -> Source:
             f"--checkpoint {checkpoint}: {exc}; only checkpoints with verifying provenance are exported", refused=True
         ) from exc
     files: dict[str, Any] = record["files"]
-    unlisted = [name for name in (WEIGHTS, CONFIG) if name not in files]
+    unlisted = [name for name in missing_required(files) if name != TOKENIZER]  # a checkpoint may lack a tokenizer
     if unlisted:
         raise ExportError(f"--checkpoint {checkpoint}: its provenance lists no {', '.join(unlisted)}", refused=True)
     uncovered = uncovered_files(checkpoint, files)
@@ -295,9 +293,69 @@ def verified_source(checkpoint: Path, root: Path) -> Source:
     return Source(checkpoint, record, provenance, config, contributed)
 
 
-def checked_weights(weights: Path, config: MoEConfig) -> torch.dtype:
-    """The dtype the model is exported in (its embedding's), once the file holds exactly the tensors of `config`
-    with their shapes (read from the header only)."""
+class SourceWeights:
+    """The checkpoint's weights as the export reads them, lazily: `model.safetensors`, or the parts a training job's
+    ranks wrote (oracle.moe850b.partitioned), whose index is read from its verified bytes. `files`: the signed
+    weights files read, hashed again once the conversion is done. Use as a context manager."""
+
+    def __init__(self, checkpoint: Path, source: Source) -> None:
+        from contextlib import ExitStack
+
+        self._stack = ExitStack()
+        signed = source.record["files"]
+        if WEIGHTS in signed:
+            self.files = [WEIGHTS]
+            self._handle: Any = self._stack.enter_context(safe_open(str(checkpoint / WEIGHTS), framework="pt"))
+            self._reader: PartitionedReader | None = None
+        else:
+            try:
+                index = parse_index(read_verified(checkpoint / PARTITIONS, signed[PARTITIONS]), checkpoint / PARTITIONS)
+            except (UncoveredFileError, CheckpointError) as exc:
+                raise ExportError(f"--checkpoint {checkpoint}: {exc}", refused=True) from exc
+            unsigned = [name for name in index.files() if name not in signed]
+            if unsigned:
+                raise ExportError(
+                    f"--checkpoint {checkpoint}: its provenance does not sign {unsigned[0]}, which {PARTITIONS} names",
+                    refused=True,
+                )
+            self.files = [PARTITIONS, *index.files()]
+            self._reader = self._stack.enter_context(PartitionedReader(checkpoint, index))
+
+    def __enter__(self) -> SourceWeights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def shapes(self) -> tuple[dict[str, tuple[int, ...]], str | None]:
+        """({tensor: shape}, the embedding's safetensors dtype), from the headers (and the index) only."""
+        if self._reader is not None:
+            self._reader.check_headers()
+            layouts = self._reader.index.tensors
+            embedding = layouts.get("embed_tokens.weight")
+            return {n: tuple(t.shape) for n, t in layouts.items()}, embedding.dtype if embedding else None
+        found = {name: tuple(self._handle.get_slice(name).get_shape()) for name in self._handle.keys()}  # noqa: SIM118
+        dtype = self._handle.get_slice("embed_tokens.weight").get_dtype() if "embed_tokens.weight" in found else None
+        return found, dtype
+
+    def fetch(self, name: str, expert: int | None, rows: tuple[int, int] | None) -> torch.Tensor:
+        """Tensor `name`, or expert `expert`'s slice of it (rows [lo, hi) of that slice when `rows` is given)."""
+        if self._reader is None:
+            if expert is None:
+                return self._handle.get_tensor(name)  # type: ignore[no-any-return]
+            view = self._handle.get_slice(name)
+            return view[expert] if rows is None else view[expert, rows[0] : rows[1]]  # type: ignore[no-any-return]
+        if expert is None:
+            return self._reader.read_tensor(name)
+        _, height, width = self._reader.index.tensors[name].shape  # (E, rows, columns), row-major: a slice is a range
+        lo, hi = rows if rows is not None else (0, height)
+        begin = (expert * height + lo) * width
+        return self._reader.read(name, begin, begin + (hi - lo) * width).view(hi - lo, width)
+
+
+def checked_weights(weights: SourceWeights, config: MoEConfig, checkpoint: Path) -> torch.dtype:
+    """The dtype the model is exported in (its embedding's), once the weights hold exactly the tensors of `config`
+    with their shapes (read from the headers only)."""
     from oracle.moe850b.model import OracleMoE
 
     with torch.device("meta"):
@@ -305,19 +363,19 @@ def checked_weights(weights: Path, config: MoEConfig) -> torch.dtype:
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_embeddings:
         expected.pop("lm_head.weight")  # stored once, as the embedding
-    with safe_open(str(weights), framework="pt") as handle:
-        found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
-        dtype = (
-            _DTYPES.get(handle.get_slice("embed_tokens.weight").get_dtype()) if "embed_tokens.weight" in found else None
-        )
+    try:
+        found, dtype_name = weights.shapes()
+    except CheckpointError as exc:
+        raise ExportError(f"--checkpoint {checkpoint}: {exc}") from exc
     if found != expected:
         differing = sorted(name for name in set(found) | set(expected) if found.get(name) != expected.get(name))
         raise ExportError(
-            f"{weights}: its tensors do not match its config.json ({', '.join(differing[:3])}); the checkpoint is not "
-            "one model"
+            f"{checkpoint / weights.files[0]}: its tensors do not match its config.json ({', '.join(differing[:3])}); "
+            "the checkpoint is not one model"
         )
+    dtype = _DTYPES.get(dtype_name) if dtype_name else None
     if dtype is None:
-        raise ExportError(f"{weights}: embed_tokens.weight is not float32, bfloat16 or float16")
+        raise ExportError(f"{checkpoint / weights.files[0]}: embed_tokens.weight is not float32, bfloat16 or float16")
     return dtype
 
 
@@ -363,18 +421,24 @@ def export_checkpoint(
     if problem:
         raise ExportError(f"--checkpoint {checkpoint}: config.json: {problem}")
     _check_out(out, checkpoint, force)
-    weights = checkpoint / WEIGHTS
-    signed_sha256 = source.record["files"][WEIGHTS]
-    dtype = checked_weights(weights, source.config)
     partial = partial_dir(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    with SourceWeights(checkpoint, source) as weights:
+        dtype = checked_weights(weights, source.config, checkpoint)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            _write_files(partial, source, weights, dtype, max_shard_size)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     try:
-        _write_files(partial, source, dtype, max_shard_size)
-        if file_digest(weights) != signed_sha256:  # read lazily above: the bytes converted must be the signed ones
-            raise ExportError(
-                f"{weights} changed while it was exported (its sha256 is no longer the signed one)", refused=True
-            )
+        signed = source.record["files"]
+        for name in weights.files:  # read lazily above: the bytes converted must be the signed ones
+            if file_digest(checkpoint / name) != signed[name]:
+                raise ExportError(
+                    f"{checkpoint / name} changed while it was exported (its sha256 is no longer the signed one)",
+                    refused=True,
+                )
         facts = derived_facts(checkpoint, source.record, export={"format": FORMAT, "architecture": ARCHITECTURE})
         write_provenance(partial, [p.name for p in partial.iterdir()], facts, signing_key)
         if signing_key is not None:
@@ -391,7 +455,9 @@ def export_checkpoint(
     return Exported(out, digests, shards, signing_key is not None, source.provenance_sha256)
 
 
-def _write_files(directory: Path, source: Source, dtype: torch.dtype, max_shard_size: int | str) -> None:
+def _write_files(
+    directory: Path, source: Source, weights: SourceWeights, dtype: torch.dtype, max_shard_size: int | str
+) -> None:
     config = source.config
     _write_json(directory / CONFIG, hf_config(config, dtype))
     generation = source.contributed.get(GENERATION_CONFIG)
@@ -402,7 +468,7 @@ def _write_files(directory: Path, source: Source, dtype: torch.dtype, max_shard_
     for name in TOKENIZER_FILES:
         if name in source.contributed:
             (directory / name).write_bytes(source.contributed[name])
-    stream_shards(source.checkpoint / WEIGHTS, plan_tensors(config), directory, dtype, max_shard_size)
+    stream_shards(weights, plan_tensors(config), directory, dtype, max_shard_size)
 
 
 def _write_json(path: Path, value: object) -> None:

@@ -1,6 +1,7 @@
-"""Model weights on disk: `model.safetensors` with `config.json` beside it, or, for a large model, shards
+"""Model weights on disk: `model.safetensors` with `config.json` beside it; or, for a large model, shards
 `model-0000k-of-0000n.safetensors` listed by `model.safetensors.index.json` (huggingface_hub's layout: `weight_map`
-tensor -> shard file). Pickle is never written or read.
+tensor -> shard file); or the per-rank parts a training job writes, `model-rank-RRRRR-of-NNNNN.safetensors` listed by
+`model.partitions.json` (oracle.moe850b.partitioned). Pickle is never written or read.
 
 Writes go to temporary files that are renamed into place, so a crash never leaves half a checkpoint.
 
@@ -30,10 +31,10 @@ from oracle.atomic_write import write_atomically
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import ConfigError, load_config, parse_config
 from oracle.moe850b.model import OracleMoE
-
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-CONFIG_FILE = "config.json"
+from oracle.weight_files import CONFIG_FILE as CONFIG_FILE  # re-exported: the names weights live under
+from oracle.weight_files import PARTITIONS_FILE
+from oracle.weight_files import WEIGHTS_FILE as WEIGHTS_FILE
+from oracle.weight_files import WEIGHTS_INDEX_FILE as WEIGHTS_INDEX_FILE
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 READ_CHUNK_BYTES = 16 << 20  # hashed while still in cache
@@ -92,13 +93,13 @@ def load_checkpoint(
         if expected_sha256 is None:
             config = load_config(config_path)
         else:
-            config = parse_config(_checked_bytes(config_path, expected_sha256).decode("utf-8"), config_path)
+            config = parse_config(checked_bytes(config_path, expected_sha256).decode("utf-8"), config_path)
     except (ConfigError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{exc}; a checkpoint needs a valid config.json beside its weights") from exc
     with torch.device("meta"):
         model = OracleMoE(config)
-    weights_path, tensors = _load_weights(directory, torch.device(device), expected_sha256)
     expected = {name: tuple(t.shape) for name, t in _stored_state(model).items()}
+    weights_path, tensors = _load_weights(directory, torch.device(device), expected_sha256, expected)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -121,11 +122,26 @@ def load_checkpoint(
 
 
 def _load_weights(
-    directory: Path, device: torch.device, expected_sha256: Mapping[str, str] | None
+    directory: Path,
+    device: torch.device,
+    expected_sha256: Mapping[str, str] | None,
+    expected: Mapping[str, tuple[int, ...]],
 ) -> tuple[Path, dict[str, torch.Tensor]]:
-    """(the file that names the weights, the tensors): the single file when there is one, else the shards."""
+    """(the file that names the weights, the tensors): the single file when there is one, else the shards of a
+    Hub-style index, else the training job's per-rank parts (oracle.moe850b.partitioned). A folder with more than
+    one of these is refused: which weights it means would be a guess."""
+    from oracle.moe850b.partitioned import load_partitioned
+
     single = directory / WEIGHTS_FILE
     index_path = directory / WEIGHTS_INDEX_FILE
+    partitions = directory / PARTITIONS_FILE
+    present = [path.name for path in (single, index_path, partitions) if path.exists()]
+    if len(present) > 1:
+        raise CheckpointError(
+            f"{directory}: holds {' and '.join(present)}; a checkpoint has one layout of weights, remove the others"
+        )
+    if partitions.exists():
+        return partitions, load_partitioned(directory, expected, device, expected_sha256)
     if single.exists() or not index_path.exists():
         return single, _load_file(single, device, expected_sha256)
     shards = _shard_assignment(index_path, expected_sha256)
@@ -147,13 +163,7 @@ def _load_weights(
 def _shard_assignment(index_path: Path, expected_sha256: Mapping[str, str] | None) -> dict[str, set[str]]:
     """{shard file: the tensors the index assigns to it}, in file order; every shard a plain file name beside the
     index and, for a verified load, one whose digest is given."""
-    if expected_sha256 is not None:
-        data = _checked_bytes(index_path, expected_sha256)
-    else:
-        try:
-            data = index_path.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{index_path}: cannot read it ({exc.strerror})") from exc
+    data = small_file(index_path, expected_sha256)
     try:
         index = json.loads(data, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
@@ -191,7 +201,7 @@ def _load_file(path: Path, device: torch.device, expected_sha256: Mapping[str, s
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     if path.name not in expected_sha256:
         raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")
-    return _stream_verified(path, expected_sha256[path.name], device)
+    return stream_verified(path, expected_sha256[path.name], device)
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,7 @@ class _Entry:
     end: int
 
 
-def _stream_verified(path: Path, sha256: str, device: torch.device) -> dict[str, torch.Tensor]:
+def stream_verified(path: Path, sha256: str, device: torch.device) -> dict[str, torch.Tensor]:
     """The tensors of the safetensors file `path`, read once from one open file into their own buffers; the sha256
     is computed over the header and those very buffers, and any difference from `sha256` discards them all."""
     if sys.byteorder != "little":
@@ -299,7 +309,17 @@ def _entry(name: str, spec: object, path: Path) -> _Entry:
     return _Entry(name, DTYPES[dtype], tuple(shape), begin, end)
 
 
-def _checked_bytes(path: Path, expected_sha256: Mapping[str, str]) -> bytes:
+def small_file(path: Path, expected_sha256: Mapping[str, str] | None) -> bytes:
+    """A small file (config, index) read once, and checked whole when digests are given."""
+    if expected_sha256 is not None:
+        return checked_bytes(path, expected_sha256)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from exc
+
+
+def checked_bytes(path: Path, expected_sha256: Mapping[str, str]) -> bytes:
     """A small file (config, index) read once and checked whole: what is parsed is what was hashed."""
     if path.name not in expected_sha256:
         raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")

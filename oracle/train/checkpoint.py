@@ -2,16 +2,20 @@
 
 A run directory `runs/<run name>/` holds `metrics.jsonl` and one folder per checkpoint, `step-NNNNNNNN/`:
 
-- `model.safetensors` + `config.json`: the weights consolidated from the ZeRO shards (loadable with
-  `oracle.moe850b.weights.load_checkpoint`), and `provenance.json` beside them (guards/provenance.py);
-- `deepspeed/`: DeepSpeed's own checkpoint (module and optimizer state of every rank);
+- `model-rank-RRRRR-of-NNNNN.safetensors` + `model.partitions.json` + `config.json`: the weights as each rank's own
+  part (oracle.moe850b.partitioned; loadable with `oracle.moe850b.weights.load_checkpoint`, exported with `oracle
+  export`), and `provenance.json` beside them (guards/provenance.py);
+- `deepspeed/`: DeepSpeed's own checkpoint (each rank's module and optimizer partitions);
 - `rng/rank-NNNNN.safetensors`: each rank's random-number generator states;
-- `trainer_state.json`: step, data position, seed, the recipe and data manifest hashes;
-- `MANIFEST.json`, written last: the size and sha256 of every other file.
+- `trainer_state.json`: step, data position, seed, world size, the recipe and data manifest hashes;
+- `MANIFEST.json`, written last: the size, sha256 and writing rank of every other file.
 
-Every rank writes into `.partial-step-NNNNNNNN/`; rank 0 writes the manifest and renames the folder into place. A
-folder is complete only under its final name with a manifest that matches every file, so a crash mid-save, a
-truncated file or a flipped byte is never resumed from: `newest_complete` skips it and says why.
+Every rank writes into `.partial-step-NNNNNNNN/` and hashes what it wrote; rank 0 gathers those digests, hashes its
+own files, writes the manifest and renames the folder into place. No rank reads another rank's files, while saving
+or resuming: before a resume each rank checks the files it wrote against the manifest (`verify_own`), and rank 0 the
+rest. A folder is complete only under its final name with a manifest that matches every file, so a crash mid-save, a
+truncated file or a flipped byte is never resumed from: the resume skips it and says why. The manifest guards
+against accidents, not people: what is trusted is the signed provenance of the weights.
 """
 
 from __future__ import annotations
@@ -58,13 +62,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def seal(partial: Path, final: Path) -> Path:
-    """Write the manifest of everything in `partial` (last), then rename it to `final` (rank 0 only)."""
-    files = {}
-    for path in sorted(p for p in partial.rglob("*") if p.is_file()):
-        relative = path.relative_to(partial).as_posix()
-        files[relative] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    write_atomically(partial / MANIFEST, json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+def describe(root: Path, paths: list[Path], rank: int) -> dict[str, dict[str, Any]]:
+    """Manifest entries for files a rank wrote under `root`: {relative path: size, sha256, rank}."""
+    return {
+        path.relative_to(root).as_posix(): {"size": path.stat().st_size, "sha256": sha256_file(path), "rank": rank}
+        for path in paths
+    }
+
+
+def seal(partial: Path, final: Path, *, written: dict[str, dict[str, Any]] | None = None, world_size: int = 1) -> Path:
+    """Write the manifest of everything in `partial` (last), then rename it to `final` (rank 0 only). `written`: the
+    entries other ranks reported for the files they wrote (describe); every other file is hashed here, as rank 0's."""
+    written = dict(written or {})
+    present = {p.relative_to(partial).as_posix(): p for p in sorted(partial.rglob("*")) if p.is_file()}
+    reported_missing = sorted(set(written) - set(present))
+    if reported_missing:
+        raise CheckpointCorruptError(f"{partial}: {reported_missing[0]} was reported written but is not there")
+    files = {name: written[name] for name in written}
+    files |= describe(partial, [path for name, path in present.items() if name not in written], 0)
+    document = {"world_size": world_size, "files": dict(sorted(files.items()))}
+    write_atomically(partial / MANIFEST, json.dumps(document, indent=2, sort_keys=True) + "\n")
     for directory in {partial, *(p for p in partial.rglob("*") if p.is_dir())}:
         _fsync_dir(directory)
     if final.exists():  # a re-save of the same step (a resumed run reaching it again): replace it whole
@@ -74,32 +91,58 @@ def seal(partial: Path, final: Path) -> Path:
     return final
 
 
-def verify_complete(directory: Path) -> dict[str, Any]:
-    """The checkpoint's trainer state once every file matches the manifest; CheckpointCorruptError otherwise."""
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a checkpoint folder, once every listed file is there with its size (nothing is hashed)."""
     if not _NAME.match(directory.name):
         raise CheckpointCorruptError(f"{directory}: not a checkpoint folder name (step-NNNNNNNN)")
     manifest_path = directory / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
+        world_size = manifest.get("world_size", 1)
     except FileNotFoundError as exc:
         raise CheckpointCorruptError(f"{manifest_path} is missing: the save did not finish") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointCorruptError(f"{manifest_path} is unreadable or malformed") from exc
     if not isinstance(files, dict) or not files:
         raise CheckpointCorruptError(f"{manifest_path} lists no files")
+    if type(world_size) is not int or world_size < 1:
+        raise CheckpointCorruptError(f"{manifest_path}: world_size {world_size!r} is not a positive integer")
     for relative, entry in files.items():
         if not isinstance(entry, dict) or not {"size", "sha256"} <= set(entry):
             raise CheckpointCorruptError(f"{manifest_path}: the entry of {relative} is malformed")
+        rank = entry.get("rank", 0)
+        if type(rank) is not int or not 0 <= rank < world_size:
+            raise CheckpointCorruptError(f"{manifest_path}: {relative} names rank {rank!r} of {world_size}")
         path = directory / relative
-        if not path.is_file():
+        if Path(relative).is_absolute() or ".." in Path(relative).parts or not path.is_file():
             raise CheckpointCorruptError(f"{path} is missing")
         if path.stat().st_size != entry.get("size"):
             raise CheckpointCorruptError(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
-        if sha256_file(path) != entry.get("sha256"):
-            raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
     if TRAINER_STATE not in files:
         raise CheckpointCorruptError(f"{directory}: no {TRAINER_STATE} in the manifest")
+    return dict(manifest, world_size=world_size)
+
+
+def verify_own(directory: Path, manifest: dict[str, Any], rank: int | None) -> None:
+    """Hash the files rank `rank` wrote (all of them when None) against `manifest`; CheckpointCorruptError names the
+    first that differs."""
+    for relative, entry in manifest["files"].items():
+        if rank is None or entry.get("rank", 0) == rank:
+            path = directory / relative
+            try:
+                digest = sha256_file(path)
+            except OSError as exc:
+                raise CheckpointCorruptError(f"{path} cannot be read ({exc.strerror})") from exc
+            if digest != entry["sha256"]:
+                raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
+
+
+def verify_complete(directory: Path) -> dict[str, Any]:
+    """The checkpoint's trainer state once every file matches the manifest (hashed here, in one process: for tools
+    and tests; a training job splits the work by rank); CheckpointCorruptError otherwise."""
+    manifest = read_manifest(directory)
+    verify_own(directory, manifest, None)
     state: dict[str, Any] = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
     return state
 

@@ -16,7 +16,7 @@ def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
     stage = config.parallelism.zero_stage
     zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": False}
     if stage == 3:
-        # the consolidated weights are gathered parameter by parameter (oracle/train/checkpoint.py)
+        # no gather at save: each rank writes its own partition of the weights (oracle/moe850b/partitioned.py)
         zero |= {"stage3_gather_16bit_weights_on_model_save": False, "stage3_param_persistence_threshold": 0}
     return {
         "train_batch_size": config.batch.global_batch,

@@ -28,6 +28,7 @@ from torch import nn
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
 from oracle.moe850b.model import OracleMoE, lm_loss
+from oracle.moe850b.partitioned import PartitionIndex, own_part
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle.train import checkpoint as ckpt
 from oracle.train.config import TrainConfig
@@ -35,6 +36,7 @@ from oracle.train.data import DataPosition, PackedDataset, ShardedBatches
 from oracle.train.deepspeed_config import deepspeed_config, validate_deepspeed_config
 from oracle.train.distributed import Placement, device_for, init_process_group
 from oracle.train.schedule import learning_rate
+from oracle.weight_files import PARTITIONS_FILE, part_file
 
 
 class TrainError(RuntimeError):
@@ -164,20 +166,26 @@ def allow_deepspeed_state() -> None:
     torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum])
 
 
-def consolidated_state(engine: Any, model: OracleMoE, *, rank: int) -> dict[str, torch.Tensor]:
-    """Full tensors of every parameter and persistent buffer, on rank 0 (empty elsewhere); gathered one parameter
-    at a time under ZeRO-3, so no rank holds more than one full tensor beyond its shard."""
-    state: dict[str, torch.Tensor] = {}
-    for name, param in model.named_parameters():  # tied weights appear once
-        with _gathered([param], enabled=_zero3(engine)):
-            if rank == 0:
-                state[name] = param.detach().to("cpu", copy=True).contiguous()
-    if rank == 0:
-        persistent = set(model.state_dict())
-        for name, buffer in model.named_buffers():
-            if name in persistent:
-                state[name] = buffer.detach().to("cpu", copy=True).contiguous()
-    return state
+class _RecordingCheckpointEngine:
+    """DeepSpeed's checkpoint engine, with the files this rank saves recorded: each rank hashes exactly what it
+    wrote (the manifest names the writer), and nothing it did not write."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.saved: list[Path] = []
+        self.allowed: set[Path] = set()  # what a resume may load: the files the chosen checkpoint's manifest lists
+
+    def save(self, state_dict: Any, path: str) -> None:
+        self._inner.save(state_dict, path)
+        self.saved.append(Path(path))
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        if Path(path).resolve() not in self.allowed:
+            raise TrainError(f"{path}: DeepSpeed asked for a file the checkpoint's manifest does not list")
+        return self._inner.load(path, map_location=map_location)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class Trainer:
@@ -209,6 +217,8 @@ class Trainer:
         self.backend = init_process_group(placement)
         self.dist = _dist()
         self.engine, self.model = initialise_engine(config, placement)
+        self.checkpoint_files = _RecordingCheckpointEngine(self.engine.checkpoint_engine)
+        self.engine.checkpoint_engine = self.checkpoint_files
         self.step = 0
         self.batches = self._batches(None)
 
@@ -226,8 +236,43 @@ class Trainer:
 
     # --- resume -----------------------------------------------------------------------------------------------
 
+    def choose_checkpoint(self, resume: str | None) -> Path | None:
+        """The checkpoint to continue from, verified by all ranks together: rank 0 lists the candidates (and checks
+        every file's size), then every rank hashes the files it wrote and no other; a candidate any rank finds
+        altered is set aside (`--resume auto`) or refused (`--resume PATH`). None: start fresh."""
+        plan: dict[str, Any] = {"candidates": [], "explicit": False, "error": None}
+        if self.placement.is_main:
+            plan = _candidates(self.run_dir, resume, self.placement.world_size)
+        plan = self._broadcast(plan)  # every rank learns the candidates, or the error, from rank 0
+        if plan["error"]:
+            raise TrainError(plan["error"])
+        for candidate in plan["candidates"]:
+            directory = Path(candidate)
+            error, listed = None, []
+            try:
+                manifest = ckpt.read_manifest(directory)
+                listed = list(manifest["files"])
+                ckpt.verify_own(directory, manifest, self.placement.rank)
+            except ckpt.CheckpointCorruptError as exc:
+                error = str(exc)
+            errors: list[Any] = [None] * self.placement.world_size
+            torch.distributed.all_gather_object(errors, error)
+            bad = [e for e in errors if e]
+            if not bad:
+                self.checkpoint_files.allowed = {(directory / name).resolve() for name in listed}
+                return directory
+            if plan["explicit"]:
+                raise TrainError(f"--resume {resume}: {bad[0]}; pass a complete checkpoint or `auto`")
+            if self.placement.is_main:
+                aside = ckpt.set_aside(directory)
+                print(f"oracle train: skipping checkpoint: {bad[0]} (moved to {aside.name})", file=sys.stderr)
+        if plan["candidates"]:
+            raise TrainError(f"{self.run_dir}: no checkpoint verifies; nothing to resume from")
+        return None
+
     def resume(self, directory: Path) -> None:
-        """Continue from `directory`, which rank 0 verified when choosing it (_choose_checkpoint): not hashed again."""
+        """Continue from `directory`, which the ranks verified when choosing it (choose_checkpoint): not hashed
+        again; DeepSpeed may load only files the manifest lists."""
         box: dict[str, Any] = {}
         path = directory / ckpt.TRAINER_STATE
         self._main_only(f"reading {path}", lambda: box.update(json.loads(path.read_text(encoding="utf-8"))))
@@ -332,12 +377,9 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------------------------------
 
     def save(self) -> Path:
-        from safetensors.torch import save_file
-
-        from oracle.atomic_write import write_atomically
-        from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE
-
-        rank = self.placement.rank
+        """Every rank writes and hashes its own files (DeepSpeed's partitions, its RNG state, its part of the weights);
+        rank 0 gathers the digests, writes the shared files, signs one provenance record and seals the folder."""
+        rank, world = self.placement.rank, self.placement.world_size
         partial = ckpt.partial_dir(self.run_dir, self.step)
 
         def prepare() -> None:
@@ -348,43 +390,78 @@ class Trainer:
             partial.mkdir(parents=True)
 
         self._main_only(f"preparing {partial}", prepare)
+        report: dict[str, Any] = {"rank": rank, "error": None, "entries": {}, "index": None}
+        index: PartitionIndex | None = None
+        try:
+            index, written = self._write_own(partial)
+            report["entries"] = ckpt.describe(partial, written, rank)
+            report["index"] = index.to_json()
+        except Exception as exc:  # reported to rank 0, so no rank waits in a collective for one that failed
+            report["error"] = f"rank {rank}: {exc}"
+        reports: list[Any] = [None] * world
+        torch.distributed.all_gather_object(reports, report)
+        final = self.run_dir / ckpt.step_dir_name(self.step)
+        self._main_only(f"saving {final}", lambda: self._finish(partial, final, reports, index))
+        return final
+
+    def _write_own(self, partial: Path) -> tuple[PartitionIndex, list[Path]]:
+        from safetensors.torch import save_file
+
+        from oracle.atomic_write import write_atomically
+
+        rank, world = self.placement.rank, self.placement.world_size
+        self.checkpoint_files.saved.clear()
         self.engine.save_checkpoint(str(partial / "deepspeed"), tag="state", save_latest=False)
+        written = list(self.checkpoint_files.saved)
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         rng_path = partial / "rng" / f"rank-{rank:05d}.safetensors"
         write_atomically(rng_path, lambda tmp: save_file(rng, str(tmp)))
-        state = consolidated_state(self.engine, self.model, rank=rank)
-        self.dist.barrier()
-        final = self.run_dir / ckpt.step_dir_name(self.step)
+        index, parts = own_part(self.model, rank=rank, world_size=world, zero3=_zero3(self.engine))
+        part_path = partial / part_file(rank, world)
+        write_atomically(part_path, lambda tmp: save_file(parts, str(tmp), metadata={"format": "pt"}))
+        parts.clear()
+        return index, [*written, rng_path, part_path]
 
-        def finish() -> None:
-            write_atomically(partial / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-            config_json = json.dumps(self.model_config.model_dump(mode="json"), indent=2) + "\n"
-            write_atomically(partial / CONFIG_FILE, config_json)
-            trainer_state = {
-                "step": self.step,
-                "data_position": self.batches.position.to_dict(),
-                "seed": self.config.seed,
-                "config_sha256": self.config.sha256(),
-                "data_manifest_sha256": self.dataset.manifest_sha256,
-                "train_config": self.config.model_dump(mode="json"),
-            }
-            write_atomically(partial / ckpt.TRAINER_STATE, json.dumps(trainer_state, indent=2) + "\n")
-            served = [WEIGHTS_FILE, CONFIG_FILE]
-            tokenizer = self.dataset.tokenizer_dir
-            if tokenizer is not None:  # the tokenizer the data was encoded with travels with the weights
-                for name in TOKENIZER_FILES:
-                    write_atomically(partial / name, (tokenizer / name).read_bytes())
-                served += TOKENIZER_FILES
-            self._write_provenance(partial, served)
-            ckpt.seal(partial, final)
-            ckpt.prune(self.run_dir, self.config.checkpoint.keep_last, current=self.step)
+    def _finish(self, partial: Path, final: Path, reports: list[Any], index: PartitionIndex | None) -> None:
+        """Rank 0: the shared files, the signed provenance over every rank's part, the manifest and the rename."""
+        from oracle.atomic_write import write_atomically
+        from oracle.moe850b.weights import CONFIG_FILE
 
-        self._main_only(f"saving {final}", finish)
-        return final
+        failed = [r["error"] for r in reports if r["error"]]
+        if failed:
+            raise TrainError("; ".join(failed))
+        if index is None or any(r["index"] != index.to_json() for r in reports):
+            raise TrainError("the ranks disagree on the model's layout; every rank must build the same model")
+        written: dict[str, dict[str, Any]] = {}
+        for r in reports:
+            written |= r["entries"]
+        write_atomically(partial / PARTITIONS_FILE, index.to_json())
+        config_json = json.dumps(self.model_config.model_dump(mode="json"), indent=2) + "\n"
+        write_atomically(partial / CONFIG_FILE, config_json)
+        trainer_state = {
+            "step": self.step,
+            "data_position": self.batches.position.to_dict(),
+            "seed": self.config.seed,
+            "world_size": self.placement.world_size,
+            "config_sha256": self.config.sha256(),
+            "data_manifest_sha256": self.dataset.manifest_sha256,
+            "train_config": self.config.model_dump(mode="json"),
+        }
+        write_atomically(partial / ckpt.TRAINER_STATE, json.dumps(trainer_state, indent=2) + "\n")
+        served = [PARTITIONS_FILE, *index.files(), CONFIG_FILE]
+        tokenizer = self.dataset.tokenizer_dir
+        if tokenizer is not None:  # the tokenizer the data was encoded with travels with the weights
+            for name in TOKENIZER_FILES:
+                write_atomically(partial / name, (tokenizer / name).read_bytes())
+            served += TOKENIZER_FILES
+        digests = {name: written[name]["sha256"] for name in index.files()}  # hashed by the rank that wrote each
+        self._write_provenance(partial, served, digests)
+        ckpt.seal(partial, final, written=written, world_size=self.placement.world_size)
+        ckpt.prune(self.run_dir, self.config.checkpoint.keep_last, current=self.step)
 
-    def _write_provenance(self, directory: Path, files: list[str]) -> None:
+    def _write_provenance(self, directory: Path, files: list[str], digests: dict[str, str]) -> None:
         from guards.provenance import write_provenance
 
         facts = {
@@ -398,7 +475,7 @@ class Trainer:
             "data_manifest_sha256": self.dataset.manifest_sha256,
             **self.facts.extra,
         }
-        write_provenance(directory, files, facts, self.signing_key)
+        write_provenance(directory, files, facts, self.signing_key, digests=digests)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -470,15 +547,9 @@ def run_training(
         run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, placement, run_dir=run_dir, data_dir=data_dir, facts=facts)
     try:
-        choice: dict[str, Any] = {"target": None, "error": None}
-        if placement.is_main:
-            choice = _choose_checkpoint(run_dir, resume)
-        choice = trainer._broadcast(choice)  # every rank learns the choice, or the error, from rank 0
-        if choice["error"]:
-            raise TrainError(choice["error"])
-        target = choice["target"]
+        target = trainer.choose_checkpoint(resume)
         if target is not None:
-            trainer.resume(Path(target))
+            trainer.resume(target)
             if placement.is_main:
                 print(f"oracle train: resumed from {target} at step {trainer.step}", file=sys.stderr)
         trainer.fit()
@@ -489,35 +560,55 @@ def run_training(
     return run_dir
 
 
-def _choose_checkpoint(run_dir: Path, resume: str | None) -> dict[str, Any]:
-    """Which checkpoint to continue from (rank 0 decides), or the error every rank raises."""
+def _candidates(run_dir: Path, resume: str | None, world_size: int) -> dict[str, Any]:
+    """Rank 0: the checkpoints to try, newest first, each with its manifest read and every file's size checked
+    (nothing hashed: each rank hashes its own files next), or the error every rank raises."""
+    plan: dict[str, Any] = {"candidates": [], "explicit": resume not in (None, "auto"), "error": None}
+
+    def same_world(directory: Path, manifest: dict[str, Any]) -> None:
+        if manifest["world_size"] != world_size:
+            raise TrainError(
+                f"{directory} was written by {manifest['world_size']} processes and this job has {world_size}: "
+                "DeepSpeed's ZeRO files are per-rank partitions, so resume with the same number of processes "
+                "(re-sharding needs DeepSpeed's universal checkpoint conversion, which `oracle train` does not run)"
+            )
+
     try:
         if resume is None:
             if ckpt.checkpoint_dirs(run_dir):
-                return {
-                    "target": None,
-                    "error": f"{run_dir} already holds checkpoints; continue it with --resume auto, or start a new "
-                    "run with --run-name",
-                }
+                plan["error"] = (
+                    f"{run_dir} already holds checkpoints; continue it with --resume auto, or start a new run with "
+                    "--run-name"
+                )
+                return plan
             ckpt.truncate_metrics(run_dir, 0)
-            return {"target": None, "error": None}
+            return plan
         if resume == "auto":
-            found = ckpt.newest_complete(run_dir)
-            if found is None:
-                if ckpt.checkpoint_dirs(run_dir):
-                    return {"target": None, "error": f"{run_dir}: no checkpoint verifies; nothing to resume from"}
+            found = ckpt.checkpoint_dirs(run_dir)
+            for directory in found:
+                try:
+                    manifest = ckpt.read_manifest(directory)
+                except ckpt.CheckpointCorruptError as exc:
+                    aside = ckpt.set_aside(directory)
+                    print(f"oracle train: skipping checkpoint: {exc} (moved to {aside.name})", file=sys.stderr)
+                    continue
+                same_world(directory, manifest)
+                plan["candidates"].append(str(directory))
+            if not found:
                 ckpt.truncate_metrics(run_dir, 0)
-                return {"target": None, "error": None}
-            for directory, reason in found.skipped:
-                aside = ckpt.set_aside(directory)
-                print(f"oracle train: skipping checkpoint: {reason} (moved to {aside.name})", file=sys.stderr)
-            return {"target": str(found.directory), "error": None}
-        ckpt.verify_complete(Path(resume))
-        return {"target": resume, "error": None}
+            elif not plan["candidates"]:
+                plan["error"] = f"{run_dir}: no checkpoint verifies; nothing to resume from"
+            return plan
+        directory = Path(resume)
+        same_world(directory, ckpt.read_manifest(directory))
+        plan["candidates"].append(resume)
     except ckpt.CheckpointCorruptError as exc:
-        return {"target": None, "error": f"--resume {resume}: {exc}; pass a complete checkpoint or `auto`"}
+        plan["error"] = f"--resume {resume}: {exc}; pass a complete checkpoint or `auto`"
+    except TrainError as exc:
+        plan["error"] = str(exc)
     except Exception as exc:
-        return {"target": None, "error": f"choosing a checkpoint in {run_dir}: {exc}"}
+        plan["error"] = f"choosing a checkpoint in {run_dir}: {exc}"
+    return plan
 
 
 def environment_facts(decision_job_id: str | None, *, local_override: bool = False, record: Any = None) -> RunFacts:

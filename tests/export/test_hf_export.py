@@ -30,9 +30,11 @@ from guards.provenance import PROVENANCE_FILE, verify_provenance, write_provenan
 from hub.export import ExportError, audited_export
 from oracle.moe850b.config import MoEConfig, load_config
 from oracle.moe850b.model import OracleMoE
+from oracle.moe850b.partitioned import save_partitioned
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.tokenization.chat_template import render_chat
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
+from oracle.weight_files import PARTITIONS_FILE, part_file
 from tests.trust import session_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,13 +63,18 @@ class Checkpoint:
 
 
 def signed_checkpoint(
-    directory: Path, config: MoEConfig, *, tokenizer: Path | None = None, seed: int = 0
+    directory: Path, config: MoEConfig, *, tokenizer: Path | None = None, seed: int = 0, ranks: int | None = None
 ) -> Checkpoint:
-    """Laid out as `oracle train` leaves one: random weights from our own init, config, tokenizer, signed record."""
+    """Random weights from our own init, config, tokenizer, signed record: laid out as `oracle train` leaves them
+    with `ranks` processes (each rank's part and their index), or as one model.safetensors (ranks=None)."""
     torch.manual_seed(seed)
     model = OracleMoE(config).eval()
     save_checkpoint(model, directory)
     signed = [WEIGHTS_FILE, CONFIG_FILE]
+    if ranks is not None:
+        (directory / WEIGHTS_FILE).unlink()
+        index = save_partitioned(model, directory, ranks)
+        signed = [PARTITIONS_FILE, *index.files(), CONFIG_FILE]
     if tokenizer is not None:
         for name in TOKENIZER_FILES:
             shutil.copyfile(tokenizer / name, directory / name)
@@ -103,8 +110,10 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tokenizer(trained, directory / "saved", context_length=MINI.context_length)
 
 
-def export(tmp: Path, config: MoEConfig, tokenizer: Path | None, max_shard_size: int | str) -> Export:
-    checkpoint = signed_checkpoint(tmp / "runs" / "r" / "step-00000001", config, tokenizer=tokenizer)
+def export(
+    tmp: Path, config: MoEConfig, tokenizer: Path | None, max_shard_size: int | str, ranks: int | None = None
+) -> Export:
+    checkpoint = signed_checkpoint(tmp / "runs" / "r" / "step-00000001", config, tokenizer=tokenizer, ranks=ranks)
     writes = ShardWrites()
     native = hf_export.write_shard
 
@@ -124,7 +133,7 @@ def export(tmp: Path, config: MoEConfig, tokenizer: Path | None, max_shard_size:
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory: pytest.TempPathFactory, tokenizer: Path) -> Export:
-    return export(tmp_path_factory.mktemp("mini"), MINI, tokenizer, SHARD_BYTES)
+    return export(tmp_path_factory.mktemp("mini"), MINI, tokenizer, SHARD_BYTES, ranks=3)  # as 3 ranks wrote it
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +172,17 @@ def test_transformers_loads_the_export_without_remote_code_and_computes_the_same
     difference = relative_logit_difference(exported)
     print(f"{name}: max |Δlogit| / max |logit| = {difference:.2e}")
     assert difference < 1e-4
+
+
+def test_the_ranks_parts_and_one_file_export_to_the_same_bytes(mini: Export, tmp_path: Path, tokenizer: Path) -> None:
+    single = export(tmp_path, MINI, tokenizer, SHARD_BYTES)  # the same seed, saved as one model.safetensors
+    assert (mini.checkpoint.directory / part_file(2, 3)).is_file()
+    assert not (mini.checkpoint.directory / WEIGHTS_FILE).exists()
+    shards = sorted(p.name for p in mini.out.glob("*.safetensors"))
+    assert len(shards) > 1
+    assert shards == sorted(p.name for p in single.out.glob("*.safetensors"))
+    for name in [*shards, "model.safetensors.index.json", "config.json"]:
+        assert (mini.out / name).read_bytes() == (single.out / name).read_bytes(), name
 
 
 def test_the_tokenizer_loads_with_our_chat_template(mini: Export, tokenizer: Path) -> None:
@@ -228,9 +248,9 @@ def test_a_selection_bias_is_refused_in_one_line_before_anything_is_written(tmp_
 def test_a_tampered_checkpoint_is_refused_before_anything_is_written(mini: Export, tmp_path: Path) -> None:
     tampered = tmp_path / "step-00000001"
     shutil.copytree(mini.checkpoint.directory, tampered)
-    data = bytearray((tampered / WEIGHTS_FILE).read_bytes())
+    data = bytearray((tampered / part_file(1, 3)).read_bytes())  # one rank's part
     data[-1] ^= 0x01
-    (tampered / WEIGHTS_FILE).write_bytes(bytes(data))
+    (tampered / part_file(1, 3)).write_bytes(bytes(data))
     out = tmp_path / "out"
     with pytest.raises(ExportError) as refused:
         audited_export(tampered, out, tmp_path)

@@ -223,14 +223,14 @@ def test_a_malformed_header_is_refused_naming_the_file(
     path = tmp_path / WEIGHTS_FILE
     _write_safetensors(path, header, bytes(data))
     with pytest.raises(CheckpointError, match=rf"^{path}: not a readable safetensors file \(.*{reason}"):
-        weights._stream_verified(path, hashlib.sha256(path.read_bytes()).hexdigest(), torch.device("cpu"))
+        weights.stream_verified(path, hashlib.sha256(path.read_bytes()).hexdigest(), torch.device("cpu"))
 
 
 def test_a_header_longer_than_the_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / WEIGHTS_FILE
     path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
     with pytest.raises(CheckpointError, match=r"a header of 1099511627776 bytes in a file of 10"):
-        weights._stream_verified(path, hashlib.sha256(path.read_bytes()).hexdigest(), torch.device("cpu"))
+        weights.stream_verified(path, hashlib.sha256(path.read_bytes()).hexdigest(), torch.device("cpu"))
 
 
 def test_a_tensor_named_twice_in_a_header_is_refused(tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_a_tensor_named_twice_in_a_header_is_refused(tmp_path: Path) -> None:
     encoded = f'{{"a": {entry}, "a": {entry}}}'.encode()
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(4))
     with pytest.raises(CheckpointError, match="'a' appears twice"):
-        weights._stream_verified(path, hashlib.sha256(path.read_bytes()).hexdigest(), torch.device("cpu"))
+        weights.stream_verified(path, hashlib.sha256(path.read_bytes()).hexdigest(), torch.device("cpu"))
 
 
 # --- shards: every one verified, every tensor exactly once ----------------------------------------------------------

@@ -8,7 +8,7 @@ from tests.serve.fixtures import RunningServer, ServedCheckpoint, make_served_ch
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> ServedCheckpoint:
-    return make_served_checkpoint(tmp_path_factory.mktemp("served"))
+    return make_served_checkpoint(tmp_path_factory.mktemp("served"), ranks=2)  # as a 2-process job leaves it
 
 
 @pytest.fixture(scope="session")

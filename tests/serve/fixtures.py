@@ -24,10 +24,12 @@ from guards.keys import load_signing_key
 from guards.provenance import write_provenance
 from oracle.moe850b.config import load_config
 from oracle.moe850b.model import OracleMoE
+from oracle.moe850b.partitioned import save_partitioned
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.serve import API_KEY_ENV
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
+from oracle.weight_files import PARTITIONS_FILE
 from tests.trust import session_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +51,11 @@ class ServedCheckpoint:
     signing_key: Path
 
 
-def make_served_checkpoint(directory: Path, *, config: str = "oracle-mini", seed: int = 0) -> ServedCheckpoint:
+def make_served_checkpoint(
+    directory: Path, *, config: str = "oracle-mini", seed: int = 0, ranks: int | None = None
+) -> ServedCheckpoint:
+    """A signed checkpoint: the weights as `ranks` training processes leave them (each rank's part and their index,
+    oracle.moe850b.partitioned), or as one model.safetensors (ranks=None)."""
     root = directory / "root"
     (root / "hub").mkdir(parents=True)
     shutil.copytree(REPO / "hub" / "assets", root / "hub" / "assets")
@@ -67,12 +73,17 @@ def make_served_checkpoint(directory: Path, *, config: str = "oracle-mini", seed
     # them, trainer state, manifest
     torch.manual_seed(seed)
     run = directory / "runs" / "serve-test"
-    partial = save_checkpoint(OracleMoE(model_config), ckpt.partial_dir(run, 1))
+    model = OracleMoE(model_config)
+    partial = save_checkpoint(model, ckpt.partial_dir(run, 1))
+    weights = [WEIGHTS_FILE]
+    if ranks is not None:
+        (partial / WEIGHTS_FILE).unlink()
+        weights = [PARTITIONS_FILE, *save_partitioned(model, partial, ranks).files()]
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, partial / name)
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(signing_key)})
     facts = {"commit": "0" * 40, "run": run.name, "step": 1, "job_id": "test"}
-    write_provenance(partial, [WEIGHTS_FILE, CONFIG_FILE, *TOKENIZER_FILES], facts, key)
+    write_provenance(partial, [*weights, CONFIG_FILE, *TOKENIZER_FILES], facts, key)
     (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 1}) + "\n", encoding="utf-8")
     checkpoint = ckpt.seal(partial, run / ckpt.step_dir_name(1))
     return ServedCheckpoint(root, checkpoint, tokenizer_dir, signing_key)

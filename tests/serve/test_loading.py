@@ -11,6 +11,7 @@ from guards.runtime import ServingRefusedError
 from oracle.serve.loading import ServeLoadError, ServeOptions, check_servable, load_served_model
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, END_OF_TURN, PAD, SYSTEM, USER
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
+from oracle.weight_files import PARTITIONS_FILE, part_file
 from tests.serve.fixtures import ServedCheckpoint, flip_last_byte
 
 
@@ -22,7 +23,7 @@ def test_weights_swapped_after_the_check_are_refused_at_load(served: ServedCheck
     checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
     opts = options(served, checkpoint)
     servable = check_servable(opts)  # provenance verified here
-    flip_last_byte(checkpoint / "model.safetensors")  # ... and the file changes before the load
+    flip_last_byte(checkpoint / part_file(1, 2))  # ... and one rank's part changes before the load
     with pytest.raises(ServeLoadError, match="changed after the check"):
         load_served_model(opts, servable)
 
@@ -41,7 +42,8 @@ def test_a_checkpoint_whose_record_signs_no_tokenizer_is_refused_even_with_one_g
     for name in TOKENIZER_FILES:
         (checkpoint / name).unlink()
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(served.signing_key)})
-    write_provenance(checkpoint, ["model.safetensors", "config.json"], {"run": "older"}, key)  # no tokenizer signed
+    weights = [PARTITIONS_FILE, part_file(0, 2), part_file(1, 2)]
+    write_provenance(checkpoint, [*weights, "config.json"], {"run": "older"}, key)  # no tokenizer signed
     with pytest.raises(ServingRefusedError, match=r"does not list tokenizer\.json"):
         check_servable(options(served, checkpoint))
     tokenizer_given = ServeOptions(checkpoint=checkpoint, root=served.root, tokenizer=served.tokenizer)

@@ -15,10 +15,10 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from guards.checkpoint_files import REQUIRED
 from guards.keys import generate_keypair, load_signing_key
 from guards.provenance import write_provenance
 from oracle.serve import API_KEY_ENV
+from oracle.weight_files import PARTITIONS_FILE, part_file
 from tests.serve.fixtures import (
     RunningServer,
     ServedCheckpoint,
@@ -47,13 +47,16 @@ def serve_once(
     )
 
 
+SIGNED = [PARTITIONS_FILE, part_file(0, 2), part_file(1, 2), "config.json", "tokenizer.json"]
+
+
 def copy_checkpoint(served: ServedCheckpoint, target: Path) -> Path:
     return Path(shutil.copytree(served.checkpoint, target))
 
 
 def unsigned(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "unsigned")
-    write_provenance(checkpoint, list(REQUIRED), {"run": "x"}, None)
+    write_provenance(checkpoint, SIGNED, {"run": "x"}, None)
     return checkpoint
 
 
@@ -61,13 +64,13 @@ def foreign_key(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "foreign")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")  # not in the trust root
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(tmp_path / "other.pem")})
-    write_provenance(checkpoint, list(REQUIRED), {"run": "x"}, key)
+    write_provenance(checkpoint, SIGNED, {"run": "x"}, key)
     return checkpoint
 
 
 def altered_weights(served: ServedCheckpoint, tmp_path: Path) -> Path:
     checkpoint = copy_checkpoint(served, tmp_path / "altered")
-    flip_last_byte(checkpoint / "model.safetensors")
+    flip_last_byte(checkpoint / part_file(0, 2))  # rank 0's part of the weights
     return checkpoint
 
 
@@ -90,7 +93,7 @@ def no_record(served: ServedCheckpoint, tmp_path: Path) -> Path:
     [
         (unsigned, "is unsigned"),
         (foreign_key, "which is not a provenance key of the trust root"),
-        (altered_weights, "model.safetensors is missing or its sha256 differs"),
+        (altered_weights, "model-rank-00000-of-00002.safetensors is missing or its sha256 differs"),
         (altered_config, "config.json is missing or its sha256 differs"),
         (no_record, "provenance.json is missing"),
     ],

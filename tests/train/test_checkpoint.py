@@ -85,24 +85,65 @@ def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path: P
 
 
 def test_a_fresh_start_in_a_run_folder_with_checkpoints_is_refused(tmp_path: Path) -> None:
-    from oracle.train.trainer import _choose_checkpoint
+    from oracle.train.trainer import _candidates
 
-    assert _choose_checkpoint(tmp_path, None) == {"target": None, "error": None}
+    assert _candidates(tmp_path, None, 1) == {"candidates": [], "explicit": False, "error": None}
     _checkpoint(tmp_path, 4)
-    assert "already holds checkpoints; continue it with --resume auto" in _choose_checkpoint(tmp_path, None)["error"]
-    assert _choose_checkpoint(tmp_path, "auto") == {"target": str(tmp_path / "step-00000004"), "error": None}
+    assert "already holds checkpoints; continue it with --resume auto" in _candidates(tmp_path, None, 1)["error"]
+    assert _candidates(tmp_path, "auto", 1)["candidates"] == [str(tmp_path / "step-00000004")]
 
 
-def test_resume_auto_refuses_when_no_checkpoint_verifies_and_sets_bad_ones_aside(tmp_path: Path) -> None:
-    from oracle.train.trainer import _choose_checkpoint
+def test_rank_0_lists_candidates_by_size_alone_and_sets_torn_ones_aside(tmp_path: Path) -> None:
+    """Rank 0 reads no other rank's file: it checks sizes; the hashes are each rank's own (Trainer.choose_checkpoint,
+    and the 2-process resume test in test_trainer.py)."""
+    from oracle.train.trainer import _candidates
 
     _checkpoint(tmp_path, 2)
-    bad = _checkpoint(tmp_path, 4)
-    (bad / "model.safetensors").write_bytes(b"weightz")
-    assert _choose_checkpoint(tmp_path, "auto")["target"] == str(tmp_path / "step-00000002")
+    torn = _checkpoint(tmp_path, 4)
+    flipped = _checkpoint(tmp_path, 6)
+    (torn / "model.safetensors").write_bytes(b"weigh")  # truncated: seen without reading it
+    (flipped / "model.safetensors").write_bytes(b"weightz")  # same size: left to the rank that wrote it
+    plan = _candidates(tmp_path, "auto", 1)
+    assert plan["candidates"] == [str(flipped), str(tmp_path / "step-00000002")]
     assert (tmp_path / ".corrupt-step-00000004").is_dir()
-    assert not bad.exists()
-    (tmp_path / "step-00000002" / "model.safetensors").write_bytes(b"weightz")
-    assert "no checkpoint verifies" in _choose_checkpoint(tmp_path, "auto")["error"]
-    missing = _choose_checkpoint(tmp_path, str(tmp_path / "step-00000009"))["error"]
+    assert not torn.exists()
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"model\.safetensors: sha256 differs from the manifest"):
+        ckpt.verify_own(flipped, ckpt.read_manifest(flipped), 0)
+    ckpt.verify_own(flipped, ckpt.read_manifest(flipped), 1)  # rank 1 wrote nothing here: nothing to hash
+    (tmp_path / "step-00000002" / "model.safetensors").write_bytes(b"")
+    (flipped / ckpt.MANIFEST).unlink()  # the save of step 6 never finished
+    assert "no checkpoint verifies" in _candidates(tmp_path, "auto", 1)["error"]
+    missing = _candidates(tmp_path, str(tmp_path / "step-00000009"), 1)["error"]
     assert "MANIFEST.json is missing" in missing
+
+
+def test_a_checkpoint_of_another_world_size_is_refused_not_skipped(tmp_path: Path) -> None:
+    from oracle.train.trainer import _candidates
+
+    partial = ckpt.partial_dir(tmp_path, 3)
+    partial.mkdir(parents=True)
+    (partial / ckpt.TRAINER_STATE).write_text("{}")
+    (partial / "part-1").write_bytes(b"rank 1's")
+    written = ckpt.describe(partial, [partial / "part-1"], 1)
+    final = ckpt.seal(partial, tmp_path / ckpt.step_dir_name(3), written=written, world_size=2)
+    manifest = ckpt.read_manifest(final)
+    assert manifest["files"]["part-1"]["rank"] == 1
+    assert manifest["files"][ckpt.TRAINER_STATE]["rank"] == 0
+    error = _candidates(tmp_path, "auto", 4)["error"]
+    assert "was written by 2 processes and this job has 4" in error
+    assert final.is_dir()
+
+
+def test_a_manifest_naming_a_path_outside_the_folder_or_a_rank_beyond_the_job_is_refused(tmp_path: Path) -> None:
+    final = _checkpoint(tmp_path, 2)
+    document = json.loads((final / ckpt.MANIFEST).read_text())
+    document["files"]["../escape"] = {"size": 1, "sha256": "0" * 64}
+    (final / ckpt.MANIFEST).write_text(json.dumps(document))
+    (tmp_path / "escape").write_bytes(b"x")
+    with pytest.raises(ckpt.CheckpointCorruptError, match="escape is missing"):
+        ckpt.read_manifest(final)
+    del document["files"]["../escape"]
+    document["files"][ckpt.TRAINER_STATE]["rank"] = 5
+    (final / ckpt.MANIFEST).write_text(json.dumps(document))
+    with pytest.raises(ckpt.CheckpointCorruptError, match="names rank 5 of 1"):
+        ckpt.read_manifest(final)

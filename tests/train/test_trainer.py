@@ -18,6 +18,7 @@ from oracle.cli import submitted_recipe_refusal
 from oracle.moe850b.weights import load_checkpoint
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
+from oracle.weight_files import PARTITIONS_FILE, part_file
 from tests.train.conftest import ORACLE, job_environment, local_training, recipe, start_training, write_corpus
 from tests.trust import TestTrust
 
@@ -90,22 +91,51 @@ def test_zero3_bf16_training_lowers_the_loss_and_writes_signed_provenance(
     # the provenance of submitted jobs)
     assert (record["commit"], record["job_id"], record["step"], record["local_override"]) == (None, None, 30, True)
     assert record["submission_digest"] is None
-    # the weights, their config and the tokenizer the data was encoded with (which `oracle serve` loads from here)
-    assert set(record["files"]) == {"model.safetensors", "config.json", *TOKENIZER_FILES}
+    # each rank's part of the weights with their index, their config and the tokenizer the data was encoded with
+    # (which `oracle serve` loads from here)
+    parts = [part_file(0, 2), part_file(1, 2)]
+    assert set(record["files"]) == {PARTITIONS_FILE, *parts, "config.json", *TOKENIZER_FILES}
+    assert not (final / "model.safetensors").exists()  # nothing was gathered onto one rank
     for name in TOKENIZER_FILES:
         assert (final / name).read_bytes() == (tmp_path / "tokenizer" / name).read_bytes()
     assert len(record["data_manifest_sha256"]) == len(record["train_config_sha256"]) == 64
-    model = load_checkpoint(final)  # the consolidated weights are an ordinary Oracle checkpoint
+    # the manifest names the rank that wrote (and hashed) each file: every DeepSpeed partition, RNG state and part
+    manifest = json.loads((final / ckpt.MANIFEST).read_text())
+    assert manifest["world_size"] == 2
+    owners = {name: entry["rank"] for name, entry in manifest["files"].items()}
+    assert owners[parts[1]] == owners["rng/rank-00001.safetensors"] == 1
+    rank1_deepspeed = [n for n, r in owners.items() if n.startswith("deepspeed/") and r == 1]
+    assert any("optim_states" in n for n in rank1_deepspeed), rank1_deepspeed
+    assert any("model_states" in n for n in rank1_deepspeed), rank1_deepspeed
+    # the parts hold exactly the parameters: DeepSpeed's own reconstruction from its ZeRO files agrees bit for bit
+    model = load_checkpoint(final)
     assert model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.embed_tokens.weight.shape == (4096, 128)
+    reference = zero_reconstruction(final / "deepspeed")
+    for name, tensor in model.state_dict().items():
+        if name in reference:
+            assert torch.equal(reference[name].to(tensor.dtype), tensor), name
+    assert {"embed_tokens.weight", "layers.3.moe.experts.w13", "norm.weight"} <= set(reference)
     results = [e["result"] for e in _audit(checkout) if e["gate"] == "train"]
     assert results == ["allowed-override", "allowed-override"]  # one decision per rank
 
-    data = bytearray((final / "model.safetensors").read_bytes())
+    data = bytearray((final / parts[1]).read_bytes())
     data[-1] ^= 0x01
-    (final / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ProvenanceError, match=r"model\.safetensors is missing or its sha256 differs"):
+    (final / parts[1]).write_bytes(bytes(data))
+    with pytest.raises(ProvenanceError, match=r"model-rank-00001-of-00002\.safetensors is missing or its sha256"):
         verify_provenance(final, checkout)
+
+
+def zero_reconstruction(deepspeed: Path) -> dict[str, torch.Tensor]:
+    """The model's parameters as DeepSpeed itself rebuilds them from its per-rank ZeRO files (its fp32 masters; the
+    bf16 parameters are those rounded), named as our model names them."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from oracle.train.trainer import allow_deepspeed_state
+
+    allow_deepspeed_state()
+    state = get_fp32_state_dict_from_zero_checkpoint(str(deepspeed), tag="state")
+    return {name.removeprefix("model."): tensor for name, tensor in state.items()}
 
 
 def test_a_submitted_job_trains_only_the_submitted_recipe() -> None:
@@ -172,18 +202,34 @@ def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
     ckpt.partial_dir(run, 99).mkdir(exist_ok=True)
     corrupt = run / ckpt.step_dir_name(int(newest.state["step"]) + 1)
     shutil.copytree(newest.directory, corrupt)
-    weights = bytearray((corrupt / "model.safetensors").read_bytes())
+    weights = bytearray((corrupt / part_file(1, 2)).read_bytes())  # rank 1's part: only rank 1 hashes it
     weights[-1] ^= 0x01
-    (corrupt / "model.safetensors").write_bytes(bytes(weights))
+    (corrupt / part_file(1, 2)).write_bytes(bytes(weights))
 
     resumed = start_training(checkout, ["--config", str(path), "--run-name", "killed", "--resume", "auto"], env=env)
     assert resumed.wait() == [0, 0], resumed.output()
     output = resumed.output()
     assert f"resumed from {newest.directory} at step {newest.state['step']}" in output
-    assert f"skipping checkpoint: {corrupt / 'model.safetensors'}: sha256 differs" in output
+    assert f"skipping checkpoint: {corrupt / part_file(1, 2)}: sha256 differs" in output
     got = _metrics(run)
     assert [m["step"] for m in got] == list(range(1, 25))
     for m in got:
         reference_loss = expected[m["step"]]["loss"]
         assert abs(m["loss"] - reference_loss) <= 1e-6, (m["step"], m["loss"], reference_loss)  # type: ignore[operator]
         assert m["tokens_per_expert"] == expected[m["step"]]["tokens_per_expert"]
+
+    # The ZeRO files are per-rank partitions: another number of processes is refused in one line, nothing resumed.
+    single = recipe(
+        tmp_path / "single.yaml",
+        corpus,
+        precision="fp32",
+        parallelism__data=1,
+        batch__global_batch=4,
+        schedule__total_steps=24,
+        checkpoint__interval=4,
+    )
+    other = start_training(
+        checkout, ["--config", str(single), "--run-name", "killed", "--resume", "auto"], world=1, env=env
+    )
+    assert other.wait() == [2], other.output()
+    assert "was written by 2 processes and this job has 1: DeepSpeed's ZeRO files are per-rank" in other.output()
