@@ -445,7 +445,10 @@ def hub_build_command(
     repo_id: Annotated[str, typer.Option("--repo-id", help="The repository the card names.")] = DEFAULT_REPO_ID,
     config: Annotated[str, typer.Option("--config", help="The model preset the card describes.")] = "oracle850b",
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="A checkpoint folder whose signed provenance verifies.")
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="The folder `oracle export --format hf` wrote (its signed provenance verifies)."
+        ),
     ] = None,
     tokenizer: Annotated[
         Path | None, typer.Option("--tokenizer", help="A saved tokenizer folder (default: the committed one, if any).")
@@ -488,7 +491,8 @@ def hub_publish_command(
     config: Annotated[str, typer.Option("--config", help="The model preset the card describes.")] = "oracle850b",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would change; send nothing.")] = False,
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Publish these weights (signed provenance required).")
+        Path | None,
+        typer.Option("--checkpoint", help="Publish the folder `oracle export --format hf` wrote (signed provenance)."),
     ] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="A saved tokenizer folder.")] = None,
     staged: Annotated[

@@ -169,16 +169,33 @@ def load_partitioned(
     }
     for rank, name in enumerate(index.files()):
         path = directory / name
+        held = index.held_by(rank)
         if expected_sha256 is None:
             parts = _load_unverified(path)
+            _check_part({k: (dtype_name(t.dtype), tuple(t.shape)) for k, t in parts.items()}, index, rank, path)
+            for tensor_name, (begin, end) in held.items():
+                flat[tensor_name][begin:end].copy_(parts[tensor_name])
+            del parts  # before the next file is read
         elif name not in expected_sha256:
             raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")
+        elif device.type == "cpu":  # read straight into the model's tensors: host memory holds one copy
+
+            def destinations(
+                header: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                rank: int = rank,
+                path: Path = path,
+                held: dict[str, tuple[int, int]] = held,
+            ) -> Callable[[str], torch.Tensor]:
+                _check_part({n: (dtype_name(d), s) for n, d, s in header}, index, rank, path)
+                return lambda n: flat[n][held[n][0] : held[n][1]]
+
+            stream_verified(path, expected_sha256[name], device, into=destinations)
         else:
             parts = stream_verified(path, expected_sha256[name], torch.device("cpu"))
-        _check_part({k: (dtype_name(t.dtype), tuple(t.shape)) for k, t in parts.items()}, index, rank, path)
-        for tensor_name, (begin, end) in index.held_by(rank).items():
-            flat[tensor_name][begin:end].copy_(parts[tensor_name])
-        del parts  # before the next file is read
+            _check_part({k: (dtype_name(t.dtype), tuple(t.shape)) for k, t in parts.items()}, index, rank, path)
+            for tensor_name, (begin, end) in held.items():
+                flat[tensor_name][begin:end].copy_(parts[tensor_name])
+            del parts  # before the next file is read
     return {name: flat[name].view(layout.shape) for name, layout in index.tensors.items()}
 
 

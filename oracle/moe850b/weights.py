@@ -19,7 +19,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,9 +213,18 @@ class _Entry:
     end: int
 
 
-def stream_verified(path: Path, sha256: str, device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors file `path`, read once from one open file into their own buffers; the sha256
-    is computed over the header and those very buffers, and any difference from `sha256` discards them all."""
+# Where a streamed tensor goes: given the header's (name, dtype, shape) of every tensor (to check before any data is
+# read), a function that returns, per tensor, the CPU tensor of that dtype and shape to read its bytes into.
+Destinations = Callable[[list[tuple[str, torch.dtype, tuple[int, ...]]]], Callable[[str], torch.Tensor]]
+
+
+def stream_verified(
+    path: Path, sha256: str, device: torch.device, *, into: Destinations | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `path`, read once from one open file into their own buffers (or, with
+    `into`, straight into the caller's tensors: no second copy); the sha256 is computed over the header and those
+    very bytes, and any difference from `sha256` discards them all (a caller reading `into` its own tensors must
+    drop them on a CheckpointError)."""
     if sys.byteorder != "little":
         raise CheckpointError(f"{path}: safetensors stores little-endian bytes; load it on a little-endian host")
     digest = hashlib.sha256()
@@ -228,8 +237,16 @@ def stream_verified(path: Path, sha256: str, device: torch.device) -> dict[str, 
             if header_length > min(size - 8, MAX_HEADER_BYTES):
                 raise _malformed(path, f"a header of {header_length} bytes in a file of {size}")
             header = _read_exactly(handle, header_length, path, digest)
-            for entry in _parse_header(header, path, data_size=size - 8 - header_length):
-                buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
+            entries = _parse_header(header, path, data_size=size - 8 - header_length)
+            target = into([(e.name, e.dtype, e.shape) for e in entries]) if into is not None else None
+            for entry in entries:
+                if target is not None:
+                    tensor = target(entry.name)
+                    if not tensor.is_contiguous() or tensor.device.type != "cpu":
+                        raise ValueError(f"{entry.name}: a destination must be a contiguous CPU tensor")
+                    buffer = tensor.view(-1).view(torch.uint8)
+                else:
+                    buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
                 view = memoryview(buffer.numpy())  # type: ignore[arg-type]  # an ndarray is a buffer; its stubs omit it
                 _read_into(handle, view, path, digest)
                 tensors[entry.name] = buffer.view(entry.dtype).reshape(entry.shape).to(device)

@@ -1,9 +1,10 @@
 """`oracle export --format hf`: a signed checkpoint becomes a folder transformers loads as Qwen2MoeForCausalLM (no
 remote code) that computes what our model computes, streamed shard by shard, with provenance over every file.
 
-Two exports are made once for the module: the mini preset (4 layers, a shared expert; with a trained tokenizer;
-forced into several shards) and a variant without a shared expert, with tied embeddings, an explicit head_dim and
-other rope_theta / norm_eps.
+Three exports are made once for the module: the mini preset (4 layers, a shared expert; with a trained tokenizer;
+forced into several shards; its weights as 3 training ranks write them), a variant without a shared expert, with
+tied embeddings, an explicit head_dim and other rope_theta / norm_eps (one model.safetensors), and a deeper one (8
+layers, 16 experts, top-1, a shared expert wider than the routed ones, tied embeddings; 2 ranks' parts).
 """
 
 from __future__ import annotations
@@ -145,6 +146,16 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Export:
     return export(tmp_path_factory.mktemp("plain"), config, None, "5GB")
 
 
+@pytest.fixture(scope="module")
+def deeper(tmp_path_factory: pytest.TempPathFactory) -> Export:
+    """More layers than mini, a wider shared expert than its routed ones, top-1 of 16 experts, written by 2 ranks."""
+    config = variant(
+        name="deeper", n_layers=8, n_experts=16, top_k=1, expert_hidden_size=64, shared_expert_hidden_size=192,
+        tie_embeddings=True,
+    )  # fmt: skip
+    return export(tmp_path_factory.mktemp("deeper"), config, None, SHARD_BYTES, ranks=2)
+
+
 def relative_logit_difference(exported: Export) -> float:
     from transformers import AutoModelForCausalLM
 
@@ -164,7 +175,7 @@ def relative_logit_difference(exported: Export) -> float:
     return float((ours - theirs).abs().max() / ours.abs().max())
 
 
-@pytest.mark.parametrize("name", ["mini", "plain"])
+@pytest.mark.parametrize("name", ["mini", "plain", "deeper"])
 def test_transformers_loads_the_export_without_remote_code_and_computes_the_same(
     name: str, request: pytest.FixtureRequest
 ) -> None:
