@@ -2,8 +2,9 @@
 
 `make guards` (the ci gate, then a signed attestation) → `oracle submit --target slurm` (a signed record) → the job
 trains on the real one-node SLURM cluster (the scheduler confirms it) → signed provenance → `oracle serve` loads the
-checkpoint and answers → `oracle hub publish --checkpoint` uploads it → `oracle guards audit verify` finds the log
-intact against its anchors. Every gate the attacks in this folder are refused by lets the honest path through.
+checkpoint (each rank's part of the weights) and answers → `oracle export --format hf` streams it into a transformers
+folder → `oracle hub publish --checkpoint` uploads that → `oracle guards audit verify` finds the log intact against
+its anchors. Every gate the attacks in this folder are refused by lets the honest path through.
 """
 
 from __future__ import annotations
@@ -101,18 +102,30 @@ def test_make_guards_attest_submit_train_serve_publish(tmp_path: Path, slurm_clu
     finally:
         server.stop()
 
-    # publish: the same checkpoint to a Hub (the strict stand-in server; the real huggingface_hub client sends it)
+    # export: the job's per-rank parts streamed into the folder transformers loads, with its own signed record
+    exported = root / "exports" / "oracle-mini-hf"
+    args = ["export", "--checkpoint", str(checkpoint), "--out", str(exported), "--max-shard-size", "4MB"]
+    assert "signed" in _ok(oracle(root, *args, env=signer))
+    shards = sorted(p.name for p in exported.glob("model-*.safetensors"))
+    assert len(shards) > 1, shards
+    assert verify_provenance(exported, root)["source"]["job_id"] == job_id
+
+    # publish: that folder to a Hub (the strict stand-in server; the real huggingface_hub client sends it, the
+    # shards through Git LFS)
     token = "hf_" + os.urandom(17).hex()
     with HubServer({token: "alice"}) as hub:
         hub.orgs["oracle-ai"] = {"alice"}
-        args = ["hub", "publish", "--repo-id", REPO_ID, "--config", "oracle-mini", "--checkpoint", str(checkpoint)]
+        args = ["hub", "publish", "--repo-id", REPO_ID, "--config", "oracle-mini", "--checkpoint", str(exported)]
         _ok(oracle(root, *args, "--endpoint", hub.url, env={"HF_TOKEN": token, "HF_HUB_OFFLINE": "0"}))
         files = hub.files(REPO_ID)
-        assert files["model.safetensors"] == (checkpoint / "model.safetensors").read_bytes()
-        assert json.loads(files["provenance.json"]) == json.loads((checkpoint / "provenance.json").read_text())
+        for name in shards:
+            assert files[name] == (exported / name).read_bytes(), name
+        assert json.loads(files["provenance.json"]) == json.loads((exported / "provenance.json").read_text())
 
     decisions = [(e["gate"], e["result"]) for e in map(json.loads, (root / ".oracle" / "audit.jsonl").open())]
-    assert {("submit", "submitted"), ("serve", "allowed"), ("publish", "published")} <= set(decisions)
+    assert {("submit", "submitted"), ("serve", "allowed"), ("export", "allowed"), ("publish", "published")} <= set(
+        decisions
+    )
     verify = _ok(oracle(root, "guards", "audit", "verify"))
     assert "intact" in verify
     assert git(root, "status", "--porcelain") == ""  # nothing the chain wrote is in git's view

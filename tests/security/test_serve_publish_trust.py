@@ -1,7 +1,8 @@
 """Attack 7: serving and publishing trusted the current directory.
 
 `oracle serve` took its keys from `./policies/keys`: run from a folder holding one's own public key, it served
-weights a laptop run signed itself, and `oracle hub publish --checkpoint` uploaded them. Unsigned files dropped into
+weights a laptop run signed itself, and `oracle hub publish --checkpoint` uploaded them (it now publishes only the
+transformers export of a checkpoint, whose own record and its source's must verify). Unsigned files dropped into
 a signed checkpoint folder (the default system prompt, the generation config) were used although provenance
 "verified". Now both verify against the trust root only, refuse the development default, and refuse any file of the
 checkpoint folder its signed record does not cover: one line, exit 1, an audit entry. The legitimate checkpoint,
@@ -233,25 +234,53 @@ def test_building_under_the_development_default_stages_no_weights(
     assert not out.exists()
 
 
-def test_publishing_a_checkpoint_with_an_unsigned_generation_config_is_refused(
-    served: ServedCheckpoint, checkout: Path, tmp_path: Path
+@pytest.fixture(scope="module")
+def exported(served: ServedCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The legitimate checkpoint as `oracle export --format hf` writes it, signed by the trust root's provenance key:
+    what `oracle hub publish --checkpoint` publishes."""
+    from hub.export import export_checkpoint
+
+    work = tmp_path_factory.mktemp("export")
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(served.signing_key)})
+    return export_checkpoint(served.checkpoint, work / "exported", work, signing_key=key).directory
+
+
+def test_publishing_a_training_checkpoint_is_refused_with_the_export_to_run(
+    served: ServedCheckpoint, checkout: Path
 ) -> None:
-    checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000001"))
-    (checkpoint / "generation_config.json").write_text('{"temperature": 2.0}\n', encoding="utf-8")
-    line = one_line(publish(checkout, checkpoint))
-    assert "generation_config.json, which its signed provenance.json does not cover" in line
+    line = one_line(publish(checkout, served.checkpoint))
+    assert "is not a transformers export" in line
+    assert f"oracle export --format hf --checkpoint {served.checkpoint} --out DIR" in line
     assert last_audit(checkout, "publish")["result"] == "refused"
 
 
-def test_the_legitimate_signed_checkpoint_is_published_with_its_signed_tokenizer(
-    served: ServedCheckpoint, checkout: Path, tmp_path: Path
+def test_publishing_an_export_with_an_unsigned_file_dropped_in_is_refused(
+    exported: Path, checkout: Path, tmp_path: Path
+) -> None:
+    altered = Path(shutil.copytree(exported, tmp_path / "exported"))
+    (altered / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    line = one_line(publish(checkout, altered))
+    assert "chat_template.jinja, which its signed provenance.json does not cover" in line
+    assert last_audit(checkout, "publish")["result"] == "refused"
+    (altered / "chat_template.jinja").unlink()
+    (altered / "generation_config.json").write_text('{"temperature": 2.0}\n', encoding="utf-8")  # signed: altered
+    line = one_line(publish(checkout, altered))
+    assert "generation_config.json is missing or its sha256 differs" in line
+
+
+def test_the_legitimate_signed_export_is_published_with_its_signed_tokenizer(
+    served: ServedCheckpoint, exported: Path, checkout: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "staged"
-    args = ["hub", "build", "--config", "oracle-mini", "--checkpoint", str(served.checkpoint), "--out", str(out)]
+    args = ["hub", "build", "--config", "oracle-mini", "--checkpoint", str(exported), "--out", str(out)]
     done = oracle(checkout, *args, env={TRUST_ROOT_ENV: os.environ[TRUST_ROOT_ENV]})
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in SIGNED:
+    shards = sorted(p.name for p in exported.glob("*.safetensors"))
+    assert shards
+    for name in [*shards, "config.json", "provenance.json", *SIGNED[2:]]:
+        assert (out / name).read_bytes() == (exported / name).read_bytes(), name
+    for name in SIGNED[2:]:  # the tokenizer the checkpoint's record signs, carried through the export's record
         assert (out / name).read_bytes() == (served.checkpoint / name).read_bytes(), name
-    done = publish(checkout, served.checkpoint)
+    done = publish(checkout, exported)
     assert done.returncode == 0, done.stdout + done.stderr
     assert last_audit(checkout, "publish")["result"] == "dry-run"
