@@ -2,8 +2,10 @@
 with `expected_sha256`, as `oracle serve` loads it).
 
 A checkpoint of about `--size-mb` MB of random float32 weights (an Oracle MoE config scaled up, written with
-safetensors into a temporary folder) is loaded in a fresh interpreter per measurement, two ways, interleaved:
+safetensors into a temporary folder) is loaded in a fresh interpreter per measurement, three ways, interleaved:
 - streaming (what the code does): each file read once into the tensors' own buffers, hashed on the way;
+- ranks: the same weights as a training job of 4 processes writes them (each rank's part, oracle.moe850b.partitioned),
+  each part file read once straight into the model's tensors, hashed on the way;
 - read-all (the baseline, the previous implementation, inlined here): the whole file read into one bytes object,
   hashed, then the tensors built from those bytes (`safetensors.torch.load`).
 Each interpreter first builds a model of the same config on the meta device (torch's one-time set-up, ~80 MB
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from oracle.moe850b.config import MoEConfig  # noqa: E402
 from oracle.moe850b.model import OracleMoE  # noqa: E402
+from oracle.moe850b.partitioned import save_partitioned  # noqa: E402
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
 
 MEASURE = """
@@ -83,12 +86,19 @@ with torch.device("meta"):
     OracleMoE(config)  # torch's one-time set-up for a first model
 before = high_water_bytes()
 start = time.perf_counter()
-model = load_checkpoint(checkpoint, expected_sha256=digests) if mode == "streaming" else read_all()
+if mode == "streaming":
+    model = load_checkpoint(checkpoint, expected_sha256=digests)
+elif mode == "ranks":
+    parts = checkpoint.parent / "parts"
+    model = load_checkpoint(parts, expected_sha256=json.loads((checkpoint.parent / "parts.json").read_text()))
+else:
+    model = read_all()
 seconds = time.perf_counter() - start
 print(json.dumps({{"before": before, "after": high_water_bytes(), "seconds": seconds}}))
 """
 
-MODES = ("streaming", "read-all")
+MODES = ("streaming", "ranks", "read-all")
+RANKS = 4
 
 
 def make_checkpoint(directory: Path, size_mb: int) -> int:
@@ -120,10 +130,17 @@ def make_checkpoint(directory: Path, size_mb: int) -> int:
     generator = torch.Generator().manual_seed(0)
     tensors = {name: torch.rand(shape, generator=generator) for name, shape in shapes.items()}
     save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    del tensors
-    (directory / CONFIG_FILE).write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
-    (directory.parent / "digests.json").write_text(json.dumps(digests))
+    with torch.device("meta"):
+        model = OracleMoE(config)
+    model.load_state_dict(tensors, assign=True)
+    parts = directory.parent / "parts"  # the same weights as a training job of RANKS processes leaves them
+    save_partitioned(model, parts, RANKS)
+    del tensors, model
+    for folder in (directory, parts):
+        (folder / CONFIG_FILE).write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    for folder, name in ((directory, "digests.json"), (parts, "parts.json")):
+        digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+        (directory.parent / name).write_text(json.dumps(digests))
     return (directory / WEIGHTS_FILE).stat().st_size
 
 

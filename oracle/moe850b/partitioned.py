@@ -242,10 +242,12 @@ class PartitionedReader:
         layout = self.index.tensors[name]
         if not 0 <= begin <= end <= layout.numel:
             raise CheckpointError(f"{name}: range [{begin}, {end}) is outside its {layout.numel} elements")
-        pieces = list(self._pieces(layout, name, begin, end))
-        if not pieces:
-            return torch.empty(0, dtype=layout.torch_dtype)
-        return pieces[0].clone() if len(pieces) == 1 else torch.cat(pieces)
+        out = torch.empty(end - begin, dtype=layout.torch_dtype)
+        filled = 0
+        for piece in self._pieces(layout, name, begin, end):  # one piece alive at a time, copied into place
+            out[filled : filled + piece.numel()].copy_(piece)
+            filled += piece.numel()
+        return out
 
     def read_tensor(self, name: str) -> torch.Tensor:
         layout = self.index.tensors[name]
