@@ -254,14 +254,16 @@ class Source:
 
 def verified_source(checkpoint: Path, root: Path) -> Source:
     """The checkpoint, once its provenance verifies against the configured trust root (never the development
-    default), it signs its weights and config, and its folder holds nothing the record does not cover (as for
-    `oracle hub build --checkpoint`). Small files are returned as the verified bytes."""
+    default), it signs its weights and config, and its folder holds nothing the record does not cover. Small files
+    are returned as the verified bytes; the weights are hashed when they are opened (SourceWeights)."""
     from guards.trust import TrustError, load_trust_root, require_trusted
 
     try:
         trust = load_trust_root(root)
         require_trusted(trust, f"exporting {checkpoint}")
-        record = verify_provenance(checkpoint, root, trust=trust)
+        # the signature only: every file the export reads is hashed on the very bytes it uses (read_verified,
+        # PinnedFile), so the weights are read once to hash and once to convert, not twice to hash
+        record = verify_provenance(checkpoint, root, only=[], trust=trust)
     except (TrustError, ProvenanceError) as exc:
         raise ExportError(
             f"--checkpoint {checkpoint}: {exc}; only checkpoints with verifying provenance are exported", refused=True
@@ -293,33 +295,101 @@ def verified_source(checkpoint: Path, root: Path) -> Source:
     return Source(checkpoint, record, provenance, config, contributed)
 
 
+class PinnedFile:
+    """A signed file opened once and held: hashed through its own descriptor and read by safetensors through
+    /proc/self/fd (the same file whatever its path names later), then proved unchanged by its ctime, which every write,
+    truncation or rename-in-place bumps and no user can set. So the bytes converted are the bytes hashed: a swap of the
+    path, or a write restored before a second hash, cannot slip other weights into a signed export."""
+
+    def __init__(self, path: Path, sha256: str) -> None:
+        import hashlib
+        import stat
+
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            message = f"{path}: cannot open it ({exc.strerror}); it must be a regular file"
+            raise ExportError(message, refused=True) from exc
+        try:
+            self.stat = os.fstat(self.fd)
+            if not stat.S_ISREG(self.stat.st_mode):
+                raise ExportError(f"{path}: not a regular file; export a checkpoint `oracle train` wrote", refused=True)
+            digest, offset = hashlib.sha256(), 0
+            while chunk := os.pread(self.fd, 16 << 20, offset):
+                digest.update(chunk)
+                offset += len(chunk)
+            if digest.hexdigest() != sha256:
+                raise ExportError(f"{path}: its sha256 is not the one its signed provenance lists", refused=True)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.opened = f"/proc/self/fd/{self.fd}"
+        if not os.path.exists(self.opened):
+            os.close(self.fd)
+            raise ExportError(f"{path}: exporting needs /proc/self/fd (Linux) to read exactly the file it hashed")
+
+    def unchanged(self) -> bool:
+        now, was = os.fstat(self.fd), self.stat
+        fields = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+        return all(getattr(now, f) == getattr(was, f) for f in fields)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class SourceWeights:
     """The checkpoint's weights as the export reads them, lazily: `model.safetensors`, or the parts a training job's
-    ranks wrote (oracle.moe850b.partitioned), whose index is read from its verified bytes. `files`: the signed
-    weights files read, hashed again once the conversion is done. Use as a context manager."""
+    ranks wrote (oracle.moe850b.partitioned), whose index is read from its verified bytes. Every weights file is
+    pinned (PinnedFile): hashed once through its own descriptor, read through it, checked unchanged at the end
+    (`check_unchanged`). Use as a context manager."""
 
     def __init__(self, checkpoint: Path, source: Source) -> None:
         from contextlib import ExitStack
 
         self._stack = ExitStack()
+        self.pinned: list[PinnedFile] = []
         signed = source.record["files"]
-        if WEIGHTS in signed:
-            self.files = [WEIGHTS]
-            self._handle: Any = self._stack.enter_context(safe_open(str(checkpoint / WEIGHTS), framework="pt"))
-            self._reader: PartitionedReader | None = None
-        else:
-            try:
-                index = parse_index(read_verified(checkpoint / PARTITIONS, signed[PARTITIONS]), checkpoint / PARTITIONS)
-            except (UncoveredFileError, CheckpointError) as exc:
-                raise ExportError(f"--checkpoint {checkpoint}: {exc}", refused=True) from exc
-            unsigned = [name for name in index.files() if name not in signed]
-            if unsigned:
+        try:
+            if WEIGHTS in signed:
+                self.files = [WEIGHTS]
+                single = self._pin(checkpoint / WEIGHTS, signed[WEIGHTS])
+                self._handle: Any = self._stack.enter_context(safe_open(single.opened, framework="pt"))
+                self._reader: PartitionedReader | None = None
+            else:
+                try:
+                    data = read_verified(checkpoint / PARTITIONS, signed[PARTITIONS])
+                    index = parse_index(data, checkpoint / PARTITIONS)
+                except (UncoveredFileError, CheckpointError) as exc:
+                    raise ExportError(f"--checkpoint {checkpoint}: {exc}", refused=True) from exc
+                unsigned = [name for name in index.files() if name not in signed]
+                if unsigned:
+                    raise ExportError(
+                        f"--checkpoint {checkpoint}: its provenance does not sign {unsigned[0]}, which {PARTITIONS} "
+                        "names",
+                        refused=True,
+                    )
+                self.files = [PARTITIONS, *index.files()]
+                sources = {name: self._pin(checkpoint / name, signed[name]).opened for name in index.files()}
+                self._reader = self._stack.enter_context(PartitionedReader(checkpoint, index, sources))
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _pin(self, path: Path, sha256: str) -> PinnedFile:
+        pinned = PinnedFile(path, sha256)
+        self._stack.callback(pinned.close)
+        self.pinned.append(pinned)
+        return pinned
+
+    def check_unchanged(self) -> None:
+        for pinned in self.pinned:
+            if not pinned.unchanged():
                 raise ExportError(
-                    f"--checkpoint {checkpoint}: its provenance does not sign {unsigned[0]}, which {PARTITIONS} names",
+                    f"{pinned.path} changed while it was exported (written, truncated or replaced since it was "
+                    "hashed); nothing was exported",
                     refused=True,
                 )
-            self.files = [PARTITIONS, *index.files()]
-            self._reader = self._stack.enter_context(PartitionedReader(checkpoint, index))
 
     def __enter__(self) -> SourceWeights:
         return self
@@ -428,17 +498,11 @@ def export_checkpoint(
         partial.mkdir(parents=True)
         try:
             _write_files(partial, source, weights, dtype, max_shard_size)
+            weights.check_unchanged()  # the bytes converted are the bytes hashed
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
     try:
-        signed = source.record["files"]
-        for name in weights.files:  # read lazily above: the bytes converted must be the signed ones
-            if file_digest(checkpoint / name) != signed[name]:
-                raise ExportError(
-                    f"{checkpoint / name} changed while it was exported (its sha256 is no longer the signed one)",
-                    refused=True,
-                )
         facts = derived_facts(checkpoint, source.record, export={"format": FORMAT, "architecture": ARCHITECTURE})
         write_provenance(partial, [p.name for p in partial.iterdir()], facts, signing_key)
         if signing_key is not None:

@@ -215,6 +215,7 @@ class PartitionedReader:
 
     directory: Path
     index: PartitionIndex
+    sources: Mapping[str, str] | None = None  # part file name -> the path to open it by (e.g. a pinned descriptor)
 
     def __post_init__(self) -> None:
         self._stack = ExitStack()
@@ -265,9 +266,11 @@ class PartitionedReader:
 
     def _handle(self, rank: int) -> Any:
         if rank not in self._handles:
-            path = self.directory / part_file(rank, self.index.world_size)
+            name = part_file(rank, self.index.world_size)
+            path = self.directory / name
+            opened = self.sources[name] if self.sources is not None else str(path)
             try:
-                self._handles[rank] = self._stack.enter_context(safe_open(str(path), framework="pt"))
+                self._handles[rank] = self._stack.enter_context(safe_open(opened, framework="pt"))
             except (OSError, SafetensorError) as exc:
                 raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
         return self._handles[rank]

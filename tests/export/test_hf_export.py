@@ -274,6 +274,40 @@ def test_a_tampered_checkpoint_is_refused_before_anything_is_written(mini: Expor
     assert json.loads(audit[-1])["result"] == "refused"
 
 
+@pytest.mark.parametrize("how", ["swapped", "written and restored"])
+def test_weights_changed_during_the_export_are_refused_and_nothing_is_written(
+    mini: Export, tmp_path: Path, how: str
+) -> None:
+    """The bytes converted are the bytes hashed: the export reads the very file it opened and hashed, and any change to
+    it during the export — another file renamed over its name (the original loses its link), or a write restored
+    before the end — changes its ctime and refuses the export."""
+    checkpoint = Path(shutil.copytree(mini.checkpoint.directory, tmp_path / "step-00000001"))
+    part = checkpoint / part_file(1, 3)
+    original = part.read_bytes()
+    native = hf_export.write_shard
+    calls: list[int] = []
+
+    def meddling(tensors: dict[str, torch.Tensor], path: Path) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            if how == "swapped":  # another file under the signed name
+                evil = checkpoint / "evil"
+                evil.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+                os.replace(evil, part)
+            else:
+                part.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+                part.write_bytes(original)  # the same bytes again, before any hash at the end could see it
+        native(tensors, path)
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf_export, "write_shard", meddling)
+        with pytest.raises(ExportError, match=r"model-rank-00001-of-00003\.safetensors changed while it was exported"):
+            audited_export(checkpoint, out, tmp_path, max_shard_size=SHARD_BYTES)
+    assert not out.exists()
+    assert not hf_export.partial_dir(out).exists()
+
+
 def test_a_non_empty_out_is_refused_unless_forced(plain: Export, monkeypatch: pytest.MonkeyPatch) -> None:
     from oracle.cli import app
 
