@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guards.provenance import PROVENANCE_FILE
+from oracle.bounded_read import read_regular_file
 from oracle.tokenization.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
 from oracle.train.checkpoint import MANIFEST, TRAINER_STATE
 from oracle.weight_files import PARTITIONS_FILE, WEIGHTS_FILE, is_part_file
@@ -94,7 +95,7 @@ def missing_required(signed: Mapping[str, object]) -> list[str]:
 def read_verified(path: Path, sha256: str) -> bytes:
     """The bytes of `path`, once, if they are the signed ones; what callers parse is then exactly what was checked."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as exc:
         raise UncoveredFileError(f"{path}: cannot read it ({exc.strerror})") from exc
     if hashlib.sha256(data).hexdigest() != sha256:

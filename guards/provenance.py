@@ -25,6 +25,7 @@ from guards.attestation import canonical_json, envelope, file_digest, pae
 from guards.trust import PROVENANCE as PROVENANCE_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle.atomic_write import write_atomically
+from oracle.bounded_read import read_regular_file
 
 PROVENANCE_FILE = "provenance.json"
 PAYLOAD_TYPE = "application/vnd.oracle.provenance+json"
@@ -84,7 +85,7 @@ def verify_provenance(
             raise ProvenanceError(str(exc)) from exc
     path = directory / PROVENANCE_FILE
     try:
-        document = json.loads(path.read_bytes())
+        document = json.loads(read_regular_file(path))
         body = base64.b64decode(document["payload"], validate=True)
         record = json.loads(body)
         signatures = document["signatures"]

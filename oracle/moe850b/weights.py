@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from oracle.atomic_write import write_atomically
+from oracle.bounded_read import read_regular_file
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import ConfigError, load_config, parse_config
 from oracle.moe850b.model import OracleMoE
@@ -331,7 +332,7 @@ def small_file(path: Path, expected_sha256: Mapping[str, str] | None) -> bytes:
     if expected_sha256 is not None:
         return checked_bytes(path, expected_sha256)
     try:
-        return path.read_bytes()
+        return read_regular_file(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from exc
 
@@ -341,7 +342,7 @@ def checked_bytes(path: Path, expected_sha256: Mapping[str, str]) -> bytes:
     if path.name not in expected_sha256:
         raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from exc
     if hashlib.sha256(data).hexdigest() != expected_sha256[path.name]:
