@@ -20,7 +20,7 @@ from pathlib import Path
 from guards.provenance import PROVENANCE_FILE
 from oracle.bounded_read import read_regular_file
 from oracle.tokenization.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
-from oracle.train.checkpoint import MANIFEST, TRAINER_STATE
+from oracle.train.checkpoint import MANIFEST, STATE_DIRS, TRAINER_STATE
 from oracle.weight_files import PARTITIONS_FILE, WEIGHTS_FILE, is_part_file
 
 WEIGHTS = WEIGHTS_FILE
@@ -40,7 +40,7 @@ CONTRIBUTED = (WEIGHTS, PARTITIONS, CONFIG, *TOKENIZER_FILES, SYSTEM_PROMPT, GEN
 # Written by `oracle train` for resuming (oracle.train.checkpoint, oracle.train.trainer), read by neither serving
 # nor publishing.
 TRAINING_STATE_FILES = frozenset({PROVENANCE, MANIFEST, TRAINER_STATE})
-TRAINING_STATE_DIRS = frozenset({"deepspeed", "rng"})
+TRAINING_STATE_DIRS = frozenset(STATE_DIRS)
 
 
 class UncoveredFileError(ValueError):

@@ -167,6 +167,7 @@ def load_partitioned(
         name: torch.empty(layout.numel, dtype=layout.torch_dtype, device=device)
         for name, layout in index.tensors.items()
     }
+    on_host = device.type == "cpu"  # read straight into the model's tensors: host memory holds one copy
     for rank, name in enumerate(index.files()):
         path = directory / name
         held = index.held_by(rank)
@@ -178,7 +179,7 @@ def load_partitioned(
             del parts  # before the next file is read
         elif name not in expected_sha256:
             raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")
-        elif device.type == "cpu":  # read straight into the model's tensors: host memory holds one copy
+        else:
 
             def destinations(
                 header: list[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -186,16 +187,16 @@ def load_partitioned(
                 path: Path = path,
                 held: dict[str, tuple[int, int]] = held,
             ) -> Callable[[str], torch.Tensor]:
-                _check_part({n: (dtype_name(d), s) for n, d, s in header}, index, rank, path)
-                return lambda n: flat[n][held[n][0] : held[n][1]]
+                _check_part({n: (dtype_name(d), s) for n, d, s in header}, index, rank, path)  # before any data
+                if on_host:
+                    return lambda n: flat[n][held[n][0] : held[n][1]]
+                return lambda n: torch.empty(held[n][1] - held[n][0], dtype=index.tensors[n].torch_dtype)
 
-            stream_verified(path, expected_sha256[name], device, into=destinations)
-        else:
-            parts = stream_verified(path, expected_sha256[name], torch.device("cpu"))
-            _check_part({k: (dtype_name(t.dtype), tuple(t.shape)) for k, t in parts.items()}, index, rank, path)
-            for tensor_name, (begin, end) in held.items():
-                flat[tensor_name][begin:end].copy_(parts[tensor_name])
-            del parts  # before the next file is read
+            parts = stream_verified(path, expected_sha256[name], torch.device("cpu"), into=destinations)
+            if not on_host:  # verified on the host, then moved: one part file's worth of host memory at a time
+                for tensor_name, (begin, end) in held.items():
+                    flat[tensor_name][begin:end].copy_(parts[tensor_name])
+            del parts
     return {name: flat[name].view(layout.shape) for name, layout in index.tensors.items()}
 
 

@@ -117,6 +117,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         path = directory / relative
         if Path(relative).is_absolute() or ".." in Path(relative).parts or not path.is_file():
             raise CheckpointCorruptError(f"{path} is missing")
+        linked = [directory / Path(*Path(relative).parts[: i + 1]) for i in range(len(Path(relative).parts))]
+        if any(p.is_symlink() for p in linked):
+            raise CheckpointCorruptError(f"{path} is (under) a symbolic link; a checkpoint holds its own files")
         if path.stat().st_size != entry.get("size"):
             raise CheckpointCorruptError(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
     if TRAINER_STATE not in files:
@@ -136,6 +139,41 @@ def verify_own(directory: Path, manifest: dict[str, Any], rank: int | None) -> N
                 raise CheckpointCorruptError(f"{path} cannot be read ({exc.strerror})") from exc
             if digest != entry["sha256"]:
                 raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
+
+
+STATE_DIRS = ("deepspeed", "rng")  # DeepSpeed's partitions and the RNG states: what a resume loads
+
+
+def is_training_state(relative: str) -> bool:
+    """Whether a checkpoint file is one a resume loads besides the trainer state."""
+    return Path(relative).parts[0] in STATE_DIRS
+
+
+def require_signed_state(directory: Path, manifest: dict[str, Any], root: Path) -> None:
+    """The checkpoint's provenance verifies against `root`'s trust root and its `training_state` lists exactly the
+    DeepSpeed, RNG and trainer-state files of `manifest` with the same sha256 (the ranks then hash their own files
+    against the manifest); CheckpointCorruptError naming what differs otherwise. Only the signature is checked
+    here: no weights file is read."""
+    from guards.provenance import ProvenanceError, verify_provenance
+
+    try:
+        record = verify_provenance(directory, root, only=[])
+    except ProvenanceError as exc:
+        message = f"{exc} (this run signs its checkpoints, so it resumes only signed state)"
+        raise CheckpointCorruptError(message) from exc
+    signed = record.get("training_state")
+    listed = {
+        name: entry["sha256"]
+        for name, entry in manifest["files"].items()
+        if is_training_state(name) or name == TRAINER_STATE
+    }
+    signed = signed if isinstance(signed, dict) else {}
+    if signed != listed:
+        differing = sorted(n for n in set(listed) | set(signed) if signed.get(n) != listed.get(n))
+        raise CheckpointCorruptError(
+            f"{directory}: its signed provenance does not sign the training state the manifest lists "
+            f"({', '.join(differing[:3]) or 'none signed'}); resume only from a checkpoint `oracle train` signed"
+        )
 
 
 def verify_complete(directory: Path) -> dict[str, Any]:

@@ -180,9 +180,12 @@ class _RecordingCheckpointEngine:
         self.saved.append(Path(path))
 
     def load(self, path: str, map_location: Any = None) -> Any:
-        if Path(path).resolve() not in self.allowed:
-            raise TrainError(f"{path}: DeepSpeed asked for a file the checkpoint's manifest does not list")
+        self.require_listed(Path(path))
         return self._inner.load(path, map_location=map_location)
+
+    def require_listed(self, path: Path) -> None:
+        if path not in self.allowed:
+            raise TrainError(f"{path}: a resume asked for a file the checkpoint's manifest does not list")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -242,7 +245,8 @@ class Trainer:
         altered is set aside (`--resume auto`) or refused (`--resume PATH`). None: start fresh."""
         plan: dict[str, Any] = {"candidates": [], "explicit": False, "error": None}
         if self.placement.is_main:
-            plan = _candidates(self.run_dir, resume, self.placement.world_size)
+            signed_by = Path.cwd() if self.signing_key is not None else None
+            plan = _candidates(self.run_dir, resume, self.placement.world_size, signed_by=signed_by)
         plan = self._broadcast(plan)  # every rank learns the candidates, or the error, from rank 0
         if plan["error"]:
             raise TrainError(plan["error"])
@@ -259,7 +263,7 @@ class Trainer:
             torch.distributed.all_gather_object(errors, error)
             bad = [e for e in errors if e]
             if not bad:
-                self.checkpoint_files.allowed = {(directory / name).resolve() for name in listed}
+                self.checkpoint_files.allowed = {directory / name for name in listed}
                 return directory
             if plan["explicit"]:
                 raise TrainError(f"--resume {resume}: {bad[0]}; pass a complete checkpoint or `auto`")
@@ -294,7 +298,9 @@ class Trainer:
             raise TrainError(f"{directory / 'deepspeed'}: DeepSpeed could not load its checkpoint")
         from safetensors.torch import load_file
 
-        rng = load_file(str(directory / "rng" / f"rank-{self.placement.rank:05d}.safetensors"))
+        rng_path = directory / "rng" / f"rank-{self.placement.rank:05d}.safetensors"
+        self.checkpoint_files.require_listed(rng_path)
+        rng = load_file(str(rng_path))
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -457,11 +463,20 @@ class Trainer:
                 write_atomically(partial / name, (tokenizer / name).read_bytes())
             served += TOKENIZER_FILES
         digests = {name: written[name]["sha256"] for name in index.files()}  # hashed by the rank that wrote each
-        self._write_provenance(partial, served, digests)
+        # what a resume loads (DeepSpeed's partitions, the RNG states, the trainer state) is bound into the signed
+        # record too, so a resume that will sign its own checkpoints never continues from state nobody signed
+        state: dict[str, str] = {}
+        for path in sorted(p for p in partial.rglob("*") if p.is_file()):
+            name = path.relative_to(partial).as_posix()
+            if ckpt.is_training_state(name) or name == ckpt.TRAINER_STATE:  # rank 0's own when no rank reported it
+                state[name] = written[name]["sha256"] if name in written else ckpt.sha256_file(path)
+        self._write_provenance(partial, served, digests, state)
         ckpt.seal(partial, final, written=written, world_size=self.placement.world_size)
         ckpt.prune(self.run_dir, self.config.checkpoint.keep_last, current=self.step)
 
-    def _write_provenance(self, directory: Path, files: list[str], digests: dict[str, str]) -> None:
+    def _write_provenance(
+        self, directory: Path, files: list[str], digests: dict[str, str], training_state: dict[str, str]
+    ) -> None:
         from guards.provenance import write_provenance
 
         facts = {
@@ -473,6 +488,7 @@ class Trainer:
             "run": self.run_dir.name,
             "train_config_sha256": self.config.sha256(),
             "data_manifest_sha256": self.dataset.manifest_sha256,
+            "training_state": training_state,
             **self.facts.extra,
         }
         write_provenance(directory, files, facts, self.signing_key, digests=digests)
@@ -560,9 +576,19 @@ def run_training(
     return run_dir
 
 
-def _candidates(run_dir: Path, resume: str | None, world_size: int) -> dict[str, Any]:
+def _candidates(run_dir: Path, resume: str | None, world_size: int, *, signed_by: Path | None = None) -> dict[str, Any]:
     """Rank 0: the checkpoints to try, newest first, each with its manifest read and every file's size checked
-    (nothing hashed: each rank hashes its own files next), or the error every rank raises."""
+    (nothing hashed: each rank hashes its own files next), or the error every rank raises. `signed_by` (the root
+    whose trust root verifies provenance; given when this run signs its checkpoints): a candidate's provenance must
+    verify there and sign the very state the manifest lists (ckpt.require_signed_state), so signed output never
+    continues from unsigned state."""
+
+    def checked(directory: Path) -> dict[str, Any]:
+        manifest = ckpt.read_manifest(directory)
+        if signed_by is not None:
+            ckpt.require_signed_state(directory, manifest, signed_by)
+        return manifest
+
     plan: dict[str, Any] = {"candidates": [], "explicit": resume not in (None, "auto"), "error": None}
 
     def same_world(directory: Path, manifest: dict[str, Any]) -> None:
@@ -587,7 +613,7 @@ def _candidates(run_dir: Path, resume: str | None, world_size: int) -> dict[str,
             found = ckpt.checkpoint_dirs(run_dir)
             for directory in found:
                 try:
-                    manifest = ckpt.read_manifest(directory)
+                    manifest = checked(directory)
                 except ckpt.CheckpointCorruptError as exc:
                     aside = ckpt.set_aside(directory)
                     print(f"oracle train: skipping checkpoint: {exc} (moved to {aside.name})", file=sys.stderr)
@@ -600,7 +626,7 @@ def _candidates(run_dir: Path, resume: str | None, world_size: int) -> dict[str,
                 plan["error"] = f"{run_dir}: no checkpoint verifies; nothing to resume from"
             return plan
         directory = Path(resume)
-        same_world(directory, ckpt.read_manifest(directory))
+        same_world(directory, checked(directory))
         plan["candidates"].append(resume)
     except ckpt.CheckpointCorruptError as exc:
         plan["error"] = f"--resume {resume}: {exc}; pass a complete checkpoint or `auto`"

@@ -125,6 +125,21 @@ def test_a_part_file_that_does_not_fit_the_index_is_refused(tmp_path: Path, chan
         load_checkpoint(tmp_path, expected_sha256=digests(tmp_path))
 
 
+def test_off_the_host_a_part_file_is_checked_against_the_index_before_its_data_is_read(tmp_path: Path) -> None:
+    """For a device load (meta here: the branch a GPU server takes) the header is checked first too (red team
+    helper-33, F4): a part file with a stray tensor is refused without reading its data."""
+    partitioned(tmp_path, 2)
+    path = tmp_path / part_file(1, 2)
+    tensors = load_file(path)
+    tensors["stray"] = torch.zeros(10_000)
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError, match="holds tensors its rank does not"):
+        load_checkpoint(tmp_path, device="meta", expected_sha256=digests(tmp_path))
+    model = partitioned(tmp_path / "good", 2)
+    loaded = load_checkpoint(tmp_path / "good", device="meta", expected_sha256=digests(tmp_path / "good"))
+    assert loaded.embed_tokens.weight.shape == model.embed_tokens.weight.shape
+
+
 def test_a_missing_part_file_is_named(tmp_path: Path) -> None:
     partitioned(tmp_path, 3)
     (tmp_path / part_file(2, 3)).unlink()

@@ -147,3 +147,65 @@ def test_a_manifest_naming_a_path_outside_the_folder_or_a_rank_beyond_the_job_is
     (final / ckpt.MANIFEST).write_text(json.dumps(document))
     with pytest.raises(ckpt.CheckpointCorruptError, match="names rank 5 of 1"):
         ckpt.read_manifest(final)
+
+
+def test_a_manifest_path_under_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    """A checkpoint holds its own files: `deepspeed/` linked to a folder elsewhere would let a resume load (and a
+    rank hash) files outside it (red team helper-33, F3)."""
+    final = _checkpoint(tmp_path / "run", 2)
+    elsewhere = tmp_path / "elsewhere"
+    (final / "deepspeed").rename(elsewhere)
+    (final / "deepspeed").symlink_to(elsewhere)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"optim\.pt is \(under\) a symbolic link"):
+        ckpt.read_manifest(final)
+
+
+def _signed(run: Path, step: int, state: dict[str, str] | None = None) -> Path:
+    """A checkpoint whose provenance (signed by the session trust root's key) binds its training state."""
+    from guards.keys import load_signing_key
+    from guards.provenance import write_provenance
+    from tests.trust import session_key
+
+    partial = ckpt.partial_dir(run, step)
+    (partial / "deepspeed").mkdir(parents=True)
+    (partial / "rng").mkdir()
+    (partial / "model.safetensors").write_bytes(b"weights")
+    (partial / "deepspeed" / "optim.pt").write_bytes(b"optimizer" * 100)
+    (partial / "rng" / "rank-00000.safetensors").write_bytes(b"rng")
+    (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": step}))
+    if state is None:
+        state = {
+            name: ckpt.sha256_file(partial / name)
+            for name in ("deepspeed/optim.pt", "rng/rank-00000.safetensors", ckpt.TRAINER_STATE)
+        }
+    key = load_signing_key({"ORACLE_SIGNING_KEY": str(session_key())})
+    write_provenance(partial, ["model.safetensors"], {"training_state": state}, key)
+    return ckpt.seal(partial, run / ckpt.step_dir_name(step))
+
+
+def test_a_run_that_signs_resumes_only_state_its_signed_provenance_binds(tmp_path: Path) -> None:
+    """Laundering (red team helper-33, F3): the manifest is a plain list of digests, so whoever can write the run
+    folder could change DeepSpeed's master weights and rewrite it; a run that signs its checkpoints then signed
+    weights derived from unsigned state. Now the signed record binds that state, and rank 0 checks it."""
+    from oracle.train.trainer import _candidates
+
+    good = _signed(tmp_path, 2)
+    ckpt.require_signed_state(good, ckpt.read_manifest(good), tmp_path)
+    assert _candidates(tmp_path, "auto", 1, signed_by=tmp_path)["candidates"] == [str(good)]
+
+    laundered = _signed(tmp_path, 4)
+    (laundered / "deepspeed" / "optim.pt").write_bytes(b"OPTIMIZER" * 100)  # same size, other master weights
+    manifest = json.loads((laundered / ckpt.MANIFEST).read_text())
+    manifest["files"]["deepspeed/optim.pt"]["sha256"] = ckpt.sha256_file(laundered / "deepspeed" / "optim.pt")
+    (laundered / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    ckpt.verify_complete(laundered)  # the manifest alone is satisfied
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"does not sign the training state.*deepspeed/optim\.pt"):
+        ckpt.require_signed_state(laundered, ckpt.read_manifest(laundered), tmp_path)
+    plan = _candidates(tmp_path, "auto", 1, signed_by=tmp_path)
+    assert plan["candidates"] == [str(good)]  # the laundered one set aside, said so
+    assert (tmp_path / ".corrupt-step-00000004").is_dir()
+    # a run without a signing key resumes unsigned state: its own checkpoints are unsigned anyway
+    unsigned = _checkpoint(tmp_path / "other", 2)
+    assert _candidates(tmp_path / "other", "auto", 1)["candidates"] == [str(unsigned)]
+    with pytest.raises(ckpt.CheckpointCorruptError, match="resumes only signed state"):
+        ckpt.require_signed_state(unsigned, ckpt.read_manifest(unsigned), tmp_path)
