@@ -19,7 +19,8 @@ def read_regular_file(path: Path, limit: int = METADATA_LIMIT) -> bytes:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         want = status.st_size + 1  # the whole file and one byte more in one read, unless it grew since fstat
         while chunk := os.read(fd, min(want, 1 << 20, limit + 1 - size) if chunks else min(want, limit + 1)):
             chunks.append(chunk)
