@@ -18,6 +18,7 @@ policy floor allow it (the embedded floor does not). Every decision is appended 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,12 @@ def require_serving_allowed(
         uncovered = uncovered_files(checkpoint, files)
         if uncovered:
             raise ProvenanceError(uncovered_message(checkpoint, uncovered))
+        named = re.fullmatch(r"step-(\d{8})", checkpoint.name)
+        if named and type(record.get("step")) is int and record["step"] != int(named.group(1)):
+            raise ProvenanceError(
+                f"{checkpoint} is named for step {int(named.group(1))} but its signed record is of step "
+                f"{record['step']}: an older checkpoint put in its place; serve the folder `oracle train` named"
+            )
         if tokenizer is not None and _sha256_or_none(tokenizer / TOKENIZER) != files[TOKENIZER]:
             raise ProvenanceError(
                 f"--tokenizer {tokenizer}: its {TOKENIZER} is not the one {checkpoint / PROVENANCE_FILE} signs; "

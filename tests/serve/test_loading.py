@@ -80,3 +80,11 @@ def test_the_loaded_model_stops_on_turn_markers_and_never_samples_reserved_ids(s
         assert all(block.moe.capacity_factor is None for block in model.engine.model.blocks())
     finally:
         model.engine.stop(timeout=60)
+
+
+def test_an_older_checkpoint_renamed_as_a_newer_step_is_refused(served: ServedCheckpoint, tmp_path: Path) -> None:
+    """A rollback (red team helper-33): the signed record of step 1 in a folder named step 9 — resolve_checkpoint
+    would pick it as the newest — is refused; the step a record signs is the step its folder names."""
+    checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000009"))
+    with pytest.raises(ServingRefusedError, match="named for step 9 but its signed record is of step 1"):
+        check_servable(options(served, checkpoint))
