@@ -159,8 +159,9 @@ def load_partitioned(
     expected_sha256: Mapping[str, str] | None,
 ) -> dict[str, torch.Tensor]:
     """The full tensors, assembled on `device` from the part files read one after another. With `expected_sha256`
-    every file is read once, hashed on the bytes used, and refused unless listed; host memory holds the model plus
-    one part file."""
+    every file is read once, its header checked against the index before any data, hashed on the bytes used, and
+    refused unless listed: on the host the bytes go straight into the model's tensors (one copy of the weights); for
+    a device they pass through host buffers one part file at a time."""
     index = read_index(directory, expected_sha256)
     check_against(index, expected, directory / PARTITIONS_FILE)
     flat = {
