@@ -175,8 +175,7 @@ def load_partitioned(
         if expected_sha256 is None:
             parts = _load_unverified(path)
             _check_part({k: (dtype_name(t.dtype), tuple(t.shape)) for k, t in parts.items()}, index, rank, path)
-            for tensor_name, (begin, end) in held.items():
-                flat[tensor_name][begin:end].copy_(parts[tensor_name])
+            _place(flat, parts, held)
             del parts  # before the next file is read
         elif name not in expected_sha256:
             raise CheckpointError(f"{path}: no verified sha256 was given for it; list it in the provenance record")
@@ -195,10 +194,15 @@ def load_partitioned(
 
             parts = stream_verified(path, expected_sha256[name], torch.device("cpu"), into=destinations)
             if not on_host:  # verified on the host, then moved: one part file's worth of host memory at a time
-                for tensor_name, (begin, end) in held.items():
-                    flat[tensor_name][begin:end].copy_(parts[tensor_name])
+                _place(flat, parts, held)
             del parts
     return {name: flat[name].view(layout.shape) for name, layout in index.tensors.items()}
+
+
+def _place(flat: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], held: dict[str, tuple[int, int]]) -> None:
+    """Copy one part file's ranges into the model's flat tensors."""
+    for name, (begin, end) in held.items():
+        flat[name][begin:end].copy_(parts[name])
 
 
 def _load_unverified(path: Path) -> dict[str, torch.Tensor]:
