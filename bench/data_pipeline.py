@@ -6,8 +6,10 @@ Jaccard of 5-gram shingles >= 0.85), exact duplicates, PII and contamination. Pr
 - docs/s of the whole pipeline (ingest, clean, PII, language ID, dedup, decontamination, shards, stats) and of the
   dedup pass alone (MinHash with 128 permutations, shingles fed one by one as datasketch's examples do, LSH at
   threshold 0.85), measured in the same run, and their ratio (target >= 1.0);
-- dedup precision and recall on the planted pairs (targets: recall >= 0.95 at Jaccard >= 0.85, precision >= 0.99),
-  measured with the pipeline's own Deduplicator on the same documents.
+- the same run split into two tasks (init, prepare x2 at once, cluster, write x2 at once, finish) against the
+  one-process run, and whether both wrote the same stats.json (the run fails if not);
+- near-duplicate recall and precision measured on the pipeline's clusters (targets: recall >= 0.95 at Jaccard >=
+  0.85, precision >= 0.99), with planted pairs, exact copies and triples whose original comes after its copies.
 
 Usage: python bench/data_pipeline.py [--docs N] [--json FILE]
 """
@@ -16,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from oracle.data.dedup import Deduplicator
+from oracle.data import dedup, pipeline
 from oracle.data.pipeline import PipelineConfig, run_pipeline
 
 EN = [
@@ -340,22 +345,37 @@ EVAL_ITEMS = [
 ]
 
 
+def _edited(text: str, rng: random.Random, words: list[str], avoid: set[int] | None = None) -> tuple[str, set[int]]:
+    """A copy with about 1 % of the words changed (positions outside `avoid`), and the positions changed."""
+    copy = text.split()
+    free = [i for i in range(len(copy)) if not avoid or i not in avoid]
+    positions = set(rng.sample(free, max(1, len(copy) // 100)))
+    for position in positions:
+        copy[position] = rng.choice(words)
+    return " ".join(copy), positions
+
+
 def make_corpus(directory: Path, n_docs: int, seed: int = 0) -> dict[str, object]:
     rng = random.Random(seed)
     docs: list[str] = []
-    near_pairs: list[tuple[int, int]] = []
+    groups: list[list[int]] = []  # planted duplicates: a near pair, a triple, an exact pair
     while len(docs) < n_docs:
         words = EN if rng.random() < 0.7 else RU
         text = " ".join(rng.choice(words) for _ in range(rng.randint(300, 380)))
-        docs.append(text)
         roll = rng.random()
+        if roll < 0.02 and len(docs) + 3 <= n_docs:
+            # a triple whose original comes after its two copies (the case a streaming dedup gets wrong)
+            first, changed = _edited(text, rng, words)
+            second, _ = _edited(text, rng, words, avoid=changed)
+            groups.append([len(docs), len(docs) + 1, len(docs) + 2])
+            docs += [first, second, text]
+            continue
+        docs.append(text)
         if roll < 0.05 and len(docs) < n_docs:  # a near duplicate: ~1 % of the words changed
-            copy = text.split()
-            for position in rng.sample(range(len(copy)), max(1, len(copy) // 100)):
-                copy[position] = rng.choice(words)
-            near_pairs.append((len(docs) - 1, len(docs)))
-            docs.append(" ".join(copy))
+            groups.append([len(docs) - 1, len(docs)])
+            docs.append(_edited(text, rng, words)[0])
         elif roll < 0.06 and len(docs) < n_docs:  # an exact duplicate (reformatted)
+            groups.append([len(docs) - 1, len(docs)])
             docs.append(text.upper().replace(" ", "  "))
         elif roll < 0.08:  # PII
             docs[-1] += f" write to user{len(docs)}@example.org or call +1 415 555 {1000 + len(docs) % 9000}"
@@ -363,15 +383,15 @@ def make_corpus(directory: Path, n_docs: int, seed: int = 0) -> dict[str, object
             docs[-1] += " " + rng.choice(EVAL_ITEMS)
     inputs = directory / "in"
     inputs.mkdir()
-    for part in range(4):
-        chunk = docs[part::4]
+    for part in range(8):
+        chunk = docs[part::8]
         (inputs / f"part-{part}.jsonl").write_text(
             "\n".join(json.dumps({"text": d}, ensure_ascii=False) for d in chunk)
         )
     evals = directory / "evals"
     evals.mkdir()
     (evals / "history.jsonl").write_text("\n".join(json.dumps({"question": q}) for q in EVAL_ITEMS))
-    return {"docs": docs, "near_pairs": near_pairs, "inputs": str(inputs), "evals": evals}
+    return {"docs": docs, "groups": groups, "inputs": str(inputs), "evals": evals}
 
 
 def jaccard(a: str, b: str) -> float:
@@ -396,6 +416,44 @@ def plain_minhash_pass(docs: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def cluster_quality(docs: list[str], groups: list[list[int]]) -> dict[str, float]:
+    """Recall and precision of the pipeline's clusters (oracle/data/dedup.py) on the planted duplicates.
+
+    Recall: the planted pairs whose true Jaccard of 5-gram shingles is >= 0.85 that end in one cluster. Precision:
+    of the documents dropped as duplicates, the share whose cluster survivor is planted in the same group."""
+    outcome = dedup.cluster(
+        [str(i) for i in range(len(docs))],
+        [dedup.exact_key(t) for t in docs],
+        [len(t) for t in docs],
+        np.stack([dedup.signature(t) for t in docs]),
+    )
+    group_of = {doc: number for number, group in enumerate(groups) for doc in group}
+    pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]]
+    strong = [(a, b) for a, b in pairs if jaccard(docs[a], docs[b]) >= 0.85]
+    found = sum(outcome.survivors[a] == outcome.survivors[b] for a, b in strong)
+    dropped = [row for row, reason in enumerate(outcome.reasons) if reason is not None]
+    right = sum(row in group_of and group_of.get(outcome.survivors[row]) == group_of[row] for row in dropped)
+    return {
+        "recall": found / len(strong),
+        "precision": right / len(dropped) if dropped else 1.0,
+        "planted_pairs": len(strong),
+        "clusters": outcome.count,
+    }
+
+
+def split_run(inputs: str, evals: Path, work: Path, output: Path) -> float:
+    """The same run as two tasks, each per-task stage on its own process at once, as a two-task array would."""
+    config = PipelineConfig([inputs + "/*.jsonl"], output, eval_sets=evals)
+    start = time.perf_counter()
+    pipeline.init(work, config, tasks=2)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(pipeline.prepare, [work, work], [0, 1]))
+        pipeline.cluster(work)
+        list(pool.map(pipeline.write, [work, work], [0, 1]))
+    pipeline.finish(work, output)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=20_000)
@@ -404,24 +462,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         directory = Path(temp)
         corpus = make_corpus(directory, args.docs)
-        docs = corpus["docs"]
+        docs, groups = corpus["docs"], corpus["groups"]
         assert isinstance(docs, list)
+        assert isinstance(groups, list)
         baseline_s = plain_minhash_pass(docs)
         start = time.perf_counter()
         stats = run_pipeline(
             PipelineConfig([str(corpus["inputs"]) + "/*.jsonl"], directory / "out", eval_sets=corpus["evals"])  # type: ignore[arg-type]
         )
         pipeline_s = time.perf_counter() - start
-
-        dedup = Deduplicator()
-        dropped = {index for index, text in enumerate(docs) if dedup.check(str(index), text) == "near_duplicate"}
-        pairs = corpus["near_pairs"]
-        assert isinstance(pairs, list)
-        # Recall counts the planted pairs whose true Jaccard (of the same 5-gram shingles) is >= 0.85.
-        planted = {second for first, second in pairs if jaccard(docs[first], docs[second]) >= 0.85}
-        recall = len(planted & dropped) / len(planted)
-        all_planted = {second for _, second in pairs}
-        precision = len(all_planted & dropped) / len(dropped) if dropped else 1.0
+        split_s = split_run(str(corpus["inputs"]), corpus["evals"], directory / "work", directory / "split")  # type: ignore[arg-type]
+        identical = (directory / "out" / "stats.json").read_bytes() == (directory / "split" / "stats.json").read_bytes()
+        quality = cluster_quality(docs, groups)
     megabytes = sum(len(d.encode()) for d in docs) / 1e6
     result = {
         "docs": len(docs),
@@ -429,11 +481,16 @@ def main() -> None:
         "pipeline_docs_per_s": len(docs) / pipeline_s,
         "minhash_pass_docs_per_s": len(docs) / baseline_s,
         "ratio_pipeline_over_minhash_pass": baseline_s / pipeline_s,
-        "near_dup_recall": recall,
-        "near_dup_precision": precision,
-        "planted_near_pairs": len(planted),
+        "two_task_docs_per_s": len(docs) / split_s,
+        "ratio_two_tasks_over_one_process": pipeline_s / split_s,
+        "two_task_stats_identical": identical,
+        "near_dup_recall": quality["recall"],
+        "near_dup_precision": quality["precision"],
+        "planted_near_pairs": quality["planted_pairs"],
+        "clusters": quality["clusters"],
         "kept": stats.kept_docs,
         "dropped": dict(stats.dropped),
+        "cluster_sizes": stats.cluster_sizes,
     }
     print(
         f"data_pipeline {len(docs)} docs ({megabytes:.1f} MB): pipeline {result['pipeline_docs_per_s']:.0f} docs/s, "
@@ -441,9 +498,16 @@ def main() -> None:
         f"ratio {result['ratio_pipeline_over_minhash_pass']:.2f}x (target >= 1.0)"
     )
     print(
-        f"data_pipeline near-duplicates: recall {recall:.3f} (target >= 0.95), precision {precision:.3f} "
-        f"(target >= 0.99) on {len(planted)} planted pairs; dropped {dict(stats.dropped)}"
+        f"data_pipeline two tasks at once: {result['two_task_docs_per_s']:.0f} docs/s, "
+        f"{result['ratio_two_tasks_over_one_process']:.2f}x one process; stats.json identical: {identical}"
     )
+    print(
+        f"data_pipeline near-duplicate clusters: recall {quality['recall']:.3f} (target >= 0.95), precision "
+        f"{quality['precision']:.3f} (target >= 0.99) on {quality['planted_pairs']} planted pairs; "
+        f"cluster sizes {stats.cluster_sizes}; dropped {dict(stats.dropped)}"
+    )
+    if not identical:
+        raise SystemExit("the two-task run's stats.json differs from the one-process run's")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from guards.commands import guards_app
 from guards.trust_commands import keys_app, trust_app
+from oracle.data.commands import stage_app
 
 app = typer.Typer(
     name="oracle",
@@ -57,6 +58,7 @@ data_app = typer.Typer(
     help="The data pipeline: ingest, clean, dedup, decontaminate, shard, stats.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+data_app.add_typer(stage_app, name="stage")
 hub_app = typer.Typer(help="The Hugging Face Hub publish gate: build the files, publish them.", no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
 
@@ -130,23 +132,23 @@ def data_run_command(
     Example: oracle data run --input 'raw/*.jsonl.gz' --input s3://corpus/part-0.parquet --output data/out
     """
     from oracle.data.decontaminate import EvalSetError
-    from oracle.data.ingest import IngestError
-    from oracle.data.pipeline import OutputError, PipelineConfig, run_pipeline
+    from oracle.data.pipeline import OutputError, StageError, config_from_options, run_pipeline
+    from oracle.data.reader import ReaderError
     from oracle.data.shard import ShardError
     from oracle.tokenization.tokenizer import TokenizerError
 
-    config = PipelineConfig(
-        inputs=inputs,
-        output=output,
+    config = config_from_options(
+        inputs,
+        output,
         eval_sets=eval_sets,
-        languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
+        languages=languages,
         max_shard_bytes=max_shard_bytes,
         tokenizer=tokenizer,
         seq_len=seq_len,
     )
     try:
         stats = run_pipeline(config)
-    except (IngestError, EvalSetError, ShardError, TokenizerError, OutputError) as exc:
+    except (ReaderError, EvalSetError, ShardError, TokenizerError, OutputError, StageError) as exc:
         raise fail(str(exc)) from exc
     if output_format is OutputFormat.json:
         stdout.print_json(json.dumps(stats.as_json()))
@@ -203,6 +205,7 @@ def tokenizer_train_command(
         "mb_per_second": round(megabytes / report.seconds, 3) if report.seconds else None,
         "learned_tokens": report.learned_tokens,
         "vocab_size": report.vocab_size,
+        "corrupt_records": report.corrupt,
     }
     if output_format is OutputFormat.json:
         stdout.print_json(json.dumps(summary))
@@ -213,6 +216,8 @@ def tokenizer_train_command(
             f"saved to {out}",
             highlight=False,
         )
+        for problem in report.corrupt:
+            stderr.print(f"skipped a corrupt record: {problem}", highlight=False, soft_wrap=True)
 
 
 def _print_param_table(count: object) -> None:

@@ -1,6 +1,7 @@
 """The decontaminate stage: drop training documents that share a 13-gram of words with an evaluation item.
 
-Evaluation sets are local JSONL files (`--eval-sets DIR`, one file per set, every string field of an item counts).
+Evaluation sets are local files (`--eval-sets DIR`, one file per set, in any format oracle/data/reader.py reads;
+every string field of a JSONL item counts). A record that cannot be read is listed, never fatal (the reader's rule).
 Words are lowercased `\\w+` runs, so punctuation and case differences do not hide an overlap. A document with any
 overlapping 13-gram is dropped whole (reason `contaminated`): removing only the span would leave the surrounding
 question or answer text behind. Hits are counted per evaluation set.
@@ -8,10 +9,11 @@ question or answer text behind. Hits are counted per evaluation set.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
+
+from oracle.data.reader import FORMATS, format_of, read_records
 
 N = 13
 _WORD = re.compile(r"\w+")
@@ -41,25 +43,20 @@ class Decontaminator:
         self.index: dict[tuple[str, ...], set[str]] = {}
         self.hits: Counter[str] = Counter()
         self.sets: list[str] = []
+        self.corrupt: list[str] = []  # records of the evaluation sets that could not be read: listed, not fatal
         if eval_dir is None:
             return
         if not eval_dir.is_dir():
-            raise EvalSetError(f"--eval-sets {eval_dir}: not a directory of JSONL files")
-        for path in sorted(eval_dir.glob("*.jsonl")):
-            name = path.stem
+            raise EvalSetError(f"--eval-sets {eval_dir}: not a directory of evaluation-set files")
+        files = sorted(path for path in eval_dir.iterdir() if path.is_file() and path.name.lower().endswith(FORMATS))
+        for path in files:
+            name = path.name[: -len(format_of(path.name))]
             self.sets.append(name)
-            try:
-                text = path.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise EvalSetError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may be in a string
-                if not line.strip():
+            for record in read_records(str(path))[1]:
+                if record.problem is not None:
+                    self.corrupt.append(record.problem)
                     continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EvalSetError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
-                for text in _strings(item):
+                for text in _strings(record.value):
                     for gram in ngrams(text):
                         self.index.setdefault(gram, set()).add(name)
 

@@ -49,9 +49,11 @@ class PackedWriter:
     tokens: int = 0
     padded_tokens: int = 0
 
+    prefix: str = "tokens"  # file names: PREFIX-NNNNNN.bin
+
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype("<u2") if self.vocab_size <= 2**16 else np.dtype("<u4")
+        return token_dtype(self.vocab_size)
 
     def add(self, ids: list[int]) -> None:
         self._buffer.extend(ids)
@@ -67,38 +69,74 @@ class PackedWriter:
         if not self._pending:
             return
         data = np.stack(self._pending).tobytes()
-        name = f"tokens-{len(self._files):06d}.bin"
+        name = f"{self.prefix}-{len(self._files):06d}.bin"
         write_atomically(self.directory / name, data)
         self._files.append({"name": name, "sequences": len(self._pending), "sha256": hashlib.sha256(data).hexdigest()})
         self._pending = []
 
-    def close(self) -> Path:
+    def finish(self) -> list[dict[str, object]]:
+        """Pad and write the last sequence; the files written, for an index (`close`, or `write_index` over the
+        files of several writers)."""
         if self._buffer:
             self.padded_tokens = self.seq_len - len(self._buffer)
             self._pending.append(np.asarray(self._buffer + [self.pad_id] * self.padded_tokens, dtype=self.dtype))
             self._buffer = []
         self._flush()
-        index = {
-            "format": FORMAT,
-            "dtype": self.dtype.name,
-            "seq_len": self.seq_len,
-            "vocab_size": self.vocab_size,
-            "eos_id": self.eos_id,
-            "pad_id": self.pad_id,
-            "files": self._files,
-            "tokens": self.tokens,
-            "padded_tokens": self.padded_tokens,
-        }
-        if self.tokenizer_dir is not None:
-            from oracle.tokenization.tokenizer import TOKENIZER_FILES
+        return self._files
 
-            digests = {}
-            for name in TOKENIZER_FILES:
-                data = (self.tokenizer_dir / name).read_bytes()
-                write_atomically(self.directory / TOKENIZER_DIR / name, data)
-                digests[name] = hashlib.sha256(data).hexdigest()
-            index["tokenizer"] = digests
-        return write_atomically(self.directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+    def close(self) -> Path:
+        files = self.finish()
+        return write_index(
+            self.directory,
+            seq_len=self.seq_len,
+            vocab_size=self.vocab_size,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            files=files,
+            tokens=self.tokens,
+            padded_tokens=self.padded_tokens,
+            tokenizer_dir=self.tokenizer_dir,
+        )
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def write_index(
+    directory: Path,
+    *,
+    seq_len: int,
+    vocab_size: int,
+    eos_id: int,
+    pad_id: int,
+    files: list[dict[str, object]],
+    tokens: int,
+    padded_tokens: int,
+    tokenizer_dir: Path | None,
+) -> Path:
+    """`index.json` over `files` (already in `directory`), with a copy of the tokenizer when one is given."""
+    index: dict[str, object] = {
+        "format": FORMAT,
+        "dtype": token_dtype(vocab_size).name,
+        "seq_len": seq_len,
+        "vocab_size": vocab_size,
+        "eos_id": eos_id,
+        "pad_id": pad_id,
+        "files": files,
+        "tokens": tokens,
+        "padded_tokens": padded_tokens,
+    }
+    if tokenizer_dir is not None:
+        from oracle.tokenization.tokenizer import TOKENIZER_FILES
+
+        digests = {}
+        for name in TOKENIZER_FILES:
+            data = (tokenizer_dir / name).read_bytes()
+            write_atomically(directory / TOKENIZER_DIR / name, data)
+            digests[name] = hashlib.sha256(data).hexdigest()
+        index["tokenizer"] = digests
+    return write_atomically(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
 
 
 def read_index(directory: Path) -> dict[str, object]:

@@ -19,6 +19,8 @@ class PipelineStats:
     languages: Counter[str] = field(default_factory=Counter)
     pii: Counter[str] = field(default_factory=Counter)
     duplicate_clusters: int = 0
+    cluster_sizes: dict[str, int] = field(default_factory=dict)  # documents in a cluster → how many such clusters
+    eval_corrupt_records: int = 0  # evaluation-set records that could not be read (listed in corrupt_records.log)
     contamination_hits: Counter[str] = field(default_factory=Counter)
     shards: list[str] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)  # packed-token totals when a tokenizer was given
@@ -77,7 +79,7 @@ def write_report(stats: PipelineStats, out: Path) -> Path:
         f"- input documents: {stats.input_docs}",
         f"- kept: {stats.kept_docs}; dropped: {sum(stats.dropped.values())}",
         f"- bytes: {stats.bytes}",
-        f"- duplicate clusters: {stats.duplicate_clusters}",
+        f"- duplicate clusters: {stats.duplicate_clusters} (by size: {stats.cluster_sizes or 'none'})",
         f"- PII redacted: {dict(stats.pii) or 'none'}",
         f"- contamination hits: {dict(stats.contamination_hits) or 'none'}",
         f"- shards: {len(stats.shards)}",

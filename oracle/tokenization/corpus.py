@@ -1,74 +1,51 @@
-"""Reading training text for the tokenizer: plain text, JSONL and JSONL.gz files (the `text` field), WebDataset tar
-shards (their `.txt` members, as `oracle data run` writes them), and directories of any of these."""
+"""Reading training text for the tokenizer, through the pipeline's one reader (oracle/data/reader.py): plain text,
+JSONL and JSONL.gz files (the `text` field), Parquet, WebDataset tar shards (their `.txt` members, as
+`oracle data run` writes them), directories of any of these, and the same URLs and URIs the pipeline reads.
+
+A record that cannot be read is counted and listed (`Corpus.corrupt`), never fatal: the reader's one rule."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".tar")
+from oracle.data.reader import FORMATS, ReaderError, expand, read_documents
 
 
 class CorpusError(ValueError):
-    """An input that cannot be read as training text; the message names the file (and line) and the fix."""
+    """An input that cannot be read as training text; the message names the file and the fix."""
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
-
-
-def input_files(inputs: list[Path]) -> list[Path]:
-    """Every readable file behind the inputs, in a stable order; a missing input or an empty selection is an error."""
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and _suffix(p) in TEXT_SUFFIXES)
-        elif item.is_file():
-            if _suffix(item) not in TEXT_SUFFIXES:
-                raise CorpusError(f"{item}: unsupported input; use {', '.join(TEXT_SUFFIXES)} files or a directory")
-            files.append(item)
-        else:
-            raise CorpusError(f"{item}: no such file or directory")
+def input_files(inputs: list[Path]) -> list[str]:
+    """Every input file behind the inputs, in a stable order; a missing input or an empty selection is an error."""
+    try:
+        files = expand(inputs)
+    except ReaderError as exc:
+        raise CorpusError(str(exc)) from exc
     if not files:
-        raise CorpusError(
-            f"no training text under {', '.join(map(str, inputs))} (looked for {', '.join(TEXT_SUFFIXES)})"
-        )
+        raise CorpusError(f"no training text under {', '.join(map(str, inputs))} (looked for {', '.join(FORMATS)})")
     return files
 
 
-def iter_documents(files: list[Path]) -> Iterator[str]:
-    for path in files:
-        suffix = _suffix(path)
-        if suffix == ".txt":
+@dataclass
+class Corpus:
+    files: list[str]
+    corrupt: list[str] = field(default_factory=list)  # one line per record that could not be read
+
+    def texts(self) -> Iterator[str]:
+        for uri in self.files:
             try:
-                yield path.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise CorpusError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-        elif suffix in {".jsonl", ".jsonl.gz"}:
-            try:
-                raw = gzip.decompress(path.read_bytes()) if suffix == ".jsonl.gz" else path.read_bytes()
-                lines = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").split("\n")
-            except (OSError, EOFError, UnicodeDecodeError) as exc:
-                raise CorpusError(f"{path}: not readable UTF-8 JSONL ({exc})") from exc
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg}); fix or drop the line") from exc
-                text = record.get("text") if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    raise CorpusError(f"{path}:{number}: no string field `text`; each line needs one")
-                yield text
-        else:  # a WebDataset shard
-            with tarfile.open(path) as archive:
-                for member in archive:
-                    if member.isfile() and member.name.endswith(".txt"):
-                        extracted = archive.extractfile(member)
-                        if extracted is not None:
-                            yield extracted.read().decode("utf-8")
+                documents = read_documents(uri)[1]
+            except ReaderError as exc:
+                raise CorpusError(str(exc)) from exc
+            for document in documents:
+                if document.text is None:
+                    self.corrupt.append(document.problem or document.doc_id)
+                else:
+                    yield document.text
+
+
+def iter_documents(files: list[str]) -> Iterator[str]:
+    """The texts of `files`; corrupt records are skipped (use `Corpus` to list them)."""
+    return Corpus(files).texts()

@@ -19,7 +19,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from oracle.tokenization.chat_template import CHAT_TEMPLATE
-from oracle.tokenization.corpus import input_files, iter_documents
+from oracle.tokenization.corpus import Corpus, input_files
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, PAD, SPECIAL_TOKENS, is_reserved, reserved_token
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -41,6 +41,7 @@ class TrainingReport:
     seconds: float
     learned_tokens: int  # tokens BPE learned (bytes, merges, specials) before reserved padding
     vocab_size: int
+    corrupt: list[str]  # records that could not be read (counted and listed, as everywhere)
 
 
 def _empty_tokenizer() -> Tokenizer:
@@ -59,11 +60,11 @@ def train_tokenizer(inputs: list[Path], vocab_size: int, *, min_frequency: int =
         raise TokenizerError(
             f"--vocab-size {vocab_size} is below {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} specials)"
         )
-    files = input_files(inputs)
+    corpus = Corpus(input_files(inputs))
     counted = {"documents": 0, "bytes": 0}
 
     def documents() -> object:
-        for text in iter_documents(files):
+        for text in corpus.texts():
             counted["documents"] += 1
             counted["bytes"] += len(text.encode("utf-8"))
             yield text
@@ -85,7 +86,7 @@ def train_tokenizer(inputs: list[Path], vocab_size: int, *, min_frequency: int =
     tokenizer.add_special_tokens([reserved_token(i) for i in range(vocab_size - learned)])
     if tokenizer.get_vocab_size() != vocab_size:
         raise TokenizerError(f"the vocabulary has {tokenizer.get_vocab_size()} tokens, expected {vocab_size}")
-    report = TrainingReport(counted["documents"], counted["bytes"], seconds, learned, vocab_size)
+    report = TrainingReport(counted["documents"], counted["bytes"], seconds, learned, vocab_size, corpus.corrupt)
     return tokenizer, report
 
 

@@ -95,9 +95,12 @@ def test_the_chat_template_rejects_unknown_roles() -> None:
 
 def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "ok"}\n{"text": \n')
-    with pytest.raises(CorpusError, match=r"bad.jsonl:2: invalid JSON"):
-        train_tokenizer([bad], 4096)
+    bad.write_text('{"text": "ok"}\n{"text": \n{"text": "fine too"}\n')
+    # the pipeline's rule: a corrupt record is counted and listed, never fatal
+    _, report = train_tokenizer([bad], 4096)
+    assert report.documents == 2
+    assert len(report.corrupt) == 1
+    assert "bad.jsonl:2: invalid JSON" in report.corrupt[0]
     missing = tmp_path / "nope.txt"
     with pytest.raises(CorpusError, match="no such file"):
         train_tokenizer([missing], 4096)
