@@ -54,4 +54,16 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     _require_project_venv(session)
     for script in sorted((ROOT / "bench").glob("*.py")):
-        session.run("python", str(script), *session.posargs)
+        if script.name != GPU_CHECK.name:  # needs CUDA: its own session, below
+            session.run("python", str(script), *session.posargs)
+
+
+GPU_CHECK = ROOT / "bench" / "gpu_check.py"
+
+
+@nox.session(python=False)
+def gpu(session: nox.Session) -> None:
+    """The one-run GPU check (issue 18): MoE layer TFLOP/s, flash-SDPA parity, bench-recipe steps with MFU, as JSON
+    (`nox -s gpu -- --out FILE`; default $OUT/gpu_check.json). Refuses without CUDA; `-- --cpu-smoke` runs it tiny."""
+    _require_project_venv(session)
+    session.run("python", str(GPU_CHECK), *session.posargs)
