@@ -66,4 +66,4 @@ def gpu(session: nox.Session) -> None:
     """The one-run GPU check (issue 18): MoE layer TFLOP/s, flash-SDPA parity, bench-recipe steps with MFU, as JSON
     (`nox -s gpu -- --out FILE`; default $OUT/gpu_check.json). Refuses without CUDA; `-- --cpu-smoke` runs it tiny."""
     _require_project_venv(session)
-    session.run("python", str(GPU_CHECK), *session.posargs)
+    session.run(sys.executable, str(GPU_CHECK), *session.posargs)  # the venv's python, whatever PATH holds
