@@ -16,7 +16,7 @@ Three parts, each bounded (warm-up plus a few timed repeats, synchronised), each
    moves more bytes). Training through `oracle train` happens only in a submitted job; this measures the model's step.
 
 Without CUDA the script refuses in one line, unless `--cpu-smoke`: then every part runs at tiny sizes on the CPU
-(the mini recipe for the steps), which checks the script's logic and says nothing about a GPU.
+(the mini recipe and its head layout), which checks the script's logic and says nothing about a GPU.
 
 Usage: python bench/gpu_check.py [--out FILE] [--cpu-smoke]   (FILE defaults to $OUT/gpu_check.json when OUT is set)
 """
