@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import json
 import os
 import posix
 import shlex
@@ -703,6 +704,7 @@ GATED = {
     ("train",): "train",
     ("serve",): "serve",
     ("data", "run"): "data run",
+    ("data", "stage"): "data stage",
     ("hub", "publish"): "hub publish",
     ("export",): "export",
 }
@@ -739,6 +741,41 @@ def _url_endpoint(url: str) -> tuple[str, int] | None:
     return (parts.hostname, port) if parts.hostname else None
 
 
+def _plan_inputs(work: Path) -> list[str]:
+    """The remote inputs of a data run's plan (oracle/data/pipeline.py, WORK/run.json); none when it cannot be
+    read (the stage then refuses with its own message, and no endpoint is allowed)."""
+    try:
+        with open(work / "run.json", "rb") as handle:
+            plan = json.loads(handle.read(16 * 2**20))
+    except (OSError, ValueError):
+        return []
+    inputs = plan.get("inputs") if isinstance(plan, dict) else None
+    return [item for item in inputs if isinstance(item, str)] if isinstance(inputs, list) else []
+
+
+def _allow_data_inputs(policy: ProcessPolicy, inputs: Sequence[str], environ: Mapping[str, str]) -> None:
+    """The endpoints the pipeline's remote inputs need: an https:// URL's host and port, an s3:// bucket's endpoint."""
+    for item in inputs:
+        if item.startswith(("https://", "http://")):
+            policy.allow(endpoints=[found] if (found := _url_endpoint(item)) else [])
+        elif item.startswith("s3://"):
+            endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+            found = _url_endpoint(endpoint) if endpoint else None
+            if found:
+                policy.allow(endpoints=[found])
+            else:
+                bucket = item.removeprefix("s3://").split("/", 1)[0]
+                region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+                policy.allow(
+                    hosts=[
+                        f"{bucket}.s3.amazonaws.com",
+                        f"{bucket}.s3.{region}.amazonaws.com",
+                        "s3.amazonaws.com",
+                        f"s3.{region}.amazonaws.com",
+                    ]
+                )
+
+
 def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], root: Path) -> ProcessPolicy:
     """The start-up policy of `command`, from its command line and the environment the job spec sets."""
     policy = ProcessPolicy(command=command, root=root)
@@ -751,26 +788,11 @@ def policy_for(command: str, argv: Sequence[str], environ: Mapping[str, str], ro
         api = environ.get("KUBERNETES_SERVICE_HOST")
         if api:
             policy.allow(endpoints=[(api, int(environ.get("KUBERNETES_SERVICE_PORT", "443") or 443))])
-    elif command == "data run":
-        for item in _option(argv, "--input"):
-            if item.startswith(("https://", "http://")):
-                policy.allow(endpoints=[found] if (found := _url_endpoint(item)) else [])
-            elif item.startswith("s3://"):
-                endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
-                found = _url_endpoint(endpoint) if endpoint else None
-                if found:
-                    policy.allow(endpoints=[found])
-                else:
-                    bucket = item.removeprefix("s3://").split("/", 1)[0]
-                    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-                    policy.allow(
-                        hosts=[
-                            f"{bucket}.s3.amazonaws.com",
-                            f"{bucket}.s3.{region}.amazonaws.com",
-                            "s3.amazonaws.com",
-                            f"s3.{region}.amazonaws.com",
-                        ]
-                    )
+    elif command in ("data run", "data stage"):
+        inputs = _option(argv, "--input")
+        if command == "data stage":  # the stages after init read the inputs the plan names
+            inputs += [item for work in _option(argv, "--work") for item in _plan_inputs(Path(work))]
+        _allow_data_inputs(policy, inputs, environ)
     elif command == "hub publish":
         endpoint = (_option(argv, "--endpoint") or [environ.get("HF_ENDPOINT", "https://huggingface.co")])[-1]
         policy.allow(endpoints=[found] if (found := _url_endpoint(endpoint)) else [])

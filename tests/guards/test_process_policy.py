@@ -320,6 +320,14 @@ def test_gated_commands_and_their_start_up_policy(tmp_path: Path) -> None:
     assert train.address_allowed("10.96.0.1", 443)
     data = policy_for("data run", ["--input", "https://data.example.invalid:8443/a.jsonl"], {}, tmp_path)
     assert data.endpoints == {("data.example.invalid", 8443)}
+    # the pipeline's stages: init names its inputs on the command line, the later stages read them from the plan
+    assert gated_command(["data", "stage", "prepare", "--work", "w"]) == "data stage"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"inputs": ["https://corpus.example.invalid/a.jsonl", "/local/b.txt"]}))
+    stage = policy_for("data stage", ["prepare", "--work", str(work), "--task", "0"], {}, tmp_path)
+    assert stage.endpoints == {("corpus.example.invalid", 443)}
+    assert not policy_for("data stage", ["prepare", "--work", str(tmp_path / "none")], {}, tmp_path).endpoints
     publish = policy_for(
         "hub publish", ["--endpoint", "http://127.0.0.1:9000", "--staged", str(tmp_path)], {}, tmp_path
     )
