@@ -5,8 +5,9 @@ spec about to reach the scheduler and the data the job will read:
 
 - SUB001: every training container (every sbatch script) sets `ALLOW_LOCAL_TRAIN=false`, and nothing sets it to
   anything else.
-- SUB002: the job runs the locked environment: on SLURM the virtualenv built from this commit's requirements.lock
-  (its stamp), on Kubernetes and Argo the image tagged with the lock's digest.
+- SUB002: the job runs the locked environment: on SLURM the virtualenv built from the lock of the job's machines
+  (requirements-gpu.lock for a job that holds GPUs, requirements.lock otherwise: its stamp, and the script checks the
+  venv against that lock), on Kubernetes and Argo the image tagged with the GPU lock's digest.
 - SUB003: no foreign weights among the job's inputs: the data files are token shards listed (with sha256) by
   our packed format's index, and nothing else there is a weights file by content.
 - SUB004: the runtime layer is in the spec: every process runs `oracle` (which installs the process policy's hooks
@@ -16,6 +17,7 @@ spec about to reach the scheduler and the data the job will read:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -27,9 +29,11 @@ import yaml
 
 from guards.process_policy import OFFLINE_ENV
 from infra.spec import JobRequest
+from policies.lockfile import job_lock_name
+from policies.settings import load_settings
 
 _ASSIGNMENT = re.compile(r"\bALLOW_LOCAL_TRAIN\s*=\s*(\S*)")
-VENV_STAMP = ".requirements.lock.sha256"
+VENV_STAMP = ".requirements.lock.sha256"  # `<sha256 of the lock>  <lock>`, written by `make venv`
 
 
 def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str]:
@@ -39,22 +43,41 @@ def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str
         problems.append("SUB001 the sbatch script does not set ALLOW_LOCAL_TRAIN=false")
     if any(value != "false" for value in values):
         problems.append("SUB001 the sbatch script sets ALLOW_LOCAL_TRAIN to something other than false")
+    # SUB002: the venv's stamp names the job's lock (the GPU lock when the job holds GPUs; `lock_sha256` is the CPU
+    # lock's, which the submission record binds), and the script verifies the venv against that lock
+    cpu_lock = load_settings(request.root).venv.lock
+    lock = job_lock_name(cpu_lock, request.gpus_per_node)
+    want = lock_sha256
+    if lock != cpu_lock:
+        try:
+            want = hashlib.sha256((request.root / lock).read_bytes()).hexdigest()
+        except OSError:
+            want = ""
+            problems.append(f"SUB002 the job holds GPUs but {request.root / lock} cannot be read; run `make lock`")
     stamp = request.venv / VENV_STAMP
     try:
-        have = stamp.read_text(encoding="utf-8").strip()
+        fields = stamp.read_text(encoding="utf-8").split()
     except OSError:
-        have = ""
-    if have != lock_sha256:
+        fields = []
+    have = fields[0] if fields else ""
+    built_from = fields[1] if len(fields) > 1 else cpu_lock  # a stamp older than the GPU lock holds the digest alone
+    if have != want or built_from != lock:
+        said = f"says {have[:12]} of {built_from}" if have else "missing"
+        accelerator = "cuda" if lock != cpu_lock else "cpu"
         problems.append(
-            f"SUB002 {request.venv} is not built from requirements.lock (stamp {stamp} "
-            f"{'says ' + have[:12] if have else 'missing'}, lock is {lock_sha256[:12]}); run `make venv`"
+            f"SUB002 {request.venv} is not built from {lock} (stamp {stamp} {said}, {lock} is {want[:12]}); "
+            f"run `ORACLE_ACCELERATOR={accelerator} make venv`"
         )
     if (
         f"\nvenv={shlex.quote(str(request.venv))}\n" not in script
+        or f'\njob_lock="$export_dir/{lock}"\n' not in script
+        or '--lock "$job_lock"' not in script
         or "\nsrun " not in script
         or ('"$venv/bin/torchrun"' not in script)
     ):
-        problems.append(f"SUB002 the sbatch script does not run torchrun from the locked virtualenv {request.venv}")
+        problems.append(
+            f"SUB002 the sbatch script does not run torchrun from the virtualenv {request.venv} checked against {lock}"
+        )
     exported = dict(re.findall(r"^export ([A-Z_]+)=(\S*)$", script, flags=re.MULTILINE))
     missing = [f"{key}={value}" for key, value in OFFLINE_ENV.items() if exported.get(key, "").strip("'\"") != value]
     if missing:

@@ -13,11 +13,14 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from guards.job_identity import PENDING_DIGEST as PENDING_DIGEST  # one definition, shared with the job's check
 from guards.process_policy import OFFLINE_ENV
 from guards.submission import DIGEST_ENV, RECORD_ENV
+
+if TYPE_CHECKING:
+    from policies.settings import Settings
 
 Target = Literal["slurm", "k8s", "argo"]
 TARGETS: tuple[Target, ...] = ("slurm", "k8s", "argo")
@@ -62,8 +65,16 @@ def time_seconds(value: str) -> int:
 
 
 def lock_tag(lock_path: Path) -> str:
-    """The image tag that names requirements.lock's content: the locked image."""
+    """The image tag that names a lock's content: the locked image."""
     return LOCK_TAG_PREFIX + hashlib.sha256(lock_path.read_bytes()).hexdigest()[:16]
+
+
+def image_for(root: Path, settings: Settings) -> str:
+    """The job's image, as the Kubernetes and Argo specs name it and `make image` tags it: the Containerfile builds
+    it from the GPU lock (requirements-gpu.lock), so its tag is that lock's."""
+    from policies.lockfile import gpu_lock_name
+
+    return f"{settings.cluster.image_repository}:{lock_tag(root / gpu_lock_name(settings.venv.lock))}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class JobRequest:
     gpus_per_node: int
     procs_per_node: int  # torchrun --nproc-per-node: the GPUs, or on CPU the recipe's world size / nodes
     time: str  # HH:MM:SS
-    image: str  # image_repository:lock-<sha> (k8s, argo)
+    image: str  # image_repository:lock-<sha of requirements-gpu.lock> (k8s, argo): image_for()
     venv: Path  # the locked virtualenv (SLURM)
     partition: str
     namespace: str

@@ -1,9 +1,10 @@
-"""Policy `venv`: code runs only in the project's virtualenv, built from requirements.lock, and the lock is whole.
+"""Policy `venv`: code runs only in the project's virtualenv, built from this machine's lock, and the locks are whole.
 
-Rules VENV001-VENV008. The environment rules look at the running interpreter (a ScanContext's Environment) and, through
-policies/venv_integrity.py (the same code the training job's start runs), at its files; the lock rules at
-requirements.lock and its declared input. Environment findings have no path ("") and line 0, like every finding
-about the environment rather than the tree.
+Rules VENV001-VENV008, VENV012 and VENV013. The environment rules look at the running interpreter (a ScanContext's
+Environment) and, through policies/venv_integrity.py (the same code the training job's start runs), at its files; the
+lock rules at the two locks (requirements.lock for machines without a GPU, requirements-gpu.lock for machines with an
+NVIDIA driver: policies/lockfile.py says which a machine installs) and their declared input. Environment findings
+have no path ("") and line 0, like every finding about the environment rather than the tree.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from pathlib import Path
 
 from policies.context import ScanContext
 from policies.lockfile import (
+    ACCELERATOR_ENV,
+    AcceleratorError,
     Lock,
     LockEntry,
     declared_input_digest,
     declared_requirements,
+    lock_names,
+    machine_lock,
     normalise_name,
     parse_lock,
 )
@@ -127,6 +132,34 @@ PATH_OUTSIDE_VENV = Rule(
     example="$ PYTHONPATH=~/envs/scratch/lib/python3.11/site-packages make guards",
     example_fix="$ make guards",
 )
+NOT_A_CUDA_LOCK = Rule(
+    id="VENV012",
+    policy=NAME,
+    title="requirements-gpu.lock is not requirements.lock with torch's CUDA build",
+    severity=Severity.error,
+    gates=_LOCK_GATES,
+    rationale="A machine with an NVIDIA driver installs requirements-gpu.lock: it must hold torch's CUDA build (no "
+    "`+cpu` local version) with its nvidia-* libraries, and otherwise the same pins as requirements.lock, or GPU jobs "
+    "train on CPU, or run code CI never tested.",
+    fix="Regenerate both locks with `make lock` (the GPU lock is compiled from PyPI with requirements.lock's pins as "
+    "constraints).",
+    example="torch==2.13.0+cpu \\\n    --hash=sha256:<digest>    # in requirements-gpu.lock",
+    example_fix="$ make lock    # torch==2.13.0 from PyPI, nvidia-cublas, nvidia-nccl-cu13, ...",
+)
+ACCELERATOR_OVERRIDDEN = Rule(
+    id="VENV013",
+    policy=NAME,
+    title="ORACLE_ACCELERATOR holds this machine to the other lock",
+    severity=Severity.warning,
+    gates=ALL_GATES,
+    rationale="The venv of a machine with an NVIDIA driver is built from requirements-gpu.lock, elsewhere from "
+    "requirements.lock; ORACLE_ACCELERATOR=cpu|cuda overrides that choice, so the report says so. A cluster job is "
+    "held to the lock of the GPUs it requests, whatever the submitting shell sets.",
+    fix="Unset ORACLE_ACCELERATOR unless the other lock is wanted on purpose (a CPU-only check on a GPU machine, a "
+    "CUDA venv built on a login node for SLURM jobs).",
+    example="$ ORACLE_ACCELERATOR=cpu make guards    # on a machine with an NVIDIA driver",
+    example_fix="$ make guards",
+)
 RULES: tuple[Rule, ...] = (
     OUTSIDE_VENV,
     FOREIGN_VENV,
@@ -136,11 +169,14 @@ RULES: tuple[Rule, ...] = (
     MODIFIED_INSTALLATION,
     UNRECORDED_CODE,
     PATH_OUTSIDE_VENV,
+    NOT_A_CUDA_LOCK,
+    ACCELERATOR_OVERRIDDEN,
 )
 _RULE_OF_KIND = {Kind.modified: MODIFIED_INSTALLATION, Kind.unrecorded: UNRECORDED_CODE, Kind.path: PATH_OUTSIDE_VENV}
 # The rules about the running interpreter rather than files of the tree: a scan of another repository drops them.
 ENVIRONMENT_RULES: tuple[Rule, ...] = (
     OUTSIDE_VENV, FOREIGN_VENV, UNLOCKED_DISTRIBUTION, MODIFIED_INSTALLATION, UNRECORDED_CODE, PATH_OUTSIDE_VENV,
+    ACCELERATOR_OVERRIDDEN,
 )  # fmt: skip
 
 
@@ -172,26 +208,85 @@ def check(ctx: ScanContext) -> PolicyResult:
     if not lock_file.exists():  # the checkout opted into the policy: it needs a lock
         result.findings.append(UNHASHED_PIN.finding(lock_path, 0, 0, f"{lock_path} does not exist", "missing-lock"))
         return result
-    lock_touched = ctx.gate is not Gate.commit or bool({lock_path, input_path} & set(ctx.files))
-    lock = parse_lock(lock_file.read_text(encoding="utf-8"))
-    if lock_touched:
-        result.examined.append(lock_path)
-        for entry in lock.entries.values():
-            if not entry.hashes:
-                result.findings.append(
-                    UNHASHED_PIN.finding(
-                        lock_path, entry.line, 1, f"{entry.name}=={entry.version} has no --hash", entry.name
-                    )
-                )
-        for number, text in lock.unpinned:
-            result.findings.append(
-                UNHASHED_PIN.finding(lock_path, number, 1, f"{text!r} is not pinned with == and hashes", text)
-            )
-        _check_stale(ctx, lock, lock_path, Path(input_path), result)
+    # exactly two locks: the CPU one the settings name (held equal by the policy floor) and the GPU one beside it
+    locks = {path: parse_lock((ctx.root / path).read_text(encoding="utf-8"))
+             for path in lock_names(lock_path).values() if (ctx.root / path).is_file()}  # fmt: skip
+    for path, lock in locks.items():
+        if ctx.gate is not Gate.commit or bool({path, input_path} & set(ctx.files)):
+            _check_lock(ctx, lock, path, Path(input_path), result)
+            if path != lock_path:
+                _check_gpu_lock(locks[lock_path], lock_path, lock, path, result)
 
     if ctx.gate in UNLOCKED_DISTRIBUTION.gates and not result.findings_for(OUTSIDE_VENV, FOREIGN_VENV):
-        _check_installed(ctx, lock.entries, lock_path, result)
+        machine = _machine_lock(ctx, lock_path, result)
+        if machine is not None:
+            _check_installed(ctx, locks[machine].entries, machine, result)
     return result
+
+
+def _check_lock(ctx: ScanContext, lock: Lock, lock_path: str, input_path: Path, result: PolicyResult) -> None:
+    """VENV004 and VENV005 over one lock."""
+    result.examined.append(lock_path)
+    for entry in lock.entries.values():
+        if not entry.hashes:
+            result.findings.append(
+                UNHASHED_PIN.finding(
+                    lock_path, entry.line, 1, f"{entry.name}=={entry.version} has no --hash", entry.name
+                )
+            )
+    for number, text in lock.unpinned:
+        result.findings.append(
+            UNHASHED_PIN.finding(lock_path, number, 1, f"{text!r} is not pinned with == and hashes", text)
+        )
+    _check_stale(ctx, lock, lock_path, input_path, result)
+
+
+def _check_gpu_lock(cpu: Lock, cpu_path: str, gpu: Lock, gpu_path: str, result: PolicyResult) -> None:
+    """VENV012: the GPU lock is the CPU lock with torch's CUDA build (and what that build depends on)."""
+
+    def flag(line: int, message: str, matched: str) -> None:
+        result.findings.append(NOT_A_CUDA_LOCK.finding(gpu_path, line, 1 if line else 0, message, matched))
+
+    torch = gpu.entries.get("torch")
+    if torch is None:
+        flag(0, f"{gpu_path} does not pin torch", "torch")
+    elif "+" in torch.version:
+        flag(
+            torch.line, f"{gpu_path} pins torch {torch.version}, a local build, not the registry's CUDA build", "torch"
+        )
+    elif (cpu_torch := cpu.entries.get("torch")) and torch.version != cpu_torch.version.split("+")[0]:
+        flag(torch.line, f"{gpu_path} pins torch {torch.version}, {cpu_path} {cpu_torch.version}", "torch")
+    if not any(name.startswith("nvidia-") for name in gpu.entries):
+        flag(0, f"{gpu_path} pins no nvidia-* library: its torch cannot run on CUDA", "nvidia")
+    for name, entry in gpu.entries.items():
+        other = cpu.entries.get(name)
+        if name != "torch" and other is not None and other.version != entry.version:
+            flag(entry.line, f"{gpu_path} pins {name} {entry.version}, {cpu_path} {other.version}", name)
+    missing = sorted(set(cpu.entries) - set(gpu.entries))
+    if missing:
+        flag(0, f"{gpu_path} lacks what {cpu_path} pins: {', '.join(missing)}", "missing " + " ".join(missing))
+
+
+def _machine_lock(ctx: ScanContext, lock_path: str, result: PolicyResult) -> str | None:
+    """The lock this machine's venv is held to (None: no lock can be, which is a finding)."""
+    try:
+        chosen = machine_lock(lock_path)
+    except AcceleratorError as exc:
+        message = f"{exc}: the gate cannot tell which lock this machine installs"
+        result.findings.append(UNLOCKED_DISTRIBUTION.finding("", 0, 0, message, ACCELERATOR_ENV))
+        return None
+    if chosen.overridden:
+        message = f"this machine's venv is held to {chosen.lock}: {chosen.why}"
+        result.findings.append(ACCELERATOR_OVERRIDDEN.finding("", 0, 0, message, f"{ACCELERATOR_ENV} {chosen.lock}"))
+    if (ctx.root / chosen.lock).is_file():
+        return chosen.lock
+    from policies.settings import oracle_checkout
+
+    if oracle_checkout(ctx.root) is None:  # another repository that adopted the CPU lock alone
+        return lock_path
+    message = f"this machine installs {chosen.lock} ({chosen.why}), which does not exist; run `make lock`"
+    result.findings.append(UNLOCKED_DISTRIBUTION.finding(chosen.lock, 0, 0, message, "missing " + chosen.lock))
+    return None
 
 
 def _check_stale(ctx: ScanContext, lock: Lock, lock_path: str, input_path: Path, result: PolicyResult) -> None:
@@ -553,8 +648,9 @@ def _project_name(ctx: ScanContext) -> str:
 
 
 def _is_lock(value: str, lock: str) -> bool:
+    """Whether an install names one of the two locks (the CPU lock the settings name, or the GPU lock beside it)."""
     value = re.sub(r"^\$\w+/", "", value).removeprefix("./")
-    return value == lock or value.endswith("/" + lock)
+    return any(value == name or value.endswith("/" + name) for name in lock_names(lock).values())
 
 
 def _is_project(value: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -17,6 +18,7 @@ from policies.settings import Settings
 from tests.train.conftest import write_corpus
 
 LOCK_SHA = "ab" * 32
+GPU_LOCK = "torch==2.13.0\n"
 
 
 def request(tmp_path: Path, **changes: object) -> JobRequest:
@@ -41,9 +43,12 @@ def request(tmp_path: Path, **changes: object) -> JobRequest:
     return JobRequest(**fields)  # type: ignore[arg-type]
 
 
-def locked_venv(tmp_path: Path, sha: str = LOCK_SHA) -> None:
+def locked_venv(tmp_path: Path, sha: str | None = None) -> None:
+    """A venv stamped as `make venv` stamps it, built from the GPU lock (the default request holds GPUs)."""
+    (tmp_path / "requirements-gpu.lock").write_text(GPU_LOCK)
     (tmp_path / ".venv").mkdir(exist_ok=True)
-    (tmp_path / ".venv" / checks.VENV_STAMP).write_text(sha + "\n")
+    sha = sha or hashlib.sha256(GPU_LOCK.encode()).hexdigest()
+    (tmp_path / ".venv" / checks.VENV_STAMP).write_text(f"{sha}  requirements-gpu.lock\n")
 
 
 def sbatch(job: JobRequest, env: dict[str, str] | None = None) -> str:
