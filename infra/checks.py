@@ -13,6 +13,8 @@ spec about to reach the scheduler and the data the job will read:
 - SUB004: the runtime layer is in the spec: every process runs `oracle` (which installs the process policy's hooks
   before anything else, guards/process_policy.py) with the Hub clients' offline switches (`oracle hub publish`
   excepted), and on Kubernetes and Argo a NetworkPolicy of type Egress selects every pod that runs it.
+- SUB005: the recipe fits the GPUs asked for: its plan (oracle/train/plan.py: parameters, gradients, optimizer
+  states, the largest gathered layer, activations and buffers per GPU) is within the memory of the cluster's GPU.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -31,6 +33,9 @@ from guards.process_policy import OFFLINE_ENV
 from infra.spec import JobRequest
 from policies.lockfile import job_lock_name
 from policies.settings import load_settings
+
+if TYPE_CHECKING:
+    from oracle.train.config import TrainConfig
 
 _ASSIGNMENT = re.compile(r"\bALLOW_LOCAL_TRAIN\s*=\s*(\S*)")
 VENV_STAMP = ".requirements.lock.sha256"  # `<sha256 of the lock>  <lock>`, written by `make venv`
@@ -243,3 +248,26 @@ def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
         if kind is not None:
             problems.append(f"SUB003 {path} among the job's inputs is a {kind} weights file; remove it from the data")
     return problems, examined
+
+
+def check_plan(config: TrainConfig, request: JobRequest, gpu: str | None = None) -> list[str]:
+    """SUB005: the recipe's plan on the requested nodes × GPUs fits each GPU's memory (CPU jobs have no plan)."""
+    from oracle.train.plan import DEFAULT_GPU, GIB, PlanError, model_sizes, plan, remedy
+
+    if request.gpus_per_node == 0:
+        return []
+    sizes = model_sizes(config.moe_config())
+    try:
+        layout = plan(
+            config, nodes=request.nodes, gpus_per_node=request.gpus_per_node, gpu=gpu or DEFAULT_GPU, sizes=sizes
+        )
+    except PlanError as exc:
+        return [f"SUB005 recipe {config.name}: {exc}"]
+    if layout.fits:
+        return []
+    return [
+        f"SUB005 recipe {config.name} does not fit {request.nodes} nodes × {request.gpus_per_node} "
+        f"{layout.gpu.name}: it needs {layout.total_bytes / GIB:.1f} GiB per GPU of {layout.usable_bytes / GIB:.1f} "
+        f"GiB usable ({layout.shortfall_gib():.1f} GiB short); {remedy(config, layout, sizes)} "
+        f"(`oracle plan --config {request.config} --nodes {request.nodes} --gpus-per-node {request.gpus_per_node}`)"
+    ]

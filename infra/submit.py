@@ -4,7 +4,7 @@ In order, and stopping at the first refusal with one line that says why (nothing
 1. the tree is clean and the attestation verifies for HEAD (guards.attestation.verify_attestation);
 2. the request is within policy (policies.toml `[cluster]` caps) and matches the recipe's world size;
 3. the `submit` gate's policies pass over the job's recipe (venv, external weights, local train, architecture),
-   and the job's data holds no foreign weights (SUB003);
+   the recipe's plan fits the requested GPUs (SUB005), and the job's data holds no foreign weights (SUB003);
 4. the spec is rendered and checked (SUB001 ALLOW_LOCAL_TRAIN=false, SUB002 the locked venv or image);
 5. no job of this project for the same commit and config is queued or running (SLURM; `--force` overrides);
 6. the submission record is written and its digest put into the job's environment, then the job is submitted.
@@ -321,6 +321,11 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
             f"the submit gate failed ({count} problem{'s' if count > 1 else ''}; first: {first}); "
             "run `oracle guards run --gate submit` for all"
         )
+    from oracle.train.config import load_train_config
+
+    problems = checks.check_plan(load_train_config(recipe), request)
+    if problems:
+        raise SubmitRefusedError(problems[0])
     if options.target == "slurm":  # the job reads this data from the shared filesystem
         problems, _ = checks.check_data_inputs(data_dir)
         if problems:

@@ -114,6 +114,70 @@ def params_command(
             stdout.print(f"declared parameter counts match the code for {len(counts)} config(s): {', '.join(names)}")
 
 
+@app.command("plan")
+def plan_command(
+    config: Annotated[str, typer.Option("--config", help="Training recipe: a name (oracle850b) or a path.")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes.")],
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node.")],
+    gpu: Annotated[str, typer.Option("--gpu", help="GPU kind: a100-80gb, h100-80gb, h200-141gb.")] = "h100-80gb",
+    expert: Annotated[
+        int | None, typer.Option("--expert", help="Expert parallelism instead of the recipe's parallelism.expert.")
+    ] = None,
+    expert_states: Annotated[
+        str,
+        typer.Option(
+            "--expert-states", help="With --expert > 1: zero (sharded over the expert-data group) or replicated."
+        ),
+    ] = "zero",
+    activation_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--activation-checkpointing/--no-activation-checkpointing",
+            help="Plan with or without per-layer activation checkpointing (default: as the trainer runs, without).",
+        ),
+    ] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Per-GPU memory, communication per step, step time and MFU of a recipe on a cluster layout; exit 1 when it
+    does not fit (the submit gate's SUB005 refuses such a recipe).
+
+    Example: oracle plan --config oracle850b --nodes 32 --gpus-per-node 8 --gpu h200-141gb
+    """
+    from oracle.moe850b.config import ConfigError
+    from oracle.train.config import load_train_config
+    from oracle.train.plan import PlanError, describe, model_sizes, plan, remedy
+
+    if expert_states not in ("zero", "replicated"):
+        raise fail(f"--expert-states {expert_states}: use zero or replicated")
+    try:
+        recipe = load_train_config(config)
+        sizes = model_sizes(recipe.moe_config())
+        layout = plan(
+            recipe,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            gpu=gpu,
+            expert=expert,
+            expert_states="zero" if expert_states == "zero" else "replicated",
+            activation_checkpointing=activation_checkpointing,
+            sizes=sizes,
+        )
+    except (ConfigError, PlanError) as exc:
+        raise fail(str(exc)) from exc
+    if output_format is OutputFormat.json:
+        print(json.dumps(layout.as_json(), indent=2))
+    else:
+        print("\n".join(describe(layout)))
+    if not layout.fits:
+        short = f"{layout.shortfall_gib():.1f} GiB short per GPU"
+        stderr.print(
+            f"[bold red]does not fit:[/] {short}; {remedy(recipe, layout, sizes)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BLOCKED)
+
+
 @data_app.command("run")
 def data_run_command(
     inputs: Annotated[list[str], typer.Option("--input", help="Paths, globs, https:// URLs or s3:// URIs.")],

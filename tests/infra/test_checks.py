@@ -1,10 +1,12 @@
-"""The submit gate's own checks (SUB001-SUB003) and the request's limits, without a scheduler."""
+"""The submit gate's own checks (SUB001-SUB005) and the request's limits, without a scheduler."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,24 @@ def test_shape_follows_the_recipe_and_the_caps() -> None:
     for options, world, words in refusals:
         with pytest.raises(SpecError, match=words):
             _shape(options, world, settings)
+
+
+def test_sub005_refuses_a_recipe_that_does_not_fit_the_gpus(tmp_path: Path) -> None:
+    from oracle.train.config import load_train_config
+
+    job = request(tmp_path, config="oracle850b", config_name="oracle850b", nodes=32, gpus_per_node=8)
+    (problem,) = checks.check_plan(load_train_config("oracle850b"), job)
+    assert problem.startswith("SUB005 recipe oracle850b does not fit 32 nodes × 8 h100-80gb: it needs ")
+    assert re.search(r"\(\d+\.\d GiB short\)", problem)
+    assert "activation checkpointing" in problem  # the fix: what to change
+    assert problem.endswith("(`oracle plan --config oracle850b --nodes 32 --gpus-per-node 8`)")
+    (mismatch,) = checks.check_plan(load_train_config("oracle850b"), replace(job, nodes=4))
+    assert mismatch.startswith("SUB005 recipe oracle850b: 4 nodes × 8 GPUs = 32 ranks")
+
+
+def test_sub005_passes_a_recipe_that_fits_and_cpu_jobs(tmp_path: Path) -> None:
+    from oracle.train.config import load_train_config
+
+    mini = load_train_config("oracle-mini")
+    assert checks.check_plan(mini, request(tmp_path, nodes=1, gpus_per_node=2, procs_per_node=2)) == []
+    assert checks.check_plan(mini, request(tmp_path, nodes=1, gpus_per_node=0, procs_per_node=2)) == []
