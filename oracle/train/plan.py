@@ -237,7 +237,7 @@ def _head_activation_bytes(m: MoEConfig, b: int) -> int:
 @contextmanager
 def saved_activations() -> Iterator[dict[int, int]]:
     """The bytes autograd saves for backward inside the block, by storage: what the formulas above are checked
-    against (tests/train/test_plan.py, bench/plan_memory.py). Weights and their views (the experts' unbind slices)
+    against (tests/train/test_plan.py). Weights and their views (the experts' unbind slices)
     are left out: ZeRO-3 counts them in the gathered layer."""
     import torch
 

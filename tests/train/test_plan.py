@@ -55,7 +55,7 @@ def test_expert_parallelism_1_gathers_whole_moe_layers(flagship: TrainConfig, fl
 
 def test_model_states_agree_with_deepspeeds_estimator(flagship: TrainConfig, flagship_sizes: ModelSizes) -> None:
     """DeepSpeed counts 18 bytes per parameter and 4 per parameter of the largest layer (no offload); bf16 ZeRO-3
-    allocates 16 (measured: bench/plan_memory.py), so the two differ by exactly 2 bytes per parameter."""
+    allocates 16 (measured below, on a real engine), so the two differ by exactly 2 bytes per parameter."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     largest = max(flagship_sizes.largest_module, flagship_sizes.routed_experts_module)
@@ -219,3 +219,85 @@ def test_a_recipe_that_fits_only_with_expert_parallelism_is_told_so(tmp_path: Pa
     expert = int(re.findall(r"set parallelism.expert: (\d+)", advice)[0])
     assert plan(config, nodes=1, gpus_per_node=8, expert=expert).fits
     assert not plan(config, nodes=1, gpus_per_node=8, expert=expert // 2).fits
+
+
+# A model of 110 M parameters, mostly routed experts, measured on a real ZeRO-3 engine (the trainer's own).
+MEASURED_MODEL = {
+    "name": "plan-measured",
+    "vocab_size": 4096,
+    "hidden_size": 512,
+    "n_layers": 4,
+    "n_heads": 8,
+    "n_kv_heads": 2,
+    "context_length": 1024,
+    "n_experts": 16,
+    "top_k": 2,
+    "expert_hidden_size": 1024,
+    "shared_expert_hidden_size": 512,
+}
+MEASURED_SEQ_LEN, MEASURED_MICRO_BATCH = 513, 4
+
+
+def _measured_recipe(directory: Path) -> Path:
+    (directory / "plan-measured.moe.json").write_text(json.dumps(MEASURED_MODEL))
+    recipe = load_train_config("oracle-mini").model_dump(mode="json")
+    recipe.update(name="plan-measured", model=str(directory / "plan-measured.moe.json"))
+    recipe["data"]["seq_len"] = MEASURED_SEQ_LEN
+    batch = MEASURED_MICRO_BATCH
+    recipe["batch"] = {"global_batch": batch, "micro_batch": batch, "gradient_accumulation": 1}
+    recipe["parallelism"] = {"data": 1, "expert": 1, "zero_stage": 3}
+    (directory / "plan-measured.yaml").write_text(json.dumps(recipe))
+    return directory / "plan-measured.yaml"
+
+
+def _high_water_mark() -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def _measure_engine(rank: int, directory: str) -> None:
+    """One process (gloo): the trainer's engine, two steps on random tokens; writes what its optimizer holds, the
+    bytes autograd saved in the last forward pass and the growth of the peak resident memory."""
+    import os
+
+    from oracle.train.distributed import Placement, init_process_group
+    from oracle.train.trainer import initialise_engine
+
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    config = load_train_config(Path(directory) / "plan-measured.yaml")
+    placement = Placement(rank, 1, 0, "127.0.0.1", 29533)
+    init_process_group(placement)
+    before = _high_water_mark()
+    engine, _ = initialise_engine(config, placement)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):  # Adam's moments exist from the first step on
+        tokens = torch.randint(0, 4096, (MEASURED_MICRO_BATCH, MEASURED_SEQ_LEN), generator=generator)
+        with saved_activations() as saved:
+            loss = engine(tokens[:, :-1], tokens[:, 1:])[0]
+        engine.backward(loss)
+        engine.step()
+    opt = engine.optimizer
+    moments = [v for state in opt.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim()]
+    tensors = [*opt.fp16_partitioned_groups_flat, *opt.fp32_partitioned_groups_flat, *moments]
+    states = sum(t.numel() * t.element_size() for t in [*tensors, opt.grad_partitions_flat_buffer])
+    figures = {"states": states, "saved": sum(saved.values()), "peak_growth": _high_water_mark() - before}
+    (Path(directory) / "measured.json").write_text(json.dumps(figures))
+
+
+def test_the_plan_matches_a_measured_zero3_engine(tmp_path: Path) -> None:
+    """Measured on this CPU (bf16, ZeRO-3, one process): the model states are exactly the plan's 16 bytes per
+    parameter (DeepSpeed's estimator says 18), autograd saves 1.02x the planned activations, and the process's peak
+    grows by 1.3x the plan's total (the CPU allocator's and DeepSpeed's start-up copies on top)."""
+    import torch.multiprocessing as mp
+
+    config = load_train_config(_measured_recipe(tmp_path))
+    mp.spawn(_measure_engine, args=(str(tmp_path),), nprocs=1, join=True)
+    measured = json.loads((tmp_path / "measured.json").read_text())
+    sizes = model_sizes(config.moe_config())
+    layout = plan(config, nodes=1, gpus_per_node=1, sizes=sizes)
+    assert measured["states"] == layout.memory["parameters"] + layout.memory["gradients"] + layout.memory["optimizer"]
+    assert measured["states"] == 16 * sizes.total
+    tokens = MEASURED_MICRO_BATCH * (MEASURED_SEQ_LEN - 1)
+    planned_saved = layout.memory["activations"] - tokens * _head_gradient_bytes(config.moe_config(), 2)
+    assert 0.9 < measured["saved"] / planned_saved < 1.15
+    assert 0.9 < measured["peak_growth"] / layout.total_bytes < 1.6
