@@ -90,6 +90,10 @@ def training_decision(root: Path, environ: Mapping[str, str], code_root: Path | 
             job_id = _job_identity(environ, record.target, digest, record.spec_hash)
         except (SubmissionError, JobIdentityError) as exc:
             return TrainingDecision(False, f"training refused: {exc}")
+        if record.kind != "train":
+            return TrainingDecision(
+                False, f"training refused: the submission record is for a {record.kind} job, not for training"
+            )
         return TrainingDecision(
             True,
             f"submitted {record.target} job {job_id} for commit {record.commit[:12]} (confirmed by the scheduler)",
@@ -134,6 +138,46 @@ def require_training_allowed(
     if not decision.allowed:
         raise TrainingRefusedError(decision.reason)
     return decision
+
+
+class DataJobRefusedError(RuntimeError):
+    """A pipeline stage inside a submitted job that cannot show it runs what was submitted; one line, with why."""
+
+
+def require_data_stage_allowed(
+    stage: str, plan_digest: str, environ: Mapping[str, str] | None = None, *, code_root: Path | None = None
+) -> str | None:
+    """Inside a job `oracle submit --data` started (ORACLE_SUBMISSION_DIGEST set): the record must verify (signed,
+    for the commit and attested tree that runs, with its lock), the scheduler must confirm this process runs in the
+    job carrying it, and a data job's record must name this plan. Returns the job id, audited; raises
+    DataJobRefusedError otherwise (audited too). Outside a job: None, nothing checked (processing data on one's own
+    machine is no policy's concern; training is)."""
+    from guards.audit import append_entry
+    from guards.job_identity import JobIdentityError
+    from guards.submission import DIGEST_ENV, RECORD_ENV, SubmissionError, verify_submission
+
+    env = os.environ if environ is None else environ
+    digest, record_path = env.get(DIGEST_ENV), env.get(RECORD_ENV)
+    if not digest and not record_path:
+        return None
+    root = Path.cwd().resolve()
+    code = code_root or _code_root()
+    try:
+        if not (digest and record_path):
+            raise SubmissionError(f"{DIGEST_ENV} and {RECORD_ENV} must both be set in a submitted job")
+        record = verify_submission(Path(record_path), digest, code)
+        job_id = _job_identity(env, record.target, digest, record.spec_hash)
+        # a data job's record names its plan; a training workflow's record (Argo: its data steps make the plan in
+        # the workflow, from inputs its spec names) binds the spec, which the scheduler just confirmed this job runs
+        if record.kind == "data" and record.config_hash != plan_digest:
+            raise SubmissionError("the plan in --work is not the one the job was submitted with (its digest differs)")
+    except (SubmissionError, JobIdentityError) as exc:
+        reason = f"data stage {stage} refused: {exc}"
+        append_entry(root, gate="data", result="refused", commit=None, details={"reason": reason})
+        raise DataJobRefusedError(reason) from exc
+    details: dict[str, object] = {"stage": stage, "job_id": job_id, "plan": plan_digest}
+    append_entry(root, gate="data", result="allowed", commit=record.commit, details=details)
+    return job_id
 
 
 class ServingRefusedError(RuntimeError):

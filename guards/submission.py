@@ -51,6 +51,7 @@ class SubmissionRecord(BaseModel):
     trust: dict[str, Any]  # TrustRoot.describe() of the trust root it was made under
     audit: dict[str, Any] | None  # the audit log's head when it was made (guards.audit.current_anchor)
     waivers: list[dict[str, Any]]  # the waivers in use, as the verified attestation lists them
+    kind: Literal["train", "data"] = "train"  # what the job runs: training, or the data pipeline's stages
 
 
 def new_record(**fields: Any) -> SubmissionRecord:

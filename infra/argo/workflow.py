@@ -1,8 +1,10 @@
 """The Argo Workflow of `oracle submit --target argo`, built from hera's typed models of Argo's API (generated from
 Argo's OpenAPI spec), its offline validation, and its submission to an Argo server.
 
-Four steps run in order, each a container of the locked image running `oracle …`: `data` (clean the corpus into
-the workflow's data volume), `tokenize`, `train` (torchrun, as on the other targets) and `publish`. The submission
+The steps run in order, each a container of the locked image running `oracle …`: the data pipeline's stages
+(oracle/data/pipeline.py) fanned out over the workflow's data volume — `data-init` (the plan), `data-prepare` (one
+pod per task), `data-cluster` (the global near-duplicate clusters), `data-write` (one pod per task), `data-finish`
+(the cleaned corpus) — then `tokenize`, `train` (torchrun, as on the other targets) and `publish`. The submission
 record is a raw input artifact written to `K8S_RECORD_PATH` in every step's pod, byte for byte. With more than one
 node, `train` fans out to one pod per node; each pod gets the hostname `<job>-<rank>` in a headless Service `<job>`
 that a `rendezvous` step creates (owned by the workflow, so it is deleted with it) for torchrun's rendezvous.
@@ -61,7 +63,9 @@ DEFAULT_DATA_INPUTS = ("s3://oracle-corpus/raw/part-00000.jsonl.gz",)
 DATA_DIR = "/data"
 DEFAULT_DATA_SIZE = "1Ti"
 VOCAB_SIZE = 65536
-STEPS = ("data", "tokenize", "train", "publish")
+DEFAULT_DATA_TASKS = 4
+DATA_STEPS = ("data-init", "data-prepare", "data-cluster", "data-write", "data-finish")
+STEPS = (*DATA_STEPS, "tokenize", "train", "publish")
 # Argo labels every pod with the name of its workflow.
 _WORKFLOW_LABEL = "workflows.argoproj.io/workflow"
 
@@ -166,6 +170,18 @@ def _train_templates(
     return [service, train], m.WorkflowStep(name="rendezvous", template="rendezvous"), step
 
 
+def _data_step(name: str, tasks: int | None) -> m.WorkflowStep:
+    """A data stage's step; a per-task stage fans out to one pod per task (the stage's --task is the item)."""
+    if tasks is None:
+        return m.WorkflowStep(name=name, template=name)
+    return m.WorkflowStep(
+        name=name,
+        template=name,
+        arguments=m.Arguments(parameters=[m.Parameter(name="task", value="{{item}}")]),
+        with_sequence=m.Sequence(count=m.IntOrString(tasks)),
+    )
+
+
 def build_workflow(
     request: JobRequest,
     env: dict[str, str],
@@ -174,10 +190,13 @@ def build_workflow(
     repo_id: str = DEFAULT_REPO_ID,
     data_inputs: Sequence[str] = DEFAULT_DATA_INPUTS,
     data_size: str = DEFAULT_DATA_SIZE,
+    data_tasks: int = DEFAULT_DATA_TASKS,
 ) -> dict[str, Any]:
     """The Workflow as a plain dict (camelCase keys, no nulls), ready for `validate_workflow` and YAML."""
     if request.nodes < 1:
         raise SpecError(f"nodes={request.nodes}: a job needs at least one node")
+    if data_tasks < 1:
+        raise SpecError(f"data_tasks={data_tasks}: the data pipeline needs at least one task")
     labels = job_labels(request)
     annotations = {
         "oracle.dev/mark": request.mark,
@@ -187,7 +206,16 @@ def build_workflow(
     data = m.VolumeMount(name="data", mount_path=DATA_DIR)
     runs = m.VolumeMount(name="checkpoints", mount_path=RUNS_DIR)
     inputs = [word for uri in data_inputs for word in ("--input", uri)]
-    data_command = ["oracle", "data", "run", *inputs, "--output", f"{DATA_DIR}/clean"]
+    stage = ["oracle", "data", "stage"]
+    work = ["--work", f"{DATA_DIR}/work"]
+    task = ["--task", "{{inputs.parameters.task}}"]
+    data_commands = {
+        "data-init": [*stage, "init", *work, "--tasks", str(data_tasks), *inputs],
+        "data-prepare": [*stage, "prepare", *work, *task],
+        "data-cluster": [*stage, "cluster", *work],
+        "data-write": [*stage, "write", *work, *task],
+        "data-finish": [*stage, "finish", *work, "--output", f"{DATA_DIR}/clean"],
+    }
     tokenize_command = ["oracle", "tokenizer", "train", "--input", f"{DATA_DIR}/clean"]
     tokenize_command += ["--vocab-size", str(VOCAB_SIZE), "--out", f"{DATA_DIR}/tokenizer"]
     publish_command = ["oracle", "hub", "publish", "--repo-id", repo_id]
@@ -214,14 +242,25 @@ def build_workflow(
     online = {key: value for key, value in env.items() if key not in OFFLINE_ENV}
     templates = [
         network,
-        _step_template("data", request, env, record_json, data_command, mounts=[data]),
+        *(
+            _step_template(
+                name,
+                request,
+                env,
+                record_json,
+                command,
+                mounts=[data],
+                parameters=["task"] if "--task" in command else (),
+            )
+            for name, command in data_commands.items()
+        ),
         _step_template("tokenize", request, env, record_json, tokenize_command, mounts=[data]),
         *train_templates,
         _step_template("publish", request, online, record_json, publish_command, mounts=[data, runs]),
     ]
     steps = [
         [m.WorkflowStep(name="network-policy", template="network-policy")],
-        [m.WorkflowStep(name="data", template="data")],
+        *([_data_step(name, data_tasks if "--task" in command else None)] for name, command in data_commands.items()),
         [m.WorkflowStep(name="tokenize", template="tokenize"), *([rendezvous] if rendezvous else [])],
         [train],
         [m.WorkflowStep(name="publish", template="publish")],

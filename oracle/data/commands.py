@@ -35,13 +35,33 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _errors() -> tuple[type[Exception], ...]:
+    from guards.audit import AuditError
+    from guards.runtime import DataJobRefusedError
     from oracle.data.decontaminate import EvalSetError
     from oracle.data.pipeline import OutputError, StageError
     from oracle.data.reader import ReaderError
     from oracle.data.shard import ShardError
     from oracle.tokenization.tokenizer import TokenizerError
 
-    return (StageError, OutputError, ReaderError, EvalSetError, ShardError, TokenizerError)
+    return (
+        StageError,
+        OutputError,
+        ReaderError,
+        EvalSetError,
+        ShardError,
+        TokenizerError,
+        DataJobRefusedError,
+        AuditError,
+    )
+
+
+def _job_check(stage: str, work: Path) -> None:
+    """Inside a job `oracle submit --data` started, the runtime check (guards/runtime.py) before anything runs."""
+    from guards.runtime import require_data_stage_allowed
+    from oracle.data.pipeline import load_plan, plan_digest
+
+    load_plan(work)  # a missing or unreadable plan: the stage's own message
+    require_data_stage_allowed(stage, plan_digest(work))
 
 
 def _run(label: str, stage: str, *args: object) -> None:
@@ -49,6 +69,7 @@ def _run(label: str, stage: str, *args: object) -> None:
     from oracle.data import pipeline
 
     try:
+        _job_check(stage, args[0])  # type: ignore[arg-type]
         ran = getattr(pipeline, stage)(*args)
     except _errors() as exc:
         raise _fail(str(exc)) from exc
@@ -113,6 +134,7 @@ def finish_command(
     from oracle.data.pipeline import finish
 
     try:
+        _job_check("finish", work)
         stats = finish(work, output)
     except _errors() as exc:
         raise _fail(str(exc)) from exc

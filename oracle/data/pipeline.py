@@ -126,7 +126,8 @@ def _tokenizer_digests(tokenizer: Path | None) -> dict[str, str]:
 def make_plan(config: PipelineConfig, tasks: int) -> dict[str, Any]:
     if tasks < 1:
         raise StageError(f"--tasks {tasks}: must be at least 1")
-    inputs = expand(config.inputs)
+    # local inputs by absolute path: the stages may run elsewhere (a job's working directory is not the shell's)
+    inputs = [uri if "://" in uri else str(Path(uri).resolve()) for uri in expand(config.inputs)]
     if not inputs:
         raise StageError(f"no input files behind {', '.join(config.inputs)}")
     return {

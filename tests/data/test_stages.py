@@ -319,3 +319,25 @@ def test_one_reader_for_every_format_and_the_same_documents_for_the_tokenizer(tm
     corpus = Corpus(input_files([tmp_path]))
     assert list(corpus.texts()) == [d.text for d in docs if d.text is not None]
     assert corpus.corrupt == problems
+
+
+def test_a_stage_that_claims_a_submitted_job_must_prove_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(14)
+    inputs = _write_corpus(tmp_path / "in", [_doc(EN, rng) for _ in range(4)], files=1)
+    work = tmp_path / "work"
+    pipeline.init(work, PipelineConfig(inputs, Path(), languages=("en",)), tasks=1)
+    monkeypatch.chdir(tmp_path)
+    record = tmp_path / "record.json"
+    record.write_text("{}")
+    env = {"ORACLE_SUBMISSION_DIGEST": "0" * 64, "ORACLE_SUBMISSION_RECORD": str(record)}
+    result = CliRunner().invoke(app, ["data", "stage", "prepare", "--work", str(work), "--task", "0"], env=env)
+    assert result.exit_code == 2
+    assert "data stage prepare refused: submission record" in " ".join(result.stderr.split())
+    assert not (work / "prepare").exists()  # nothing ran
+    audit = [json.loads(line) for line in (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()]
+    assert (audit[-1]["gate"], audit[-1]["result"]) == ("data", "refused")
+    half = CliRunner().invoke(
+        app, ["data", "stage", "cluster", "--work", str(work)], env={"ORACLE_SUBMISSION_DIGEST": "x"}
+    )
+    assert half.exit_code == 2
+    assert "must both be set" in half.stderr

@@ -14,6 +14,7 @@ import yaml
 
 from infra import checks
 from infra.argo.workflow import (
+    DATA_STEPS,
     DEFAULT_REPO_ID,
     STEPS,
     argo_configured,
@@ -54,10 +55,24 @@ def test_the_steps_run_data_tokenize_train_publish_in_order() -> None:
     document = workflow()
     pipeline = templates(document)[document["spec"]["entrypoint"]]
     order = [step["name"] for group in pipeline["steps"] for step in group if step["name"] in STEPS]
-    assert order == ["data", "tokenize", "train", "publish"]
+    assert order == [*DATA_STEPS, "tokenize", "train", "publish"]
     # the egress NetworkPolicy is created before any step runs
     assert [step["name"] for step in pipeline["steps"][0]] == ["network-policy"]
-    assert [len([s for s in group if s["name"] in STEPS]) for group in pipeline["steps"][1:]] == [1, 1, 1, 1]
+    assert [len([s for s in group if s["name"] in STEPS]) for group in pipeline["steps"][1:]] == [1] * 8
+    # the data pipeline's per-task stages fan out to one pod per task, the others run once
+    fanned = {s["name"]: s.get("withSequence") for group in pipeline["steps"] for s in group if s["name"] in DATA_STEPS}
+    assert fanned == {
+        "data-init": None,
+        "data-prepare": {"count": 4},
+        "data-cluster": None,
+        "data-write": {"count": 4},
+        "data-finish": None,
+    }
+    tasks = workflow(argo_request(), data_tasks=7)
+    steps = templates(tasks)[tasks["spec"]["entrypoint"]]["steps"]
+    assert [s.get("withSequence") for group in steps for s in group if s["name"] == "data-write"] == [{"count": 7}]
+    with pytest.raises(SpecError, match="at least one task"):
+        workflow(argo_request(), data_tasks=0)
 
 
 def test_each_step_runs_oracle_in_the_locked_image_with_the_job_environment() -> None:
@@ -71,15 +86,15 @@ def test_each_step_runs_oracle_in_the_locked_image_with_the_job_environment() ->
         assert env["ORACLE_SUBMISSION_DIGEST"]["value"] == DIGEST
         assert env["ORACLE_SUBMISSION_RECORD"]["value"] == K8S_RECORD_PATH
         assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert found["data"]["command"] == [
-        "oracle",
-        "data",
-        "run",
-        "--input",
-        "s3://corpus/a.jsonl.gz",
-        "--output",
-        "/data/clean",
+    work = ["--work", "/data/work"]
+    assert found["data-init"]["command"] == [
+        *["oracle", "data", "stage", "init", *work, "--tasks", "4", "--input", "s3://corpus/a.jsonl.gz"]
     ]
+    task = ["--task", "{{inputs.parameters.task}}"]
+    assert found["data-prepare"]["command"] == ["oracle", "data", "stage", "prepare", *work, *task]
+    assert found["data-cluster"]["command"] == ["oracle", "data", "stage", "cluster", *work]
+    assert found["data-write"]["command"] == ["oracle", "data", "stage", "write", *work, *task]
+    assert found["data-finish"]["command"] == ["oracle", "data", "stage", "finish", *work, "--output", "/data/clean"]
     assert found["tokenize"]["command"] == [
         "oracle",
         "tokenizer",
@@ -196,11 +211,11 @@ def _train(document: dict[str, Any]) -> dict[str, Any]:
     [
         (
             lambda d: _train(d)["container"]["env"][0].__setitem__("valeu", "x"),
-            "spec.templates[5].container.env[0]: Additional properties are not allowed ('valeu' was unexpected)",
+            "spec.templates[9].container.env[0]: Additional properties are not allowed ('valeu' was unexpected)",
         ),
         (
             lambda d: _train(d)["inputs"]["artifacts"][0]["raw"].__setitem__("encoding", "b64"),
-            "spec.templates[5].inputs.artifacts[0].raw: Additional properties are not allowed",
+            "spec.templates[9].inputs.artifacts[0].raw: Additional properties are not allowed",
         ),
         (
             lambda d: d["spec"].__setitem__("activeDeadlineSeconds", "soon"),
@@ -208,11 +223,11 @@ def _train(document: dict[str, Any]) -> dict[str, Any]:
         ),
         (
             lambda d: _train(d)["container"].__setitem__("command", "torchrun"),
-            "spec.templates[5].container.command: 'torchrun' is not of type array",
+            "spec.templates[9].container.command: 'torchrun' is not of type array",
         ),
         (
             lambda d: _train(d)["container"]["env"][0].pop("name"),
-            "spec.templates[5].container.env[0]: 'name' is a required property",
+            "spec.templates[9].container.env[0]: 'name' is a required property",
         ),
         (
             lambda d: d.__setitem__("spek", {}),
@@ -225,7 +240,7 @@ def test_a_broken_workflow_is_rejected_naming_the_field(
     breakage: Callable[[dict[str, Any]], object], expected: str
 ) -> None:
     document = copy.deepcopy(workflow())
-    names = ["pipeline", "network-policy", "data", "tokenize", "rendezvous", "train", "publish"]
+    names = ["pipeline", "network-policy", *DATA_STEPS, "tokenize", "rendezvous", "train", "publish"]
     assert list(templates(document)) == names
     breakage(document)
     with pytest.raises(SpecError) as caught:

@@ -133,7 +133,7 @@ def test_argo_dry_run_prints_a_valid_workflow(repository_checkout: Path) -> None
     validate_workflow(document)
     assert document["kind"] == "Workflow"
     names = [t["name"] for t in document["spec"]["templates"]]
-    for step in ("data", "tokenize", "train", "publish"):
+    for step in ("data-init", "data-prepare", "data-cluster", "data-write", "data-finish", "tokenize", "train"):
         assert step in names
 
 
