@@ -264,3 +264,14 @@ def test_sub005_passes_a_recipe_that_fits_and_cpu_jobs(tmp_path: Path) -> None:
     mini = load_train_config("oracle-mini")
     assert checks.check_plan(mini, request(tmp_path, nodes=1, gpus_per_node=2, procs_per_node=2)) == []
     assert checks.check_plan(mini, request(tmp_path, nodes=1, gpus_per_node=0, procs_per_node=2)) == []
+
+
+def test_submit_refuses_the_flagship_where_its_plan_does_not_fit(repository_checkout: Path) -> None:
+    from tests.checkouts import oracle
+
+    args = ["--config", "oracle850b", "--nodes", "32", "--gpus-per-node", "8", "--dry-run"]
+    done = oracle(repository_checkout, "submit", "--target", "k8s", *args, env={"KUBECONFIG": "/nonexistent"})
+    assert done.returncode == 1, done.stderr
+    assert "submission refused: SUB005 recipe oracle850b does not fit 32 nodes × 8 h100-80gb" in done.stderr
+    assert "GiB short" in done.stderr
+    assert done.stdout == ""  # nothing rendered
