@@ -14,6 +14,11 @@ communication. Under ZeRO 0-2 every rank holds whole parameters and writes the s
 one whatever the stage. Persistent buffers (the routers' balancing biases) are the same on every rank: rank 0 writes
 them whole (P = numel).
 
+With expert parallelism a routed expert stack is not one flat partition over all ranks: rank r holds the experts of
+its expert-parallel rank, partitioned by ZeRO over the ranks that hold the same experts. Such a tensor's layout lists
+every rank's range explicitly (`spans`, [begin, end) per rank, in rank order); together the ranges tile the tensor
+exactly once, so readers place and read them like any other part. `expert_parallel_spans` computes them.
+
 Readers never assemble more than they need. `load_partitioned` (serving) streams one part file at a time into the
 model's own tensors, each file read once and hashed on the bytes used; `PartitionedReader` (export) reads any flat
 range of a tensor, touching only the part files and bytes that hold it. Pickle is never written or read: DeepSpeed's
@@ -51,6 +56,8 @@ class TensorLayout(BaseModel):
     dtype: str
     shape: list[int]
     part: int = Field(ge=1)  # elements per rank: rank r holds [r*part, min((r+1)*part, numel))
+    # explicit [begin, end) per rank instead (expert-parallel expert stacks); `part` is then the longest range
+    spans: list[tuple[int, int]] | None = None
 
     @property
     def numel(self) -> int:
@@ -62,8 +69,14 @@ class TensorLayout(BaseModel):
 
     def span(self, rank: int) -> tuple[int, int]:
         """The flat element range rank `rank` holds (empty when begin == end)."""
+        if self.spans is not None:
+            return self.spans[rank]
         begin = min(rank * self.part, self.numel)
         return begin, min(begin + self.part, self.numel)
+
+    def ranks_in_order(self, world_size: int) -> list[int]:
+        """The ranks sorted by the start of their range (the rank order itself unless `spans` says otherwise)."""
+        return sorted(range(world_size), key=lambda rank: self.span(rank))
 
 
 class PartitionIndex(BaseModel):
@@ -80,7 +93,9 @@ class PartitionIndex(BaseModel):
                 raise ValueError(f"tensor {name!r}: unknown dtype {layout.dtype!r}")
             if any(n < 0 for n in layout.shape):
                 raise ValueError(f"tensor {name!r}: negative size in shape {layout.shape}")
-            if layout.part * self.world_size < layout.numel:
+            if layout.spans is not None:
+                _check_spans(name, layout, self.world_size)
+            elif layout.part * self.world_size < layout.numel:
                 raise ValueError(
                     f"tensor {name!r}: {self.world_size} parts of {layout.part} elements do not cover its "
                     f"{layout.numel}"
@@ -96,7 +111,40 @@ class PartitionIndex(BaseModel):
         return {name: span for name, span in spans.items() if span[1] > span[0]}
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
+
+
+def _check_spans(name: str, layout: TensorLayout, world_size: int) -> None:
+    """Explicit ranges: one per rank, none longer than `part`, tiling [0, numel) exactly once."""
+    spans = layout.spans or []
+    if len(spans) != world_size:
+        raise ValueError(f"tensor {name!r}: {len(spans)} ranges for {world_size} ranks")
+    covered = 0
+    for begin, end in sorted(spans):
+        if begin == end:
+            continue
+        if begin != covered or end < begin or end - begin > layout.part:
+            raise ValueError(f"tensor {name!r}: its ranges {spans} do not tile its {layout.numel} elements once")
+        covered = end
+    if covered != layout.numel:
+        raise ValueError(f"tensor {name!r}: its ranges {spans} do not tile its {layout.numel} elements once")
+
+
+def expert_parallel_spans(numel: int, n_experts: int, ep_size: int, world_size: int) -> list[tuple[int, int]]:
+    """Every rank's flat range of an expert stack of `numel` elements over `n_experts` experts (leading dimension)
+    under expert parallelism `ep_size`, in DeepSpeed's expert-and-data topology: rank r is expert-parallel rank
+    r % ep_size (experts [e·L, (e+1)·L), L = n_experts / ep_size) and ZeRO partition r // ep_size of those experts
+    over the world_size / ep_size ranks holding them (ceil-sized parts, the last one short)."""
+    if n_experts % ep_size or world_size % ep_size or numel % n_experts:
+        raise ValueError(f"{n_experts} experts ({numel} elements) over {ep_size} of {world_size} ranks do not divide")
+    local = numel // ep_size
+    edp = world_size // ep_size
+    part = max(1, math.ceil(local / edp))
+    spans = []
+    for rank in range(world_size):
+        base, first = (rank % ep_size) * local, min((rank // ep_size) * part, local)
+        spans.append((base + first, base + min(first + part, local)))
+    return spans
 
 
 def parse_index(data: bytes, path: Path) -> PartitionIndex:
@@ -261,8 +309,7 @@ class PartitionedReader:
         return self.read(name, 0, layout.numel).view(layout.shape)
 
     def _pieces(self, layout: TensorLayout, name: str, begin: int, end: int) -> Iterator[torch.Tensor]:
-        first = begin // layout.part
-        for rank in range(first, self.index.world_size):
+        for rank in layout.ranks_in_order(self.index.world_size):
             lo, hi = layout.span(rank)
             if lo >= end:
                 break
@@ -292,6 +339,14 @@ def own_part(
     layouts: dict[str, TensorLayout] = {}
     parts: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():  # tied weights appear once
+        ep_size = getattr(param, EP_SIZE_ATTR, 1)
+        if ep_size > 1:  # this rank's experts, ZeRO-partitioned over the ranks holding the same experts
+            layout, local = _expert_stack_layout(name, param, ep_size, world_size, zero3=zero3)
+            begin, end = layout.span(rank)
+            if end > begin:
+                parts[name] = local[: end - begin].to("cpu").contiguous()
+            layouts[name] = layout
+            continue
         if zero3:
             sharded: Any = param  # DeepSpeed's attributes of a partitioned parameter
             shape, local = tuple(sharded.ds_shape), sharded.ds_tensor.detach().reshape(-1)
@@ -312,6 +367,31 @@ def own_part(
                 parts[name] = buffer.detach().to("cpu").contiguous()
     index = PartitionIndex(format=FORMAT, world_size=world_size, tensors=layouts)
     return index, parts
+
+
+EP_SIZE_ATTR: Final = "oracle_expert_parallel_size"  # set by the trainer on the expert stacks it shards by expert
+
+
+def _expert_stack_layout(
+    name: str, param: torch.nn.Parameter, ep_size: int, world_size: int, *, zero3: bool
+) -> tuple[TensorLayout, torch.Tensor]:
+    """The layout of an expert-parallel expert stack (its logical shape has ep_size times the local experts) and
+    this rank's flat piece of it: its ZeRO partition of the local experts (expert_parallel_spans)."""
+    if not zero3:
+        raise ValueError(f"{name}: expert-parallel expert stacks are written from ZeRO-3 partitions only")
+    sharded: Any = param
+    local_shape = tuple(sharded.ds_shape)
+    shape = [local_shape[0] * ep_size, *local_shape[1:]]
+    numel = math.prod(shape)
+    spans = expert_parallel_spans(numel, shape[0], ep_size, world_size)
+    part = max(end - begin for begin, end in spans)
+    if int(sharded.partition_numel()) != part:
+        raise ValueError(
+            f"{name}: DeepSpeed partitions it in {sharded.partition_numel()} elements per rank, the expert-parallel "
+            f"layout expects {part}; the expert-data-parallel group is not DeepSpeed's expert-and-data topology"
+        )
+    layout = TensorLayout(dtype=dtype_name(param.dtype), shape=shape, part=part, spans=spans)
+    return layout, sharded.ds_tensor.detach().reshape(-1)
 
 
 def save_partitioned(model: torch.nn.Module, directory: Path, world_size: int) -> PartitionIndex:

@@ -118,6 +118,11 @@ class TrainConfig(_Section):
             )
         if p.data % p.expert:
             raise ValueError(f"parallelism.expert: {p.expert} does not divide parallelism.data {p.data}")
+        if p.expert > 1 and p.zero_stage != 3:
+            raise ValueError(
+                f"parallelism.expert: {p.expert} needs zero_stage 3 (the expert stacks use DeepSpeed's ZeRO-3 expert "
+                f"placement), not {p.zero_stage}; set zero_stage: 3 or expert: 1"
+            )
         return self
 
     def moe_config(self) -> MoEConfig:

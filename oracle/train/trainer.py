@@ -8,11 +8,31 @@ coefficient-weighted aux and z losses), let DeepSpeed reduce, clip and step, upd
 when aux-loss-free balancing is on, write a metrics line (rank 0), and checkpoint every `checkpoint.interval` steps
 and at the end. Packed sequences of `seq_len` tokens give `seq_len - 1` input positions (inputs are the sequence
 without its last token, labels without its first).
+
+Expert parallelism (`parallelism.expert` = R > 1, ZeRO-3 only; R divides the data-parallel ranks and the experts):
+each MoE layer is an ExpertParallelMoE (expert_parallel.py) over DeepSpeed's expert-parallel groups of R consecutive
+ranks, holding E/R experts per rank and moving tokens by all-to-all. Its expert stacks carry DeepSpeed's ZeRO-3
+expert placement (the attributes AutoEP gives its own stacks): partitioned over the expert-data-parallel group (the
+W/R ranks holding the same experts) instead of all W ranks, gradients reduce-scattered there and averaged over all W
+ranks, their norm summed over the expert-parallel group into the one clipping norm, their optimizer state saved and
+resumed in each rank's own ZeRO files. Router and shared expert stay ordinary ZeRO-3 parameters. The weight parts
+index the stacks by their logical (E, ...) shape with each rank's explicit range (partitioned.expert_parallel_spans).
+Tokens per expert are counted on each rank's own tokens and all-reduced, so the metrics stay global.
+
+AutoEP itself (deepspeed.module_inject.auto_ep, DeepSpeed 0.19.8) does not serve our MoE layer: with custom patterns
+(router `router`, experts `experts`, w1 `w13` fused gate+up, w2 `w2`, shared expert `shared_expert`) it detects the
+layers but fails replacing them, `'TopKRouter' object has no attribute 'weight'` (it reads the router module's own
+`weight`; ours is `router.gate.weight`). Past that, its AutoEPMoELayer returns a bare tensor where our blocks need
+MoEOutput (the Switch load-balancing loss, the z-loss, which it says it does not implement, and the routing stats),
+renames the stacks (`experts.w1/w2/w3`, `shared_experts`) that checkpoints and exports rely on, and has neither
+capacity dropping nor our bias balancing (it refuses `load_balance_coeff`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +47,7 @@ from torch import nn
 
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import MoEConfig
+from oracle.moe850b.experts import GroupedExperts
 from oracle.moe850b.model import OracleMoE, lm_loss
 from oracle.moe850b.partitioned import PartitionIndex, own_part
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
@@ -106,15 +127,26 @@ class _LossModule(nn.Module):
         return lm + out.aux_loss, lm, out.load_balance_loss, out.z_loss, tokens_per_expert_LE, dropped
 
 
-def build_model(config: MoEConfig, ds_config: dict[str, Any], *, seed: int, rank: int) -> OracleMoE:
+def build_model(
+    config: MoEConfig, ds_config: dict[str, Any], *, seed: int, rank: int, expert_parallel: int = 1
+) -> OracleMoE:
     """The model, built sharded from the start under ZeRO-3 (zero.Init: no rank ever holds all of it) and
-    initialised one module at a time on rank 0, which broadcasts each module's weights as it re-shards them."""
+    initialised one module at a time on rank 0, which broadcasts each module's weights as it re-shards them.
+
+    Routed expert stacks are initialised expert by expert, each from its own generator (seeded by `seed`, the
+    module's name and the expert's index), so a rank holding some experts builds exactly their slice of what one
+    process builds. With `expert_parallel` > 1 every MoE layer becomes an ExpertParallelMoE (expert_parallel.py)
+    over DeepSpeed's expert-parallel group, its expert stacks holding this rank's experts only; they stay out of
+    zero.Init and are tagged for DeepSpeed's ZeRO-3 expert placement (`_tag_expert_stacks`)."""
     import deepspeed
 
     stage3 = ds_config["zero_optimization"]["stage"] == 3
     torch.manual_seed(seed)
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=stage3):
         model = OracleMoE(config)
+    if expert_parallel > 1:
+        _shard_experts(model, config, expert_parallel)
+    expert_stacks = {name for name, module in model.named_modules() if isinstance(module, GroupedExperts)}
     if stage3:
         # zero.Init makes tensor factories (arange, zeros) produce the training dtype: rebuild the buffers in fp32
         # (bf16 positions would round 4095..4099 to 4096 in the rotary tables; bias steps of 1e-3 would vanish).
@@ -124,22 +156,108 @@ def build_model(config: MoEConfig, ds_config: dict[str, Any], *, seed: int, rank
         for name, module in model.named_modules():
             own = list(module.parameters(recurse=False))
             assert not (own and list(module.buffers(recurse=False))), f"{name}: parameters and buffers together"
+            if expert_parallel > 1 and name in expert_stacks:
+                _init_experts(model, name, seed)  # this rank's own experts, not ZeRO parameters yet
+                continue
             with _gathered(own, enabled=bool(own), modifier_rank=0):
                 if rank == 0:
-                    model.init_module(name, module)
+                    if name in expert_stacks:
+                        _init_experts(model, name, seed)
+                    else:
+                        model.init_module(name, module)
                 elif not own:
                     model.init_module(name, module)  # buffers only (router bias): the same on every rank
+    else:
+        for name in expert_stacks:
+            _init_experts(model, name, seed)
     return model
 
 
+EXPERT_GROUP_NAME = "ep_size_{}"  # DeepSpeed's name of the expert-parallel group (and its expert-data group)
+
+
+def _shard_experts(model: OracleMoE, config: MoEConfig, expert_parallel: int) -> None:
+    """Replace every MoE layer by an ExpertParallelMoE over DeepSpeed's expert-parallel group of `expert_parallel`
+    consecutive ranks, keeping the layer's router and shared expert (ZeRO parameters) and giving it this rank's
+    experts as plain tensors of the training dtype, which deepspeed.initialize partitions over the expert-data-parallel
+    group (the ranks with the same experts)."""
+    from deepspeed.utils import groups, set_z3_leaf_modules
+
+    from oracle.train.expert_parallel import ExpertParallelMoE
+
+    name = EXPERT_GROUP_NAME.format(expert_parallel)
+    groups._create_expert_and_data_parallel(expert_parallel_size_=expert_parallel)
+    ep_group = groups._get_expert_parallel_group(name)
+    edp_group = groups._get_expert_data_parallel_group(name)
+    if torch.distributed.get_rank(ep_group) != torch.distributed.get_rank() % expert_parallel:
+        raise TrainError(f"DeepSpeed's expert-parallel group {name} is not the consecutive ranks this trainer expects")
+    n_local = config.n_experts // expert_parallel
+    dtype = model.embed_tokens.weight.dtype
+    device = model.embed_tokens.weight.device
+    for block in model.blocks():
+        moe = block.moe
+        with torch.random.fork_rng(devices=[]):  # the construction's own init must not move the shared generator
+            experts = GroupedExperts(n_local, config.hidden_size, config.expert_hidden_size)
+        experts.to(device=device, dtype=dtype)
+        layer = ExpertParallelMoE(
+            moe.router, experts, moe.shared_expert, capacity_factor=moe.capacity_factor, impl=moe.impl, group=ep_group
+        )
+        _tag_expert_stacks(experts, name, edp_group, expert_parallel)
+        setattr(block, "moe", layer)  # noqa: B010 (DecoderBlock.moe is typed MoE; the layer is its drop-in)
+    # ZeRO-3 gathers a module's own parameters before its forward; the layer reads its experts' stacks directly
+    set_z3_leaf_modules(model, [ExpertParallelMoE])
+
+
+def _tag_expert_stacks(experts: nn.Module, group_name: str, edp_group: Any, expert_parallel: int) -> None:
+    """DeepSpeed's ZeRO-3 expert placement (what AutoEP sets on its own expert stacks): partitioned over the
+    expert-data-parallel group, gradients reduce-scattered there and averaged over the whole data-parallel world,
+    the gradient norm summed over the expert-parallel group; and our own mark for the weight parts' layout."""
+    from oracle.moe850b.partitioned import EP_SIZE_ATTR
+
+    for param in experts.parameters():
+        tagged: Any = param
+        tagged.allreduce = False
+        tagged.group_name = group_name
+        tagged.ds_zero_placement_family = "autoep_expert"
+        tagged.ds_zero_partition_group_name = group_name
+        tagged.ds_zero_partition_process_group = edp_group
+        setattr(tagged, EP_SIZE_ATTR, expert_parallel)
+
+
+@torch.no_grad()
+def _init_experts(model: OracleMoE, name: str, seed: int) -> None:
+    """Initialise the experts the GroupedExperts `name` holds (the layer's experts from its `first_expert` on: 0
+    unless the layer is expert-parallel) with the model's scheme, each from a generator of its own, drawn in fp32
+    and then cast: the same values whichever rank holds the expert and whatever the training dtype."""
+    experts = model.get_submodule(name)
+    assert isinstance(experts, GroupedExperts)
+    first = int(getattr(model.get_submodule(name.rpartition(".")[0]), "first_expert", 0))
+    std = model.config.initializer_range
+    out_std = std / math.sqrt(2 * model.config.n_layers)  # as OracleMoE.init_module: w2 writes into the residual
+    for index, (w13, w2) in enumerate(zip(experts.w13.unbind(0), experts.w2.unbind(0), strict=True)):
+        digest = hashlib.sha256(f"{seed}/{name}/{first + index}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        w13.copy_(torch.empty(w13.shape).normal_(0.0, std, generator=generator))
+        w2.copy_(torch.empty(w2.shape).normal_(0.0, out_std, generator=generator))
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices (and expert stacks) only; norms and other vectors are not decayed."""
+    """Weight decay on matrices (and expert stacks) only; norms and other vectors are not decayed. Expert-parallel
+    expert stacks form a group of their own: ZeRO-3 partitions them over another process group, and a sub-group of
+    its optimizer must not mix the two."""
+    from oracle.moe850b.partitioned import EP_SIZE_ATTR
+
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
+    experts: list[nn.Parameter] = []
     for param in model.parameters():
         shape = getattr(param, "ds_shape", param.shape)
-        (decay if len(shape) >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if getattr(param, EP_SIZE_ATTR, 1) > 1:
+            experts.append(param)
+        else:
+            (decay if len(shape) >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return groups + ([{"params": experts, "weight_decay": weight_decay}] if experts else [])
 
 
 def initialise_engine(config: TrainConfig, placement: Placement) -> tuple[Any, OracleMoE]:
@@ -147,7 +265,9 @@ def initialise_engine(config: TrainConfig, placement: Placement) -> tuple[Any, O
 
     ds_config = deepspeed_config(config)
     validate_deepspeed_config(ds_config, config)  # after the process group exists: batch sizes vs world size
-    model = build_model(config.moe_config(), ds_config, seed=config.seed, rank=placement.rank)
+    model = build_model(
+        config.moe_config(), ds_config, seed=config.seed, rank=placement.rank, expert_parallel=config.parallelism.expert
+    )
     engine, _, _, _ = deepspeed.initialize(
         model=_LossModule(model), model_parameters=_param_groups(model, config.optimizer.weight_decay), config=ds_config
     )
@@ -200,11 +320,6 @@ class Trainer:
             raise TrainError(
                 f"parallelism.data is {config.parallelism.data} but this job has {placement.world_size} processes; "
                 "launch as many processes as data-parallel ranks, or change parallelism.data (and the batch sizes)"
-            )
-        if config.parallelism.expert != 1:
-            raise TrainError(
-                f"parallelism.expert is {config.parallelism.expert}: the trainer runs expert parallelism 1 for now "
-                "(experts are sharded by ZeRO instead); see oracle/train/expert_parallel.py and the README"
             )
         self.model_config = config.moe_config()
         self.dataset = PackedDataset(
