@@ -145,7 +145,7 @@ def build_model(
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=stage3):
         model = OracleMoE(config)
     if expert_parallel > 1:
-        _shard_experts(model, config, expert_parallel)
+        _shard_experts(model, config, expert_parallel, seed)
     expert_stacks = {name for name, module in model.named_modules() if isinstance(module, GroupedExperts)}
     if stage3:
         # zero.Init makes tensor factories (arange, zeros) produce the training dtype: rebuild the buffers in fp32
@@ -157,8 +157,7 @@ def build_model(
             own = list(module.parameters(recurse=False))
             assert not (own and list(module.buffers(recurse=False))), f"{name}: parameters and buffers together"
             if expert_parallel > 1 and name in expert_stacks:
-                _init_experts(model, name, seed)  # this rank's own experts, not ZeRO parameters yet
-                continue
+                continue  # this rank's own experts, initialised and partitioned by _shard_experts
             with _gathered(own, enabled=bool(own), modifier_rank=0):
                 if rank == 0:
                     if name in expert_stacks:
@@ -176,11 +175,12 @@ def build_model(
 EXPERT_GROUP_NAME = "ep_size_{}"  # DeepSpeed's name of the expert-parallel group (and its expert-data group)
 
 
-def _shard_experts(model: OracleMoE, config: MoEConfig, expert_parallel: int) -> None:
+def _shard_experts(model: OracleMoE, config: MoEConfig, expert_parallel: int, seed: int) -> None:
     """Replace every MoE layer by an ExpertParallelMoE over DeepSpeed's expert-parallel group of `expert_parallel`
     consecutive ranks, keeping the layer's router and shared expert (ZeRO parameters) and giving it this rank's
-    experts as plain tensors of the training dtype, which deepspeed.initialize partitions over the expert-data-parallel
-    group (the ranks with the same experts)."""
+    experts: built without storage, initialised (`_init_experts`), tagged for the expert placement and partitioned
+    over the expert-data-parallel group (the ranks with the same experts) one layer at a time, as AutoEP converts its
+    replacements, so no rank ever holds more than one layer's experts whole."""
     from deepspeed.utils import groups, set_z3_leaf_modules
 
     from oracle.train.expert_parallel import ExpertParallelMoE
@@ -191,19 +191,24 @@ def _shard_experts(model: OracleMoE, config: MoEConfig, expert_parallel: int) ->
     edp_group = groups._get_expert_data_parallel_group(name)
     if torch.distributed.get_rank(ep_group) != torch.distributed.get_rank() % expert_parallel:
         raise TrainError(f"DeepSpeed's expert-parallel group {name} is not the consecutive ranks this trainer expects")
+    # zero.Init's conversion of parameters made outside it (what deepspeed.initialize would call later)
+    convert = next((getattr(p, "convert_to_zero_parameters", None) for p in model.parameters()), None)
+    if convert is None:
+        raise TrainError("expert parallelism needs a model built under ZeRO-3 (parallelism.zero_stage: 3)")
     n_local = config.n_experts // expert_parallel
-    dtype = model.embed_tokens.weight.dtype
-    device = model.embed_tokens.weight.device
-    for block in model.blocks():
+    dtype, device = model.embed_tokens.weight.dtype, model.embed_tokens.weight.device
+    for index, block in enumerate(model.blocks()):
         moe = block.moe
-        with torch.random.fork_rng(devices=[]):  # the construction's own init must not move the shared generator
+        with torch.device("meta"):
             experts = GroupedExperts(n_local, config.hidden_size, config.expert_hidden_size)
-        experts.to(device=device, dtype=dtype)
+        experts.to_empty(device=device).to(dtype=dtype)
         layer = ExpertParallelMoE(
             moe.router, experts, moe.shared_expert, capacity_factor=moe.capacity_factor, impl=moe.impl, group=ep_group
         )
-        _tag_expert_stacks(experts, name, edp_group, expert_parallel)
         setattr(block, "moe", layer)  # noqa: B010 (DecoderBlock.moe is typed MoE; the layer is its drop-in)
+        _init_experts(model, f"layers.{index}.moe.experts", seed)
+        _tag_expert_stacks(experts, name, edp_group, expert_parallel)
+        convert(param_list=list(experts.parameters()))
     # ZeRO-3 gathers a module's own parameters before its forward; the layer reads its experts' stacks directly
     set_z3_leaf_modules(model, [ExpertParallelMoE])
 
