@@ -30,6 +30,7 @@ capacity dropping nor our bias balancing (it refuses `load_balance_coeff`).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -209,6 +210,8 @@ def _shard_experts(model: OracleMoE, config: MoEConfig, expert_parallel: int, se
         _init_experts(model, f"layers.{index}.moe.experts", seed)
         _tag_expert_stacks(experts, name, edp_group, expert_parallel)
         convert(param_list=list(experts.parameters()))
+        del moe
+        gc.collect()  # the replaced layer's ZeRO parameters hold closures in cycles: free its experts now
     # ZeRO-3 gathers a module's own parameters before its forward; the layer reads its experts' stacks directly
     set_z3_leaf_modules(model, [ExpertParallelMoE])
 
