@@ -149,7 +149,8 @@ def verify_slurm_job(
     pid = os.getpid() if pid is None else pid
     try:
         answer = _ask(
-            [_system_client("squeue"), "--noheader", "--jobs", job_id, "--states=all", "--format=%i|%T|%U|%k"],
+            # %A: the job id, one for each element of a job array (%i would print an element as ARRAY_TASK)
+            [_system_client("squeue"), "--noheader", "--jobs", job_id, "--states=all", "--format=%A|%T|%U|%k"],
             environ,
         )
     except JobIdentityError as exc:

@@ -73,22 +73,26 @@ def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str
             f"SUB002 {request.venv} is not built from {lock} (stamp {stamp} {said}, {lock} is {want[:12]}); "
             f"run `ORACLE_ACCELERATOR={accelerator} make venv`"
         )
+    # the data stages start with the venv's python, training with its torchrun
+    launcher = '"$venv/bin/python"' if request.kind == "data" else '"$venv/bin/torchrun"'
     if (
         f"\nvenv={shlex.quote(str(request.venv))}\n" not in script
         or f'\njob_lock="$export_dir/{lock}"\n' not in script
         or '--lock "$job_lock"' not in script
         or "\nsrun " not in script
-        or ('"$venv/bin/torchrun"' not in script)
+        or (launcher not in script)
     ):
         problems.append(
-            f"SUB002 the sbatch script does not run torchrun from the virtualenv {request.venv} checked against {lock}"
+            f"SUB002 the sbatch script does not run {launcher} from the virtualenv {request.venv} checked against "
+            f"{lock}"
         )
     exported = dict(re.findall(r"^export ([A-Z_]+)=(\S*)$", script, flags=re.MULTILINE))
     missing = [f"{key}={value}" for key, value in OFFLINE_ENV.items() if exported.get(key, "").strip("'\"") != value]
     if missing:
         problems.append(f"SUB004 the sbatch script does not export {', '.join(missing)} (the runtime layer's switches)")
-    if "-m oracle train" not in script:
-        problems.append("SUB004 the sbatch script does not start training as `-m oracle train` (the process policy)")
+    command = "-m oracle data stage" if request.kind == "data" else "-m oracle train"
+    if command not in script:
+        problems.append(f"SUB004 the sbatch script does not start its work as `{command}` (the process policy)")
     return problems
 
 

@@ -98,6 +98,10 @@ class JobRequest:
     namespace: str
     labels: dict[str, str] = field(default_factory=dict)
     egress_cidrs: tuple[str, ...] = ()  # policies.toml cluster.egress_cidrs: the NetworkPolicy's declared networks
+    kind: str = "train"  # "train", or "data": the data pipeline's stages (oracle/data/pipeline.py) over a plan
+    work: Path | None = None  # data: the plan's work folder (config_hash is the plan's digest)
+    output: Path | None = None  # data: the folder the finish stage writes
+    tasks: int = 1  # data: the per-task stages' array size
 
     @property
     def world_size(self) -> int:
@@ -105,8 +109,8 @@ class JobRequest:
 
     @property
     def job_name(self) -> str:
-        """`<project>-train-<recipe>`, lower case, within the 63 characters DNS-1123 labels allow."""
-        name = re.sub(r"[^a-z0-9-]+", "-", f"{self.project}-train-{self.config_name}".lower()).strip("-")
+        """`<project>-<kind>-<recipe>`, lower case, within the 63 characters DNS-1123 labels allow."""
+        name = re.sub(r"[^a-z0-9-]+", "-", f"{self.project}-{self.kind}-{self.config_name}".lower()).strip("-")
         return name[:63].rstrip("-")
 
     @property

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from guards import git
-from guards.attestation import AttestationError, verify_attestation
+from guards.attestation import AttestationError, VerifiedAttestation, verify_attestation
 from guards.audit import AuditError, current_anchor
 from guards.keys import SigningKeyError, key_id, load_signing_key
 from guards.submission import new_record, write_submission_record
@@ -290,10 +290,8 @@ def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None
     return outcome
 
 
-def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str) -> Submission:
-    from guards.runner import run_gate
-    from policies.rule import Gate
-
+def preflight(root: Path) -> tuple[Settings, VerifiedAttestation]:
+    """Steps 1 of every submission: the running code is the checkout's, the tree is clean, HEAD is attested."""
     if not Path(__file__).resolve().is_relative_to(root):
         raise SubmitRefusedError(
             f"the running oracle code ({Path(__file__).parent.parent}) is not the checkout's ({root}); run the "
@@ -306,10 +304,15 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
         raise SubmitRefusedError(
             f"the tree has uncommitted changes ({shown}); commit them and run `make guards`, then submit"
         )
-    attestation = verify_attestation(root, require_signature=settings.attestation.require_signature)
-    request, recipe, data_dir = build_request(root, options, settings, commit)
+    return settings, verify_attestation(root, require_signature=settings.attestation.require_signature)
 
-    gate = run_gate(root, Gate.submit, [recipe.relative_to(root).as_posix()])
+
+def run_submit_gate(root: Path, paths: list[str]) -> None:
+    """Step 3: the `submit` gate's policies over `paths` (the job's recipe), refused at its first problem."""
+    from guards.runner import run_gate
+    from policies.rule import Gate
+
+    gate = run_gate(root, Gate.submit, paths)
     if not gate.passed:
         first = (
             gate.errors[0]
@@ -321,6 +324,32 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
             f"the submit gate failed ({count} problem{'s' if count > 1 else ''}; first: {first}); "
             "run `oracle guards run --gate submit` for all"
         )
+
+
+def signed_record(
+    root: Path, request: JobRequest, attestation: VerifiedAttestation, spec_hash: str, lock_sha: str, trust: TrustRoot
+) -> Any:
+    """Step 6's record, unsigned: what the job will run (commit, tree, attestation, config, spec, lock, kind) and
+    under which trust root, audit head and waivers."""
+    return new_record(
+        commit=request.commit,
+        tree=git.head_tree(root),
+        attestation_digest=attestation.digest,
+        config_hash=request.config_hash,
+        spec_hash=spec_hash,
+        target=request.target,
+        lock_sha256=lock_sha,
+        trust=trust.describe(),
+        audit=current_anchor(root),
+        waivers=list(attestation.statement["predicate"].get("waivers") or []),
+        kind=request.kind,
+    )
+
+
+def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str) -> Submission:
+    settings, attestation = preflight(root)
+    request, recipe, data_dir = build_request(root, options, settings, commit)
+    run_submit_gate(root, [recipe.relative_to(root).as_posix()])
     from oracle.train.config import load_train_config
 
     problems = checks.check_plan(load_train_config(recipe), request)
@@ -355,18 +384,7 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
                     f"commit {commit[:12]} with config {request.config_name} is already {duplicate.state.lower()} "
                     f"as SLURM job {duplicate.job_id}; cancel it (`oracle kill --target slurm`) or pass --force"
                 )
-        record = new_record(
-            commit=commit,
-            tree=git.head_tree(root),
-            attestation_digest=attestation.digest,
-            config_hash=request.config_hash,
-            spec_hash=spec_hash,
-            target=options.target,
-            lock_sha256=lock_sha,
-            trust=trust.describe(),
-            audit=current_anchor(root),
-            waivers=list(attestation.statement["predicate"].get("waivers") or []),
-        )
+        record = signed_record(root, request, attestation, spec_hash, lock_sha, trust)
         digest = write_submission_record(record_path, record, signing_key)
         spec_file = record_path.with_suffix(".sbatch" if options.target == "slurm" else ".yaml")
         try:

@@ -423,10 +423,19 @@ def submit_command(
         bool, typer.Option("--force", help="Submit even when the same commit and config is queued or running.")
     ] = False,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Instead of training: the data pipeline's stages over this plan's work folder."),
+    ] = None,
+    data_output: Annotated[
+        Path | None, typer.Option("--output", help="With --data: the folder the pipeline's finish stage writes.")
+    ] = None,
 ) -> None:
-    """Submit a training job through the submit gate: clean tree, attestation for HEAD, spec checks, audit.
+    """Submit a training job (or, with --data, the data pipeline's stages) through the submit gate: clean tree,
+    attestation for HEAD, spec checks, audit.
 
     Example: oracle submit --target slurm --config oracle850b --nodes 32 --gpus-per-node 8 --time 72:00:00
+    Example: oracle submit --target slurm --data /shared/work --output /shared/data/out
     """
     from guards.audit import AuditError
     from infra.spec import SpecError
@@ -442,8 +451,17 @@ def submit_command(
         dry_run=dry_run,
         force=force,
     )
+    if (data is None) != (data_output is None):
+        raise fail("--data and --output go together: the plan's work folder and the folder the pipeline writes")
+    if data is not None and target is not SubmitTarget.slurm:
+        raise fail(f"--data runs on SLURM only for now (--target slurm); {target.value} fan-out is not built yet")
     try:
-        outcome = submit(Path.cwd(), options)
+        if data is not None and data_output is not None:
+            from infra.data_submit import submit_data
+
+            outcome = submit_data(Path.cwd(), data, data_output, time=time, dry_run=dry_run, force=force)
+        else:
+            outcome = submit(Path.cwd(), options)
     except SubmitRefusedError as exc:
         raise fail(f"submission refused: {exc}", EXIT_BLOCKED) from exc
     except (SettingsError, SpecError) as exc:

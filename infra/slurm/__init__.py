@@ -73,7 +73,7 @@ def render_sbatch(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, trim_blocks=False
     )
     environment.filters["shell"] = lambda value: shlex.quote(str(value))
-    template = environment.from_string(TEMPLATE.read_text(encoding="utf-8"))
+    template = environment.from_string(TEMPLATE.read_text(encoding="utf-8"))  # training or the data stages
     return template.render(
         request=request,
         env=dict(env),
@@ -113,9 +113,16 @@ def _run(args: list[str], *, stdin: str | None = None, environ: Mapping[str, str
     return done.stdout
 
 
-def submit(script: Path, *, environ: Mapping[str, str] | None = None) -> str:
-    """`sbatch --parsable SCRIPT`; returns the job id."""
-    out = _run([_client("sbatch"), "--parsable", str(script)], environ=environ).strip()
+def submit(
+    script: Path,
+    *,
+    options: list[str] | None = None,
+    args: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """`sbatch --parsable [OPTIONS] SCRIPT [ARGS]`; returns the job id."""
+    command = [_client("sbatch"), "--parsable", *(options or []), str(script), *(args or [])]
+    out = _run(command, environ=environ).strip()
     job_id = out.split(";", 1)[0]  # "<id>[;<cluster>]"
     if not job_id.isdigit():
         raise SlurmError(f"sbatch answered {out!r}, not a job id")
