@@ -352,7 +352,7 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
     run_submit_gate(root, [recipe.relative_to(root).as_posix()])
     from oracle.train.config import load_train_config
 
-    problems = checks.check_plan(load_train_config(recipe), request)
+    problems = checks.check_plan(load_train_config(recipe), request, gpu=settings.cluster.gpu)
     if problems:
         raise SubmitRefusedError(problems[0])
     if options.target == "slurm":  # the job reads this data from the shared filesystem

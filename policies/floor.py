@@ -82,6 +82,7 @@ TIGHTENING: dict[str, Tighten] = {
     "cluster.k8s_namespace": Tighten.equal,
     "cluster.max_nodes": Tighten.at_most,
     "cluster.max_gpus_per_node": Tighten.at_most,
+    "cluster.gpu": Tighten.equal,  # a bigger GPU named here would let SUB005 pass a recipe that does not fit
     "cluster.max_total_gpus": Tighten.at_most,
     "cluster.max_hours": Tighten.at_most,
     "cluster.monthly_budget_usd": Tighten.at_most,

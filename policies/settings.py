@@ -110,6 +110,12 @@ class ClusterSettings(_Section):
     k8s_namespace: str = Field(default="oracle", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     max_nodes: int = Field(default=32, gt=0, description="Most nodes one job may request")
     max_gpus_per_node: int = Field(default=8, ge=0)
+    gpu: str = Field(
+        default="h200-141gb",
+        pattern=r"^[a-z0-9][a-z0-9-]{1,30}$",
+        description="The cluster's GPU (a name of oracle/train/plan.py's table): SUB005 plans every GPU job on it; "
+        "the policy floor holds it (a bigger card named here would pass a recipe that does not fit)",
+    )
     max_total_gpus: int = Field(default=256, gt=0, description="Most GPUs one job (and the GPU node group) may hold")
     max_hours: int = Field(default=168, gt=0, description="Longest wall time one job may request")
     monthly_budget_usd: int = Field(default=250_000, gt=0, description="Cap on the cloud budget (infra/terraform)")

@@ -78,11 +78,6 @@ FRAGMENTATION = 0.05
 REDUCE_BUCKET = 500_000_000
 SUB_GROUP = 1_000_000_000
 
-# The trainer runs every decoder layer without torch.utils.checkpoint (oracle/train/trainer.py), and the recipe has
-# no switch for it: the plan of a recipe as it will run keeps every activation. `oracle plan --activation-checkpointing`
-# shows what per-layer checkpointing would change.
-TRAINER_CHECKPOINTS_ACTIVATIONS = False
-
 ExpertStates = Literal["zero", "replicated"]
 
 
@@ -307,7 +302,7 @@ def plan(
             f"expert parallelism {Ep} must divide the {N} ranks and the model's {model.n_experts} experts; "
             "choose a common divisor"
         )
-    ac = TRAINER_CHECKPOINTS_ACTIVATIONS if activation_checkpointing is None else activation_checkpointing
+    ac = config.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
     hw = GPUS[gpu]
     sizes = sizes or model_sizes(model)
     stage, b = config.parallelism.zero_stage, 2 if config.precision == "bf16" else 4
@@ -449,8 +444,8 @@ def remedy(config: TrainConfig, p: Plan, sizes: ModelSizes | None = None) -> str
     if not p.activation_checkpointing and p.memory["activations"] > p.usable_bytes:
         return (
             f"activations alone need {p.memory['activations'] / GIB:.1f} GiB per GPU without activation "
-            "checkpointing, which the trainer does not do yet: lower batch.micro_batch or data.seq_len, or add "
-            "per-layer checkpointing to the trainer"
+            "checkpointing: set activation_checkpointing: true in the recipe (each decoder block recomputed in "
+            "backward), or lower batch.micro_batch or data.seq_len"
         )
 
     def again(expert: int, gpu: str) -> Plan:

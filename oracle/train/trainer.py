@@ -276,6 +276,7 @@ def initialise_engine(config: TrainConfig, placement: Placement) -> tuple[Any, O
     model = build_model(
         config.moe_config(), ds_config, seed=config.seed, rank=placement.rank, expert_parallel=config.parallelism.expert
     )
+    model.activation_checkpointing = config.activation_checkpointing
     engine, _, _, _ = deepspeed.initialize(
         model=_LossModule(model), model_parameters=_param_groups(model, config.optimizer.weight_decay), config=ds_config
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from guards.keys import load_signing_key
 from guards.provenance import verify_provenance, write_provenance
@@ -72,6 +73,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, local_trust: TestTrust) -> Ru
     corpus = write_corpus(tmp_path / "corpus")
     runs = Runs(checkout, local_training(checkout, local_trust), {})
     runs.recipes = {f"ep{expert}": _recipe(tmp_path, corpus, expert, f"ep{expert}") for expert in (1, 2)}
+    # the same EP2 recipe with every decoder block recomputed in backward (the flagship's setting)
+    data = yaml.safe_load(runs.recipes["ep2"].read_text()) | {"activation_checkpointing": True}
+    (tmp_path / "ep2-ac.yaml").write_text(yaml.safe_dump(data))
+    runs.recipes["ep2-ac"] = tmp_path / "ep2-ac.yaml"
     # the recipe's own precision (bf16: DeepSpeed's bf16 optimizer keeps fp32 masters of the expert stacks too)
     runs.recipes["bf16"] = recipe(
         tmp_path / "bf16.yaml", corpus, parallelism__expert=2, schedule__total_steps=6, checkpoint__interval=6
@@ -94,6 +99,20 @@ def test_expert_parallel_2_reproduces_the_losses_and_tokens_per_expert_of_expert
         assert a["tokens_per_expert"] == b["tokens_per_expert"], a["step"]
         assert abs(a["lm_loss"] - b["lm_loss"]) <= 1e-5  # type: ignore[operator]
     assert sum(two[0]["tokens_per_expert"]) == 8 * 64 * 2 * 4  # type: ignore[arg-type]  # global: both ranks' tokens
+
+
+def test_activation_checkpointing_changes_no_number(runs: Runs) -> None:
+    """Recomputing each block in backward (ZeRO-3 gathering its weights again, the experts' all-to-all run again)
+    gives the run without it: the same losses and tokens per expert at every step, the same config hash."""
+    plain, recomputed = _metrics(runs.run("ep2")), _metrics(runs.run("ep2-ac"))
+    assert [m["step"] for m in recomputed] == list(range(1, STEPS + 1))
+    for a, b in zip(plain, recomputed, strict=True):
+        assert a["tokens_per_expert"] == b["tokens_per_expert"], a["step"]
+        assert abs(a["loss"] - b["loss"]) <= 1e-6, (a["step"], a["loss"], b["loss"])  # type: ignore[operator]
+    on, off = load_train_config(runs.recipes["ep2-ac"]), load_train_config(runs.recipes["ep2"])
+    assert on.activation_checkpointing
+    assert not off.activation_checkpointing
+    assert on.sha256() == off.sha256()  # not part of what determines training
 
 
 def test_expert_parallel_checkpoints_reassemble_the_whole_model(runs: Runs) -> None:

@@ -27,13 +27,18 @@ from oracle.train.plan import (
     remedy,
     saved_activations,
 )
+from tests.checkouts import REPO
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def flagship() -> TrainConfig:
-    return load_train_config("oracle850b")
+    """The flagship's model and batch with expert parallelism 1 and no activation checkpointing: the base the
+    formula tests change one thing of (the committed recipe's own layout has its test)."""
+    committed = load_train_config("oracle850b")
+    parallelism = committed.parallelism.model_copy(update={"expert": 1})
+    return committed.model_copy(update={"parallelism": parallelism, "activation_checkpointing": False})
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +117,32 @@ def test_activation_checkpointing_keeps_only_each_layers_input(
     assert on.mfu < off.mfu
 
 
-def test_the_flagship_as_the_trainer_runs_it_fits_no_gpu(flagship: TrainConfig, flagship_sizes: ModelSizes) -> None:
+def test_the_flagship_without_expert_parallelism_or_checkpointing_fits_no_gpu(
+    flagship: TrainConfig, flagship_sizes: ModelSizes
+) -> None:
     for gpu in GPUS:
-        layout = plan(flagship, nodes=32, gpus_per_node=8, gpu=gpu, sizes=flagship_sizes)
+        layout = plan(
+            flagship, nodes=32, gpus_per_node=8, gpu=gpu, expert=1, activation_checkpointing=False, sizes=flagship_sizes
+        )
         assert not layout.fits
         assert layout.memory["activations"] > GPUS[gpu].memory_bytes
+        assert "set activation_checkpointing: true" in remedy(flagship, layout, flagship_sizes)
+
+
+def test_the_flagship_recipe_as_committed_fits_the_clusters_gpu(
+    flagship: TrainConfig, flagship_sizes: ModelSizes
+) -> None:
+    """The recipe runs expert parallelism 64 with every block recomputed, on the 141 GB cards policies.toml names;
+    on 80 GB cards it does not fit the 256 GPUs the policy allows."""
+    from policies.settings import load_settings
+
+    flagship = load_train_config("oracle850b")
+    assert (flagship.parallelism.expert, flagship.activation_checkpointing) == (64, True)
+    gpu = load_settings(REPO).cluster.gpu
+    assert gpu == "h200-141gb"
+    assert plan(flagship, nodes=32, gpus_per_node=8, gpu=gpu, sizes=flagship_sizes).fits
+    for small in ("a100-80gb", "h100-80gb"):
+        assert not plan(flagship, nodes=32, gpus_per_node=8, gpu=small, sizes=flagship_sizes).fits
 
 
 def test_the_flagship_fits_h200s_with_expert_parallelism_and_checkpointing(
@@ -179,7 +205,7 @@ def test_bad_layouts_are_refused_naming_the_option(
 
 def test_cli_prints_the_plan_and_exits_1_when_it_does_not_fit() -> None:
     args = ["plan", "--config", "oracle850b", "--nodes", "32", "--gpus-per-node", "8"]
-    refused = runner.invoke(app, args)
+    refused = runner.invoke(app, [*args, "--expert", "1", "--no-activation-checkpointing"])
     assert refused.exit_code == 1
     assert "does NOT fit" in refused.stdout
     assert "activation checkpointing" in refused.stderr
