@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policies import architecture, coverage, external_weights, floor, local_train, venv
+from policies import architecture, coverage, external_weights, floor, gate_checks, local_train, venv
 from policies.rule import Policy, Rule
 
 # external_weights runs before local_train: its content sniffing overlaps the ripgrep pass both of them read.
@@ -18,7 +18,8 @@ ALL_POLICIES: tuple[Policy, ...] = (
 
 def catalog() -> list[Rule]:
     # The floor's rules judge the gate's own inputs (settings, waivers): the runner checks them, not a policy pass.
-    return [rule for policy in ALL_POLICIES for rule in policy.rules] + list(floor.RULES)
+    # The publish and submit gates' own checks (PUB, SUB) judge the staged files and the rendered job spec.
+    return [rule for policy in ALL_POLICIES for rule in policy.rules] + list(floor.RULES) + list(gate_checks.RULES)
 
 
 def find_rule(rule_id: str) -> Rule | None:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from oracle.cli import app
 from policies import catalog
+from tests.checkouts import REPO
 from tests.trust import session_key
 
 runner = CliRunner()
@@ -173,3 +174,23 @@ def test_explain_keeps_an_acronym_at_the_start_of_the_title() -> None:
     explained = runner.invoke(app, ["guards", "explain", "EXT002"]).stdout
     assert "Reports: URL of a foreign model or weight file." in explained
     assert "Reports: model or weights loaded" in runner.invoke(app, ["guards", "explain", "EXT001"]).stdout
+
+
+def test_every_publish_and_submit_check_is_a_rule_of_the_catalog() -> None:
+    """The ids the publish and submit checks prefix their refusals with are catalog rules (explain, SARIF, docs),
+    none of them waivable; and every PUB/SUB rule of the catalog is made by some check."""
+    import re
+
+    from policies import find_rule
+
+    sources = (REPO / "hub" / "stage.py").read_text() + (REPO / "infra" / "checks.py").read_text()
+    used = set(re.findall(r"\b((?:PUB|SUB)\d{3})\b", sources))
+    assert used == {f"PUB00{n}" for n in range(1, 6)} | {f"SUB00{n}" for n in range(1, 6)}
+    for rule_id in sorted(used):
+        rule = find_rule(rule_id)
+        assert rule is not None, rule_id
+        assert not rule.waivable
+    explained = CliRunner().invoke(app, ["guards", "explain", "SUB005"])
+    assert explained.exit_code == 0
+    assert "A recipe whose plan does not fit the cluster's GPUs" in explained.stdout
+    assert "## Use instead" in explained.stdout
