@@ -169,6 +169,8 @@ def require_data_stage_allowed(
         job_id = _job_identity(env, record.target, digest, record.spec_hash)
         # a data job's record names its plan; a training workflow's record (Argo: its data steps make the plan in
         # the workflow, from inputs its spec names) binds the spec, which the scheduler just confirmed this job runs
+        if record.kind != "data" and record.target == "slurm":  # a SLURM training job's steps run no data stage
+            raise SubmissionError("the submission record is a SLURM training job's; data stages need a data job's")
         if record.kind == "data" and record.config_hash != plan_digest:
             raise SubmissionError("the plan in --work is not the one the job was submitted with (its digest differs)")
     except (SubmissionError, JobIdentityError) as exc:

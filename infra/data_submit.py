@@ -49,7 +49,7 @@ from infra.submit import (
     run_submit_gate,
     signed_record,
 )
-from policies.settings import load_settings
+from policies.settings import Settings, load_settings
 
 STAGES = ("prepare", "cluster", "write", "finish")
 
@@ -103,7 +103,7 @@ def _plan_request(root: Path, work: Path, output: Path, time: str, commit: str) 
                 "cluster's shared filesystem outside it"
             )
     try:
-        plan = load_plan(work)
+        plan = load_plan(work)  # schema-checked: tasks 1..inputs, absolute strings, …
     except StageError as exc:
         raise SubmitRefusedError(str(exc)) from exc
     relative = [uri for uri in plan["inputs"] if "://" not in uri and not Path(uri).is_absolute()]
@@ -113,6 +113,7 @@ def _plan_request(root: Path, work: Path, output: Path, time: str, commit: str) 
             "again with absolute paths"
         )
     settings = load_settings(root)
+    _check_inputs(plan["inputs"], settings)
     cluster = settings.cluster
     request = JobRequest(
         target="slurm",
@@ -137,6 +138,26 @@ def _plan_request(root: Path, work: Path, output: Path, time: str, commit: str) 
         tasks=int(plan["tasks"]),
     )
     return replace(request, labels=job_labels(request))
+
+
+def _check_inputs(inputs: list[str], settings: Settings) -> None:
+    """The plan is where outside content enters: its inputs are judged like a reference in the tree (EXT002: no
+    file of a foreign model repository, whatever the host spelling), and none is fetched in plain text."""
+    from policies import text_references
+    from policies.external_weights import family_of
+
+    rules = settings.external_weights
+    judge = text_references.Judge(
+        allowed_namespaces=tuple(rules.allowed_namespaces),
+        is_local_dir=lambda first: False,
+        family_of=lambda value: family_of(value, tuple(rules.extra_forbidden_names)),
+    )
+    for uri in inputs:
+        if uri.lower().startswith("http://"):
+            raise SubmitRefusedError(f"the plan's input {uri} is fetched in plain text; use https:// (or a local copy)")
+        reason = text_references.foreign_url(uri, judge) if "://" in uri else None
+        if reason:
+            raise SubmitRefusedError(f"EXT002 the plan's input {uri}: {reason}; a data job reads our own corpus only")
 
 
 def _submit(

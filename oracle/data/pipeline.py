@@ -16,8 +16,12 @@ over N tasks ends with the same `stats.json`, shards and token files as the one-
 
 Every stage writes into a temporary folder beside its result and renames it into place when complete: a killed
 task leaves nothing that counts, and its rerun does only its own slice; a stage whose result exists (for this plan)
-is a no-op. Each result records the sha256 of its files and the plan's digest, and the stages after it check both,
-so a result of another plan, or one altered or cut short on the shared disk, is refused rather than read.
+is a no-op. Each result records the sha256 of its files and the plan's digest, and the stages after it check both
+(and that every file they use is listed), so a result of another plan, or one cut short or damaged on the shared
+disk, is refused rather than read. That is integrity against accidents, not against the user who submitted the
+job, who can write the work folder (and so result.json): a data job attests the code and the plan it ran, not its
+outputs. What training may read is judged where it is read: SUB003 and the trainer's checks of the token index.
+A process reads its plan once (`read_plan`), so the runtime check of a job and its stage see the same plan.
 
 Output layout is a function of the inputs alone (each input's survivors in order, its own shards and token
 sequences), never of the task count: that is what makes the accounting identical however the work is split. The
@@ -27,6 +31,7 @@ price: each input closes its last shard and pads its last token sequence, so man
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,9 +41,10 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oracle.atomic_write import write_atomically
 from oracle.data import dedup
@@ -130,6 +136,8 @@ def make_plan(config: PipelineConfig, tasks: int) -> dict[str, Any]:
     inputs = [uri if "://" in uri else str(Path(uri).resolve()) for uri in expand(config.inputs)]
     if not inputs:
         raise StageError(f"no input files behind {', '.join(config.inputs)}")
+    if tasks > len(inputs):
+        raise StageError(f"--tasks {tasks}: more tasks than the {len(inputs)} input file(s); a task takes whole files")
     return {
         "version": PLAN_VERSION,
         "inputs": inputs,
@@ -159,24 +167,65 @@ def init(work: Path, config: PipelineConfig, tasks: int) -> dict[str, Any]:
         return plan
     work.mkdir(parents=True, exist_ok=True)
     write_atomically(path, _encode(plan))
-    return plan
+    return read_plan(work)[0]
+
+
+class _PlanRecord(BaseModel):
+    """WORK/run.json's schema: what `make_plan` writes, checked on every read (a hand-edited plan is refused in one
+    line, never a traceback halfway through a stage)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: Literal[1]
+    inputs: list[str] = Field(min_length=1)
+    tasks: int = Field(ge=1)
+    languages: list[str]
+    max_shard_bytes: int = Field(gt=0)
+    clean: dict[str, float | int]
+    eval_sets: str | None
+    eval_digests: dict[str, str]
+    tokenizer: str | None
+    tokenizer_digests: dict[str, str]
+    seq_len: int = Field(ge=8)
+
+
+# A process reads its plan once (`read_plan`): the runtime check of a submitted job and every stage it then runs
+# see the same bytes, so swapping run.json between the check and the stage changes nothing.
+_PINNED: dict[Path, tuple[dict[str, Any], str]] = {}
+
+
+def read_plan(work: Path) -> tuple[dict[str, Any], str]:
+    """The plan and the sha256 of the bytes it was parsed from, read once per process and folder."""
+    key = work.resolve()
+    if key in _PINNED:
+        return _PINNED[key]
+    path = work / PLAN_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StageError(f"{path}: no plan; run `oracle data stage init` first") from None
+    except OSError as exc:
+        raise StageError(f"{path}: not readable ({exc.strerror}); check the --work folder") from exc
+    try:
+        plan: dict[str, Any] = _PlanRecord.model_validate_json(data).model_dump()
+    except ValidationError as exc:
+        where = ".".join(str(part) for part in exc.errors()[0]["loc"]) or "(top level)"
+        raise StageError(
+            f"{path}: not a plan of version {PLAN_VERSION} ({where}: {exc.errors()[0]['msg']}); remove the --work "
+            "folder and run `oracle data stage init` again"
+        ) from exc
+    if plan["tasks"] > len(plan["inputs"]):
+        raise StageError(f"{path}: {plan['tasks']} tasks for {len(plan['inputs'])} inputs; run init again")
+    _PINNED[key] = (plan, hashlib.sha256(data).hexdigest())
+    return _PINNED[key]
 
 
 def load_plan(work: Path) -> dict[str, Any]:
-    path = work / PLAN_FILE
-    try:
-        plan: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{path}: no plan; run `oracle data stage init` first") from None
-    except (OSError, ValueError) as exc:
-        raise StageError(f"{path}: not a readable plan ({exc}); remove the --work folder and start again") from exc
-    if not isinstance(plan, dict) or plan.get("version") != PLAN_VERSION:
-        raise StageError(f"{path}: not a plan of version {PLAN_VERSION}; remove the --work folder and start again")
-    return plan
+    return read_plan(work)[0]
 
 
 def plan_digest(work: Path) -> str:
-    return hashlib.sha256((work / PLAN_FILE).read_bytes()).hexdigest()
+    return read_plan(work)[1]
 
 
 def task_inputs(plan: dict[str, Any], task: int) -> list[int]:
@@ -224,9 +273,44 @@ def _read_result(work: Path, folder: Path, digest: str) -> dict[str, Any] | None
         result: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise StageError(f"{path}: not readable ({exc}); remove {folder} and run that stage again") from exc
+    files = result.get("files") if isinstance(result, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise StageError(f"{path}: not a stage result (no `files` table); remove {folder} and run that stage again")
     if result.get("plan") != digest:
         raise StageError(f"{folder} was made for another plan; remove it (or use a new --work) and run it again")
     return result
+
+
+@contextlib.contextmanager
+def _reading(folder: Path) -> Iterator[None]:
+    """A result whose contents do not have the shape its stage writes is refused in one line, naming the folder."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        if isinstance(exc, StageError):
+            raise
+        raise StageError(
+            f"{folder}: its result does not hold what the stage writes ({type(exc).__name__}: {exc}); remove "
+            f"{folder} and run that stage again"
+        ) from exc
+
+
+# what each stage's result must list (and so hash); names of shards and token files are checked where used
+_REQUIRED = {"prepare": ("documents.jsonl", "candidates.jsonl", "signatures.npy")}
+
+
+def _listed(folder: Path, result: dict[str, Any], subfolder: str, name: object) -> Path:
+    """A file a result names under `subfolder`: a plain name that its `files` table lists (so hashed)."""
+    if (
+        not isinstance(name, str)
+        or "/" in name
+        or name in ("", ".", "..")
+        or f"{subfolder}/{name}" not in result["files"]
+    ):
+        raise StageError(
+            f"{folder}: {name!r} is not a file its result lists under {subfolder}/; remove {folder} and rerun"
+        )
+    return folder / subfolder / name
 
 
 def _verify_files(folder: Path, result: dict[str, Any]) -> None:
@@ -284,6 +368,12 @@ def _require(work: Path, stage: str, tasks: list[int | None]) -> list[tuple[Path
             missing.append("global" if task is None else str(task))
         else:
             _verify_files(folder, result)
+            required = list(_REQUIRED.get(stage, ()))
+            if stage == "cluster":
+                required += [f"task-{t:05d}.json" for t in range(int(read_plan(work)[0]["tasks"]))]
+            absent = [name for name in required if name not in result["files"]]
+            if absent:
+                raise StageError(f"{folder}: its result does not list {absent[0]}; remove {folder} and run it again")
             found.append((folder, result))
     if missing:
         raise StageError(f"the {stage} stage has not finished for task(s) {', '.join(missing)}; run it first")
@@ -393,13 +483,14 @@ def cluster(work: Path) -> bool:
         lengths: list[int] = []
         blocks, counts = [], []
         for folder, result in prepared:
-            for row in _lines(folder / "candidates.jsonl"):
-                ids.append(row["id"])
-                keys.append(row["key"])
-                lengths.append(int(row["length"]))
-            block = np.load(folder / "signatures.npy", allow_pickle=False)
-            if block.shape != (int(result["candidates"]), dedup.NUM_PERM):
-                raise StageError(f"{folder}/signatures.npy: shape {block.shape} does not match its candidates")
+            with _reading(folder):
+                for row in _lines(folder / "candidates.jsonl"):
+                    ids.append(str(row["id"]))
+                    keys.append(str(row["key"]))
+                    lengths.append(int(row["length"]))
+                block = np.load(folder / "signatures.npy", allow_pickle=False)
+                if block.shape != (int(result["candidates"]), dedup.NUM_PERM) or block.dtype != dedup.SIGNATURE_DTYPE:
+                    raise StageError(f"{folder}/signatures.npy: shape {block.shape} does not match its candidates")
             blocks.append(block)
             counts.append(block.shape[0])
         signatures = np.concatenate(blocks) if blocks else np.zeros((0, dedup.NUM_PERM), dedup.SIGNATURE_DTYPE)
@@ -425,7 +516,10 @@ def write(work: Path, task: int) -> bool:
     ((prepared_dir, prepared),) = _require(work, "prepare", [task])
     ((cluster_dir, _),) = _require(work, "cluster", [None])
     config = config_of(plan, Path())
-    reasons: list[str | None] = json.loads((cluster_dir / f"task-{task:05d}.json").read_text())
+    with _reading(cluster_dir):
+        reasons: list[str | None] = json.loads((cluster_dir / f"task-{task:05d}.json").read_text())
+        if not isinstance(reasons, list) or not all(r in (None, "exact_duplicate", "near_duplicate") for r in reasons):
+            raise ValueError(f"task-{task:05d}.json is not a list of drop reasons")
     if len(reasons) != int(prepared["candidates"]):
         raise StageError(
             f"{cluster_dir}: {len(reasons)} decisions for {prepared['candidates']} candidates of task {task}"
@@ -510,13 +604,17 @@ def finish(work: Path, output: Path) -> PipelineStats:
     ((_, clustered),) = _require(work, "cluster", [None])
     config = config_of(plan, output)
     _check_output(output)
-    prepared_sources = {s["index"]: s for _, r in prepared.values() for s in r["sources"]}
-    written_sources = {s["index"]: (written[task][0], s) for task, (_, r) in written.items() for s in r["sources"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
     try:
-        eval_corrupt = list(prepared[0][1]["eval_corrupt"])  # the same evaluation sets for every task
-        stats = _assemble(plan, config, staging, prepared_sources, written_sources, clustered, eval_corrupt)
+        with _reading(work / "write"):
+            prepared_sources = {s["index"]: s for _, r in prepared.values() for s in r["sources"]}
+            written_sources = {s["index"]: (written[t][0], s) for t, (_, r) in written.items() for s in r["sources"]}
+            results = {folder: result for folder, result in written.values()}
+            eval_corrupt = [str(p) for p in prepared[0][1]["eval_corrupt"]]  # the same evaluation sets in every task
+            stats = _assemble(
+                plan, config, staging, prepared_sources, written_sources, results, clustered, eval_corrupt
+            )
         _swap(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -529,6 +627,7 @@ def _assemble(
     out: Path,
     prepared_sources: dict[int, dict[str, Any]],
     written_sources: dict[int, tuple[Path, dict[str, Any]]],
+    results: dict[Path, dict[str, Any]],
     clustered: dict[str, Any],
     eval_corrupt: list[str],
 ) -> PipelineStats:
@@ -556,14 +655,14 @@ def _assemble(
         stats.kept_lengths += kept["kept_lengths"]
         for name in kept["shards"]:
             final = out / "shards" / f"shard-{len(stats.shards):06d}.tar"
-            shutil.copyfile(folder / "shards" / name, final)
+            shutil.copyfile(_listed(folder, results[folder], "shards", name), final)
             stats.shards.append(final.name)
             stats.bytes["sharded"] += final.stat().st_size
         if "tokens" in kept:
             (out / "tokens").mkdir(exist_ok=True)
             for entry in kept["tokens"]["files"]:
                 name = f"tokens-{len(token_files):06d}.bin"
-                shutil.copyfile(folder / "tokens" / str(entry["name"]), out / "tokens" / name)
+                shutil.copyfile(_listed(folder, results[folder], "tokens", entry["name"]), out / "tokens" / name)
                 token_files.append({**entry, "name": name})
             tokens += kept["tokens"]["tokens"]
             padded += kept["tokens"]["padded"]

@@ -119,6 +119,8 @@ def _check_spans(name: str, layout: TensorLayout, world_size: int) -> None:
     spans = layout.spans or []
     if len(spans) != world_size:
         raise ValueError(f"tensor {name!r}: {len(spans)} ranges for {world_size} ranks")
+    if any(not 0 <= begin <= end <= layout.numel for begin, end in spans):
+        raise ValueError(f"tensor {name!r}: its ranges {spans} leave [0, {layout.numel}]")
     covered = 0
     for begin, end in sorted(spans):
         if begin == end:

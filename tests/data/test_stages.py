@@ -275,7 +275,7 @@ def test_foreign_plans_altered_results_and_changed_inputs_are_refused(tmp_path: 
     pipeline.init(work, config, tasks=2)
     pipeline.init(work, config, tasks=2)  # the same plan: a no-op
     with pytest.raises(StageError, match="another run's plan"):
-        pipeline.init(work, config, tasks=3)
+        pipeline.init(work, config, tasks=1)
     with pytest.raises(StageError, match="the plan has tasks 0 to 1"):
         pipeline.prepare(work, 2)
     pipeline.prepare(work, 0)
@@ -341,3 +341,66 @@ def test_a_stage_that_claims_a_submitted_job_must_prove_it(tmp_path: Path, monke
     )
     assert half.exit_code == 2
     assert "must both be set" in half.stderr
+
+
+def test_hand_edited_plans_and_results_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Red team helper-39: a plan or result of the wrong shape is a one-line refusal, never a traceback, and finish
+    copies only files a result lists (so hashes) from its own folder."""
+    rng = random.Random(15)
+    inputs = _write_corpus(tmp_path / "in", [_doc(EN, rng) for _ in range(6)], files=2)
+    config = PipelineConfig(inputs, Path(), languages=("en",))
+    with pytest.raises(StageError, match="more tasks than the 2 input"):
+        pipeline.init(tmp_path / "many", config, tasks=3)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.json").write_text(json.dumps({**pipeline.make_plan(config, 1), "tasks": "x"}))
+    with pytest.raises(StageError, match=r"run\.json: not a plan of version 1 \(tasks: "):
+        pipeline.prepare(bad, 0)
+
+    work = tmp_path / "work"
+    pipeline.init(work, config, tasks=2)
+    for task in (0, 1):
+        pipeline.prepare(work, task)
+    pipeline.cluster(work)
+    pipeline.write(work, 0)
+    pipeline.write(work, 1)
+    result_file = work / "write" / "task-00000" / "result.json"
+    result = json.loads(result_file.read_text())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not from any input")
+    result["sources"][0]["shards"].append(f"../../../../{secret.name}")
+    result_file.write_text(json.dumps(result))
+    with pytest.raises(StageError, match=r"is not a file its result lists under shards/"):
+        pipeline.finish(work, tmp_path / "out")
+    result_file.write_text(json.dumps({"plan": result["plan"]}))
+    with pytest.raises(StageError, match="not a stage result"):
+        pipeline.finish(work, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_a_slurm_training_record_runs_no_data_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Red team helper-39: `srun --overlap` into one's own training job passes the scheduler's identity check; the
+    record of a SLURM training job must still not let data stages run (a data job's record must, for its plan)."""
+    from types import SimpleNamespace
+
+    import guards.runtime as runtime
+    import guards.submission as submission
+    from guards.runtime import DataJobRefusedError, require_data_stage_allowed
+
+    monkeypatch.chdir(tmp_path)
+    env = {"ORACLE_SUBMISSION_DIGEST": "d" * 64, "ORACLE_SUBMISSION_RECORD": str(tmp_path / "r.json")}
+    monkeypatch.setattr(runtime, "_job_identity", lambda *args: "4242")
+    for kind, target, plan, allowed in (
+        ("train", "slurm", "p" * 64, False),
+        ("data", "slurm", "q" * 64, False),
+        ("data", "slurm", "p" * 64, True),
+        ("train", "argo", "p" * 64, True),  # the workflow's own data steps, from inputs its spec names
+    ):
+        record = SimpleNamespace(kind=kind, target=target, config_hash=plan, commit="c" * 40, spec_hash="s")
+        monkeypatch.setattr(submission, "verify_submission", lambda *args, record=record: record)
+        if allowed:
+            assert require_data_stage_allowed("prepare", "p" * 64, env) == "4242"
+        else:
+            with pytest.raises(DataJobRefusedError, match="data stage prepare refused"):
+                require_data_stage_allowed("prepare", "p" * 64, env)

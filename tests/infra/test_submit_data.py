@@ -81,3 +81,26 @@ def test_the_pipeline_runs_as_gated_jobs_and_a_failed_task_is_resubmitted(
     assert stages.count("prepare") == 4  # tasks 0 and 1 (which failed reading), then 0 (a no-op) and 1 again
     assert {"cluster", "write", "finish"} <= set(stages)
     assert all(e["details"]["plan"] == record.config_hash for e in allowed)  # type: ignore[index]
+
+
+def test_the_plans_inputs_are_judged_at_submit() -> None:
+    """Red team helper-39: the plan is where outside content enters a data job, so its inputs are judged like a
+    reference in the tree (EXT002, any host spelling) and none is fetched in plain text."""
+    import pytest
+
+    from infra.data_submit import _check_inputs
+    from infra.submit import SubmitRefusedError
+    from policies.settings import Settings
+
+    hub = "hugging" + "face.co"  # assembled: the tree's own scan would (rightly) flag the literal URL
+    settings = Settings()
+    short = "HF" + ".CO"  # mixed case: hosts are compared whatever their case
+    for uri in (
+        f"https://{hub}/acme/some-model/resolve/main/part-0.jsonl",
+        f"https://{short}/acme/m/resolve/main/a.txt",
+    ):
+        with pytest.raises(SubmitRefusedError, match="EXT002 the plan's input"):
+            _check_inputs([uri], settings)
+    with pytest.raises(SubmitRefusedError, match="plain text"):
+        _check_inputs(["http://data.example.org/a.jsonl"], settings)
+    _check_inputs(["https://data.example.org/a.jsonl", "s3://corpus/a.jsonl", "/shared/raw/a.jsonl"], settings)

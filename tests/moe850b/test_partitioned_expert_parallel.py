@@ -106,3 +106,15 @@ def test_ranges_that_do_not_tile_the_tensor_once_are_refused(tmp_path: Path, spa
     (tmp_path / PARTITIONS_FILE).write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match=r"tensors\.w|ranges"):
         read_index(tmp_path, None)
+
+
+def test_empty_ranges_outside_the_tensor_are_refused(tmp_path: Path) -> None:
+    """Empty ranges hold nothing, but one that lies outside the tensor is no range of it (red team helper-39)."""
+    layout = {"dtype": "F32", "shape": [8, 6], "part": 24, "spans": [[0, 24], [24, 48], [-5, -5], [99, 99]]}
+    document = {"format": FORMAT, "world_size": 4, "tensors": {"w": layout}}
+    (tmp_path / PARTITIONS_FILE).write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=r"leave \[0, 48\]"):
+        read_index(tmp_path, None)
+    layout["spans"] = [[0, 24], [24, 48], [0, 0], [48, 48]]
+    (tmp_path / PARTITIONS_FILE).write_text(json.dumps(document))
+    assert read_index(tmp_path, None).tensors["w"].spans == [(0, 24), (24, 48), (0, 0), (48, 48)]
