@@ -141,6 +141,32 @@ _REMOTE_SYNC = re.compile(
 # part is a step of a run of ours.
 _HUB_LAYOUT = re.compile(r"(?:^|/)checkpoints/(?P<org>[A-Za-z0-9][\w.-]*)/(?P<name>[A-Za-z0-9][\w.-]*)/?$")
 _RUN_STEP = re.compile(r"(?i)^(step|epoch|iter|checkpoint|ckpt|global_step)[-_]?\d+$|^(final|latest|last|best)$")
+# Folders training runs write into: a path under one of them, a folder inside the run's (`out/finetune/run/final`,
+# `outputs/hf-export/converted`), holds what the run made, not a download named after the model it started from.
+RUN_ROOTS = frozenset(
+    {"out", "outs", "output", "outputs", "runs", "results", "experiments", "work_dirs", "saved", "trained", "finetuned"}
+)
+# A placeholder path in usage text: `path/to/model`, `checkpoints/meta-llama/...`.
+_PLACEHOLDER_PATH = re.compile(r"(?i)^/?path/to/|/(?:\.\.\.|\u2026)(?:/|$)")
+# What says a configuration trains its model from scratch: an initial checkpoint left empty (LitGPT's pretraining
+# configs), `init_from: scratch` (nanoGPT), `from_scratch: true`; on a call's line, `init="random"` too. The model name
+# of such a configuration or call, when bare (no org, no path), is an architecture to build, not a checkpoint to fetch.
+_SCRATCH_CONFIG = (
+    r"""^\s*["']?(?:initial_checkpoint(?:_dir|_path)?|init_checkpoint(?:_dir|_path)?|pretrained_checkpoint)["']?"""
+    r"""\s*[:=]\s*(?:null|none|~|""|'')?\s*,?\s*(?:#.*)?$"""
+    r"""|\binit_from["']?\s*[:=]\s*["']?scratch\b|\b(?:from_scratch|random_init)["']?\s*[:=]\s*["']?true\b"""
+)
+_FROM_SCRATCH_FILE = re.compile(f"(?im){_SCRATCH_CONFIG}")
+_FROM_SCRATCH_LINE = re.compile(f"(?i){_SCRATCH_CONFIG}" + r"""|\binit["']?\s*[:=]\s*["']?random\b""")
+_SCRATCH_KEYS = frozenset({"model", "model_name", "name", "arch", "architecture", "model_arch"})
+# The key (or flag) a finding of a value under a key names: `checkpoint_dir names '...'`, `--model: model names '...'`.
+_KEYED_MESSAGE = re.compile(r"^(?:--[\w.-]+: )?(?P<key>[\w.-]+) names ")
+# A folder the file itself writes a model into (`llm.save("tiny-random")`, `model.save_pretrained("out-dir")`): what is
+# read back from it is what the file made; the load that made it, if foreign, is a finding of its own.
+_SAVED_TO = re.compile(
+    r"""\.(?:save|save_pretrained|save_model)\(\s*(?:(?:save_directory|path|output_dir)\s*=\s*)?[rf]?"""
+    r"""(?P<q>["'])(?P<value>[^"'{}\s]+)(?P=q)"""
+)
 # A loader called with a quoted repo id in text that no code analysis reads: Markdown, `python -c "..."` in shell,
 # CI steps (Python files and notebooks are read by the code layer).
 _LOADER_CALL = re.compile(
@@ -319,7 +345,10 @@ _DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*){2,}$")
 
 def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     """Why a value under a model-like key names a foreign model, or None."""
-    value = value.strip().strip("\"'`").rstrip(",;)]}`.").strip("\"'`")
+    value = value.strip().strip("\"'`")
+    if _PLACEHOLDER_PATH.search(value):
+        return None
+    value = value.rstrip(",;)]}`.").strip("\"'`")
     if not value or value.lower() in {"null", "none", "~", "true", "false", "auto", "default", "local"}:
         return None
     if _TEMPLATE.search(value) or value.replace(".", "").replace("e-", "").isdigit():
@@ -343,6 +372,8 @@ def foreign_value(key: str, value: str, judge: Judge) -> str | None:
     if layout and _hub_layout_foreign(layout.group("org"), layout.group("name"), judge):
         repo = f"{layout.group('org')}/{layout.group('name')}"
         return f"{key} names {value!r}, the download layout of hub repo {repo!r}"
+    if _run_output(value):
+        return None  # `out/finetune/lora-x/final`: a run's own output, named after the model it started from
     if _is_local(value, judge):
         return f"{key} names {value!r}, a local copy of a {family} model (foreign)" if family else None
     if _REPO_ID.match(value) and not _FILE_SUFFIX.search(value):
@@ -367,6 +398,16 @@ def _hub_layout_foreign(org: str, name: str, judge: Judge) -> bool:
     if org in judge.allowed_namespaces or org.lower() in PLACEHOLDER_ORGS or judge.is_local_dir(org):
         return False
     return not _RUN_STEP.match(name)
+
+
+def _run_output(value: str) -> bool:
+    """A folder a training run wrote: a step or final folder of a run (`lora_model/final`,
+    `out/pretrain/x/step-00060500`), or a folder inside a run's folder under a run-output root
+    (`out/hf-x/converted`)."""
+    parts = [part for part in value.split("/") if part not in {"", "."}]
+    if len(parts) < 2:
+        return False
+    return any(_RUN_STEP.match(part) for part in parts[1:]) or (len(parts) >= 3 and parts[0].lower() in RUN_ROOTS)
 
 
 def _is_local(value: str, judge: Judge) -> bool:
@@ -622,7 +663,41 @@ def check_text(path: str, kind: str, text: str, lines: list[tuple[int, str]], ju
             _pairs_over_lines(text, kind, judge, add, keyed_lines())
         if kind in {"yaml", "json", "toml", "ini"} and any(_BLOCK_OPENER.match(line) for _, line in lines):
             _ids_in_model_blocks(text, kind, judge, add, keyed_lines() if kind in {"yaml", "json"} else None)
-    return _one_per_reference(hits)
+    return _one_per_reference(_made_here(hits, kind, text))
+
+
+def _made_here(hits: list[Hit], kind: str, text: str) -> list[Hit]:
+    """Leave out the values under keys that name what the file makes itself: a folder it saves a model into, and the
+    bare architecture name of the model a from-scratch configuration or call builds (commands are judged as ever)."""
+    if not any(hit.rule_id == "EXT003" for hit in hits):
+        return hits
+    saved = {found.group("value").rstrip("/") for found in _SAVED_TO.finditer(text)} if ".save" in text else set()
+    scratch_file = kind in {"yaml", "json", "toml", "ini", "env", "hcl"} and _FROM_SCRATCH_FILE.search(text) is not None
+    file_lines: list[str] | None = None
+    kept: list[Hit] = []
+    for hit in hits:
+        keyed = _KEYED_MESSAGE.match(hit.message) if hit.rule_id == "EXT003" else None
+        value = hit.matched.strip("\"'`").rstrip("/")
+        if keyed and value in saved and not _hub_shaped(value):
+            continue
+        if keyed and normalised_key(keyed.group("key")) in _SCRATCH_KEYS and value and not re.search(r"[/:]", value):
+            if scratch_file:
+                continue
+            if file_lines is None:
+                file_lines = text.splitlines()
+            if 0 < hit.line <= len(file_lines) and _FROM_SCRATCH_LINE.search(file_lines[hit.line - 1]):
+                continue
+        kept.append(hit)
+    return kept
+
+
+def _hub_shaped(value: str) -> bool:
+    """`org/name`: one slash, not a relative or absolute path, not under a local root."""
+    return (
+        value.count("/") == 1
+        and not value.startswith((".", "/", "~"))
+        and value.split("/", 1)[0].lower() not in LOCAL_ROOTS
+    )
 
 
 def _one_per_reference(hits: list[Hit]) -> list[Hit]:

@@ -111,6 +111,75 @@ def test_values_under_model_keys_are_judged_by_shape_and_family() -> None:
     assert judge("model", "resnet_block", JUDGE) is None
 
 
+def test_run_outputs_and_placeholder_paths_are_not_references_but_copies_and_hub_ids_are() -> None:
+    judge = text_references.foreign_value
+    # a run's own output, named after the model it started from: a step or final folder, or inside a run's folder
+    assert judge("model", "out/finetune/lora-phi-2/final/", JUDGE) is None
+    assert judge("model", "lora_model/final", JUDGE) is None
+    assert judge("model", "out/pretrain/tiny-llama/step-00060500", JUDGE) is None
+    assert judge("pretrained", "outputs/hf-tinyllama/converted", JUDGE) is None
+    assert judge("model", "path/to/microsoft/phi-2/checkpoint", JUDGE) is None
+    assert judge("checkpoint_dir", "checkpoints/meta-llama/...", JUDGE) is None
+    # still references: a hub id, a download layout, a copy named after the model, a run folder of one name only
+    assert judge("model", "microsoft/phi-2", JUDGE)
+    assert judge("checkpoint_dir", "out/checkpoints/meta-llama/Llama-2-7b-hf", JUDGE)
+    assert judge("checkpoint_dir", "/tmp/Llama-3.2-3B", JUDGE)
+    assert judge("checkpoint_dir", "outputs/Llama-2-7b-hf", JUDGE)
+    assert judge("model", "meta-llama/Llama-2-7b-hf...", JUDGE)  # an id at the end of a sentence, not a placeholder
+
+
+MADE_HERE_FOUND = [
+    # the same syntax as the clean cases below, naming what is fetched
+    ("docs/chat.md", "```bash\nlitgpt chat microsoft/phi-2\n```\n"),
+    ("docs/eval.md", "```bash\nlm_eval --model hf --model_args pretrained=outputs/Llama-2-7b-hf\n```\n"),
+    ("configs/pretrain.yaml", "model_name: pythia-14m\ninitial_checkpoint_dir: /data/base\nresume: false\n"),
+    ("configs/pretrain_hub.yaml", "model_name: EleutherAI/pythia-14m\ninitial_checkpoint_dir:\nresume: false\n"),
+    ("configs/finetune.yaml", "model_name: pythia-14m\nout_dir: out/finetune/pythia\n"),
+    ("configs/distill.yaml", "model_name: pythia-14m\ninitial_checkpoint_dir:\nteacher_model: llama3.1\n"),
+    (".github/workflows/t.yml", "env:\n  from_scratch: true\nsteps:\n  - run: ollama pull llama3.1\n"),
+    ("src/random_hub.py", 'llm = LLM.load(model="EleutherAI/pythia-160m", init="random")\n'),
+    ("src/loaded.py", 'llm = LLM.load(model="pythia-160m")\n'),
+    ("src/other_folder.py", 'llm.save("pythia-160m-random-weights")\nlit = LitLLM(checkpoint_dir="pythia-160m")\n'),
+    (
+        "src/hub_named.py",
+        'm.save_pretrained("EleutherAI/pythia-160m")\nlit = LitLLM(checkpoint_dir="EleutherAI/pythia-160m")\n',
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "content"), MADE_HERE_FOUND)
+def test_names_beside_run_outputs_and_scratch_training_are_still_found(scan: Scan, path: str, content: str) -> None:
+    assert ids(scan({path: content, "runs/.keep": ""}), "EXT00")  # the text layer's EXT003 or the code layer's load
+
+
+MADE_HERE_CLEAN = [
+    # run folders named after the model they hold (LitGPT's tutorials, lm-eval on a converted run)
+    (
+        "docs/chat.md",
+        "```bash\nlitgpt chat out/finetune/lora-phi-2/final/\nlitgpt evaluate lora_model/final --tasks x\n```\n",
+    ),
+    ("docs/eval.md", "```bash\nlm_eval --model hf --model_args pretrained=out/hf-tinyllama/converted\n```\n"),
+    ("docs/serve.md", "```bash\nlitgpt serve path/to/microsoft/phi-2/checkpoint\n```\n"),
+    ("scripts/validate.py", '"""Usage:\n    litgpt validate --checkpoint_dir checkpoints/meta-llama/...\n"""\n'),
+    # a folder the file saves its own (randomly initialised) model into, read back
+    (
+        "src/reload.py",
+        'llm.save("pythia-160m-random-weights")\nlit = LitLLM(checkpoint_dir="pythia-160m-random-weights")\n',
+    ),
+    # an architecture name trained from scratch: the configuration or the call says so
+    ("configs/pretrain.yaml", "model_name: pythia-14m\ninitial_checkpoint_dir:\nresume: false\n"),
+    ("configs/nano.yaml", "init_from: scratch\nmodel_name: llama-7b\n"),
+    ("src/random_init.py", 'llm = LLM.load(model="pythia-160m", init="random")\n'),
+]
+
+
+@pytest.mark.parametrize(("path", "content"), MADE_HERE_CLEAN)
+def test_run_outputs_saved_folders_and_scratch_architectures_are_not_references(
+    scan: Scan, path: str, content: str
+) -> None:
+    assert ids(scan({path: content, "runs/.keep": ""}), "EXT00") == []
+
+
 @pytest.mark.parametrize(
     ("path", "content"),
     [

@@ -309,6 +309,41 @@ def _realcode_false_positives() -> list[Case]:
                 "env/dev.fish": "set -gx ALLOW_LOCAL_TRAIN false\n",
             },
         ),
+        clean(
+            "run-folders-named-after-their-model",
+            REAL,
+            {
+                "docs/finetune.md": text("""
+                    After LoRA finetuning, chat with the result and evaluate it:
+
+                    ```bash
+                    oracle chat out/finetune/lora-mini/final/
+                    oracle evaluate lora_model/final --tasks hellaswag
+                    oracle convert out/pretrain/tiny-llama/step-00060500 --output_dir out/hf-tinyllama/converted
+                    lm_eval --model hf --model_args pretrained=out/hf-tinyllama/converted
+                    ```
+                """),
+                "examples/random_weights.py": text("""
+                    llm = LLM.load("pythia-160m", init="random")
+                    llm.save("pythia-160m-random-weights")
+                    lit_model = LitLLM(checkpoint_dir="pythia-160m-random-weights")
+                """),
+            },
+        ),
+        clean(
+            "architecture-pretrained-from-scratch",
+            REAL,
+            {
+                "configs/pretrain/debug.yaml": text("""
+                    # The name of the architecture to pretrain.
+                    model_name: pythia-14m
+                    out_dir: out/pretrain/debug
+                    # Optional checkpoint to initialise the model from (continued pretraining).
+                    initial_checkpoint_dir:
+                    resume: false
+                """),
+            },
+        ),
     ]
 
 
