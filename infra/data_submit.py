@@ -27,14 +27,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from guards import git
-from guards.attestation import AttestationError
-from guards.audit import AuditError
-from guards.keys import SigningKeyError
 from guards.submission import write_submission_record
-from guards.trust import TrustError, load_trust_root
+from guards.trust import load_trust_root
 from infra import slurm
-from infra.spec import ClusterError, JobRequest, SpecError, image_for, job_labels, parse_time, spec_digest
+from infra.spec import JobRequest, image_for, job_labels, parse_time, spec_digest
 from infra.submit import (
     SLURM_LOG_DIR,
     SUBMISSIONS_DIR,
@@ -45,6 +41,7 @@ from infra.submit import (
     _submissions_lock,
     _submitter_key,
     _validate,
+    audited,
     preflight,
     run_submit_gate,
     signed_record,
@@ -68,25 +65,10 @@ def submit_data(
     SubmitRefusedError, audited."""
     root = root.resolve()
     env = dict(os.environ if environ is None else environ)
-    commit: str | None = None
     details: dict[str, object] = {"target": "slurm", "kind": "data", "work": str(work), "dry_run": dry_run}
-    try:
-        commit = git.head_commit(root)
-        outcome = _submit(root, work, output, time, dry_run, force, env, commit)
-    except (
-        SubmitRefusedError,
-        SpecError,
-        ClusterError,
-        AttestationError,
-        TrustError,
-        SigningKeyError,
-        AuditError,
-    ) as exc:
-        _audit(root, "refused", commit, {**details, "reason": str(exc)})
-        raise SubmitRefusedError(str(exc)) from exc
-    except git.GitError as exc:
-        _audit(root, "refused", commit, {**details, "reason": str(exc)})
-        raise SubmitRefusedError(f"{root} is not a git checkout ({exc}); submit from the repository") from exc
+    commit, outcome = audited(
+        root, details, lambda commit: _submit(root, work, output, time, dry_run, force, env, commit)
+    )
     result = "dry-run" if outcome.dry_run else "submitted"
     _audit(root, result, commit, {**details, "job_id": outcome.job_id, "digest": outcome.digest, "note": outcome.note})
     return outcome

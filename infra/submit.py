@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,15 +244,14 @@ def _audit(root: Path, result: str, commit: str | None, details: dict[str, objec
     append_entry(root, gate="submit", result=result, commit=commit, details=details)
 
 
-def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None = None) -> Submission:
-    """Run the submit gate and, when it passes, submit (or render, for a dry run). Raises SubmitRefusedError."""
-    root = root.resolve()
-    env = dict(os.environ if environ is None else environ)
+def audited(root: Path, details: dict[str, object], attempt: Callable[[str], Submission]) -> tuple[str, Submission]:
+    """`attempt(commit)` for HEAD, with every refusal appended to the audit log and raised as SubmitRefusedError in one
+    line; an unreadable file or malformed settings is audited as an error and raised as it is. Both kinds of job
+    (training, the data pipeline) go through here."""
     commit: str | None = None
-    details: dict[str, object] = {"target": options.target, "config": options.config, "dry_run": options.dry_run}
     try:
         commit = git.head_commit(root)
-        outcome = _submit(root, options, env, commit)
+        return commit, attempt(commit)
     except (
         SubmitRefusedError,
         SpecError,
@@ -272,6 +271,14 @@ def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None
         with contextlib.suppress(Exception):
             _audit(root, "error", commit, {**details, "reason": str(exc)})
         raise
+
+
+def submit(root: Path, options: SubmitOptions, environ: Mapping[str, str] | None = None) -> Submission:
+    """Run the submit gate and, when it passes, submit (or render, for a dry run). Raises SubmitRefusedError."""
+    root = root.resolve()
+    env = dict(os.environ if environ is None else environ)
+    details: dict[str, object] = {"target": options.target, "config": options.config, "dry_run": options.dry_run}
+    commit, outcome = audited(root, details, lambda commit: _submit(root, options, env, commit))
     result = "dry-run" if outcome.dry_run else "submitted" if outcome.submitted else "rendered"
     _audit(
         root,
