@@ -192,7 +192,7 @@ def main() -> None:
     from hub.export import export_checkpoint
     from oracle.moe850b.config import parse_config
     from oracle.moe850b.params import count_parameters
-    from oracle.weight_files import part_file
+    from oracle_base.weight_files import part_file
     from tests.train import conftest as fixtures
     from tests.trust import make_trust, set_session_trust
 

@@ -2,7 +2,7 @@
 
 Each case runs the real command twice per repeat, interleaved: with the hooks (`python -m oracle …`, the entry
 point every job and pod starts, which installs them first) and without them (the same command through
-`oracle.cli.main`, bypassing that entry point: the only way to run it without the hooks, used here as the baseline).
+`oracle_cli.app.main`, bypassing that entry point: the only way to run it without the hooks, used here as the baseline).
 
 - training: `oracle train` on the oracle-mini recipe (one process, DeepSpeed ZeRO-3 on CPU, the local-training
   override of a development trust root), `--steps` steps; the median tokens/s of the steps after the first two,
@@ -39,7 +39,7 @@ from tests.train.conftest import local_training, make_checkout, make_local_trust
 from tests.trust import make_trust, set_session_trust  # noqa: E402
 
 WITH_HOOKS = [sys.executable, "-m", "oracle"]
-WITHOUT_HOOKS = [sys.executable, "-c", "import sys; sys.argv[0] = 'oracle'; from oracle.cli import main; main()"]
+WITHOUT_HOOKS = [sys.executable, "-c", "import sys; sys.argv[0] = 'oracle'; from oracle_cli.app import main; main()"]
 MODES = {"hooks": WITH_HOOKS, "baseline": WITHOUT_HOOKS}
 
 

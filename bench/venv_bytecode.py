@@ -33,7 +33,9 @@ from policies import venv_integrity  # noqa: E402
 from policies.bytecode import NO_BYTECODE_PREFIX  # noqa: E402
 
 # What `oracle hub publish` imports by the time its gate has run (the heaviest gated command's dependencies).
-IMPORTS = "import torch, transformers, huggingface_hub, safetensors, pydantic, oracle.cli, guards.runner, hub.publish"
+IMPORTS = (
+    "import torch, transformers, huggingface_hub, safetensors, pydantic, oracle_cli.app, guards.runner, hub.publish"
+)
 
 
 def _import_seconds(read_bytecode: bool) -> float:

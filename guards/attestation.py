@@ -24,7 +24,7 @@ from guards.audit import current_anchor
 from guards.result import GateResult
 from guards.trust import ATTESTATION as ATTESTATION_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 from policies.rule import Gate
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"

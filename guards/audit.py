@@ -46,7 +46,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from guards import git, keys
 from guards.paths import AUDIT_HEAD, AUDIT_LOG
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey

@@ -24,8 +24,8 @@ from guards import keys
 from guards.attestation import canonical_json, envelope, file_digest, pae
 from guards.trust import PROVENANCE as PROVENANCE_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
-from oracle.atomic_write import write_atomically
-from oracle.bounded_read import read_regular_file
+from oracle_base.atomic_write import write_atomically
+from oracle_base.bounded_read import read_regular_file
 
 PROVENANCE_FILE = "provenance.json"
 PAYLOAD_TYPE = "application/vnd.oracle.provenance+json"

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from guards.result import GateResult, WaiverUse
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 from policies.rule import Finding, Rule
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"

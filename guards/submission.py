@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from guards.attestation import open_envelope
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 DIGEST_ENV = "ORACLE_SUBMISSION_DIGEST"
 RECORD_ENV = "ORACLE_SUBMISSION_RECORD"

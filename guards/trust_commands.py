@@ -114,7 +114,7 @@ def trust_init_command(
 
     from guards.keys import SigningKeyError, load_public_key, load_signing_key
     from guards.trust import TrustError, build_trust_root, parse_trust_root
-    from oracle.atomic_write import write_atomically
+    from oracle_base.atomic_write import write_atomically
 
     target = _outside_checkouts(out, "the trust root")
     if not 1 <= threshold <= len(root_keys):

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guards.paths import WAIVERS_FILE
-from oracle.validation import describe_validation_error, line_of
+from oracle_base.validation import describe_validation_error, line_of
 from policies.floor import WaiverLimits
 from policies.rule import Finding
 from policies.settings import SettingsError, read_toml

@@ -191,7 +191,7 @@ def _send(
     commit: str,
     env: dict[str, str],
 ) -> Submission:
-    from oracle.atomic_write import write_atomically
+    from oracle_base.atomic_write import write_atomically
 
     spec, _ = _render(request, digest, str(record_path), "", lock_sha)
     problems = _validate(request, spec, None, lock_sha)

@@ -446,7 +446,7 @@ def _send(
     commit: str,
 ) -> Submission:
     """Render the spec bound to the record, check it once more, audit the intent, then hand it to the scheduler."""
-    from oracle.atomic_write import write_atomically
+    from oracle_base.atomic_write import write_atomically
 
     record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
     record_json = record_path.read_text(encoding="utf-8")

@@ -168,7 +168,7 @@ def _check_other_presets(
 
 
 def _line(ctx: ScanContext, path: str, key: str) -> int:
-    from oracle.validation import line_of
+    from oracle_base.validation import line_of
 
     return line_of(ctx.text(path) or "", (key,)) or 0
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from oracle.validation import line_of
+from oracle_base.validation import line_of
 from policies.rule import ALL_GATES, Finding, Rule, Severity
 from policies.settings import (
     SETTINGS_FILE,
@@ -93,7 +93,7 @@ _ORDER: dict[str, tuple[str, ...]] = {"scan.fail_on": ("error", "warning")}  # "
 # The project's policy as reviewed (policies/policies.toml at the time the floor was introduced): where it differs
 # from the schema's generic defaults. Kept here, not read from the tree, because the tree is what the floor judges.
 EMBEDDED_SETTINGS = Settings(
-    local_train=LocalTrainSettings(entry_points=["oracle/cli.py:train_command"]),
+    local_train=LocalTrainSettings(entry_points=["oracle_cli/app.py:train_command"]),
     architecture=ArchitectureSettings(
         consistency_files={
             "training": "oracle/moe850b/configs/oracle850b.yaml",

@@ -98,7 +98,7 @@ def declared_input_digest(pyproject: Path, extras: list[str]) -> str:
 
 def stamp_lock(lock: Path, pyproject: Path, extras: list[str]) -> None:
     """Write the declared-input digest into the lock's header (atomically: temporary file, then rename)."""
-    from oracle.atomic_write import write_atomically
+    from oracle_base.atomic_write import write_atomically
 
     lines = [line for line in lock.read_text(encoding="utf-8").splitlines() if not line.startswith(STAMP_PREFIX)]
     insert_at = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))

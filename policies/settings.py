@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from oracle.validation import describe_validation_error
+from oracle_base.validation import describe_validation_error
 
 SETTINGS_FILE = Path("policies") / "policies.toml"
 PYPROJECT = Path("pyproject.toml")
@@ -84,7 +84,7 @@ class ArchitectureSettings(_Section):
     param_active_max: int = 130_000_000_000
     model_code: list[str] = Field(default_factory=lambda: ["oracle/core", "oracle/moe850b"])
     model_code_imports: list[str] = Field(
-        default_factory=lambda: ["torch", "pydantic", "safetensors", "flash_attn", "oracle"],
+        default_factory=lambda: ["torch", "pydantic", "safetensors", "flash_attn", "oracle", "oracle_base"],
         description="Top-level packages model code may import besides the standard library",
     )
     consistency_files: dict[str, str] = Field(

@@ -44,7 +44,7 @@ OUTSIDE_VENV = Rule(
     rationale="Packages from the system interpreter are unpinned and unhashed: what ran cannot be reproduced or "
     "proven to be what requirements.lock says.",
     fix="Run through `make guards` / `make test`, which build .venv from requirements.lock, or call .venv/bin/oracle.",
-    example="$ python3 -m oracle.cli guards run    # the system python3",
+    example="$ python3 -m oracle_cli.app guards run    # the system python3",
     example_fix="$ make guards                       # or: .venv/bin/oracle guards run",
 )
 FOREIGN_VENV = Rule(

@@ -1,4 +1,4 @@
-"""oracle.atomic_write: files are replaced whole; a device or a pipe is written in place, never replaced."""
+"""oracle_base.atomic_write: files are replaced whole; a device or a pipe is written in place, never replaced."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 import threading
 from pathlib import Path
 
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 
 def test_a_file_is_replaced_whole(tmp_path: Path) -> None:

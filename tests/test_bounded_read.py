@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from guards.provenance import PROVENANCE_FILE, ProvenanceError, verify_provenance
-from oracle.bounded_read import read_regular_file
+from oracle_base.bounded_read import read_regular_file
 
 
 def test_a_regular_file_is_read_whole(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from oracle.cli import app
+from oracle_cli.app import app
 
 runner = CliRunner()
 

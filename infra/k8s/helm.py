@@ -41,7 +41,7 @@ from infra.spec import (
     job_environment,
     time_seconds,
 )
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "oracle"
 # What `oracle submit` renders before the record exists (the dry run); the chart's default record.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 FORMAT = "oracle-packed-v1"
 INDEX_FILE = "index.json"

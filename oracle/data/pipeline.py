@@ -46,7 +46,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from oracle.atomic_write import write_atomically
 from oracle.data import dedup
 from oracle.data.clean import CleanSettings, clean_document
 from oracle.data.decontaminate import Decontaminator
@@ -55,6 +54,7 @@ from oracle.data.language import identify
 from oracle.data.reader import expand, read_documents
 from oracle.data.shard import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 from oracle.data.stats import PipelineStats, write_report, write_stats
+from oracle_base.atomic_write import write_atomically
 
 PLAN_FILE = "run.json"
 PLAN_VERSION = 1

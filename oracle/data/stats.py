@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 
 @dataclass

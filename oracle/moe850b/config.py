@@ -13,7 +13,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from oracle.validation import describe_validation_error
+from oracle_base.validation import describe_validation_error
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_SUFFIX = ".moe.json"

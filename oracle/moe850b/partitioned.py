@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError, safe_open
 
 from oracle.moe850b.weights import DTYPES, CheckpointError, small_file, stream_verified
-from oracle.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.weight_files import PARTITIONS_FILE, part_file
 
 FORMAT: Final = "oracle.rank-partitions"
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -399,7 +399,7 @@ def _expert_stack_layout(
 def save_partitioned(model: torch.nn.Module, directory: Path, world_size: int) -> PartitionIndex:
     """Write `model` as a training job of `world_size` ranks would (every part file and the index), from one process:
     for tests, benchmarks and tools. The config is not written."""
-    from oracle.atomic_write import write_atomically
+    from oracle_base.atomic_write import write_atomically
 
     directory.mkdir(parents=True, exist_ok=True)
     index = None

@@ -27,15 +27,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from oracle.atomic_write import write_atomically
-from oracle.bounded_read import read_regular_file
 from oracle.core.rope import RotaryEmbedding
 from oracle.moe850b.config import ConfigError, load_config, parse_config
 from oracle.moe850b.model import OracleMoE
-from oracle.weight_files import CONFIG_FILE as CONFIG_FILE  # re-exported: the names weights live under
-from oracle.weight_files import PARTITIONS_FILE
-from oracle.weight_files import WEIGHTS_FILE as WEIGHTS_FILE
-from oracle.weight_files import WEIGHTS_INDEX_FILE as WEIGHTS_INDEX_FILE
+from oracle_base.atomic_write import write_atomically
+from oracle_base.bounded_read import read_regular_file
+from oracle_base.weight_files import CONFIG_FILE as CONFIG_FILE  # re-exported: the names weights live under
+from oracle_base.weight_files import PARTITIONS_FILE
+from oracle_base.weight_files import WEIGHTS_FILE as WEIGHTS_FILE
+from oracle_base.weight_files import WEIGHTS_INDEX_FILE as WEIGHTS_INDEX_FILE
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 READ_CHUNK_BYTES = 16 << 20  # hashed while still in cache

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oracle.atomic_write import write_atomically
+from oracle_base.atomic_write import write_atomically
 
 MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.json"

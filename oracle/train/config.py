@@ -17,7 +17,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from oracle.moe850b.config import CONFIG_DIR, ConfigError, MoEConfig, load_config
-from oracle.validation import describe_validation_error, line_of
+from oracle_base.validation import describe_validation_error, line_of
 
 TRAIN_SUFFIX = ".yaml"
 

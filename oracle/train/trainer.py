@@ -58,7 +58,7 @@ from oracle.train.data import DataPosition, PackedDataset, ShardedBatches
 from oracle.train.deepspeed_config import deepspeed_config, validate_deepspeed_config
 from oracle.train.distributed import Placement, device_for, init_process_group
 from oracle.train.schedule import learning_rate
-from oracle.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.weight_files import PARTITIONS_FILE, part_file
 
 
 class TrainError(RuntimeError):
@@ -537,7 +537,7 @@ class Trainer:
     def _write_own(self, partial: Path) -> tuple[PartitionIndex, list[Path]]:
         from safetensors.torch import save_file
 
-        from oracle.atomic_write import write_atomically
+        from oracle_base.atomic_write import write_atomically
 
         rank, world = self.placement.rank, self.placement.world_size
         self.checkpoint_files.saved.clear()
@@ -556,8 +556,8 @@ class Trainer:
 
     def _finish(self, partial: Path, final: Path, reports: list[Any], index: PartitionIndex | None) -> None:
         """Rank 0: the shared files, the signed provenance over every rank's part, the manifest and the rename."""
-        from oracle.atomic_write import write_atomically
         from oracle.moe850b.weights import CONFIG_FILE
+        from oracle_base.atomic_write import write_atomically
 
         failed = [r["error"] for r in reports if r["error"]]
         if failed:

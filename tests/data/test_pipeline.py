@@ -17,9 +17,9 @@ import pytest
 import webdataset as wds
 from typer.testing import CliRunner
 
-from oracle.cli import app
 from oracle.data.dedup import signature
 from oracle.data.shard import ShardError, ShardWriter
+from oracle_cli.app import app
 
 EN = [
     "model",

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from oracle.cli import app
 from oracle.data import dedup, pipeline
 from oracle.data.pipeline import PipelineConfig, StageError, run_pipeline
 from oracle.data.reader import read_documents
+from oracle_cli.app import app
 from tests.data.test_pipeline import EN, _doc
 
 

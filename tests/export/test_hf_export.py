@@ -35,7 +35,7 @@ from oracle.moe850b.partitioned import save_partitioned
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.tokenization.chat_template import render_chat
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
-from oracle.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.weight_files import PARTITIONS_FILE, part_file
 from tests.trust import session_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -309,7 +309,7 @@ def test_weights_changed_during_the_export_are_refused_and_nothing_is_written(
 
 
 def test_a_non_empty_out_is_refused_unless_forced(plain: Export, monkeypatch: pytest.MonkeyPatch) -> None:
-    from oracle.cli import app
+    from oracle_cli.app import app
 
     monkeypatch.chdir(plain.root)  # the audit log of the working directory
     args = ["export", "--checkpoint", str(plain.checkpoint.directory), "--out", str(plain.out)]

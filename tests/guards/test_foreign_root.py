@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from oracle.cli import app
+from oracle_cli.app import app
 from tests.policies.conftest import write_tree
 
 cli = CliRunner()

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from oracle.cli import app
+from oracle_cli.app import app
 from policies import catalog
 from tests.checkouts import REPO
 from tests.trust import session_key

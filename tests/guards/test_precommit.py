@@ -311,7 +311,7 @@ def _fake_install(monkeypatch: pytest.MonkeyPatch, installed: set[str]) -> None:
     """oracle's metadata declares a base requirement and a runtime one; `installed` are the distributions present."""
     from importlib import metadata
 
-    import oracle.cli
+    import oracle_cli.app
 
     def version(name: str) -> str:
         if name not in installed:
@@ -325,14 +325,14 @@ def _fake_install(monkeypatch: pytest.MonkeyPatch, installed: set[str]) -> None:
     def needs_torch() -> None:
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
-    monkeypatch.setattr(oracle.cli, "main", needs_torch)
+    monkeypatch.setattr(oracle_cli.app, "main", needs_torch)
     monkeypatch.setattr(sys, "argv", ["oracle", "params", "--config", "oracle850b"])
 
 
 def test_without_the_runtime_extra_a_command_exits_2_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from oracle.entry import main
+    from oracle_cli.entry import main
 
     _fake_install(monkeypatch, {"pydantic", "pytest"})
 
@@ -348,7 +348,7 @@ def test_without_the_runtime_extra_a_command_exits_2_naming_it(
 
 
 def test_with_the_runtime_extra_installed_a_missing_module_is_a_real_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from oracle.entry import main
+    from oracle_cli.entry import main
 
     _fake_install(monkeypatch, {"pydantic", "torch"})  # another extra's (dev) absence does not matter
 

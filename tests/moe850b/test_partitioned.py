@@ -15,7 +15,7 @@ from oracle.moe850b.config import MoEConfig, load_config
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.partitioned import PartitionedReader, read_index, save_partitioned
 from oracle.moe850b.weights import CheckpointError, load_checkpoint, save_checkpoint
-from oracle.weight_files import CONFIG_FILE, PARTITIONS_FILE, WEIGHTS_FILE, part_file
+from oracle_base.weight_files import CONFIG_FILE, PARTITIONS_FILE, WEIGHTS_FILE, part_file
 
 MINI = load_config("oracle-mini")
 

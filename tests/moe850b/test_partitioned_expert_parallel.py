@@ -23,7 +23,7 @@ from oracle.moe850b.partitioned import (
     read_index,
 )
 from oracle.moe850b.weights import CheckpointError, load_checkpoint
-from oracle.weight_files import CONFIG_FILE, PARTITIONS_FILE, part_file
+from oracle_base.weight_files import CONFIG_FILE, PARTITIONS_FILE, part_file
 
 MINI = load_config("oracle-mini")
 

@@ -29,7 +29,7 @@ def test_an_empty_floor_is_the_embedded_floor() -> None:
 def test_a_partial_floor_keeps_the_embedded_values_it_does_not_name() -> None:
     floor = floor_of(_trust({"settings": {"scan": {"max_file_bytes": 5}}, "waivers": {"max_files": 2}}))
     assert (floor.settings.scan.max_file_bytes, floor.waivers.max_files) == (5, 2)
-    assert floor.settings.local_train.entry_points == ["oracle/cli.py:train_command"]
+    assert floor.settings.local_train.entry_points == ["oracle_cli/app.py:train_command"]
 
 
 def test_a_mapping_setting_of_the_floor_replaces_the_embedded_one_whole() -> None:

@@ -60,9 +60,9 @@ def test_entry_point_that_calls_the_runtime_check_passes(scan: Scan) -> None:
 
 
 def test_configured_cli_entry_point_is_checked(scan: Scan) -> None:
-    settings = '[local_train]\nentry_points = ["oracle/cli.py:train_command"]\n'
+    settings = '[local_train]\nentry_points = ["oracle_cli/app.py:train_command"]\n'
     source = "def train_command(config: str) -> None:\n    run(config)\n\n\ndef params_command() -> None:\n    pass\n"
-    findings = only(scan({"policies/policies.toml": settings, "oracle/cli.py": source}), "LTR002")
+    findings = only(scan({"policies/policies.toml": settings, "oracle_cli/app.py": source}), "LTR002")
     assert [f.message for f in findings] == [
         "training entry point train_command() does not call require_training_allowed()"
     ]
@@ -102,11 +102,11 @@ def test_reads_and_prose_are_not_settings(scan: Scan, path: str, content: str) -
 
 
 def test_a_declared_entry_point_that_was_renamed_away_is_found(scan: Scan) -> None:
-    settings = '[local_train]\nentry_points = ["oracle/cli.py:train_command"]\n'
+    settings = '[local_train]\nentry_points = ["oracle_cli/app.py:train_command"]\n'
     source = "def train_cmd(config: str) -> None:\n    run(config)\n"
-    findings = only(scan({"policies/policies.toml": settings, "oracle/cli.py": source}), "LTR002")
+    findings = only(scan({"policies/policies.toml": settings, "oracle_cli/app.py": source}), "LTR002")
     assert [f.message for f in findings] == [
-        "declared training entry point train_command() is not defined in oracle/cli.py; update policies.toml"
+        "declared training entry point train_command() is not defined in oracle_cli/app.py; update policies.toml"
     ]
 
 
@@ -227,7 +227,7 @@ def test_calling_the_trainer_instead_of_the_cli_is_found(scan: Scan, path: str, 
     ("path", "content"),
     [
         (
-            "oracle/cli.py",
+            "oracle_cli/app.py",
             "def train_command():\n    require_training_allowed()\n    from oracle.train.trainer import run_training\n"
             "    run_training(c)\n",
         ),

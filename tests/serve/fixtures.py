@@ -29,7 +29,7 @@ from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.serve import API_KEY_ENV
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
-from oracle.weight_files import PARTITIONS_FILE
+from oracle_base.weight_files import PARTITIONS_FILE
 from tests.trust import session_key
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from guards.runtime import ServingRefusedError
 from oracle.serve.loading import ServeLoadError, ServeOptions, check_servable, load_served_model
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, END_OF_TURN, PAD, SYSTEM, USER
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
-from oracle.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.weight_files import PARTITIONS_FILE, part_file
 from tests.serve.fixtures import ServedCheckpoint, flip_last_byte
 
 

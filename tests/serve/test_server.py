@@ -18,7 +18,7 @@ import pytest
 from guards.keys import generate_keypair, load_signing_key
 from guards.provenance import write_provenance
 from oracle.serve import API_KEY_ENV
-from oracle.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.weight_files import PARTITIONS_FILE, part_file
 from tests.serve.fixtures import (
     RunningServer,
     ServedCheckpoint,

@@ -10,10 +10,10 @@ import pytest
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
-from oracle.cli import app
 from oracle.tokenization import SPECIAL_TOKENS, TokenizerError, load_tokenizer, save_tokenizer, train_tokenizer
 from oracle.tokenization.chat_template import ChatTemplateError, render_chat
 from oracle.tokenization.corpus import CorpusError
+from oracle_cli.app import app
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. Tokenizers split text into pieces.",

@@ -28,7 +28,7 @@ from oracle.moe850b.partitioned import read_index
 from oracle.moe850b.weights import load_checkpoint, save_checkpoint
 from oracle.train import checkpoint as ckpt
 from oracle.train.config import load_train_config
-from oracle.weight_files import CONFIG_FILE, WEIGHTS_FILE, part_file
+from oracle_base.weight_files import CONFIG_FILE, WEIGHTS_FILE, part_file
 from tests.train.conftest import local_training, make_checkout, recipe, start_training, write_corpus
 from tests.trust import TestTrust, session_key
 

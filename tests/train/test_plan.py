@@ -10,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracle.cli import app
 from oracle.moe850b.config import load_config
 from oracle.moe850b.model import OracleMoE, lm_loss
 from oracle.train.config import TrainConfig, load_train_config
@@ -27,6 +26,7 @@ from oracle.train.plan import (
     remedy,
     saved_activations,
 )
+from oracle_cli.app import app
 from tests.checkouts import REPO
 
 runner = CliRunner()

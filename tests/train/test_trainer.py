@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from guards.provenance import ProvenanceError, verify_provenance
-from oracle.cli import submitted_recipe_refusal
 from oracle.moe850b.weights import load_checkpoint
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
 from oracle.train import checkpoint as ckpt
-from oracle.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.weight_files import PARTITIONS_FILE, part_file
+from oracle_cli.app import submitted_recipe_refusal
 from tests.train.conftest import ORACLE, job_environment, local_training, recipe, start_training, write_corpus
 from tests.trust import TestTrust
 

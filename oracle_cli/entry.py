@@ -1,5 +1,5 @@
-"""The `oracle` console script: oracle.cli's commands, with one line instead of a traceback where a command needs the
-`runtime` extra and only the gates are installed.
+"""The `oracle` console script: oracle_cli.app's commands, with one line instead of a traceback where a command needs
+the `runtime` extra and only the gates are installed.
 
 The base install of this project is the policy gates (`oracle guards`, `oracle trust`, `oracle keys`): the pre-commit
 hook's environment in another repository holds nothing else. The other commands import the model, data, training,
@@ -57,7 +57,7 @@ def main() -> None:
 
     install_for_argv(sys.argv[1:])
     try:
-        from oracle.cli import main as cli_main
+        from oracle_cli.app import main as cli_main
 
         cli_main()
     except ModuleNotFoundError as exc:

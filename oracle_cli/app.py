@@ -18,7 +18,7 @@ from rich.table import Table
 
 from guards.commands import guards_app
 from guards.trust_commands import keys_app, trust_app
-from oracle.data.commands import stage_app
+from oracle_cli.data import stage_app
 
 app = typer.Typer(
     name="oracle",
