@@ -19,9 +19,8 @@ from pathlib import Path
 
 from guards.provenance import PROVENANCE_FILE
 from oracle.tokenization.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
-from oracle.train.checkpoint import MANIFEST, STATE_DIRS, TRAINER_STATE
 from oracle_base.bounded_read import read_regular_file
-from oracle_base.weight_files import PARTITIONS_FILE, WEIGHTS_FILE, is_part_file
+from oracle_base.weight_files import MANIFEST, PARTITIONS_FILE, STATE_DIRS, TRAINER_STATE, WEIGHTS_FILE, is_part_file
 
 WEIGHTS = WEIGHTS_FILE
 PARTITIONS = PARTITIONS_FILE  # the index of the per-rank parts `oracle train` writes (oracle.moe850b.partitioned)

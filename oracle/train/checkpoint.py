@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from oracle_base.atomic_write import write_atomically
+from oracle_base.weight_files import MANIFEST as MANIFEST  # re-exported: the layout names live in the base
+from oracle_base.weight_files import STATE_DIRS as STATE_DIRS
+from oracle_base.weight_files import TRAINER_STATE as TRAINER_STATE
 
-MANIFEST = "MANIFEST.json"
-TRAINER_STATE = "trainer_state.json"
 METRICS = "metrics.jsonl"
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -139,9 +140,6 @@ def verify_own(directory: Path, manifest: dict[str, Any], rank: int | None) -> N
                 raise CheckpointCorruptError(f"{path} cannot be read ({exc.strerror})") from exc
             if digest != entry["sha256"]:
                 raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
-
-
-STATE_DIRS = ("deepspeed", "rng")  # DeepSpeed's partitions and the RNG states: what a resume loads
 
 
 def is_training_state(relative: str) -> bool:
