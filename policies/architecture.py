@@ -289,14 +289,15 @@ def _check_cross_files(ctx: ScanContext, config: dict[str, object], result: Poli
 
 def model_facts(root: Path, configs: list[str], *, flagship: str) -> dict[str, dict[str, object]]:
     """Counts of each config (and the component checks of the flagship), computed by the checkout's own model code
-    in one subprocess run from the checkout, always: building the model runs the code under review, so it runs
-    under the process policy (no network, no weights file outside the venv, no installer: guards.process_policy),
-    never in the gate's own process, which must read every file of the tree, weights included."""
+    in one subprocess run from the checkout (`python -m guards.architecture_facts`), always: building the model runs
+    the code under review, so it runs under the process policy (no network, no weights file outside the venv, no
+    installer: guards.process_policy), never in the gate's own process, which must read every file of the tree,
+    weights included."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     if not reads_bytecode():  # a gate whose process stopped reading caches (publish, submit): its child as well
         env.update(PYTHONPYCACHEPREFIX=NO_BYTECODE_PREFIX, PYTHONDONTWRITEBYTECODE="1")
     completed = subprocess.run(
-        [sys.executable, "-m", "policies.architecture", flagship, *configs],
+        [sys.executable, "-m", "guards.architecture_facts", flagship, *configs],
         capture_output=True,
         text=True,
         env=env,
@@ -309,7 +310,7 @@ def model_facts(root: Path, configs: list[str], *, flagship: str) -> dict[str, d
     return facts
 
 
-def _facts(config_path: Path, *, components: bool = True) -> dict[str, object]:
+def config_facts(config_path: Path, *, components: bool = True) -> dict[str, object]:
     from oracle.moe850b.config import ConfigError, load_config
     from oracle.moe850b.params import count_parameters
 
@@ -386,11 +387,3 @@ def _component_problems(config: object) -> list[str]:
 
 
 POLICY = Policy(NAME, RULES, check)
-
-if __name__ == "__main__":  # python -m policies.architecture FLAGSHIP CONFIG... (run from the checkout's root)
-    # the runtime layer first (a script entry point: the gate machinery is imported here, not by the policy module)
-    from guards.process_policy import ProcessPolicy, install
-
-    install(ProcessPolicy(command="guards architecture", root=Path.cwd())).seal()
-    flagship_arg, *config_args = sys.argv[1:]
-    print(json.dumps({c: _facts(Path(c).resolve(), components=c == flagship_arg) for c in config_args}))

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,8 +30,19 @@ from policies.settings import (
     read_toml,
 )
 
-if TYPE_CHECKING:
-    from guards.trust import TrustRoot
+
+class TrustRoot(Protocol):
+    """What the floor needs of the trust root (guards.trust.TrustRoot, a layer above: the policies do not import it)."""
+
+    @property
+    def floor(self) -> Mapping[str, Any]: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
 
 NAME = "floor"
 
