@@ -42,6 +42,9 @@ def lint(session: nox.Session) -> None:
     _require_project_venv(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # the layering contracts of pyproject's [tool.importlinter], and every import a declared dependency ([tool.deptry])
+    session.run("lint-imports")
+    session.run("deptry", ".")
 
 
 @nox.session(python=False)
