@@ -13,6 +13,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from oracle_base.secrets import SECRET_TEXT
+
 PLACEHOLDERS = {
     "email": "<EMAIL>",
     "phone": "<PHONE>",
@@ -22,11 +24,7 @@ PLACEHOLDERS = {
     "secret": "<SECRET>",
 }
 
-_SECRET = re.compile(
-    r"\b(?:sk-(?:proj-)?[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,}|gh[ousr]_[A-Za-z0-9]{36}"
-    r"|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,}|AIza[0-9A-Za-z_-]{35}"
-    r"|glpat-[A-Za-z0-9_-]{20}|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
-)
+_SECRET = SECRET_TEXT  # the one table of secret shapes (oracle_base.secrets), shared with the publish gate
 # Bounded repetitions: unbounded ones made a long run of "a.a.a." quadratic.
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b")
 _FILE_SUFFIXES = {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "css", "js", "py", "json", "txt", "pdf", "zip"}
