@@ -31,7 +31,7 @@ TORCH_WHEELS ?= /opt/wheels
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: venv guards test lint typecheck bench lock image image-name clean
+.PHONY: venv guards test lint typecheck docs bench lock image image-name clean
 
 venv:
 	@want=$$(sha256sum $(LOCK) | cut -d' ' -f1); \
@@ -52,13 +52,16 @@ guards: venv
 	$(VENV)/bin/nox -s guards
 
 test: venv
-	$(VENV)/bin/nox -s lint typecheck tests
+	$(VENV)/bin/nox -s lint typecheck docs tests
 
 lint: venv
 	$(VENV)/bin/nox -s lint
 
 typecheck: venv
 	$(VENV)/bin/nox -s typecheck
+
+docs: venv
+	$(VENV)/bin/nox -s docs
 
 bench: venv
 	$(VENV)/bin/nox -s bench

@@ -12,7 +12,7 @@ ROOT = Path(__file__).parent.resolve()
 PROJECT_VENV = ROOT / ".venv"
 
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "docs", "tests"]
 
 
 def _require_project_venv(session: nox.Session) -> None:
@@ -51,6 +51,15 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     _require_project_venv(session)
     session.run("mypy")
+
+
+@nox.session(python=False)
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml, docs/), built with --strict: a broken link or anchor, a nav entry without a
+    page, or a warning of the pages generated from the code (docs/hooks.py) fails it. The site is written to
+    build/site, which git ignores."""
+    _require_project_venv(session)
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "build" / "site"))
 
 
 @nox.session(python=False)
