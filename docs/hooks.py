@@ -217,8 +217,8 @@ def rule_page(rule: Rule) -> str:
     """One rule's page: ruff's shape (what it does, why it is bad, an example, what to use instead), then the fix."""
     from policies.floor import CRITICAL_RULES
 
-    if not rule.waivable:
-        waivers = "no: it guards the gate itself"
+    if not rule.waivable:  # the floor's rules guard the gate itself; the publish and submit gates' checks are final
+        waivers = "no"
     elif rule.id in CRITICAL_RULES:
         waivers = "only with an approval signed by a waiver-approval key (a critical rule of the default floor)"
     else:
