@@ -102,11 +102,13 @@ def run_command(
     """
     from guards.report import render_json, render_sarif, render_text, write_report
     from guards.runner import check_root, run_and_record, run_gate
-    from policies.rule import Gate
+    from policies.rule import ALL_GATES, Gate
     from policies.settings import SettingsError, oracle_checkout
 
     try:
         selected_gate = Gate(gate)
+        if selected_gate not in ALL_GATES:  # a run-time check's name (train, serve, data), not a gate over a tree
+            raise ValueError(gate)
     except ValueError as exc:
         raise _fail(f"--gate {gate!r} is not one of: commit, ci, publish, submit") from exc
     if attest and (files or selected_gate is not Gate.ci):

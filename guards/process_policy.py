@@ -354,7 +354,7 @@ def _refuse(what: str, details: dict[str, object]) -> None:
     assert policy is not None
     _state.busy = True
     caller = _caller()
-    line = f"oracle {policy.command}: refused by the process policy: {what} (from {caller})\n"
+    line = f"oracle {policy.command}: RUN004 refused by the process policy: {what} (from {caller})\n"
     with contextlib.suppress(OSError):
         os.write(2, line.encode("utf-8", "replace"))
     try:
@@ -365,7 +365,7 @@ def _refuse(what: str, details: dict[str, object]) -> None:
             gate=GATE,
             result="refused",
             commit=None,
-            details={"command": policy.command, "reason": what, "caller": caller, **details},
+            details={"command": policy.command, "rule": "RUN004", "reason": what, "caller": caller, **details},
         )
     except Exception as exc:  # the refusal stands; say that it could not be recorded
         os.write(2, f"oracle {policy.command}: the refusal could not be written to the audit log: {exc}\n".encode())

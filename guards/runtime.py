@@ -134,9 +134,12 @@ def require_training_allowed(
     from guards import git
 
     commit = git.head_commit_or_none(code_root or _code_root()) if decision.job_id else git.head_commit_or_none(root)
-    append_entry(root, gate="train", result=result, commit=commit, details={"reason": decision.reason})
+    details: dict[str, object] = {"reason": decision.reason}
     if not decision.allowed:
-        raise TrainingRefusedError(decision.reason)
+        details["rule"] = "RUN001"
+    append_entry(root, gate="train", result=result, commit=commit, details=details)
+    if not decision.allowed:
+        raise TrainingRefusedError(f"RUN001 {decision.reason}")
     return decision
 
 
@@ -175,8 +178,8 @@ def require_data_stage_allowed(
             raise SubmissionError("the plan in --work is not the one the job was submitted with (its digest differs)")
     except (SubmissionError, JobIdentityError) as exc:
         reason = f"data stage {stage} refused: {exc}"
-        append_entry(root, gate="data", result="refused", commit=None, details={"reason": reason})
-        raise DataJobRefusedError(reason) from exc
+        append_entry(root, gate="data", result="refused", commit=None, details={"reason": reason, "rule": "RUN003"})
+        raise DataJobRefusedError(f"RUN003 {reason}") from exc
     details: dict[str, object] = {"stage": stage, "job_id": job_id, "plan": plan_digest}
     append_entry(root, gate="data", result="allowed", commit=record.commit, details=details)
     return job_id
@@ -242,7 +245,7 @@ def require_serving_allowed(
         # the process policy lets this process read these weights and no others (sealed: nothing widens it later)
         allow_and_seal(read_files=[checkpoint / name for name in record["files"]])
     else:
-        details["reason"] = reason
+        details.update(reason=reason, rule="RUN002")
     append_entry(
         root,
         gate="serve",
@@ -251,7 +254,7 @@ def require_serving_allowed(
         details=details,
     )
     if reason:
-        raise ServingRefusedError(reason)
+        raise ServingRefusedError(f"RUN002 {reason}")
     return record
 
 

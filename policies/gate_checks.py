@@ -1,7 +1,8 @@
 """The checks the publish and submit gates make on what the tree does not hold — the files about to be uploaded
-(hub/stage.py, PUB001-PUB005) and the job about to reach a scheduler (infra/checks.py, SUB001-SUB005) — as rules of
-the one catalog, so that `oracle guards rules`, `oracle guards explain`, SARIF and the docs know them like every
-other check.
+(hub/stage.py, PUB001-PUB005) and the job about to reach a scheduler (infra/checks.py, SUB001-SUB005) — and the
+checks commands make when they run (guards/runtime.py and guards/process_policy.py, RUN001-RUN004), as rules of the
+one catalog, so that `oracle guards rules`, `oracle guards explain`, SARIF and the docs know them like every other
+check.
 
 They are not waivable: each refuses something that is about to leave the machine or start running, at the moment
 it happens, and no file in the tree (where waivers live) may excuse that. The code that makes each check prefixes
@@ -10,7 +11,7 @@ its one-line refusal with the rule's id; a test keeps the two in step.
 
 from __future__ import annotations
 
-from policies.rule import Gate, Rule, Severity
+from policies.rule import RUNTIME_GATES, Gate, Rule, Severity
 
 PUBLISH = frozenset({Gate.publish})
 SUBMIT = frozenset({Gate.submit})
@@ -146,4 +147,65 @@ SUBMIT_RULES = (
     ),
 )
 
-RULES = PUBLISH_RULES + SUBMIT_RULES
+RUNTIME_RULES = (
+    _rule(
+        "RUN001",
+        "runtime",
+        frozenset({Gate.train}),
+        title="Training outside a job submitted through the gate",
+        rationale="ALLOW_LOCAL_TRAIN=false: training runs only on a cluster, through the submit gate. `oracle train` "
+        "(and the trainer called from Python) starts only inside the scheduler job an `oracle submit` made: the "
+        "job's submission record must verify against a submission key of the trust root and name the commit, "
+        "tree, attestation and lock of the code that runs, and the scheduler itself, not the environment, must "
+        "confirm that the process runs inside that job. An environment variable or a copied record is not enough.",
+        fix="Submit the run: `oracle submit --target slurm|k8s|argo --config NAME`. A local run needs a trust root "
+        "whose floor allows the override (local_train.allow_override), never a setting in the tree.",
+        example="ALLOW_LOCAL_TRAIN=true oracle train --config oracle-mini    # on a workstation",
+        example_fix="oracle submit --target slurm --config oracle-mini --nodes 1 --gpus-per-node 8",
+    ),
+    _rule(
+        "RUN002",
+        "runtime",
+        frozenset({Gate.serve}),
+        title="Serving weights their signed provenance does not vouch for",
+        rationale="A server answers users with whatever weights it loads. `oracle serve` loads a checkpoint only "
+        "when a trust root is configured, the checkpoint's provenance record verifies against the trust root's "
+        "provenance keys, and every file in the folder is one the record names with its sha256 (or the trainer's "
+        "own state); the process may then read those weights and no others.",
+        fix="Serve a checkpoint `oracle train` wrote inside a submitted job, unaltered; to serve another tokenizer, "
+        "train or export with it.",
+        example="oracle serve --checkpoint downloads/some-model/",
+        example_fix="oracle serve --checkpoint runs/oracle850b-4711/step-00100000",
+    ),
+    _rule(
+        "RUN003",
+        "runtime",
+        frozenset({Gate.data}),
+        title="A data stage outside its submitted data job, or with another plan",
+        rationale="Inside a cluster job, `oracle data stage` runs only under the signed record of a data job "
+        "(`oracle submit --data`): the record must verify, the scheduler must confirm the job, and the work "
+        "folder's plan must be the one the job was submitted with, so that a job cannot be pointed at other inputs "
+        "after the gate judged them.",
+        fix="Submit the data job again with the plan you mean to run: `oracle submit --target slurm --data WORK "
+        "--output OUT`.",
+        example="a training job's record, or an edited WORK/run.json, in a data stage",
+        example_fix="the data job's own record and the plan it was submitted with",
+    ),
+    _rule(
+        "RUN004",
+        "runtime",
+        RUNTIME_GATES | frozenset({Gate.publish}),
+        title="An action the process policy does not allow",
+        rationale="The gated commands (train, serve, data, export, hub publish) install a process policy before "
+        "anything else is imported: no network beyond the endpoints the command line names, no package "
+        "installer, no weights file outside what the command's own checks vouched for, no unpickling outside "
+        "torch's weights-only loader, no bytecode cache that differs from its source. Code under review, a "
+        "dependency or a plug-in that tries one is stopped at the call, whatever path it takes to it.",
+        fix="Remove the download, install or load from the code path; weights come from signed checkpoints, "
+        "packages from the locked venv.",
+        example="snapshot_download(...) inside a training callback",
+        example_fix="load the signed checkpoint `oracle train` wrote",
+    ),
+)
+
+RULES = PUBLISH_RULES + SUBMIT_RULES + RUNTIME_RULES

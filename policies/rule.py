@@ -30,9 +30,16 @@ class Gate(StrEnum):
     ci = "ci"  # nox -s guards: the whole tree; attests on success
     publish = "publish"  # before `oracle hub publish`, plus the staged files themselves
     submit = "submit"  # before `oracle submit`
+    # The run-time checks: not gates one runs with `oracle guards run`, the checks a command makes when it starts
+    # (and the process policy while it runs); their refusals carry rule ids of the same catalog (RUN001-RUN004).
+    train = "train"  # `oracle train`
+    serve = "serve"  # `oracle serve`
+    data = "data"  # `oracle data stage` in a submitted data job
 
 
-ALL_GATES = frozenset(Gate)
+# The gates that judge a tree (`oracle guards run --gate`): the policies run at every one of them.
+ALL_GATES = frozenset({Gate.commit, Gate.ci, Gate.publish, Gate.submit})
+RUNTIME_GATES = frozenset({Gate.train, Gate.serve, Gate.data})
 
 
 @dataclass(frozen=True)

@@ -176,16 +176,18 @@ def test_explain_keeps_an_acronym_at_the_start_of_the_title() -> None:
     assert "Reports: model or weights loaded" in runner.invoke(app, ["guards", "explain", "EXT001"]).stdout
 
 
-def test_every_publish_and_submit_check_is_a_rule_of_the_catalog() -> None:
-    """The ids the publish and submit checks prefix their refusals with are catalog rules (explain, SARIF, docs),
-    none of them waivable; and every PUB/SUB rule of the catalog is made by some check."""
+def test_every_publish_submit_and_runtime_check_is_a_rule_of_the_catalog() -> None:
+    """The ids the publish, submit and run-time checks prefix their refusals with are catalog rules (explain, SARIF,
+    docs), none of them waivable; and every PUB/SUB/RUN rule of the catalog is made by some check."""
     import re
 
     from policies import find_rule
 
-    sources = (REPO / "hub" / "stage.py").read_text() + (REPO / "infra" / "checks.py").read_text()
-    used = set(re.findall(r"\b((?:PUB|SUB)\d{3})\b", sources))
-    assert used == {f"PUB00{n}" for n in range(1, 6)} | {f"SUB00{n}" for n in range(1, 6)}
+    checks = ("hub/stage.py", "infra/checks.py", "guards/runtime.py", "guards/process_policy.py")
+    sources = "".join((REPO / path).read_text() for path in checks)
+    used = set(re.findall(r"\b((?:PUB|SUB|RUN)\d{3})\b", sources))
+    expected = {f"PUB00{n}" for n in range(1, 6)} | {f"SUB00{n}" for n in range(1, 6)}
+    assert used == expected | {f"RUN00{n}" for n in range(1, 5)}
     for rule_id in sorted(used):
         rule = find_rule(rule_id)
         assert rule is not None, rule_id
@@ -194,3 +196,14 @@ def test_every_publish_and_submit_check_is_a_rule_of_the_catalog() -> None:
     assert explained.exit_code == 0
     assert "A recipe whose plan does not fit the cluster's GPUs" in explained.stdout
     assert "## Use instead" in explained.stdout
+    runtime = CliRunner().invoke(app, ["guards", "explain", "RUN001"])
+    assert runtime.exit_code == 0
+    assert "gates: train" in runtime.stdout
+    assert "Training outside a job submitted through the gate" in runtime.stdout
+
+
+def test_a_runtime_check_is_not_a_gate_to_run() -> None:
+    """train, serve and data name run-time checks in the catalog, not gates over a tree."""
+    result = runner.invoke(app, ["guards", "run", "--gate", "train"])
+    assert result.exit_code == 2
+    assert "--gate 'train' is not one of: commit, ci, publish, submit" in result.output

@@ -361,7 +361,7 @@ def test_the_oracle_command_installs_it_before_anything_else(tmp_path: Path) -> 
     socket.create_connection(("127.0.0.1", 9), timeout=2)
     """
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True, text=True)
-    refused(done, tmp_path, "oracle data run: refused", "connecting to 127.0.0.1:9")
+    refused(done, tmp_path, "oracle data run: RUN004 refused", "connecting to 127.0.0.1:9")
     assert socket.gethostname()  # the test's own process is unaffected
 
 

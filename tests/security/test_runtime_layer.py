@@ -139,7 +139,7 @@ def test_a_job_whose_model_code_reaches_for_foreign_weights_fails_with_the_refus
 
     refused = [line for line in output.splitlines() if "refused by the process policy" in line]
     assert refused, output
-    assert all(line.startswith("oracle train: refused by the process policy: ") for line in refused)
+    assert all(line.startswith("oracle train: RUN004 refused by the process policy: ") for line in refused)
     assert f"{MODEL.as_posix()}:" in refused[0]  # it names the code that asked
     entries = runtime_refusals(root)
     assert entries, "no audit entry for the refusal"
@@ -183,7 +183,7 @@ def test_a_server_refuses_a_weights_file_its_checkpoint_gains_after_the_check(tm
             server.stop()
     output = server.output()
     (line,) = [line for line in output.splitlines() if "refused by the process policy" in line]
-    assert line.startswith(f"oracle serve: refused by the process policy: opening {extra.resolve()}: safetensors")
+    assert line.startswith(f"oracle serve: RUN004 refused by the process policy: opening {extra.resolve()}: safetensors")
     (entry,) = runtime_refusals(served.root)
     details = entry["details"]
     assert isinstance(details, dict)
