@@ -27,24 +27,24 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from guards.paths import SUBMISSIONS_DIR
 from guards.submission import write_submission_record
 from guards.trust import load_trust_root
 from infra import slurm
-from infra.spec import JobRequest, image_for, job_labels, parse_time, spec_digest
+from infra.scheduler import Scheduler, scheduler_for
+from infra.spec import PENDING_DIGEST, ClusterError, JobRequest, image_for, job_labels, parse_time, spec_digest
 from infra.submit import (
-    SLURM_LOG_DIR,
-    SUBMISSIONS_DIR,
     Submission,
     SubmitRefusedError,
     _audit,
-    _render,
-    _submissions_lock,
     _submitter_key,
-    _validate,
     audited,
+    check_rendered,
     preflight,
+    refuse_duplicate,
     run_submit_gate,
     signed_record,
+    submissions_lock,
 )
 from policies.settings import Settings, load_settings
 
@@ -147,33 +147,29 @@ def _submit(
 ) -> Submission:
     settings, attestation = preflight(root)
     request = _plan_request(root, work, output, time, commit)
+    scheduler = scheduler_for("slurm", environ=env, namespace=request.namespace)
     run_submit_gate(root, [])
 
     lock_sha = hashlib.sha256((root / settings.venv.lock).read_bytes()).hexdigest()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     record_path = root / SUBMISSIONS_DIR / f"{stamp}-slurm-{request.config_name}.json"
-    from infra.spec import PENDING_DIGEST
-
-    pending, _ = _render(request, PENDING_DIGEST, str(record_path), "{}", lock_sha)
-    problems = _validate(request, pending, None, lock_sha)
-    if problems:
-        raise SubmitRefusedError(f"the rendered slurm spec fails the submit gate: {problems[0]}")
-    spec_hash = spec_digest(pending)
+    pending = scheduler.render(
+        request, digest=PENDING_DIGEST, record_path=record_path, record_json="{}", lock_sha=lock_sha
+    )
+    check_rendered(scheduler, pending)
+    spec_hash = spec_digest(pending.text)
     if dry_run:
-        return Submission("slurm", request, pending, spec_hash, dry_run=True, note="dry run: nothing sent")
+        return Submission("slurm", request, pending.text, spec_hash, dry_run=True, note="dry run: nothing sent")
     trust = load_trust_root(root)
     signing_key = _submitter_key(trust, env, "slurm")
-    with _submissions_lock(root):
-        if not force and (duplicate := slurm.find_duplicate(request, environ=env)) is not None:
-            raise SubmitRefusedError(
-                f"commit {commit[:12]} with this plan is already {duplicate.state.lower()} as SLURM job "
-                f"{duplicate.job_id}; cancel it (`oracle kill --target slurm`) or pass --force"
-            )
+    with submissions_lock(root):
+        if not force:
+            refuse_duplicate(scheduler, request, "this plan")
         record = signed_record(root, request, attestation, spec_hash, lock_sha, trust)
         digest = write_submission_record(record_path, record, signing_key)
-        spec_file = record_path.with_suffix(".sbatch")
+        spec_file = record_path.with_suffix(scheduler.spec_suffix)
         try:
-            return _send(root, request, record_path, digest, spec_file, spec_hash, lock_sha, commit, env)
+            return _send(root, scheduler, request, record_path, digest, spec_file, spec_hash, lock_sha, commit, env)
         except BaseException:
             record_path.unlink(missing_ok=True)
             spec_file.unlink(missing_ok=True)
@@ -182,6 +178,7 @@ def _submit(
 
 def _send(
     root: Path,
+    scheduler: Scheduler,
     request: JobRequest,
     record_path: Path,
     digest: str,
@@ -191,15 +188,15 @@ def _send(
     commit: str,
     env: dict[str, str],
 ) -> Submission:
+    """The stages as a chain of sbatch calls, each after the one before it succeeded (SLURM's dependencies: the one
+    thing here that the scheduler interface's single `submit` does not express)."""
     from oracle_base.atomic_write import write_atomically
 
-    spec, _ = _render(request, digest, str(record_path), "", lock_sha)
-    problems = _validate(request, spec, None, lock_sha)
-    if problems:
-        raise SubmitRefusedError(f"the rendered slurm spec fails the submit gate: {problems[0]}")
-    write_atomically(spec_file, spec.encode())
+    rendered = scheduler.render(request, digest=digest, record_path=record_path, record_json="", lock_sha=lock_sha)
+    check_rendered(scheduler, rendered)
+    write_atomically(spec_file, rendered.text.encode())
     _audit(root, "submitting", commit, {"target": "slurm", "kind": "data", "digest": digest, "spec_hash": spec_hash})
-    (root / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
+    (root / slurm.LOG_DIR).mkdir(parents=True, exist_ok=True)
     array = ["--array", f"0-{request.tasks - 1}"]
     sent: list[str] = []
     try:
@@ -211,11 +208,10 @@ def _send(
                 options += array
             sent.append(slurm.submit(spec_file, options=options, args=[stage], environ=env))
     except BaseException:
-        with contextlib.suppress(slurm.SlurmError):
+        with contextlib.suppress(ClusterError):
             slurm.cancel(sent, environ=env)  # a chain cut short would never finish: nothing of it may stay queued
         raise
-    outcome = Submission("slurm", request, spec, spec_hash, dry_run=False, record_path=record_path, digest=digest)
-    outcome.job_id = sent[-1]
-    outcome.submitted = True
-    outcome.note = ", ".join(f"{stage} {job}" for stage, job in zip(STAGES, sent, strict=True))
+    note = ", ".join(f"{stage} {job}" for stage, job in zip(STAGES, sent, strict=True))
+    outcome = Submission("slurm", request, rendered.text, spec_hash, dry_run=False, note=note)
+    outcome.record_path, outcome.digest, outcome.job_id, outcome.submitted = record_path, digest, sent[-1], True
     return outcome

@@ -1,7 +1,9 @@
-"""`oracle kill`: the kill switch. Cancels every queued or running job of this project — and only this project's:
-on SLURM the jobs whose comment carries the project's mark (`<project>:commit=…`), on Kubernetes the Jobs labelled
-`oracle.dev/project=<project>` in the project's namespace. The caller confirms the list first (or passes `--yes`);
-what was cancelled, or refused, is appended to the audit log.
+"""`oracle kill`: the kill switch. Stops every queued or running job of this project, and only this project's, on any
+target through the one scheduler interface (infra.scheduler): on SLURM the jobs whose comment carries the project's
+mark (`<project>:commit=…`), on Kubernetes the Jobs labelled `oracle.dev/project=<project>` in the project's
+namespace (finished ones too: deleting them frees their names), on Argo the pending or running Workflows with that
+label. The caller confirms the list first (or passes `--yes`); what was cancelled, or refused, is appended to the
+audit log.
 """
 
 from __future__ import annotations
@@ -10,21 +12,18 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from infra import slurm
-from infra.spec import ClusterError
+from infra.scheduler import scheduler_for
+from infra.spec import ClusterError, PartialCancelError, Target
 from policies.settings import load_settings
-
-KillTarget = Literal["slurm", "k8s"]
 
 
 @dataclass
 class KillReport:
-    target: KillTarget
+    target: Target
     project: str
-    found: list[str] = field(default_factory=list)  # what the switch would cancel, as "id name state"
-    cancelled: list[str] = field(default_factory=list)  # job ids (SLURM) or kind/name (Kubernetes)
+    found: list[str] = field(default_factory=list)  # what the switch would cancel, as "id [name] state"
+    cancelled: list[str] = field(default_factory=list)  # the ids stopped: SLURM job ids, `<namespace>/<name>`
     confirmed: bool = False
 
 
@@ -41,7 +40,7 @@ def _audit(root: Path, result: str, report: KillReport, reason: str = "") -> Non
 
 def kill(
     root: Path,
-    target: KillTarget,
+    target: Target,
     *,
     confirm: Callable[[list[str]], bool],
     environ: Mapping[str, str] | None = None,
@@ -53,27 +52,16 @@ def kill(
     project = settings.cluster.project
     report = KillReport(target, project)
     try:
-        if target == "slurm":
-            jobs = slurm.project_jobs(project, environ=env)
-            report.found = [f"{job.job_id} {job.name} {job.state}" for job in jobs]
-            if jobs and confirm(report.found):
-                report.confirmed = True
-                try:
-                    report.cancelled = slurm.cancel([job.job_id for job in jobs], environ=env)
-                except slurm.PartialCancelError as exc:
-                    report.cancelled = exc.cancelled
-                    raise
-        else:
-            from infra.k8s.apply import delete_project_jobs, kubeconfig_present, list_project_jobs
-
-            kubeconfig = kubeconfig_present(env)
-            if kubeconfig is None:
-                raise ClusterError("no kubeconfig (KUBECONFIG or ~/.kube/config): cannot reach the cluster")
-            namespace = settings.cluster.k8s_namespace
-            report.found = list_project_jobs(project, namespace, kubeconfig=kubeconfig)
-            if report.found and confirm(report.found):
-                report.confirmed = True
-                report.cancelled = delete_project_jobs(project, namespace, kubeconfig=kubeconfig)
+        scheduler = scheduler_for(target, environ=env, namespace=settings.cluster.k8s_namespace)
+        jobs = scheduler.list_project_jobs(project)
+        report.found = [job.describe() for job in jobs]
+        if jobs and confirm(report.found):
+            report.confirmed = True
+            try:
+                report.cancelled = scheduler.cancel(jobs)
+            except PartialCancelError as exc:
+                report.cancelled = exc.cancelled
+                raise
     except ClusterError as exc:
         _audit(root, "error", report, str(exc))
         raise

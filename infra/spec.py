@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -39,6 +40,14 @@ _TIME = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)$")
 
 class ClusterError(RuntimeError):
     """A scheduler or cluster API failed or is missing (sbatch, kubectl, the Argo server); one line, its own words."""
+
+
+class PartialCancelError(ClusterError):
+    """Some jobs were cancelled, others not; `cancelled` lists the ones that were."""
+
+    def __init__(self, cancelled: list[str], message: str) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
 
 
 class SpecError(ValueError):
@@ -119,9 +128,16 @@ class JobRequest:
         return f"{self.project}:commit={self.commit}:config={self.config_hash}"
 
 
+PROJECT_LABEL = "oracle.dev/project"
+COMMIT_LABEL = "oracle.dev/commit"
+CONFIG_LABEL = "oracle.dev/config-hash"
+# The annotation holding JobRequest.mark (the full commit and config hash, which labels are too short for).
+MARK_ANNOTATION = "oracle.dev/mark"
+
+
 def project_labels(project: str) -> dict[str, str]:
     """The labels every object of this project carries (the kill switch selects on `oracle.dev/project`)."""
-    return {"app.kubernetes.io/part-of": project, "oracle.dev/project": project}
+    return {"app.kubernetes.io/part-of": project, PROJECT_LABEL: project}
 
 
 def job_labels(request: JobRequest) -> dict[str, str]:
@@ -129,9 +145,26 @@ def job_labels(request: JobRequest) -> dict[str, str]:
     return {
         **project_labels(request.project),
         "app.kubernetes.io/name": request.job_name,
-        "oracle.dev/commit": request.commit[:40],
-        "oracle.dev/config-hash": request.config_hash[:16],
+        COMMIT_LABEL: request.commit[:40],
+        CONFIG_LABEL: request.config_hash[:16],
     }
+
+
+def job_annotations(request: JobRequest) -> dict[str, str]:
+    """The annotations every object of a job carries: the mark (what the duplicate check compares), in full."""
+    return {MARK_ANNOTATION: request.mark, CONFIG_LABEL: request.config_hash, COMMIT_LABEL: request.commit}
+
+
+def duplicate_labels(request: JobRequest) -> dict[str, str]:
+    """The labels a Kubernetes Job or Argo Workflow of this project for the same commit and config carries: what the
+    duplicate check asks the API server to select on (the mark annotation then tells config hashes apart in full)."""
+    labels = job_labels(request)
+    return {key: labels[key] for key in (PROJECT_LABEL, COMMIT_LABEL, CONFIG_LABEL)}
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """`key=value,key=value`: a Kubernetes label selector requiring every one of `labels`."""
+    return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
 def job_environment(digest: str, record_path: str) -> dict[str, str]:

@@ -6,7 +6,8 @@ In order, and stopping at the first refusal with one line that says why (nothing
 3. the `submit` gate's policies pass over the job's recipe (venv, external weights, local train, architecture),
    the recipe's plan fits the requested GPUs (SUB005), and the job's data holds no foreign weights (SUB003);
 4. the spec is rendered and checked (SUB001 ALLOW_LOCAL_TRAIN=false, SUB002 the locked venv or image);
-5. no job of this project for the same commit and config is queued or running (SLURM; `--force` overrides);
+5. no job of this project for the same commit and config is queued or running on the target (SLURM, Kubernetes,
+   Argo: infra.scheduler; `--force` overrides);
 6. the submission record is written and its digest put into the job's environment, then the job is submitted.
 Every decision — refused, dry run, submitted — is appended to the audit log.
 """
@@ -14,41 +15,41 @@ Every decision — refused, dry run, submitted — is appended to the audit log.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from guards import git
 from guards.attestation import AttestationError, VerifiedAttestation, verify_attestation
 from guards.audit import AuditError, current_anchor
 from guards.keys import SigningKeyError, key_id, load_signing_key
+from guards.paths import SUBMISSIONS_DIR
 from guards.submission import new_record, write_submission_record
 from guards.trust import SUBMISSION, TrustError, TrustRoot, load_trust_root, require_trusted
-from infra import checks, slurm
+from infra import checks
+from infra.scheduler import Rendered, Scheduler, scheduler_for
 from infra.spec import (
-    K8S_RECORD_PATH,
     PENDING_DIGEST,
     ClusterError,
     JobRequest,
     SpecError,
     Target,
     image_for,
-    job_environment,
     job_labels,
     parse_time,
     spec_digest,
 )
 from policies.settings import Settings, SettingsError, load_settings
 
-SUBMISSIONS_DIR = Path(".oracle") / "submissions"
-SLURM_LOG_DIR = Path("runs") / "slurm"
+SUBMISSIONS_LOCK = SUBMISSIONS_DIR / ".lock"
+LOCK_WAIT_S = 600
 RECIPES_DIR = Path("oracle") / "moe850b" / "configs"
 
 
@@ -162,11 +163,6 @@ def build_request(root: Path, options: SubmitOptions, settings: Settings, commit
     except ConfigError as exc:
         raise SubmitRefusedError(str(exc)) from exc
     nodes, gpus, procs = _shape(options, config.parallelism.data, settings)
-    if options.target == "slurm" and re.search(r"[\s%'\"$`\\]", str(root)):
-        raise SpecError(
-            f"the checkout path {str(root)!r} holds a space, quote, $, ` or %: sbatch options and the job script "
-            "cannot carry it safely; move the checkout"
-        )
     cluster = settings.cluster
     venv = root / settings.venv.project_venv
     request = JobRequest(
@@ -192,50 +188,27 @@ def build_request(root: Path, options: SubmitOptions, settings: Settings, commit
     return request, recipe, data_dir if data_dir.is_absolute() else root / data_dir
 
 
-def _render(
-    request: JobRequest,
-    digest: str,
-    record_path: str,
-    record_json: str,
-    lock_sha: str,
-) -> tuple[str, Any]:
-    """The spec text and its parsed documents (None for sbatch)."""
-    env = job_environment(digest, record_path)
-    if request.target == "slurm":
-        log_dir = request.root / SLURM_LOG_DIR
-        script = slurm.render_sbatch(
-            request,
-            env,
-            lock_sha256=lock_sha,
-            log_dir=log_dir,
-            digest=digest,
-            tree=git.head_tree(request.root),
-        )
-        return script, None
-    if request.target == "k8s":
-        from infra.k8s.manifests import serving_manifests, to_yaml, training_manifests
-
-        documents = training_manifests(request, env, record_json) + serving_manifests(request, digest=digest)
-        return to_yaml(documents), documents
-    from infra.argo.workflow import build_workflow
-    from infra.argo.workflow import to_yaml as workflow_yaml
-
-    document = build_workflow(request, env, record_json)
-    return workflow_yaml(document), [document]
+def check_rendered(scheduler: Scheduler, rendered: Rendered) -> None:
+    """Refuse a spec the submit gate's checks find a problem in (a schema error is a SpecError, refused as well)."""
+    problems = scheduler.validate(rendered)
+    if problems:
+        raise SubmitRefusedError(f"the rendered {scheduler.name} spec fails the submit gate: {problems[0]}")
 
 
-def _validate(request: JobRequest, spec: str, documents: Any, lock_sha: str) -> list[str]:
-    if request.target == "slurm":
-        return checks.check_sbatch(spec, request, lock_sha)
-    if request.target == "k8s":
-        from infra.k8s.validate import validate_manifests
-
-        validate_manifests(documents)
-    else:
-        from infra.argo.workflow import validate_workflow
-
-        validate_workflow(documents[0])
-    return checks.check_documents(documents, request)
+def refuse_duplicate(scheduler: Scheduler, request: JobRequest, what: str) -> None:
+    """Step 5: refuse when a job of this project for the same commit and config (`what`) may still run."""
+    duplicate = scheduler.find_duplicate(request)
+    if duplicate is None:
+        return
+    remedy = (
+        "or pass --force"
+        if scheduler.allows_copies
+        else f"--force cannot help: {scheduler.job_kind} names are unique, so a second one cannot start beside it"
+    )
+    raise SubmitRefusedError(
+        f"commit {request.commit[:12]} with {what} is already {duplicate.state.lower()} as {scheduler.job_kind} "
+        f"{duplicate.id}; cancel it (`oracle kill --target {scheduler.name}`) {remedy}"
+    )
 
 
 def _audit(root: Path, result: str, commit: str | None, details: dict[str, object]) -> None:
@@ -356,46 +329,38 @@ def signed_record(
 def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str) -> Submission:
     settings, attestation = preflight(root)
     request, recipe, data_dir = build_request(root, options, settings, commit)
+    scheduler = scheduler_for(options.target, environ=env, namespace=request.namespace)
     run_submit_gate(root, [recipe.relative_to(root).as_posix()])
     from oracle.train.config import load_train_config
 
     problems = checks.check_plan(load_train_config(recipe), request, gpu=settings.cluster.gpu)
+    problems += scheduler.check_inputs(request, data_dir)
     if problems:
         raise SubmitRefusedError(problems[0])
-    if options.target == "slurm":  # the job reads this data from the shared filesystem
-        problems, _ = checks.check_data_inputs(data_dir)
-        if problems:
-            raise SubmitRefusedError(problems[0])
 
     lock_sha = hashlib.sha256((root / settings.venv.lock).read_bytes()).hexdigest()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     record_path = root / SUBMISSIONS_DIR / f"{stamp}-{options.target}-{request.config_name}.json"
-    record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
 
-    pending_spec, documents = _render(request, PENDING_DIGEST, record_in_job, "{}", lock_sha)
-    problems = _validate(request, pending_spec, documents, lock_sha)
-    if problems:
-        raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
-    spec_hash = spec_digest(pending_spec)
+    pending = scheduler.render(
+        request, digest=PENDING_DIGEST, record_path=record_path, record_json="{}", lock_sha=lock_sha
+    )
+    check_rendered(scheduler, pending)
+    spec_hash = spec_digest(pending.text)
 
     if options.dry_run:
-        return Submission(options.target, request, pending_spec, spec_hash, dry_run=True, note="dry run: nothing sent")
+        return Submission(options.target, request, pending.text, spec_hash, dry_run=True, note="dry run: nothing sent")
     trust = load_trust_root(root)
     signing_key = _submitter_key(trust, env, options.target)
 
-    with _submissions_lock(root):  # two submits of the same commit and config cannot both pass the duplicate check
-        if options.target == "slurm" and not options.force:
-            duplicate = slurm.find_duplicate(request, environ=env)
-            if duplicate is not None:
-                raise SubmitRefusedError(
-                    f"commit {commit[:12]} with config {request.config_name} is already {duplicate.state.lower()} "
-                    f"as SLURM job {duplicate.job_id}; cancel it (`oracle kill --target slurm`) or pass --force"
-                )
+    with submissions_lock(root):  # two submits of the same commit and config cannot both pass the duplicate check
+        if not options.force:
+            refuse_duplicate(scheduler, request, f"config {request.config_name}")
         record = signed_record(root, request, attestation, spec_hash, lock_sha, trust)
         digest = write_submission_record(record_path, record, signing_key)
-        spec_file = record_path.with_suffix(".sbatch" if options.target == "slurm" else ".yaml")
+        spec_file = record_path.with_suffix(scheduler.spec_suffix)
         try:
-            return _send(root, options, env, request, record_path, digest, spec_file, spec_hash, lock_sha, commit)
+            return _send(root, scheduler, request, record_path, digest, spec_file, spec_hash, lock_sha, commit)
         except BaseException:
             # nothing reached the scheduler: no record may claim otherwise
             record_path.unlink(missing_ok=True)
@@ -422,21 +387,26 @@ def _submitter_key(trust: TrustRoot, env: Mapping[str, str], target: str) -> Any
 
 
 @contextlib.contextmanager
-def _submissions_lock(root: Path) -> Iterator[None]:
-    folder = root / SUBMISSIONS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def submissions_lock(root: Path) -> Iterator[None]:
+    """One submit at a time per checkout, from the duplicate check until the scheduler has the job."""
+    path = root / SUBMISSIONS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise SubmitRefusedError(
+            f"another `oracle submit` has held {path} for {LOCK_WAIT_S} s; let it finish (or end it), then submit"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _send(
     root: Path,
-    options: SubmitOptions,
-    env: dict[str, str],
+    scheduler: Scheduler,
     request: JobRequest,
     record_path: Path,
     digest: str,
@@ -448,53 +418,23 @@ def _send(
     """Render the spec bound to the record, check it once more, audit the intent, then hand it to the scheduler."""
     from oracle_base.atomic_write import write_atomically
 
-    record_in_job = str(record_path) if options.target == "slurm" else K8S_RECORD_PATH
     record_json = record_path.read_text(encoding="utf-8")
-    spec, documents = _render(request, digest, record_in_job, record_json, lock_sha)
-    problems = _validate(request, spec, documents, lock_sha)
-    if problems:  # the final rendering differs from the checked one only by the digest; this is a safety net
-        raise SubmitRefusedError(f"the rendered {options.target} spec fails the submit gate: {problems[0]}")
-    outcome = Submission(
-        options.target, request, spec, spec_hash, dry_run=False, record_path=record_path, digest=digest
+    rendered = scheduler.render(
+        request, digest=digest, record_path=record_path, record_json=record_json, lock_sha=lock_sha
     )
-    write_atomically(spec_file, spec.encode())
-    kubeconfig: Path | None = None
-    if options.target == "k8s":
-        from infra.k8s.apply import kubeconfig_present, list_project_jobs
-
-        kubeconfig = kubeconfig_present(env)
-        if kubeconfig is not None:
-            existing = list_project_jobs(request.project, request.namespace, kubeconfig=kubeconfig)
-            if f"job.batch/{request.job_name}" in existing:  # applying would replace its record under it
-                raise SubmitRefusedError(
-                    f"Job {request.namespace}/{request.job_name} already exists (a Job cannot be changed in place); "
-                    "cancel it with `oracle kill --target k8s`, then submit"
-                )
+    check_rendered(scheduler, rendered)  # the final rendering differs from the checked one only by the digest
+    outcome = Submission(
+        scheduler.name, request, rendered.text, spec_hash, dry_run=False, record_path=record_path, digest=digest
+    )
+    write_atomically(spec_file, rendered.text.encode())
+    conflict = scheduler.conflict(request)
+    if conflict is not None:
+        raise SubmitRefusedError(conflict)
     # the decision is on the audit log before anything reaches a scheduler (an audit failure stops here)
-    _audit(root, "submitting", commit, {"target": options.target, "digest": digest, "spec_hash": spec_hash})
-    if options.target == "slurm":
-        (root / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
-        outcome.job_id = slurm.submit(spec_file, environ=env)
-        outcome.submitted = True
-    elif options.target == "k8s":
-        from infra.k8s.apply import apply_manifests
-
-        if kubeconfig is None:
-            outcome.note = f"no kubeconfig (KUBECONFIG or ~/.kube/config): rendered to {spec_file}, not applied"
-        else:
-            # the training objects only: serving starts once a checkpoint exists (its manifests are in the spec file)
-            training = [d for d in documents if "oracle.dev/commit" in (d.get("metadata") or {}).get("labels", {})]
-            outcome.applied = apply_manifests(training, kubeconfig=kubeconfig)
-            outcome.job_id = f"{request.namespace}/{request.job_name}"
-            outcome.submitted = True
-    else:
-        from infra.argo.workflow import argo_configured, submit_workflow
-
-        if not argo_configured(env):
-            outcome.note = f"no Argo API configured (ARGO_SERVER): rendered to {spec_file}, not submitted"
-        else:
-            outcome.job_id = submit_workflow(documents[0], environ=env)
-            outcome.submitted = True
+    _audit(root, "submitting", commit, {"target": scheduler.name, "digest": digest, "spec_hash": spec_hash})
+    sent = scheduler.submit(rendered, spec_file)
+    outcome.job_id, outcome.applied, outcome.note = sent.job_id, sent.applied, sent.note
+    outcome.submitted = sent.job_id is not None
     return outcome
 
 

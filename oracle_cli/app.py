@@ -405,6 +405,7 @@ class SubmitTarget(StrEnum):
 class KillTarget(StrEnum):
     slurm = "slurm"
     k8s = "k8s"
+    argo = "argo"
 
 
 @app.command("submit")
@@ -482,18 +483,20 @@ def submit_command(
 
 @app.command("kill")
 def kill_command(
-    target: Annotated[KillTarget, typer.Option("--target", help="The scheduler whose jobs to cancel.")],
+    target: Annotated[
+        KillTarget, typer.Option("--target", help="The scheduler whose jobs to cancel: slurm, k8s or argo.")
+    ],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
 ) -> None:
     """The kill switch: cancel every queued or running job of this project (and only this project's).
 
     Example: oracle kill --target slurm --yes
+    Example: oracle kill --target argo
     """
     from guards.audit import AuditError
     from infra.kill_switch import kill
-    from infra.slurm import PartialCancelError
-    from infra.spec import ClusterError
+    from infra.spec import ClusterError, PartialCancelError
     from policies.settings import SettingsError
 
     def confirm(found: list[str]) -> bool:

@@ -1,5 +1,5 @@
 """The Argo Workflow of `oracle submit --target argo`, built from hera's typed models of Argo's API (generated from
-Argo's OpenAPI spec), its offline validation, and its submission to an Argo server.
+Argo's OpenAPI spec), and its offline validation (infra.argo.server sends it to an Argo server).
 
 The steps run in order, each a container of the locked image running `oracle …`: the data pipeline's stages
 (oracle/data/pipeline.py) fanned out over the workflow's data volume — `data-init` (the plan), `data-prepare` (one
@@ -20,7 +20,6 @@ import copy
 import functools
 import json
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,9 +48,9 @@ from infra.k8s.validate import explain, field_path, one_line
 from infra.spec import (
     IMAGE_WORKDIR,
     K8S_RECORD_PATH,
-    ClusterError,
     JobRequest,
     SpecError,
+    job_annotations,
     job_labels,
     time_seconds,
 )
@@ -198,11 +197,7 @@ def build_workflow(
     if data_tasks < 1:
         raise SpecError(f"data_tasks={data_tasks}: the data pipeline needs at least one task")
     labels = job_labels(request)
-    annotations = {
-        "oracle.dev/mark": request.mark,
-        "oracle.dev/config-hash": request.config_hash,
-        "oracle.dev/commit": request.commit,
-    }
+    annotations = job_annotations(request)
     data = m.VolumeMount(name="data", mount_path=DATA_DIR)
     runs = m.VolumeMount(name="checkpoints", mount_path=RUNS_DIR)
     inputs = [word for uri in data_inputs for word in ("--input", uri)]
@@ -374,46 +369,3 @@ def validate_workflow(document: dict[str, Any]) -> None:
         raise SpecError(
             f"{where}: {field_path(first['loc'])}: {one_line(first['msg'])} ({_argo_version()} model); fix that field"
         ) from exc
-
-
-# --- submission ---------------------------------------------------------------------------------------------------
-
-
-def argo_configured(environ: Mapping[str, str]) -> bool:
-    """Whether an Argo server is configured the way the `argo` CLI reads it (ARGO_SERVER=host:port)."""
-    return bool(environ.get("ARGO_SERVER", "").strip())
-
-
-def submit_workflow(document: dict[str, Any], *, environ: Mapping[str, str]) -> str:
-    """Create the workflow through the Argo server's API; returns `<namespace>/<name>`.
-
-    Reads ARGO_SERVER (host:port, or a URL), ARGO_SECURE (default true: https), ARGO_INSECURE_SKIP_VERIFY,
-    ARGO_TOKEN (sent as the Authorization header) and ARGO_NAMESPACE (default: the workflow's namespace).
-    """
-    from hera.exceptions import HeraException
-    from hera.workflows.service import WorkflowsService
-    from requests import RequestException
-
-    server = environ.get("ARGO_SERVER", "").strip()
-    if not server:
-        raise ClusterError("ARGO_SERVER is not set; set it to the Argo server's host:port")
-    if "://" not in server:
-        secure = environ.get("ARGO_SECURE", "true").lower() != "false"
-        server = f"{'https' if secure else 'http'}://{server}"
-    namespace = environ.get("ARGO_NAMESPACE") or document.get("metadata", {}).get("namespace") or "default"
-    service = WorkflowsService(
-        host=server,
-        token=environ.get("ARGO_TOKEN") or None,
-        verify_ssl=environ.get("ARGO_INSECURE_SKIP_VERIFY", "false").lower() != "true",
-        namespace=namespace,
-    )
-    request = m.WorkflowCreateRequest(namespace=namespace, workflow=m.Workflow.model_validate(document))
-    try:
-        with warnings.catch_warnings():
-            # hera's service serialises with pydantic's deprecated `.json()`; nothing for our callers to act on
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module="hera")
-            created = service.create_workflow(request, namespace=namespace)
-    except (HeraException, RequestException) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise ClusterError(f"the Argo server {server} refused the workflow: {one_line(message)}") from exc
-    return f"{namespace}/{created.metadata.name}"

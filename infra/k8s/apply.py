@@ -1,8 +1,10 @@
-"""Talking to the cluster: applying manifests, and listing or deleting this project's Jobs for the kill switch.
+"""Talking to the cluster: applying manifests, and listing or deleting this project's Jobs (the duplicate check and
+the kill switch, through infra.scheduler).
 
 `kubectl` is used when it is on PATH (server-side apply, field manager `oracle`); otherwise the `kubernetes` Python
-client does the same through its dynamic client and BatchV1Api. Every failure is a `ClusterError` whose message is
-one line: what failed, and the cluster's own first line about it.
+client does the same through its dynamic client and BatchV1Api. Jobs are listed as the API returns them (plain dicts,
+`kubectl get -o json`), selected by the API server on the labels asked for. Every failure is a `ClusterError` whose
+message is one line: what failed, and the cluster's own first line about it.
 """
 
 from __future__ import annotations
@@ -16,18 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from infra.k8s.manifests import Manifest, to_yaml
-from infra.spec import ClusterError
+from infra.spec import ClusterError, label_selector
 
 FIELD_MANAGER = "oracle"
-PROJECT_LABEL = "oracle.dev/project"
 KUBECTL_TIMEOUT_S = 300
 
 __all__ = [
     "ClusterError",
     "apply_manifests",
-    "delete_project_jobs",
+    "delete_jobs",
+    "get_jobs",
     "kubeconfig_present",
-    "list_project_jobs",
 ]
 
 
@@ -47,10 +48,6 @@ def kubeconfig_present(environ: Mapping[str, str]) -> Path | None:
 
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "no output")
-
-
-def _selector(project: str) -> str:
-    return f"{PROJECT_LABEL}={project}"
 
 
 def _kubectl(kubectl: str, args: list[str], *, kubeconfig: Path | None, stdin: str | None = None) -> str:
@@ -123,25 +120,34 @@ def _batch_api(kubeconfig: Path | None) -> Any:
     return client.BatchV1Api(_api_client(kubeconfig))
 
 
-def _list_with_client(project: str, namespace: str, kubeconfig: Path | None) -> list[str]:
+def _get_with_client(namespace: str, selector: str, kubeconfig: Path | None) -> list[dict[str, Any]]:
     try:
-        jobs = _batch_api(kubeconfig).list_namespaced_job(namespace, label_selector=_selector(project))
+        # the raw reply, so both paths hand back what `kubectl get -o json` prints
+        reply = _batch_api(kubeconfig).list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        items = json.loads(reply.data).get("items") or []
     except ClusterError:
         raise
     except Exception as exc:
         raise _client_error(exc, f"listing jobs in namespace {namespace}") from exc
-    return [f"job.batch/{job.metadata.name}" for job in jobs.items]
+    return [item for item in items if isinstance(item, dict)]
 
 
-def _delete_with_client(project: str, namespace: str, kubeconfig: Path | None) -> list[str]:
-    names = _list_with_client(project, namespace, kubeconfig)
+def _delete_with_client(names: Sequence[str], namespace: str, kubeconfig: Path | None) -> list[str]:
+    from kubernetes.client.exceptions import ApiException
+
     api = _batch_api(kubeconfig)
+    deleted = []
     for name in names:
         try:
-            api.delete_namespaced_job(name.split("/", 1)[1], namespace, propagation_policy="Foreground")
+            api.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status == 404:  # gone since it was listed, as kubectl --ignore-not-found
+                continue
+            raise _client_error(exc, f"deleting job.batch/{name} in namespace {namespace}") from exc
         except Exception as exc:
-            raise _client_error(exc, f"deleting {name} in namespace {namespace}") from exc
-    return names
+            raise _client_error(exc, f"deleting job.batch/{name} in namespace {namespace}") from exc
+        deleted.append(f"job.batch/{name}")
+    return deleted
 
 
 # --- the public operations ----------------------------------------------------------------------------------------
@@ -158,30 +164,28 @@ def apply_manifests(manifests: Sequence[Manifest], *, kubeconfig: Path | None) -
     return [f"{manifest['kind']}/{manifest['metadata']['name']}" for manifest in manifests]
 
 
-def list_project_jobs(project: str, namespace: str, *, kubeconfig: Path | None) -> list[str]:
-    """The project's Jobs in the namespace (label `oracle.dev/project=<project>`), as `job.batch/<name>`."""
+def get_jobs(namespace: str, labels: Mapping[str, str], *, kubeconfig: Path | None) -> list[dict[str, Any]]:
+    """The Jobs in the namespace carrying every one of `labels` (the API server selects), as the API returns them."""
+    selector = label_selector(labels)
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return _list_with_client(project, namespace, kubeconfig)
-    args = ["get", "jobs", "--namespace", namespace, "-l", _selector(project), "-o", "name"]
-    return _names(_kubectl(kubectl, args, kubeconfig=kubeconfig))
+        return _get_with_client(namespace, selector, kubeconfig)
+    args = ["get", "jobs", "--namespace", namespace, "-l", selector, "-o", "json"]
+    output = _kubectl(kubectl, args, kubeconfig=kubeconfig)
+    try:
+        items = json.loads(output).get("items") or []
+    except (ValueError, AttributeError) as exc:
+        raise ClusterError(f"kubectl get jobs printed no job list: {_first_line(output)}") from exc
+    return [item for item in items if isinstance(item, dict)]
 
 
-def delete_project_jobs(project: str, namespace: str, *, kubeconfig: Path | None) -> list[str]:
-    """Delete the project's Jobs and, in the foreground, their pods; returns what was deleted, without waiting."""
+def delete_jobs(names: Sequence[str], namespace: str, *, kubeconfig: Path | None) -> list[str]:
+    """Delete these Jobs and, in the foreground, their pods, without waiting; returns `job.batch/<name>` of each one
+    deleted (one already gone is skipped)."""
+    if not names:
+        return []
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return _delete_with_client(project, namespace, kubeconfig)
-    args = [
-        "delete",
-        "jobs",
-        "--namespace",
-        namespace,
-        "-l",
-        _selector(project),
-        "--cascade=foreground",
-        "--wait=false",
-        "-o",
-        "name",
-    ]
-    return _names(_kubectl(kubectl, args, kubeconfig=kubeconfig))
+        return _delete_with_client(names, namespace, kubeconfig)
+    args = ["delete", "jobs", *names, "--namespace", namespace, "--ignore-not-found", "--cascade=foreground"]
+    return _names(_kubectl(kubectl, [*args, "--wait=false", "-o", "name"], kubeconfig=kubeconfig))

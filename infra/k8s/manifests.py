@@ -28,6 +28,7 @@ from infra.spec import (
     RENDEZVOUS_PORT,
     JobRequest,
     SpecError,
+    job_annotations,
     job_labels,
     project_labels,
     time_seconds,
@@ -129,17 +130,9 @@ def gpu_resources(gpus: int) -> client.V1ResourceRequirements | None:
     return client.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}) if gpus > 0 else None
 
 
-def _annotations(request: JobRequest) -> dict[str, str]:
-    return {
-        "oracle.dev/mark": request.mark,
-        "oracle.dev/config-hash": request.config_hash,
-        "oracle.dev/commit": request.commit,
-    }
-
-
 def _metadata(request: JobRequest, name: str, labels: dict[str, str]) -> client.V1ObjectMeta:
     return client.V1ObjectMeta(
-        name=name, namespace=request.namespace, labels=dict(labels), annotations=_annotations(request)
+        name=name, namespace=request.namespace, labels=dict(labels), annotations=job_annotations(request)
     )
 
 
@@ -346,7 +339,7 @@ def build_training(
                 # the runtime check reads the digest back from the API server (guards.job_identity)
                 metadata=client.V1ObjectMeta(
                     labels=dict(labels),
-                    annotations={**_annotations(request), POD_DIGEST_ANNOTATION: env[DIGEST_ENV]},
+                    annotations={**job_annotations(request), POD_DIGEST_ANNOTATION: env[DIGEST_ENV]},
                 ),
                 spec=pod,
             ),
@@ -360,7 +353,7 @@ def build_training(
         pods={"oracle.dev/project": request.project, "app.kubernetes.io/name": job},
         peers={"oracle.dev/project": request.project, "app.kubernetes.io/name": job},
         egress_cidrs=request.egress_cidrs,
-        annotations=_annotations(request),
+        annotations=job_annotations(request),
     )
     return [account, role, binding, record, claim, rendezvous, egress, training]
 
@@ -419,7 +412,7 @@ def build_serving(
             replicas=replicas,
             selector=client.V1LabelSelector(match_labels=dict(labels)),
             template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=dict(labels), annotations=_annotations(request)),
+                metadata=client.V1ObjectMeta(labels=dict(labels), annotations=job_annotations(request)),
                 spec=client.V1PodSpec(
                     service_account_name=service_account_name(request.project),
                     automount_service_account_token=False,

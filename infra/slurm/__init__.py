@@ -20,9 +20,10 @@ import jinja2
 
 from guards.job_identity import DIGEST_FIELD, comment_for
 from guards.startup import JOB_SITE_HOOK
-from infra.spec import RENDEZVOUS_PORT, ClusterError, JobRequest
+from infra.spec import RENDEZVOUS_PORT, ClusterError, JobRequest, PartialCancelError
 
 TEMPLATE = Path(__file__).with_name("train.sbatch.j2")
+LOG_DIR = Path("runs") / "slurm"  # the jobs' output, relative to the checkout they run in
 # States after which a job never runs again; squeue may still list them for a moment (everything else is live).
 FINAL_STATES = frozenset(
     {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
@@ -34,14 +35,6 @@ _NAME_FIELDS = "%i|%j"
 
 class SlurmError(ClusterError):
     """A SLURM client failed or is missing; the message is one line with the client's own words."""
-
-
-class PartialCancelError(SlurmError):
-    """Some jobs were cancelled, others not; `cancelled` lists the ones that were."""
-
-    def __init__(self, cancelled: list[str], message: str) -> None:
-        super().__init__(message)
-        self.cancelled = cancelled
 
 
 @dataclass(frozen=True)

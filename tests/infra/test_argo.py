@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
 
 from infra import checks
+from infra.argo.server import argo_configured, submit_workflow
 from infra.argo.workflow import (
     DATA_STEPS,
     DEFAULT_REPO_ID,
     STEPS,
-    argo_configured,
     build_workflow,
-    submit_workflow,
     to_yaml,
     validate_workflow,
 )
 from infra.k8s.validate import validate_manifests
 from infra.spec import K8S_RECORD_PATH, ClusterError, JobRequest, SpecError, job_environment, job_labels
-from tests.infra.test_k8s import DIGEST, RECORD, StubApi, job_request
+from tests.infra.test_k8s import DIGEST, RECORD, LocalApi, StubApi, job_request
 
 
 def argo_request(**changes: Any) -> JobRequest:
@@ -312,3 +313,98 @@ def test_the_workflow_carries_the_runtime_layer(nodes: int) -> None:
     stripped = copy.deepcopy(document)
     stripped["spec"]["templates"] = [t for t in stripped["spec"]["templates"] if t["name"] != "network-policy"]
     assert [p[:6] for p in checks.check_runtime_layer([stripped])] == ["SUB004"]
+
+
+# --- a strict stand-in for the Argo server's workflow API ---------------------------------------------------------
+
+_SELECTOR = re.compile(r"[a-z0-9./-]+=[A-Za-z0-9._-]+(,[a-z0-9./-]+=[A-Za-z0-9._-]+)*")
+
+
+class FakeArgo(LocalApi):
+    """A local Argo server holding workflows in memory. It answers the three requests oracle makes (create, list by a
+    `key=value[,key=value]` label selector, terminate by name, each with its method, path and body) as Argo's
+    `/api/v1/workflows` API does, and refuses anything else with an error that it also records in `refused`."""
+
+    def __init__(self) -> None:
+        self.workflows: list[dict[str, Any]] = []
+        self.refused: list[str] = []
+        self.failing: set[str] = set()  # names whose termination the server refuses
+        super().__init__(self._respond)
+        self.address = self.url.removeprefix("http://")
+        self.env = {"ARGO_SERVER": self.address, "ARGO_SECURE": "false", "ARGO_TOKEN": "t0k"}
+
+    def _respond(self, request: dict[str, Any]) -> tuple[int, object]:
+        query = parse_qs(request["query"], keep_blank_values=True)
+        status, payload = self.answer(request["method"], request["path"], query, request["body"])
+        if status in (400, 405):  # a request the Argo API does not know, or not in the form oracle sends
+            self.refused.append(f"{request['method']} {request['path']}?{request['query']}: {payload}")
+        return status, payload
+
+    def calls(self) -> list[tuple[str, str]]:
+        """(method, path[?query]) of every request, in order."""
+        return [(r["method"], r["path"] + (f"?{r['query']}" if r["query"] else "")) for r in self.requests]
+
+    def add(self, name: str, labels: dict[str, str], annotations: dict[str, str] | None = None, **status: str) -> None:
+        metadata = {"name": name, "namespace": "oracle", "labels": labels, "annotations": annotations or {}}
+        self.workflows.append({"metadata": metadata, "spec": {}, "status": {"phase": "Running", **status}})
+
+    def phases(self) -> dict[str, str]:
+        return {w["metadata"]["name"]: w["status"].get("phase", "") for w in self.workflows}
+
+    def answer(self, method: str, path: str, query: dict[str, list[str]], body: str) -> tuple[int, object]:
+        parts = path.split("/")
+        if parts[:4] != ["", "api", "v1", "workflows"] or len(parts) < 5:
+            return 405, {"message": "unknown path"}
+        namespace, rest = parts[4], parts[5:]
+        if method == "GET" and not rest:
+            selectors = query.get("listOptions.labelSelector", [])
+            if (
+                set(query) != {"listOptions.labelSelector"}
+                or len(selectors) != 1
+                or not _SELECTOR.fullmatch(selectors[0])
+            ):
+                return 400, {"message": f"unexpected query {query}"}
+            wanted = dict(part.split("=") for part in selectors[0].split(","))
+            items = [
+                w
+                for w in self.workflows
+                if w["metadata"]["namespace"] == namespace
+                and all(w["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+            ]
+            return 200, {"metadata": {}, "items": items or None}  # Argo answers `null` for none
+        if method == "PUT" and len(rest) == 2 and rest[1] == "terminate" and not query:
+            if json.loads(body or "null") != {"name": rest[0], "namespace": namespace}:
+                return 400, {"message": f"unexpected body {body}"}
+            found = [
+                w for w in self.workflows if w["metadata"] == {**w["metadata"], "name": rest[0], "namespace": namespace}
+            ]
+            if not found:
+                return 404, {"message": f'workflows.argoproj.io "{rest[0]}" not found'}
+            if rest[0] in self.failing:
+                return 409, {"message": "the server refuses to terminate it"}
+            found[0]["status"] = {"phase": "Failed", "message": "Stopped with strategy 'Terminate'"}
+            return 200, found[0]
+        if method == "POST" and not rest and not query:
+            request = json.loads(body)
+            workflow = request["workflow"]
+            if request.get("namespace") != namespace or workflow["metadata"].get("namespace") != namespace:
+                return 400, {"message": "namespace mismatch"}
+            name = workflow["metadata"]["generateName"] + f"{len(self.workflows):05d}"
+            workflow["metadata"] = {**workflow["metadata"], "name": name}
+            workflow["status"] = {}
+            self.workflows.append(workflow)
+            return 200, workflow
+        return 405, {"message": f"method {method} not allowed on {path}"}
+
+
+def test_the_argo_stand_in_refuses_what_oracle_never_asks() -> None:
+    """The stand-in is strict, so a changed request fails the tests rather than passing against a lenient fake."""
+    import requests
+
+    with FakeArgo() as argo:
+        base = f"http://{argo.address}/api/v1/workflows/oracle"
+        assert requests.get(base, params={"listOptions.labelSelector": "a in (b)"}, timeout=5).status_code == 400
+        assert requests.get(base, timeout=5).status_code == 400
+        assert requests.delete(f"{base}/w", timeout=5).status_code == 405
+        assert requests.put(f"{base}/w/stop", json={}, timeout=5).status_code == 405
+    assert len(argo.refused) == 4

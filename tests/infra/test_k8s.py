@@ -7,13 +7,14 @@ import base64
 import copy
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs
 
 import kubernetes_validate
@@ -22,7 +23,7 @@ import yaml
 
 from guards.process_policy import OFFLINE_ENV
 from infra import checks
-from infra.k8s.apply import apply_manifests, delete_project_jobs, kubeconfig_present, list_project_jobs
+from infra.k8s.apply import apply_manifests, delete_jobs, get_jobs, kubeconfig_present
 from infra.k8s.manifests import (
     RUNS_DIR,
     serving_manifests,
@@ -340,40 +341,132 @@ def test_an_unknown_kind_is_rejected() -> None:
         validate_manifests([document])
 
 
-# --- applying, listing, deleting: a fake kubectl ------------------------------------------------------------------
+# --- applying, listing, deleting: a recording kubectl stand-in -------------------------------------------------------
 
+# A `kubectl` that knows the three command lines oracle runs (server-side apply from stdin; get jobs by a label selector
+# as JSON; delete named jobs) and fails on anything else, an unknown flag or a selector other than `k=v[,k=v]`. Its
+# cluster is a JSON file of Jobs: apply adds the Jobs it is given, delete removes them, get selects on namespace and
+# labels as the API server does.
 FAKE_KUBECTL = """#!{python}
-import json, os, sys
+import json, os, re, sys
+import yaml
+
+def refuse(message):
+    sys.stderr.write("fake kubectl: " + message + "\\n")
+    sys.exit(2)
+
+def selector(text):
+    wanted = {{}}
+    for part in text.split(","):
+        if not re.fullmatch(r"[a-z0-9./-]+=[A-Za-z0-9._-]+", part):
+            refuse("selector " + repr(text) + " is not key=value[,key=value]")
+        key, value = part.split("=")
+        wanted[key] = value
+    return wanted
+
+argv = sys.argv[1:]
+stdin = sys.stdin.read()
 with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
-    log.write(json.dumps({{"argv": sys.argv[1:], "stdin": sys.stdin.read()}}) + "\\n")
-if os.environ.get("FAKE_KUBECTL_ERROR"):
-    sys.stderr.write(os.environ["FAKE_KUBECTL_ERROR"])
+    log.write(json.dumps({{"argv": argv, "stdin": stdin}}) + "\\n")
+state_file = os.environ["FAKE_KUBECTL_STATE"]
+with open(state_file) as handle:
+    state = json.load(handle)
+if state["error"]:
+    sys.stderr.write(state["error"])
     sys.exit(1)
-sys.stdout.write(os.environ.get("FAKE_KUBECTL_OUTPUT", ""))
+args = argv[2:] if argv[:1] == ["--kubeconfig"] else argv
+jobs = state["jobs"]
+if args == ["apply", "--server-side", "--field-manager=oracle", "-f", "-"]:
+    for document in yaml.safe_load_all(stdin):
+        meta = document["metadata"]
+        if document["kind"] == "Job":
+            jobs.append({{"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "status": {{}}}})
+        print(document["kind"].lower() + "/" + meta["name"] + " serverside-applied")
+elif len(args) == 8 and args[:3] == ["get", "jobs", "--namespace"] and args[4] == "-l" and args[6:] == ["-o", "json"]:
+    namespace, wanted = args[3], selector(args[5])
+    items = [
+        job for job in jobs
+        if job["metadata"]["namespace"] == namespace
+        and all(job["metadata"].get("labels", {{}}).get(k) == v for k, v in wanted.items())
+    ]
+    print(json.dumps({{"apiVersion": "v1", "kind": "List", "items": items}}))
+elif args[:2] == ["delete", "jobs"] and "--namespace" in args:
+    at = args.index("--namespace")
+    names, rest = args[2:at], args[at + 1:]
+    if not names or len(rest) != 6 or rest[1:] != [
+        "--ignore-not-found", "--cascade=foreground", "--wait=false", "-o", "name"
+    ]:
+        refuse("unknown delete command line " + repr(args))
+    for name in names:
+        found = [j for j in jobs if j["metadata"]["name"] == name and j["metadata"]["namespace"] == rest[0]]
+        for job in found:
+            jobs.remove(job)
+            print("job.batch/" + name)
+else:
+    refuse("unknown command " + repr(args))
+with open(state_file, "w") as handle:
+    json.dump(state, handle)
 """
+
+JOB_STATUS = {
+    "Pending": {},
+    "Running": {"active": 1},
+    "Complete": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    "Failed": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]},
+}
 
 
 class FakeKubectl:
-    """A `kubectl` first on PATH that records its argv and stdin and prints canned output."""
+    """A strict `kubectl` first on PATH over a cluster of Jobs kept in a file; it records every argv and stdin."""
 
     def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log = directory / "calls.jsonl"
+        self.state = directory / "cluster.json"
+        self.state.write_text(json.dumps({"jobs": [], "error": ""}))
         script = directory / "bin" / "kubectl"
         script.parent.mkdir()
         script.write_text(FAKE_KUBECTL.format(python=sys.executable))
         script.chmod(0o755)
         self.kubeconfig = directory / "kubeconfig"
         self.kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-        self._monkeypatch = monkeypatch
         monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.setenv("FAKE_KUBECTL_LOG", str(self.log))
+        monkeypatch.setenv("FAKE_KUBECTL_STATE", str(self.state))
+        self.env = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": os.environ["PATH"],
+            "FAKE_KUBECTL_LOG": str(self.log),
+            "FAKE_KUBECTL_STATE": str(self.state),
+        }
 
-    def answer(self, output: str = "", error: str = "") -> None:
-        self._monkeypatch.setenv("FAKE_KUBECTL_OUTPUT", output)
-        self._monkeypatch.setenv("FAKE_KUBECTL_ERROR", error)
+    def _cluster(self) -> dict[str, Any]:
+        cluster: dict[str, Any] = json.loads(self.state.read_text())
+        return cluster
+
+    def add_job(
+        self,
+        name: str,
+        *,
+        namespace: str = "oracle",
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        state: str = "Running",
+    ) -> None:
+        cluster = self._cluster()
+        metadata = {"name": name, "namespace": namespace, "labels": labels or {}, "annotations": annotations or {}}
+        cluster["jobs"].append(
+            {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "status": JOB_STATUS[state]}
+        )
+        self.state.write_text(json.dumps(cluster))
+
+    def fail_with(self, error: str) -> None:
+        self.state.write_text(json.dumps({**self._cluster(), "error": error}))
+
+    def jobs(self) -> list[str]:
+        return [f"{job['metadata']['namespace']}/{job['metadata']['name']}" for job in self._cluster()["jobs"]]
 
     def calls(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
 
 @pytest.fixture
@@ -384,7 +477,6 @@ def kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKubectl:
 def test_apply_pipes_the_manifests_to_kubectl_server_side(kubectl: FakeKubectl) -> None:
     """Checks the command line and the YAML kubectl receives, not a real cluster (none can run here)."""
     documents = manifests()
-    kubectl.answer(output="serviceaccount/oracle-jobs serverside-applied\n")
     applied = apply_manifests(documents, kubeconfig=kubectl.kubeconfig)
     (call,) = kubectl.calls()
     assert call["argv"] == [
@@ -410,6 +502,7 @@ def test_apply_pipes_the_manifests_to_kubectl_server_side(kubectl: FakeKubectl) 
         "Service/oracle-serve",
         "NetworkPolicy/oracle-serve-egress",
     ]
+    assert kubectl.jobs() == ["oracle/oracle-train-oracle-mini"]
 
 
 def test_apply_without_a_kubeconfig_leaves_kubectl_its_default(kubectl: FakeKubectl) -> None:
@@ -418,47 +511,64 @@ def test_apply_without_a_kubeconfig_leaves_kubectl_its_default(kubectl: FakeKube
     assert kubectl.calls()[0]["argv"][:2] == ["apply", "--server-side"]
 
 
-def test_kill_switch_lists_and_deletes_jobs_by_the_project_label(kubectl: FakeKubectl) -> None:
-    """Checks the command lines and how kubectl's `-o name` output is read, not a real cluster."""
-    kubectl.answer(output="job.batch/oracle-train-a\njob.batch/oracle-train-b\n")
-    assert list_project_jobs("oracle", "ml", kubeconfig=kubectl.kubeconfig) == [
-        "job.batch/oracle-train-a",
-        "job.batch/oracle-train-b",
-    ]
-    assert delete_project_jobs("oracle", "ml", kubeconfig=kubectl.kubeconfig) == [
-        "job.batch/oracle-train-a",
-        "job.batch/oracle-train-b",
-    ]
-    listed, deleted = (call["argv"] for call in kubectl.calls())
+def test_jobs_are_listed_by_label_selector_and_deleted_by_name(kubectl: FakeKubectl) -> None:
+    """Checks the command lines and how kubectl's JSON and `-o name` output is read, not a real cluster."""
+    ours = {"oracle.dev/project": "oracle"}
+    kubectl.add_job("oracle-train-a", namespace="ml", labels=ours)
+    kubectl.add_job("oracle-train-b", namespace="ml", labels=ours, state="Complete")
+    kubectl.add_job("oracle-train-c", namespace="ml", labels={"oracle.dev/project": "oracle2"})
+    kubectl.add_job("oracle-train-d", namespace="other", labels=ours)
+    listed = get_jobs("ml", ours, kubeconfig=kubectl.kubeconfig)
+    assert [job["metadata"]["name"] for job in listed] == ["oracle-train-a", "oracle-train-b"]
+    assert listed[1]["status"]["conditions"] == [{"type": "Complete", "status": "True"}]
+    deleted = delete_jobs(["oracle-train-a", "oracle-train-b", "gone"], "ml", kubeconfig=kubectl.kubeconfig)
+    assert deleted == ["job.batch/oracle-train-a", "job.batch/oracle-train-b"]
+    assert kubectl.jobs() == ["ml/oracle-train-c", "other/oracle-train-d"]
+    listing, deletion = (call["argv"] for call in kubectl.calls())
     config = ["--kubeconfig", str(kubectl.kubeconfig)]
-    assert listed == [*config, "get", "jobs", "--namespace", "ml", "-l", "oracle.dev/project=oracle", "-o", "name"]
-    assert deleted == [
+    assert listing == [*config, "get", "jobs", "--namespace", "ml", "-l", "oracle.dev/project=oracle", "-o", "json"]
+    assert deletion == [
         *config,
         "delete",
         "jobs",
+        "oracle-train-a",
+        "oracle-train-b",
+        "gone",
         "--namespace",
         "ml",
-        "-l",
-        "oracle.dev/project=oracle",
+        "--ignore-not-found",
         "--cascade=foreground",
         "--wait=false",
         "-o",
         "name",
     ]
+    assert delete_jobs([], "ml", kubeconfig=kubectl.kubeconfig) == []
+    assert len(kubectl.calls()) == 2  # nothing to delete asks nothing
 
 
 def test_no_jobs_listed_is_an_empty_list(kubectl: FakeKubectl) -> None:
-    kubectl.answer(output="")
-    assert list_project_jobs("oracle", "ml", kubeconfig=None) == []
+    assert get_jobs("ml", {"oracle.dev/project": "oracle"}, kubeconfig=None) == []
+
+
+def test_the_kubectl_stand_in_refuses_what_oracle_never_runs(kubectl: FakeKubectl) -> None:
+    """The stand-in is strict, so a changed command line fails the tests rather than passing against a lenient fake."""
+    with pytest.raises(ClusterError, match=r"fake kubectl: selector 'oracle.dev/project in \(oracle\)=' is not"):
+        get_jobs("ml", {"oracle.dev/project in (oracle)": ""}, kubeconfig=None)
+    kubectl.add_job("j", namespace="ml")
+    for args in (["get", "pods"], ["delete", "jobs", "j", "--namespace", "ml"], ["apply", "-f", "-"]):
+        done = subprocess.run(["kubectl", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        assert done.returncode == 2, args
+        assert done.stderr.startswith("fake kubectl: unknown"), done.stderr
+    assert kubectl.jobs() == ["ml/j"]
 
 
 def test_a_kubectl_failure_is_one_line_naming_kubectl_and_its_error(kubectl: FakeKubectl) -> None:
-    kubectl.answer(error="\nerror: You must be logged in to the server (Unauthorized)\nsecond line\n")
+    kubectl.fail_with("\nerror: You must be logged in to the server (Unauthorized)\nsecond line\n")
     with pytest.raises(ClusterError) as caught:
         apply_manifests(manifests(), kubeconfig=kubectl.kubeconfig)
     assert str(caught.value) == "kubectl apply failed: error: You must be logged in to the server (Unauthorized)"
     with pytest.raises(ClusterError, match=r"^kubectl delete failed: error: You must be logged in"):
-        delete_project_jobs("oracle", "ml", kubeconfig=None)
+        delete_jobs(["j"], "ml", kubeconfig=None)
 
 
 def test_kubeconfig_present_follows_kubectl(tmp_path: Path) -> None:
@@ -476,23 +586,22 @@ def test_kubeconfig_present_follows_kubectl(tmp_path: Path) -> None:
 # --- without kubectl: the Python client against a stub API server -------------------------------------------------
 
 
-class StubApi:
-    """A local HTTP server answering each (method, path) with a canned JSON reply and recording the requests."""
+class LocalApi:
+    """A local HTTP server that records every request (method, path, query, body, headers) and answers each with
+    `answer(request)`: a status and a JSON payload."""
 
-    def __init__(self, replies: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> None:
-        self.replies = replies
+    def __init__(self, answer: Callable[[dict[str, Any]], tuple[int, object]]) -> None:
         self.requests: list[dict[str, Any]] = []
-        stub = self
+        api = self
 
         class Handler(BaseHTTPRequestHandler):
             def _reply(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode() if length else ""
                 path, _, query = self.path.partition("?")
-                stub.requests.append(
-                    {"method": self.command, "path": path, "query": query, "body": body, "headers": dict(self.headers)}
-                )
-                status, payload = stub.replies.get((self.command, path), (404, {"message": f"no stub for {path}"}))
+                request = {"method": self.command, "path": path, "query": query, "body": body}
+                api.requests.append({**request, "headers": dict(self.headers)})
+                status, payload = answer(request)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -500,7 +609,7 @@ class StubApi:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_DELETE = do_PATCH = _reply
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _reply
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -508,13 +617,24 @@ class StubApi:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> StubApi:
+    def __enter__(self) -> Self:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StubApi(LocalApi):
+    """A local HTTP server answering each (method, path) with a canned JSON reply and recording the requests."""
+
+    def __init__(self, replies: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> None:
+        super().__init__(
+            lambda request: replies.get(
+                (request["method"], request["path"]), (404, {"message": f"no stub for {request['path']}"})
+            )
+        )
 
 
 @pytest.fixture
@@ -541,16 +661,23 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 def test_without_kubectl_the_client_lists_and_deletes_in_the_foreground(tmp_path: Path) -> None:
     """Checks the API requests the client makes, against a stub server (no cluster here)."""
     jobs = "/apis/batch/v1/namespaces/ml/jobs"
-    job_list = {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [{"metadata": {"name": "j1"}}]}
+    item = {"metadata": {"name": "j1", "labels": {"oracle.dev/project": "oracle"}}, "status": {"active": 1}}
+    job_list = {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [item]}
     status = {"apiVersion": "v1", "kind": "Status", "status": "Success"}
-    with StubApi({("GET", jobs): (200, job_list), ("DELETE", f"{jobs}/j1"): (200, status)}) as api:
+    gone = {"kind": "Status", "message": 'jobs.batch "j2" not found', "code": 404}
+    replies = {
+        ("GET", jobs): (200, job_list),
+        ("DELETE", f"{jobs}/j1"): (200, status),
+        ("DELETE", f"{jobs}/j2"): (404, gone),
+    }
+    with StubApi(replies) as api:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-        assert list_project_jobs("oracle", "ml", kubeconfig=kubeconfig) == ["job.batch/j1"]
-        assert delete_project_jobs("oracle", "ml", kubeconfig=kubeconfig) == ["job.batch/j1"]
+        assert get_jobs("ml", {"oracle.dev/project": "oracle"}, kubeconfig=kubeconfig) == [item]
+        assert delete_jobs(["j1", "j2"], "ml", kubeconfig=kubeconfig) == ["job.batch/j1"]  # j2 was gone already
     listing = api.requests[0]
     assert parse_qs(listing["query"]) == {"labelSelector": ["oracle.dev/project=oracle"]}
     assert {k.lower(): v for k, v in listing["headers"].items()}["authorization"] == "Bearer t0ken"
-    deletion = api.requests[-1]
+    deletion = api.requests[1]
     assert (deletion["method"], deletion["path"]) == ("DELETE", f"{jobs}/j1")
     assert parse_qs(deletion["query"]) == {"propagationPolicy": ["Foreground"]}
 
@@ -561,7 +688,7 @@ def test_without_kubectl_an_api_refusal_is_a_cluster_error(tmp_path: Path) -> No
     with StubApi({("GET", "/apis/batch/v1/namespaces/ml/jobs"): (403, forbidden)}) as api:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
         with pytest.raises(ClusterError) as caught:
-            list_project_jobs("oracle", "ml", kubeconfig=kubeconfig)
+            get_jobs("ml", {"oracle.dev/project": "oracle"}, kubeconfig=kubeconfig)
     assert str(caught.value) == (
         'listing jobs in namespace ml failed: 403 jobs.batch is forbidden: User "x" cannot list'
     )
