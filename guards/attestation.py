@@ -25,6 +25,7 @@ from guards.result import GateResult
 from guards.trust import ATTESTATION as ATTESTATION_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle_base.atomic_write import write_atomically
+from oracle_base.digests import sha256_file
 from policies.rule import Gate
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -54,7 +55,6 @@ REASONS = frozenset(
 
 _REATTEST = "run `make guards` (nox -s guards), which attests on a passing ci gate"
 _SHOWN_DIRTY_PATHS = 5
-_CHUNK = 1 << 20
 
 
 class AttestationError(RuntimeError):
@@ -81,15 +81,6 @@ def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def file_digest(path: Path) -> str:
-    """sha256 hex of a file's content, read in chunks so large files do not fill memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def policy_bundle_files(root: Path) -> list[Path]:
     """The files whose content decides what the gates enforce: policy modules, settings and waivers."""
     files = sorted((root / paths.POLICIES_DIR).glob("*.py"))
@@ -99,7 +90,7 @@ def policy_bundle_files(root: Path) -> list[Path]:
 
 def policy_bundle_digest(root: Path) -> str:
     """sha256 of the canonical JSON list of sorted (relative posix path, content sha256) pairs of the bundle."""
-    entries = sorted([path.relative_to(root).as_posix(), file_digest(path)] for path in policy_bundle_files(root))
+    entries = sorted([path.relative_to(root).as_posix(), sha256_file(path)] for path in policy_bundle_files(root))
     return hashlib.sha256(canonical_json(entries)).hexdigest()
 
 
@@ -107,9 +98,9 @@ def current_digests(root: Path) -> dict[str, str | None]:
     """The sha256 of each non-tree subject as it is now; None for a file that does not exist."""
     lock, model_config = root / paths.LOCK_FILE, root / paths.MODEL_CONFIG
     return {
-        LOCK_SUBJECT: file_digest(lock) if lock.is_file() else None,
+        LOCK_SUBJECT: sha256_file(lock) if lock.is_file() else None,
         POLICY_SUBJECT: policy_bundle_digest(root),
-        MODEL_CONFIG_SUBJECT: file_digest(model_config) if model_config.is_file() else None,
+        MODEL_CONFIG_SUBJECT: sha256_file(model_config) if model_config.is_file() else None,
     }
 
 

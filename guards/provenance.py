@@ -21,11 +21,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import keys
-from guards.attestation import canonical_json, envelope, file_digest, pae
+from guards.attestation import canonical_json, envelope, pae
 from guards.trust import PROVENANCE as PROVENANCE_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle_base.atomic_write import write_atomically
 from oracle_base.bounded_read import read_regular_file
+from oracle_base.digests import sha256_file
 
 PROVENANCE_FILE = "provenance.json"
 PAYLOAD_TYPE = "application/vnd.oracle.provenance+json"
@@ -49,7 +50,7 @@ def write_provenance(
     documents the run."""
     given = digests or {}
     record = {
-        "files": {name: given[name] if name in given else file_digest(directory / name) for name in sorted(weights)},
+        "files": {name: given[name] if name in given else sha256_file(directory / name) for name in sorted(weights)},
         **facts,
     }
     path = directory / PROVENANCE_FILE
@@ -65,7 +66,7 @@ def derived_facts(checkpoint: Path, record: dict[str, Any], **facts: Any) -> dic
     }
     source: dict[str, Any] = {
         "checkpoint": str(checkpoint),
-        "provenance_sha256": file_digest(checkpoint / PROVENANCE_FILE),
+        "provenance_sha256": sha256_file(checkpoint / PROVENANCE_FILE),
         **identity,
     }
     return {"source": source, **facts}
@@ -118,7 +119,7 @@ def verify_provenance(
         files = {name: files[name] for name in only}
     for name, digest in files.items():
         target = directory / name
-        if not target.is_file() or file_digest(target) != digest:
+        if not target.is_file() or sha256_file(target) != digest:
             raise ProvenanceError(f"{path}: {name} is missing or its sha256 differs from the signed record")
     return record
 

@@ -259,6 +259,6 @@ def require_serving_allowed(
 
 
 def _sha256_or_none(path: Path) -> str | None:
-    from guards.attestation import file_digest
+    from oracle_base.digests import sha256_file
 
-    return file_digest(path) if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None

@@ -33,7 +33,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from guards.attestation import file_digest
 from guards.checkpoint_files import (
     CONFIG,
     GENERATION_CONFIG,
@@ -53,6 +52,7 @@ from oracle.moe850b.partitioned import PartitionedReader, parse_index
 from oracle.moe850b.weights import CheckpointError
 from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, SPECIAL_TOKENS
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
+from oracle_base.digests import sha256_file
 
 ARCHITECTURE = "Qwen2MoeForCausalLM"
 MODEL_TYPE = "qwen2_moe"
@@ -291,7 +291,7 @@ def verified_source(checkpoint: Path, root: Path) -> Source:
         config = parse_config(contributed.pop(CONFIG).decode("utf-8"), checkpoint / CONFIG)
     except (UncoveredFileError, ConfigError, UnicodeDecodeError) as exc:
         raise ExportError(f"--checkpoint {checkpoint}: {exc}", refused=True) from exc
-    provenance = file_digest(checkpoint / PROVENANCE_FILE)
+    provenance = sha256_file(checkpoint / PROVENANCE_FILE)
     return Source(checkpoint, record, provenance, config, contributed)
 
 
@@ -302,7 +302,6 @@ class PinnedFile:
     path, or a write restored before a second hash, cannot slip other weights into a signed export."""
 
     def __init__(self, path: Path, sha256: str) -> None:
-        import hashlib
         import stat
 
         self.path = path
@@ -315,19 +314,15 @@ class PinnedFile:
             self.stat = os.fstat(self.fd)
             if not stat.S_ISREG(self.stat.st_mode):
                 raise ExportError(f"{path}: not a regular file; export a checkpoint `oracle train` wrote", refused=True)
-            digest, offset = hashlib.sha256(), 0
-            while chunk := os.pread(self.fd, 16 << 20, offset):
-                digest.update(chunk)
-                offset += len(chunk)
-            if digest.hexdigest() != sha256:
+            self.opened = f"/proc/self/fd/{self.fd}"
+            if not os.path.exists(self.opened):
+                raise ExportError(f"{path}: exporting needs /proc/self/fd (Linux) to read exactly the file it hashed")
+            # hashed through the descriptor's own file, as safetensors reads it
+            if sha256_file(Path(self.opened)) != sha256:
                 raise ExportError(f"{path}: its sha256 is not the one its signed provenance lists", refused=True)
         except BaseException:
             os.close(self.fd)
             raise
-        self.opened = f"/proc/self/fd/{self.fd}"
-        if not os.path.exists(self.opened):
-            os.close(self.fd)
-            raise ExportError(f"{path}: exporting needs /proc/self/fd (Linux) to read exactly the file it hashed")
 
     def unchanged(self) -> bool:
         now, was = os.fstat(self.fd), self.stat
@@ -514,7 +509,7 @@ def export_checkpoint(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    digests = {p.name: file_digest(p) for p in sorted(out.iterdir()) if p.name != PROVENANCE_FILE}
+    digests = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.name != PROVENANCE_FILE}
     shards = sum(1 for name in digests if name.endswith(".safetensors"))
     return Exported(out, digests, shards, signing_key is not None, source.provenance_sha256)
 

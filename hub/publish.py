@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.stage import Staged
+from oracle_base.digests import sha256_file
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGINGFACE_TOKEN")
 _REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
@@ -373,11 +374,7 @@ _HUB_OWNED = frozenset({".gitattributes"})
 def _same(path: Path, remote: tuple[str, str | None]) -> bool:
     blob_id, lfs_sha256 = remote
     if lfs_sha256 is not None:  # stored in LFS/Xet: the Hub reports the content's sha256
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest() == lfs_sha256
+        return sha256_file(path) == lfs_sha256
     return blob_id == git_blob_id(path)
 
 

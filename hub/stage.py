@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guards.attestation import file_digest
 from guards.trust import TrustRoot
 from oracle.tokenization.tokenizer import TOKENIZER_ASSETS, TOKENIZER_FILES
+from oracle_base.digests import sha256_file
 from oracle_base.secrets import SECRET_BYTES
 
 HUB_DIR = Path(__file__).parent
@@ -153,7 +153,7 @@ def build(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    staged.files = {p.name: file_digest(p) for p in sorted(staged.directory.iterdir()) if p.is_file()}
+    staged.files = {p.name: sha256_file(p) for p in sorted(staged.directory.iterdir()) if p.is_file()}
     return staged
 
 
@@ -183,7 +183,7 @@ def _stage(
     signed_tokenizer = TOKENIZER_FILES[0] in signed
     if signed_tokenizer:
         if tokenizer is not None:
-            differing = [n for n in TOKENIZER_FILES if file_digest(tokenizer / n) != file_digest(staging / n)]
+            differing = [n for n in TOKENIZER_FILES if sha256_file(tokenizer / n) != sha256_file(staging / n)]
             if differing:
                 raise StageError(
                     f"--tokenizer {tokenizer}: {', '.join(differing)} differ from the tokenizer the checkpoint's "
@@ -283,7 +283,7 @@ def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[
                 raise StageError(f"--staged {directory}: {path.name} is not a regular file; stage the file itself")
             shutil.copyfile(path, private / path.name, follow_symlinks=False)
         staged_attestation = private / ATTESTATION
-        if not staged_attestation.is_file() or file_digest(staged_attestation) != attestation.digest:
+        if not staged_attestation.is_file() or sha256_file(staged_attestation) != attestation.digest:
             raise StageError(
                 f"--staged {directory}: its {ATTESTATION} is not HEAD's attestation "
                 f"(sha256:{attestation.digest[:16]}); stage again with `oracle hub build`"
@@ -307,10 +307,10 @@ def reviewed(root: Path, directory: Path, *, repo_id: str, secret_values: tuple[
             if part is not None:
                 shutil.rmtree(part, ignore_errors=True)
         try:
-            expected = {p.name: file_digest(p) for p in fresh.directory.iterdir() if p.is_file()}
+            expected = {p.name: sha256_file(p) for p in fresh.directory.iterdir() if p.is_file()}
         finally:
             shutil.rmtree(fresh.directory, ignore_errors=True)
-        actual = {p.name: file_digest(p) for p in sorted(private.iterdir()) if p.is_file()}
+        actual = {p.name: sha256_file(p) for p in sorted(private.iterdir()) if p.is_file()}
         differing = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
         if differing:
             raise StageError(
@@ -437,7 +437,7 @@ def _check_source(root: Path, export: Path, record: dict[str, Any], trust: Trust
             f"--checkpoint {export}: the checkpoint it was exported from, {named}, has no {PROVENANCE} here; publish "
             "where that checkpoint is, or export it again from where it is"
         )
-    if file_digest(named / PROVENANCE) != source.get("provenance_sha256"):
+    if sha256_file(named / PROVENANCE) != source.get("provenance_sha256"):
         raise StageError(
             f"--checkpoint {export}: {named / PROVENANCE} is not the record the export was made from (its sha256 "
             "differs); export the checkpoint again"
@@ -651,7 +651,7 @@ def _uncovered(path: Path, name: str, kind: str | None, record: dict[str, Any] |
     signed = record["files"].get(name)
     if signed is None:
         return f"{what} that {PROVENANCE} does not list; remove it (publish the export as it was written)"
-    if file_digest(path) != signed:
+    if sha256_file(path) != signed:
         return (
             f"{name}: its sha256 is not the one {PROVENANCE} signs (altered after the export); stage the export "
             "again with `oracle hub build --checkpoint EXPORT`"

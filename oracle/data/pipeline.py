@@ -55,6 +55,8 @@ from oracle.data.reader import expand, read_documents
 from oracle.data.shard import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 from oracle.data.stats import PipelineStats, write_report, write_stats
 from oracle_base.atomic_write import write_atomically
+from oracle_base.digests import sha256_file
+from oracle_base.records.training import PackedFile
 
 PLAN_FILE = "run.json"
 PLAN_VERSION = 1
@@ -109,7 +111,7 @@ def config_from_options(
 
 
 def _digests(directory: Path, names: list[str]) -> dict[str, str]:
-    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in names}
+    return {name: sha256_file(directory / name) for name in names}
 
 
 def _eval_digests(eval_sets: Path | None) -> dict[str, str]:
@@ -316,7 +318,7 @@ def _listed(folder: Path, result: dict[str, Any], subfolder: str, name: object) 
 def _verify_files(folder: Path, result: dict[str, Any]) -> None:
     for name, expected in result["files"].items():
         try:
-            actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            actual = sha256_file(folder / name)
         except OSError as exc:
             raise StageError(f"{folder / name}: missing ({exc.strerror}); remove {folder} and run it again") from exc
         if actual != expected:
@@ -588,7 +590,8 @@ class _Stream:
         }
         if self.packer is not None:
             files = self.packer.finish()
-            summary["tokens"] = {"files": files, "tokens": self.packer.tokens, "padded": self.packer.padded_tokens}
+            listed = [entry.model_dump() for entry in files]
+            summary["tokens"] = {"files": listed, "tokens": self.packer.tokens, "padded": self.packer.padded_tokens}
         return summary
 
 
@@ -635,7 +638,7 @@ def _assemble(
     stats.eval_corrupt_records = len(eval_corrupt)
     corrupt: list[str] = [f"evaluation set: {problem}" for problem in eval_corrupt]
     (out / "shards").mkdir()
-    token_files: list[dict[str, object]] = []
+    token_files: list[PackedFile] = []
     tokens = padded = 0
     for index in range(len(plan["inputs"])):
         source = prepared_sources[index]
@@ -663,7 +666,7 @@ def _assemble(
             for entry in kept["tokens"]["files"]:
                 name = f"tokens-{len(token_files):06d}.bin"
                 shutil.copyfile(_listed(folder, results[folder], "tokens", entry["name"]), out / "tokens" / name)
-                token_files.append({**entry, "name": name})
+                token_files.append(PackedFile.model_validate({**entry, "name": name}))
             tokens += kept["tokens"]["tokens"]
             padded += kept["tokens"]["padded"]
     stats.duplicate_clusters = int(clustered["clusters"])
@@ -690,7 +693,7 @@ def _special_ids(tokenizer: Any) -> tuple[int, int]:
 
 
 def _write_token_index(
-    config: PipelineConfig, directory: Path, files: list[dict[str, object]], tokens: int, padded: int
+    config: PipelineConfig, directory: Path, files: list[PackedFile], tokens: int, padded: int
 ) -> None:
     from oracle.tokenization.tokenizer import load_tokenizer
 

@@ -93,11 +93,13 @@ class ServedModel:
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder as given, or the newest sealed checkpoint of a run folder: one under its final name with
-    its manifest (written last), so the save finished. Its files are not hashed here, the optimizer state least of
-    all: what the server reads is checked against the signed provenance, once before listening and again on the
-    bytes loaded."""
+    its manifest (written last, read by its schema), so the save finished. Its files are not hashed here, the
+    optimizer state least of all: what the server reads is checked against the signed provenance, once before
+    listening and again on the bytes loaded."""
     from guards.provenance import PROVENANCE_FILE
     from oracle.train.checkpoint import MANIFEST, checkpoint_dirs
+    from oracle_base.records import RecordError
+    from oracle_base.records.training import CheckpointManifest
 
     if not path.is_dir():
         raise ServeLoadError(f"--checkpoint {path}: no such folder")
@@ -105,9 +107,15 @@ def resolve_checkpoint(path: Path) -> Path:
     if (path / PROVENANCE_FILE).is_file() or not steps:
         return path
     for directory in steps:
-        if (directory / MANIFEST).is_file():
-            return directory
-        log.warning("skipping %s: no %s, the save did not finish", directory, MANIFEST)
+        if not (directory / MANIFEST).is_file():
+            log.warning("skipping %s: no %s, the save did not finish", directory, MANIFEST)
+            continue
+        try:
+            CheckpointManifest.read(directory / MANIFEST)
+        except RecordError as exc:
+            log.warning("skipping %s: %s", directory, exc)
+            continue
+        return directory
     raise ServeLoadError(f"--checkpoint {path}: the run folder has no finished checkpoint (no step-*/{MANIFEST})")
 
 

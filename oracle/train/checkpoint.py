@@ -10,6 +10,8 @@ A run directory `runs/<run name>/` holds `metrics.jsonl` and one folder per chec
 - `trainer_state.json`: step, data position, seed, world size, the recipe and data manifest hashes;
 - `MANIFEST.json`, written last: the size, sha256 and writing rank of every other file.
 
+Both are read and written through their schemas (oracle_base.records.training: `TrainerState`, `CheckpointManifest`).
+
 Every rank writes into `.partial-step-NNNNNNNN/` and hashes what it wrote; rank 0 gathers those digests, hashes its
 own files, writes the manifest and renames the folder into place. No rank reads another rank's files, while saving
 or resuming: before a resume each rank checks the files it wrote against the manifest (`verify_own`), and rank 0 the
@@ -20,7 +22,6 @@ against accidents, not people: what is trusted is the signed provenance of the w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,13 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from oracle_base.atomic_write import write_atomically
+from oracle_base.digests import sha256_file
+from oracle_base.records import RecordError
+from oracle_base.records.training import CheckpointManifest, TrainerState
 from oracle_base.weight_files import MANIFEST as MANIFEST  # re-exported: the layout names live in the base
 from oracle_base.weight_files import STATE_DIRS as STATE_DIRS
 from oracle_base.weight_files import TRAINER_STATE as TRAINER_STATE
 
 METRICS = "metrics.jsonl"
 _NAME = re.compile(r"^step-(\d{8})$")
+_WRITTEN_BY_TRAIN = "it is written by `oracle train`: use another checkpoint"
 
 
 class CheckpointCorruptError(RuntimeError):
@@ -48,11 +55,6 @@ def step_dir_name(step: int) -> str:
 
 def partial_dir(run_dir: Path, step: int) -> Path:
     return run_dir / f".partial-{step_dir_name(step)}"
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,8 +83,11 @@ def seal(partial: Path, final: Path, *, written: dict[str, dict[str, Any]] | Non
         raise CheckpointCorruptError(f"{partial}: {reported_missing[0]} was reported written but is not there")
     files = {name: written[name] for name in written}
     files |= describe(partial, [path for name, path in present.items() if name not in written], 0)
-    document = {"world_size": world_size, "files": dict(sorted(files.items()))}
-    write_atomically(partial / MANIFEST, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    try:  # what other ranks reported is held to the schema before it is sealed
+        manifest = CheckpointManifest.model_validate({"files": dict(sorted(files.items())), "world_size": world_size})
+    except ValidationError as exc:
+        raise CheckpointCorruptError(f"{partial / MANIFEST}: {exc.errors()[0]['msg']} (the save is refused)") from exc
+    write_atomically(partial / MANIFEST, manifest.to_json())
     for directory in {partial, *(p for p in partial.rglob("*") if p.is_dir())}:
         _fsync_dir(directory)
     if final.exists():  # a re-save of the same step (a resumed run reaching it again): replace it whole
@@ -92,53 +97,41 @@ def seal(partial: Path, final: Path, *, written: dict[str, dict[str, Any]] | Non
     return final
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of a checkpoint folder, once every listed file is there with its size (nothing is hashed)."""
+def read_manifest(directory: Path) -> CheckpointManifest:
+    """The manifest of a checkpoint folder (its schema: paths inside the folder, ranks of its world, the trainer
+    state listed), once every listed file is there with its size (nothing is hashed)."""
     if not _NAME.match(directory.name):
         raise CheckpointCorruptError(f"{directory}: not a checkpoint folder name (step-NNNNNNNN)")
     manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointCorruptError(f"{manifest_path} is missing: the save did not finish")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        world_size = manifest.get("world_size", 1)
-    except FileNotFoundError as exc:
-        raise CheckpointCorruptError(f"{manifest_path} is missing: the save did not finish") from exc
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointCorruptError(f"{manifest_path} is unreadable or malformed") from exc
-    if not isinstance(files, dict) or not files:
-        raise CheckpointCorruptError(f"{manifest_path} lists no files")
-    if type(world_size) is not int or world_size < 1:
-        raise CheckpointCorruptError(f"{manifest_path}: world_size {world_size!r} is not a positive integer")
-    for relative, entry in files.items():
-        if not isinstance(entry, dict) or not {"size", "sha256"} <= set(entry):
-            raise CheckpointCorruptError(f"{manifest_path}: the entry of {relative} is malformed")
-        rank = entry.get("rank", 0)
-        if type(rank) is not int or not 0 <= rank < world_size:
-            raise CheckpointCorruptError(f"{manifest_path}: {relative} names rank {rank!r} of {world_size}")
+        manifest = CheckpointManifest.read(manifest_path, fix=_WRITTEN_BY_TRAIN)
+    except RecordError as exc:
+        raise CheckpointCorruptError(str(exc)) from exc
+    for relative, entry in manifest.files.items():
         path = directory / relative
-        if Path(relative).is_absolute() or ".." in Path(relative).parts or not path.is_file():
-            raise CheckpointCorruptError(f"{path} is missing")
-        linked = [directory / Path(*Path(relative).parts[: i + 1]) for i in range(len(Path(relative).parts))]
-        if any(p.is_symlink() for p in linked):
+        parts = Path(relative).parts
+        if any((directory / Path(*parts[: i + 1])).is_symlink() for i in range(len(parts))):
             raise CheckpointCorruptError(f"{path} is (under) a symbolic link; a checkpoint holds its own files")
-        if path.stat().st_size != entry.get("size"):
-            raise CheckpointCorruptError(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
-    if TRAINER_STATE not in files:
-        raise CheckpointCorruptError(f"{directory}: no {TRAINER_STATE} in the manifest")
-    return dict(manifest, world_size=world_size)
+        if not path.is_file():
+            raise CheckpointCorruptError(f"{path} is missing")
+        if path.stat().st_size != entry.size:
+            raise CheckpointCorruptError(f"{path} has {path.stat().st_size} bytes, the manifest says {entry.size}")
+    return manifest
 
 
-def verify_own(directory: Path, manifest: dict[str, Any], rank: int | None) -> None:
+def verify_own(directory: Path, manifest: CheckpointManifest, rank: int | None) -> None:
     """Hash the files rank `rank` wrote (all of them when None) against `manifest`; CheckpointCorruptError names the
     first that differs."""
-    for relative, entry in manifest["files"].items():
-        if rank is None or entry.get("rank", 0) == rank:
+    for relative, entry in manifest.files.items():
+        if rank is None or entry.rank == rank:
             path = directory / relative
             try:
                 digest = sha256_file(path)
             except OSError as exc:
                 raise CheckpointCorruptError(f"{path} cannot be read ({exc.strerror})") from exc
-            if digest != entry["sha256"]:
+            if digest != entry.sha256:
                 raise CheckpointCorruptError(f"{path}: sha256 differs from the manifest (the file was altered)")
 
 
@@ -147,7 +140,7 @@ def is_training_state(relative: str) -> bool:
     return Path(relative).parts[0] in STATE_DIRS
 
 
-def require_signed_state(directory: Path, manifest: dict[str, Any], root: Path) -> None:
+def require_signed_state(directory: Path, manifest: CheckpointManifest, root: Path) -> None:
     """The checkpoint's provenance verifies against `root`'s trust root and its `training_state` lists exactly the
     DeepSpeed, RNG and trainer-state files of `manifest` with the same sha256 (the ranks then hash their own files
     against the manifest); CheckpointCorruptError naming what differs otherwise. Only the signature is checked
@@ -161,9 +154,7 @@ def require_signed_state(directory: Path, manifest: dict[str, Any], root: Path) 
         raise CheckpointCorruptError(message) from exc
     signed = record.get("training_state")
     listed = {
-        name: entry["sha256"]
-        for name, entry in manifest["files"].items()
-        if is_training_state(name) or name == TRAINER_STATE
+        name: entry.sha256 for name, entry in manifest.files.items() if is_training_state(name) or name == TRAINER_STATE
     }
     signed = signed if isinstance(signed, dict) else {}
     if signed != listed:
@@ -174,19 +165,26 @@ def require_signed_state(directory: Path, manifest: dict[str, Any], root: Path) 
         )
 
 
-def verify_complete(directory: Path) -> dict[str, Any]:
+def read_trainer_state(directory: Path) -> TrainerState:
+    """The checkpoint's trainer state, by its schema; CheckpointCorruptError names file, line and key."""
+    try:
+        return TrainerState.read(directory / TRAINER_STATE, fix=_WRITTEN_BY_TRAIN)
+    except RecordError as exc:
+        raise CheckpointCorruptError(str(exc)) from exc
+
+
+def verify_complete(directory: Path) -> TrainerState:
     """The checkpoint's trainer state once every file matches the manifest (hashed here, in one process: for tools
     and tests; a training job splits the work by rank); CheckpointCorruptError otherwise."""
     manifest = read_manifest(directory)
     verify_own(directory, manifest, None)
-    state: dict[str, Any] = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
-    return state
+    return read_trainer_state(directory)
 
 
 @dataclass(frozen=True)
 class Found:
     directory: Path
-    state: dict[str, Any]
+    state: TrainerState
     skipped: list[tuple[Path, str]]  # newer folders that were not taken, and why
 
 

@@ -1,6 +1,7 @@
 """The training data reader: packed token sequences (oracle/data/format.py) as deterministic, resumable batches.
 
-`PackedDataset` validates a `tokens/` folder against the training config and memory-maps its files read-only.
+`PackedDataset` reads a `tokens/` folder's index by its schema (oracle_base.records.training.PackedIndex, the one the
+packer writes with), checks it against the training config and the files on disk, and memory-maps them read-only.
 `ShardedBatches` turns it into one optimizer step at a time for data-parallel training: each epoch has a global order,
 a permutation of every sequence drawn from `(seed, epoch)`; a step takes the next `global_batch` sequences of it, rank
 `r` takes its contiguous share and cuts it into micro-batches. Where the reader is (`DataPosition`: epoch and sequences
@@ -11,9 +12,6 @@ batch is skipped.
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from oracle.data.format import FORMAT, INDEX_FILE, TOKENIZER_DIR, PackedFormatError, read_index
+from oracle.data.format import INDEX_FILE, TOKENIZER_DIR, PackedFormatError, parse_index
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
-from oracle.train.checkpoint import sha256_file
+from oracle_base.digests import sha256_file
+from oracle_base.records.training import DataPosition, PackedIndex
 
-_DTYPES = {"uint16": 2**16, "uint32": 2**32}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _HINT = "re-run `oracle data run --tokenizer ...` to rewrite the tokens folder"
 
 
@@ -34,50 +31,8 @@ class TrainDataError(ValueError):
     """Training data that cannot be used as configured; the message names the file or field and the fix."""
 
 
-@dataclass(frozen=True)
-class DataPosition:
-    """Where the reader is: `consumed` sequences of epoch `epoch`'s global order are already used."""
-
-    epoch: int
-    consumed: int
-
-    def __post_init__(self) -> None:
-        for name in ("epoch", "consumed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise TrainDataError(f"data position: {name} is {value!r}; it must be an integer >= 0")
-
-    def to_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> DataPosition:
-        values: dict[str, int] = {}
-        for name in ("epoch", "consumed"):
-            if name not in data:
-                raise TrainDataError(
-                    f"data position: field {name!r} is missing (got {sorted(data)}); "
-                    "save positions with DataPosition.to_dict()"
-                )
-            value = data[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise TrainDataError(f"data position: {name} is {value!r}; it must be an integer >= 0")
-            values[name] = value
-        unknown = sorted(set(data) - set(values))
-        if unknown:
-            raise TrainDataError(f"data position: unknown field(s) {unknown}; only 'epoch' and 'consumed' are saved")
-        return cls(epoch=values["epoch"], consumed=values["consumed"])
-
-
-def _index_int(index: Mapping[str, object], key: str, path: Path, minimum: int) -> int:
-    value = index.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TrainDataError(f"{path}: {key} is {value!r}, expected an integer >= {minimum}; {_HINT}")
-    return value
-
-
 class PackedDataset:
-    """Every sequence of a packed tokens folder, validated against the training config and memory-mapped read-only."""
+    """Every sequence of a packed tokens folder, checked against the training config and memory-mapped read-only."""
 
     def __init__(self, directory: Path, *, seq_len: int, vocab_size: int, verify: bool = True) -> None:
         directory = Path(directory)
@@ -89,104 +44,60 @@ class PackedDataset:
                 f"{index_path}: no {INDEX_FILE} here nor in {directory / 'tokens'}; point data.path at the folder "
                 f"`oracle data run --tokenizer ...` wrote (it holds tokens/{INDEX_FILE})"
             )
+        data = index_path.read_bytes()  # parsed and digested from the same bytes
         try:
-            index = read_index(directory)
+            index = parse_index(data, index_path)
         except PackedFormatError as exc:
-            raise TrainDataError(f"{exc}; {INDEX_FILE} must be {FORMAT!r}: {_HINT}") from exc
+            raise TrainDataError(f"{exc}; {_HINT}") from exc
         self.directory = directory
         self.index_path = index_path
-        self._manifest_sha256 = hashlib.sha256(index_path.read_bytes()).hexdigest()
-
-        packed_seq_len = _index_int(index, "seq_len", index_path, 1)
-        if packed_seq_len != seq_len:
+        self._manifest_sha256 = hashlib.sha256(data).hexdigest()
+        if index.seq_len != seq_len:
             raise TrainDataError(
-                f"{index_path}: seq_len is {packed_seq_len} but the training config's data.seq_len is {seq_len}; "
-                f"set data.seq_len to {packed_seq_len} or re-pack with `oracle data run --tokenizer ... "
+                f"{index_path}: seq_len is {index.seq_len} but the training config's data.seq_len is {seq_len}; "
+                f"set data.seq_len to {index.seq_len} or re-pack with `oracle data run --tokenizer ... "
                 f"--seq-len {seq_len}`"
             )
-        self.seq_len = seq_len
-        packed_vocab = _index_int(index, "vocab_size", index_path, 1)
-        if packed_vocab > vocab_size:
+        if index.vocab_size > vocab_size:
             raise TrainDataError(
-                f"{index_path}: vocab_size is {packed_vocab} but the model's vocab_size is {vocab_size}, so some "
+                f"{index_path}: vocab_size is {index.vocab_size} but the model's vocab_size is {vocab_size}, so some "
                 "token ids would have no embedding; use the tokenizer the model was configured for or raise the "
                 "model's vocab_size"
             )
-        self.vocab_size = packed_vocab
-        special: dict[str, int] = {}
-        for key in ("eos_id", "pad_id"):
-            special[key] = _index_int(index, key, index_path, 0)
-            if special[key] >= packed_vocab:
-                raise TrainDataError(
-                    f"{index_path}: {key} {special[key]} is outside vocab_size {packed_vocab}; {_HINT}"
-                )
-        self.eos_id = special["eos_id"]
-        self.pad_id = special["pad_id"]
-
-        dtype_name = index.get("dtype")
-        if dtype_name not in _DTYPES:
-            raise TrainDataError(f"{index_path}: dtype is {dtype_name!r}, expected one of {sorted(_DTYPES)}; {_HINT}")
-        assert isinstance(dtype_name, str)
-        if packed_vocab > _DTYPES[dtype_name]:
-            raise TrainDataError(f"{index_path}: dtype {dtype_name} cannot hold vocab_size {packed_vocab}; {_HINT}")
-        self.dtype = np.dtype(dtype_name).newbyteorder("<")
-
-        files = index.get("files")
-        if not isinstance(files, list) or not files:
-            raise TrainDataError(f"{index_path}: files is {files!r}, expected a non-empty list; {_HINT}")
+        self.seq_len, self.vocab_size = seq_len, index.vocab_size
+        self.eos_id, self.pad_id = index.eos_id, index.pad_id
+        self.dtype = np.dtype(index.dtype).newbyteorder("<")
         self._arrays: list[np.memmap[Any, np.dtype[Any]]] = []
-        seen: set[str] = set()
-        counts: list[int] = []
-        for position, entry in enumerate(files):
-            where = f"{index_path}: files[{position}]"
-            if not isinstance(entry, dict):
-                raise TrainDataError(f"{where} is {entry!r}, expected an object with name, sequences, sha256; {_HINT}")
-            name = entry.get("name")
-            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-                raise TrainDataError(f"{where}.name is {name!r}, expected a file name inside {directory}; {_HINT}")
-            if name in seen:
-                raise TrainDataError(f"{where}.name {name!r} is listed twice; {_HINT}")
-            seen.add(name)
-            sequences = entry.get("sequences")
-            if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
-                raise TrainDataError(f"{where}.sequences is {sequences!r}, expected an integer >= 1; {_HINT}")
-            digest = entry.get("sha256")
-            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-                raise TrainDataError(f"{where}.sha256 is {digest!r}, expected 64 lower-case hex digits; {_HINT}")
-            path = directory / name
-            if not path.is_file():
-                raise TrainDataError(f"{path}: listed in {INDEX_FILE} but missing; restore it or {_HINT}")
-            expected = sequences * seq_len * self.dtype.itemsize
-            size = path.stat().st_size
-            if size != expected:
-                raise TrainDataError(
-                    f"{path}: {size} bytes, but {INDEX_FILE} says {sequences} sequences x {seq_len} tokens x "
-                    f"{self.dtype.itemsize} bytes = {expected}; the file is truncated or altered: restore it or {_HINT}"
-                )
-            if verify and sha256_file(path) != digest:
-                raise TrainDataError(
-                    f"{path}: sha256 differs from {INDEX_FILE}; the file was altered: restore it or {_HINT}"
-                )
-            self._arrays.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(sequences, seq_len)))
-            counts.append(sequences)
-        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.tokenizer_dir = self._tokenizer(index, index_path, verify=verify)
+        for entry in index.files:
+            path = directory / entry.name
+            self._check_file(path, entry.sha256, entry.sequences * seq_len * self.dtype.itemsize, verify=verify)
+            self._arrays.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(entry.sequences, seq_len)))
+        self._starts = np.concatenate([[0], np.cumsum([entry.sequences for entry in index.files])]).astype(np.int64)
+        self.tokenizer_dir = self._tokenizer(index, verify=verify)
 
-    def _tokenizer(self, index: dict[str, object], index_path: Path, *, verify: bool) -> Path | None:
+    def _check_file(self, path: Path, sha256: str, size: int | None, *, verify: bool) -> None:
+        """A file the index lists is there, of the size it implies (always: cheap), with its sha256 (`verify`)."""
+        if not path.is_file():
+            raise TrainDataError(f"{path}: listed in {INDEX_FILE} but missing; restore it or {_HINT}")
+        if size is not None and path.stat().st_size != size:
+            raise TrainDataError(
+                f"{path}: {path.stat().st_size} bytes, but {INDEX_FILE} says {size} (sequences x seq_len x "
+                f"{self.dtype.itemsize} bytes); the file is truncated or altered: restore it or {_HINT}"
+            )
+        if verify and sha256_file(path) != sha256:
+            raise TrainDataError(f"{path}: sha256 differs from {INDEX_FILE}; it was altered: restore it or {_HINT}")
+
+    def _tokenizer(self, index: PackedIndex, *, verify: bool) -> Path | None:
         """The folder of the tokenizer that encoded these tokens, when the index lists one (checked like the
         token files); training copies it into every checkpoint."""
-        listed = index.get("tokenizer")
-        if listed is None:
+        if index.tokenizer is None:
             return None
-        if not isinstance(listed, dict) or set(listed) != set(TOKENIZER_FILES):
-            raise TrainDataError(f"{index_path}: tokenizer must map {', '.join(TOKENIZER_FILES)} to sha256; {_HINT}")
+        if set(index.tokenizer) != set(TOKENIZER_FILES):
+            message = f"tokenizer must map {', '.join(TOKENIZER_FILES)} to sha256; {_HINT}"
+            raise TrainDataError(f"{self.index_path}: {message}")
         folder = self.directory / TOKENIZER_DIR
-        for name, digest in listed.items():
-            path = folder / name
-            if not path.is_file():
-                raise TrainDataError(f"{path}: listed in {INDEX_FILE} but missing; restore it or {_HINT}")
-            if verify and sha256_file(path) != digest:
-                raise TrainDataError(f"{path}: sha256 differs from {INDEX_FILE}; restore it or {_HINT}")
+        for name, digest in index.tokenizer.items():
+            self._check_file(folder / name, digest, None, verify=verify)
         return folder
 
     def __len__(self) -> int:

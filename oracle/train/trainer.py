@@ -54,10 +54,12 @@ from oracle.moe850b.partitioned import PartitionIndex, own_part
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle.train import checkpoint as ckpt
 from oracle.train.config import TrainConfig
-from oracle.train.data import DataPosition, PackedDataset, ShardedBatches
+from oracle.train.data import PackedDataset, ShardedBatches
 from oracle.train.deepspeed_config import deepspeed_config, validate_deepspeed_config
 from oracle.train.distributed import Placement, device_for, init_process_group
 from oracle.train.schedule import learning_rate
+from oracle_base.digests import sha256_file
+from oracle_base.records.training import CheckpointManifest, DataPosition, TrainerState
 from oracle_base.weight_files import PARTITIONS_FILE, part_file
 
 
@@ -379,7 +381,7 @@ class Trainer:
             error, listed = None, []
             try:
                 manifest = ckpt.read_manifest(directory)
-                listed = list(manifest["files"])
+                listed = list(manifest.files)
                 ckpt.verify_own(directory, manifest, self.placement.rank)
             except ckpt.CheckpointCorruptError as exc:
                 error = str(exc)
@@ -403,16 +405,16 @@ class Trainer:
         again; DeepSpeed may load only files the manifest lists."""
         box: dict[str, Any] = {}
         path = directory / ckpt.TRAINER_STATE
-        self._main_only(f"reading {path}", lambda: box.update(json.loads(path.read_text(encoding="utf-8"))))
-        state = self._broadcast(box)
-        for key, have in (
-            ("config_sha256", self.config.sha256()),
-            ("data_manifest_sha256", self.dataset.manifest_sha256),
+        self._main_only(f"reading {path}", lambda: box.update(ckpt.read_trainer_state(directory).model_dump()))
+        state = TrainerState.model_validate(self._broadcast(box))
+        for key, had, have in (
+            ("config_sha256", state.config_sha256, self.config.sha256()),
+            ("data_manifest_sha256", state.data_manifest_sha256, self.dataset.manifest_sha256),
         ):
-            if state.get(key) != have:
+            if had != have:
                 raise TrainError(
-                    f"{directory / ckpt.TRAINER_STATE}: {key} is {state.get(key)}, this run's is {have}; resume only "
-                    "with the training config and data the checkpoint was made with (or start a new run name)"
+                    f"{path}: {key} is {had}, this run's is {have}; resume only with the training config and data "
+                    "the checkpoint was made with (or start a new run name)"
                 )
         allow_deepspeed_state()
         loaded, _ = self.engine.load_checkpoint(
@@ -428,8 +430,8 @@ class Trainer:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.step = int(state["step"])
-        self.batches = self._batches(DataPosition.from_dict(state["data_position"]))
+        self.step = state.step
+        self.batches = self._batches(state.data_position)
         self._main_only("cutting back metrics.jsonl", lambda: ckpt.truncate_metrics(self.run_dir, self.step))
 
     def _main_only(self, what: str, work: Callable[[], None]) -> None:
@@ -570,16 +572,16 @@ class Trainer:
         write_atomically(partial / PARTITIONS_FILE, index.to_json())
         config_json = json.dumps(self.model_config.model_dump(mode="json"), indent=2) + "\n"
         write_atomically(partial / CONFIG_FILE, config_json)
-        trainer_state = {
-            "step": self.step,
-            "data_position": self.batches.position.to_dict(),
-            "seed": self.config.seed,
-            "world_size": self.placement.world_size,
-            "config_sha256": self.config.sha256(),
-            "data_manifest_sha256": self.dataset.manifest_sha256,
-            "train_config": self.config.model_dump(mode="json"),
-        }
-        write_atomically(partial / ckpt.TRAINER_STATE, json.dumps(trainer_state, indent=2) + "\n")
+        trainer_state = TrainerState(
+            step=self.step,
+            data_position=self.batches.position,
+            seed=self.config.seed,
+            world_size=self.placement.world_size,
+            config_sha256=self.config.sha256(),
+            data_manifest_sha256=self.dataset.manifest_sha256,
+            train_config=self.config.model_dump(mode="json"),
+        )
+        write_atomically(partial / ckpt.TRAINER_STATE, trainer_state.to_json())
         served = [PARTITIONS_FILE, *index.files(), CONFIG_FILE]
         tokenizer = self.dataset.tokenizer_dir
         if tokenizer is not None:  # the tokenizer the data was encoded with travels with the weights
@@ -593,7 +595,7 @@ class Trainer:
         for path in sorted(p for p in partial.rglob("*") if p.is_file()):
             name = path.relative_to(partial).as_posix()
             if ckpt.is_training_state(name) or name == ckpt.TRAINER_STATE:  # rank 0's own when no rank reported it
-                state[name] = written[name]["sha256"] if name in written else ckpt.sha256_file(path)
+                state[name] = written[name]["sha256"] if name in written else sha256_file(path)
         self._write_provenance(partial, served, digests, state)
         ckpt.seal(partial, final, written=written, world_size=self.placement.world_size)
         ckpt.prune(self.run_dir, self.config.checkpoint.keep_last, current=self.step)
@@ -707,7 +709,7 @@ def _candidates(run_dir: Path, resume: str | None, world_size: int, *, signed_by
     verify there and sign the very state the manifest lists (ckpt.require_signed_state), so signed output never
     continues from unsigned state."""
 
-    def checked(directory: Path) -> dict[str, Any]:
+    def checked(directory: Path) -> CheckpointManifest:
         manifest = ckpt.read_manifest(directory)
         if signed_by is not None:
             ckpt.require_signed_state(directory, manifest, signed_by)
@@ -715,10 +717,10 @@ def _candidates(run_dir: Path, resume: str | None, world_size: int, *, signed_by
 
     plan: dict[str, Any] = {"candidates": [], "explicit": resume not in (None, "auto"), "error": None}
 
-    def same_world(directory: Path, manifest: dict[str, Any]) -> None:
-        if manifest["world_size"] != world_size:
+    def same_world(directory: Path, manifest: CheckpointManifest) -> None:
+        if manifest.world_size != world_size:
             raise TrainError(
-                f"{directory} was written by {manifest['world_size']} processes and this job has {world_size}: "
+                f"{directory} was written by {manifest.world_size} processes and this job has {world_size}: "
                 "DeepSpeed's ZeRO files are per-rank partitions, so resume with the same number of processes "
                 "(re-sharding needs DeepSpeed's universal checkpoint conversion, which `oracle train` does not run)"
             )

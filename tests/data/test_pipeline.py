@@ -227,17 +227,19 @@ def test_with_a_tokenizer_the_pipeline_also_writes_packed_sequences(tmp_path: Pa
     result = CliRunner().invoke(app, [*args, "--seq-len", "64", "--languages", "en"])
     assert result.exit_code == 0, result.output
     index = read_index(out / "tokens")
-    assert (index["dtype"], index["seq_len"], index["vocab_size"]) == ("uint16", 64, 1024)
+    assert (index.dtype, index.seq_len, index.vocab_size) == ("uint16", 64, 1024)
+    assert [entry.name for entry in index.files] == ["tokens-000000.bin"]
     # the tokenizer is kept beside the tokens (training puts it into every checkpoint), listed with its digests
     kept = out / "tokens" / "tokenizer"
-    assert index["tokenizer"] == {
-        name: hashlib.sha256((tmp_path / "tok" / name).read_bytes()).hexdigest() for name in sorted(index["tokenizer"])
+    assert index.tokenizer is not None
+    assert index.tokenizer == {
+        name: hashlib.sha256((tmp_path / "tok" / name).read_bytes()).hexdigest() for name in sorted(index.tokenizer)
     }
-    assert sorted(p.name for p in kept.iterdir()) == sorted(index["tokenizer"])
-    assert all((kept / n).read_bytes() == (tmp_path / "tok" / n).read_bytes() for n in index["tokenizer"])
+    assert sorted(p.name for p in kept.iterdir()) == sorted(index.tokenizer)
+    assert all((kept / n).read_bytes() == (tmp_path / "tok" / n).read_bytes() for n in index.tokenizer)
     sequences = list(read_sequences(out / "tokens"))
     flat = [int(t) for seq in sequences for t in seq]
-    assert len(flat) == index["tokens"] + index["padded_tokens"]
+    assert len(flat) == index.tokens + index.padded_tokens
     assert flat.count(0) == 8  # one <|endoftext|> after each document
     first_doc = tokenizer.decode(flat[: flat.index(0)])
     assert first_doc == docs[0]

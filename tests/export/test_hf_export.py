@@ -24,7 +24,6 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import hub.export as hf_export
-from guards.attestation import file_digest
 from guards.keys import load_signing_key
 from guards.process_policy import gated_command, policy_for
 from guards.provenance import PROVENANCE_FILE, verify_provenance, write_provenance
@@ -35,6 +34,7 @@ from oracle.moe850b.partitioned import save_partitioned
 from oracle.moe850b.weights import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from oracle.tokenization.chat_template import render_chat
 from oracle.tokenization.tokenizer import TOKENIZER_FILES, save_tokenizer, train_tokenizer
+from oracle_base.digests import sha256_file
 from oracle_base.weight_files import PARTITIONS_FILE, part_file
 from tests.trust import session_key
 
@@ -233,11 +233,11 @@ def test_the_provenance_covers_every_file_and_names_the_source(mini: Export) -> 
     record = verify_provenance(mini.out, mini.root)  # signed by a provenance key of the session trust root
     exported = {p.name for p in mini.out.iterdir()} - {PROVENANCE_FILE}
     assert set(record["files"]) == exported
-    assert all(record["files"][name] == file_digest(mini.out / name) for name in exported)
+    assert all(record["files"][name] == sha256_file(mini.out / name) for name in exported)
     assert {"config.json", "generation_config.json", *TOKENIZER_FILES} <= exported
     source = record["source"]
     assert source["checkpoint"] == str(mini.checkpoint.directory.resolve())
-    assert source["provenance_sha256"] == file_digest(mini.checkpoint.directory / PROVENANCE_FILE)
+    assert source["provenance_sha256"] == sha256_file(mini.checkpoint.directory / PROVENANCE_FILE)
     assert source["commit"] == "c" * 40
     assert record["export"]["architecture"] == "Qwen2MoeForCausalLM"
     config = json.loads((mini.out / "config.json").read_text())
@@ -316,9 +316,9 @@ def test_a_non_empty_out_is_refused_unless_forced(plain: Export, monkeypatch: py
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2
     assert "--force" in refused.output
-    before = file_digest(plain.out / "model.safetensors")
+    before = sha256_file(plain.out / "model.safetensors")
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
-    assert file_digest(plain.out / "model.safetensors") == before  # the same bytes again
+    assert sha256_file(plain.out / "model.safetensors") == before  # the same bytes again
     assert not hf_export.partial_dir(plain.out).exists()
     audit = [json.loads(line) for line in (plain.root / ".oracle" / "audit.jsonl").read_text().splitlines()]
     assert [entry["result"] for entry in audit] == ["allowed", "refused", "allowed"]

@@ -1,17 +1,21 @@
 """What `oracle serve` loads: the verified bytes only, the stop and suppressed ids, the defaults and prompts."""
 
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from guards.keys import load_signing_key
 from guards.provenance import write_provenance
 from guards.runtime import ServingRefusedError
-from oracle.serve.loading import ServeLoadError, ServeOptions, check_servable, load_served_model
+from oracle.serve.loading import ServeLoadError, ServeOptions, check_servable, load_served_model, resolve_checkpoint
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, END_OF_TURN, PAD, SYSTEM, USER
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
-from oracle_base.weight_files import PARTITIONS_FILE, part_file
+from oracle_base.records.training import CheckpointManifest, ManifestEntry
+from oracle_base.weight_files import MANIFEST, PARTITIONS_FILE, TRAINER_STATE, part_file
 from tests.serve.fixtures import ServedCheckpoint, flip_last_byte
 
 
@@ -88,3 +92,42 @@ def test_an_older_checkpoint_renamed_as_a_newer_step_is_refused(served: ServedCh
     checkpoint = Path(shutil.copytree(served.checkpoint, tmp_path / "step-00000009"))
     with pytest.raises(ServingRefusedError, match="named for step 9 but its signed record is of step 1"):
         check_servable(options(served, checkpoint))
+
+
+MANIFEST_DEFECTS = {  # the change, the key named, the problem, the text of the line named
+    "unknown key": (lambda d: d.update(signed=True), "signed", "Extra inputs are not permitted", '"signed"'),
+    "missing key": (
+        lambda d: d["files"][TRAINER_STATE].pop("size"),
+        f"files.{TRAINER_STATE}.size",
+        "Field required",
+        f'"{TRAINER_STATE}"',  # the entry that lacks it
+    ),
+    "wrong type": (lambda d: d.update(world_size="1"), "world_size", "Input should be a valid integer", '"world_size"'),
+    "wrong version": (lambda d: d.update(schema_version=7), "schema_version", "Input should be 1", '"schema_version"'),
+}
+
+
+@pytest.mark.parametrize(("change", "key", "problem", "named"), MANIFEST_DEFECTS.values(), ids=MANIFEST_DEFECTS)
+def test_a_run_folder_skips_a_checkpoint_whose_manifest_is_off_its_schema(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    change: Callable[[dict[str, Any]], object],
+    key: str,
+    problem: str,
+    named: str,
+) -> None:
+    """The newest checkpoint of a run is one whose manifest (written last) reads by its schema; a newer one that
+    does not is skipped, with one line naming the file, the line and the key."""
+    manifest = CheckpointManifest(files={TRAINER_STATE: ManifestEntry(rank=0, sha256="0" * 64, size=2)})
+    for step in (1, 2):
+        (tmp_path / f"step-0000000{step}").mkdir()
+        (tmp_path / f"step-0000000{step}" / MANIFEST).write_text(manifest.to_json())
+    newer = tmp_path / "step-00000002" / MANIFEST
+    document = json.loads(newer.read_text())
+    change(document)
+    newer.write_text(json.dumps(document, indent=2))
+    with caplog.at_level("WARNING", logger="oracle.serve"):
+        assert resolve_checkpoint(tmp_path) == tmp_path / "step-00000001"
+    (warning,) = [record.getMessage() for record in caplog.records]
+    line = next(n for n, text in enumerate(newer.read_text().splitlines(), 1) if named in text)
+    assert warning == f"skipping {newer.parent}: checkpoint manifest {newer}:{line}: {key}: {problem}"

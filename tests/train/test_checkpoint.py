@@ -1,19 +1,41 @@
 """Checkpoint folders: sealed whole, verified before resuming, pruned to the last K; metrics cut back on resume."""
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oracle.train import checkpoint as ckpt
+from oracle_base.digests import sha256_file
+from oracle_base.records.training import DataPosition, TrainerState
 
 
-def _checkpoint(run: Path, step: int, payload: bytes = b"weights") -> Path:
+def _state(step: int) -> str:
+    return TrainerState(
+        step=step,
+        data_position=DataPosition(epoch=0, consumed=8 * step),
+        seed=3,
+        world_size=1,
+        config_sha256="c" * 64,
+        data_manifest_sha256="d" * 64,
+        train_config={"name": "tiny", "seed": 3},
+    ).to_json()
+
+
+def _checkpoint(
+    run: Path, step: int, payload: bytes = b"weights", state: Callable[[dict[str, Any]], object] | None = None
+) -> Path:
+    """A sealed checkpoint; `state` changes its trainer state before it is sealed."""
     partial = ckpt.partial_dir(run, step)
     (partial / "deepspeed").mkdir(parents=True)
     (partial / "model.safetensors").write_bytes(payload)
     (partial / "deepspeed" / "optim.pt").write_bytes(b"optimizer" * 100)
-    (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": step}))
+    (partial / ckpt.TRAINER_STATE).write_text(_state(step))
+    if state is not None:
+        _rewrite(partial / ckpt.TRAINER_STATE, state)
     return ckpt.seal(partial, run / ckpt.step_dir_name(step))
 
 
@@ -21,9 +43,92 @@ def test_a_sealed_checkpoint_verifies_and_the_partial_folder_is_gone(tmp_path: P
     final = _checkpoint(tmp_path, 5)
     assert final.name == "step-00000005"
     assert not ckpt.partial_dir(tmp_path, 5).exists()
-    assert ckpt.verify_complete(final) == {"step": 5}
-    manifest = json.loads((final / ckpt.MANIFEST).read_text())["files"]
-    assert set(manifest) == {"model.safetensors", "deepspeed/optim.pt", ckpt.TRAINER_STATE}
+    state = ckpt.verify_complete(final)
+    assert (state.step, state.data_position, state.seed) == (5, DataPosition(epoch=0, consumed=40), 3)
+    manifest = json.loads((final / ckpt.MANIFEST).read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "deepspeed/optim.pt", ckpt.TRAINER_STATE}
+    assert manifest["schema_version"] == 1
+
+
+def _rewrite(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def assert_one_line_naming(message: str, kind: str, path: Path, key: str, problem: str) -> None:
+    """`KIND PATH:LINE: KEY: PROBLEM (fix)` on one line; LINE is the key's own line when the file has the key."""
+    match = re.fullmatch(rf"{kind} {re.escape(str(path))}:(\d+): {re.escape(key)}: {problem}.* \(.+\)", message)
+    assert match, message
+    lines = path.read_text().splitlines()
+    holding = [number for number, line in enumerate(lines, 1) if f'"{key.rsplit(".", 1)[-1]}":' in line]
+    if len(holding) == 1:  # present once (not a missing key): the message points at it
+        assert int(match.group(1)) == holding[0], message
+
+
+def _candidates_of(run: Path) -> list[str]:
+    from oracle.train.trainer import _candidates
+
+    return list(_candidates(run, "auto", 1)["candidates"])
+
+
+# Each refused with one line naming the file, the line, the key and what is wrong.
+DEFECTS = {
+    "manifest, unknown key": (ckpt.MANIFEST, lambda d: d.update(signature="x"), "signature", "Extra inputs are"),
+    "manifest, missing key": (
+        ckpt.MANIFEST,
+        lambda d: d["files"]["model.safetensors"].pop("sha256"),
+        "files.model.safetensors.sha256",
+        "Field required",
+    ),
+    "manifest, wrong type": (
+        ckpt.MANIFEST,
+        lambda d: d.update(world_size="1"),
+        "world_size",
+        "Input should be a valid",
+    ),
+    "manifest, wrong version": (ckpt.MANIFEST, lambda d: d.update(schema_version=2), "schema_version", "Input should"),
+    "state, unknown key": (ckpt.TRAINER_STATE, lambda d: d.update(optimizer="adamw"), "optimizer", "Extra inputs"),
+    "state, missing key": (
+        ckpt.TRAINER_STATE,
+        lambda d: d["data_position"].pop("consumed"),
+        "data_position.consumed",
+        "Field required",
+    ),
+    "state, wrong type": (ckpt.TRAINER_STATE, lambda d: d.update(step="5"), "step", "Input should be a valid integer"),
+    "state, wrong version": (
+        ckpt.TRAINER_STATE,
+        lambda d: d.update(schema_version=0),
+        "schema_version",
+        "Input should",
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "change", "key", "problem"), DEFECTS.values(), ids=DEFECTS)
+def test_a_manifest_or_trainer_state_off_its_schema_is_refused_naming_file_line_and_key(
+    tmp_path: Path, name: str, change: Callable[[dict[str, Any]], object], key: str, problem: str
+) -> None:
+    if name == ckpt.MANIFEST:
+        final = _checkpoint(tmp_path, 2)
+        _rewrite(final / name, change)
+    else:  # sealed with it: the manifest is satisfied
+        final = _checkpoint(tmp_path, 2, state=change)
+    with pytest.raises(ckpt.CheckpointCorruptError) as refused:
+        ckpt.verify_complete(final)
+    kind = "checkpoint manifest" if name == ckpt.MANIFEST else "trainer state"
+    assert_one_line_naming(str(refused.value), kind, final / name, key, problem)
+    if name == ckpt.MANIFEST:
+        assert _candidates_of(tmp_path) == []  # resume auto sets it aside
+
+
+def test_a_manifest_and_trainer_state_from_before_their_schema_version_still_read(tmp_path: Path) -> None:
+    """Checkpoints written before the records carried `schema_version` are version 1: a run resumes across the
+    upgrade."""
+    final = _checkpoint(tmp_path, 2, state=lambda d: d.pop("schema_version"))
+    _rewrite(final / ckpt.MANIFEST, lambda d: d.pop("schema_version"))
+    assert ckpt.read_manifest(final).schema_version == 1
+    assert ckpt.read_trainer_state(final).schema_version == 1
 
 
 def test_resume_auto_never_picks_a_corrupt_or_half_written_checkpoint(tmp_path: Path) -> None:
@@ -127,8 +232,8 @@ def test_a_checkpoint_of_another_world_size_is_refused_not_skipped(tmp_path: Pat
     written = ckpt.describe(partial, [partial / "part-1"], 1)
     final = ckpt.seal(partial, tmp_path / ckpt.step_dir_name(3), written=written, world_size=2)
     manifest = ckpt.read_manifest(final)
-    assert manifest["files"]["part-1"]["rank"] == 1
-    assert manifest["files"][ckpt.TRAINER_STATE]["rank"] == 0
+    assert manifest.files["part-1"].rank == 1
+    assert manifest.files[ckpt.TRAINER_STATE].rank == 0
     error = _candidates(tmp_path, "auto", 4)["error"]
     assert "was written by 2 processes and this job has 4" in error
     assert final.is_dir()
@@ -140,12 +245,12 @@ def test_a_manifest_naming_a_path_outside_the_folder_or_a_rank_beyond_the_job_is
     document["files"]["../escape"] = {"size": 1, "sha256": "0" * 64}
     (final / ckpt.MANIFEST).write_text(json.dumps(document))
     (tmp_path / "escape").write_bytes(b"x")
-    with pytest.raises(ckpt.CheckpointCorruptError, match="escape is missing"):
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"files: '\.\./escape' is not a path inside the checkpoint"):
         ckpt.read_manifest(final)
     del document["files"]["../escape"]
     document["files"][ckpt.TRAINER_STATE]["rank"] = 5
     (final / ckpt.MANIFEST).write_text(json.dumps(document))
-    with pytest.raises(ckpt.CheckpointCorruptError, match="names rank 5 of 1"):
+    with pytest.raises(ckpt.CheckpointCorruptError, match="names rank 5, not a rank of world_size 1"):
         ckpt.read_manifest(final)
 
 
@@ -172,10 +277,10 @@ def _signed(run: Path, step: int, state: dict[str, str] | None = None) -> Path:
     (partial / "model.safetensors").write_bytes(b"weights")
     (partial / "deepspeed" / "optim.pt").write_bytes(b"optimizer" * 100)
     (partial / "rng" / "rank-00000.safetensors").write_bytes(b"rng")
-    (partial / ckpt.TRAINER_STATE).write_text(json.dumps({"step": step}))
+    (partial / ckpt.TRAINER_STATE).write_text(_state(step))
     if state is None:
         state = {
-            name: ckpt.sha256_file(partial / name)
+            name: sha256_file(partial / name)
             for name in ("deepspeed/optim.pt", "rng/rank-00000.safetensors", ckpt.TRAINER_STATE)
         }
     key = load_signing_key({"ORACLE_SIGNING_KEY": str(session_key())})
@@ -196,7 +301,7 @@ def test_a_run_that_signs_resumes_only_state_its_signed_provenance_binds(tmp_pat
     laundered = _signed(tmp_path, 4)
     (laundered / "deepspeed" / "optim.pt").write_bytes(b"OPTIMIZER" * 100)  # same size, other master weights
     manifest = json.loads((laundered / ckpt.MANIFEST).read_text())
-    manifest["files"]["deepspeed/optim.pt"]["sha256"] = ckpt.sha256_file(laundered / "deepspeed" / "optim.pt")
+    manifest["files"]["deepspeed/optim.pt"]["sha256"] = sha256_file(laundered / "deepspeed" / "optim.pt")
     (laundered / ckpt.MANIFEST).write_text(json.dumps(manifest))
     ckpt.verify_complete(laundered)  # the manifest alone is satisfied
     with pytest.raises(ckpt.CheckpointCorruptError, match=r"does not sign the training state.*deepspeed/optim\.pt"):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +16,9 @@ import torch
 
 from oracle.data.format import INDEX_FILE, PackedWriter, read_sequences
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
-from oracle.train.data import DataPosition, PackedDataset, ShardedBatches, TrainDataError
+from oracle.train.data import PackedDataset, ShardedBatches, TrainDataError
+from oracle_base.records import RecordError
+from oracle_base.records.training import DataPosition
 
 VOCAB = 300
 SEQ_LEN = 8
@@ -103,13 +108,36 @@ def test_missing_index_names_the_file(tmp_path: Path) -> None:
         dataset(tmp_path)
 
 
-def test_wrong_format_names_the_index(data_dir: Path) -> None:
+def _rewrite_index(data_dir: Path, change: Callable[[dict[str, Any]], object]) -> Path:
     index_path = data_dir / "tokens" / INDEX_FILE
     index = json.loads(index_path.read_text())
-    index["format"] = "oracle-packed-v0"
-    index_path.write_text(json.dumps(index))
-    with pytest.raises(TrainDataError, match=r"index\.json.*oracle-packed-v0"):
+    change(index)
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return index_path
+
+
+# Each refused with one line naming the file, the line of the key, the key and what is wrong.
+INDEX_DEFECTS = {
+    "unknown key": (lambda d: d.update(compression="zstd"), "compression", "Extra inputs are not permitted"),
+    "missing key": (lambda d: d.pop("pad_id"), "pad_id", "Field required"),
+    "wrong type": (lambda d: d.update(seq_len="8"), "seq_len", "Input should be a valid integer"),
+    "wrong format": (lambda d: d.update(format="oracle-packed-v0"), "format", "Input should be 'oracle-packed-v1'"),
+}
+
+
+@pytest.mark.parametrize(("change", "key", "problem"), INDEX_DEFECTS.values(), ids=INDEX_DEFECTS)
+def test_an_index_off_its_schema_is_refused_naming_file_line_and_key(
+    data_dir: Path, change: Callable[[dict[str, Any]], object], key: str, problem: str
+) -> None:
+    index_path = _rewrite_index(data_dir, change)
+    with pytest.raises(TrainDataError) as refused:
         dataset(data_dir)
+    message = str(refused.value)
+    where = re.escape(str(index_path))
+    match = re.fullmatch(rf"packed-data index {where}(?::(\d+))?: {key}: {problem}; re-run .+", message)
+    assert match, message
+    holding = [n for n, line in enumerate(index_path.read_text().splitlines(), 1) if f'"{key}":' in line]
+    assert match.group(1) == (str(holding[0]) if holding else None), message  # a missing key has no line
 
 
 def test_model_vocab_smaller_than_the_data_vocab_is_refused(data_dir: Path) -> None:
@@ -145,13 +173,13 @@ def test_a_changed_byte_fails_sha256_when_verifying(data_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("dtype", "int8", r"dtype"),
-        ("files", [], r"files"),
-        ("files", [{"name": "../x.bin", "sequences": 1, "sha256": "0" * 64}], r"files\[0\]\.name"),
-        ("files", [{"name": "tokens-000000.bin", "sequences": "7", "sha256": "0" * 64}], r"files\[0\]\.sequences"),
-        ("files", [{"name": "tokens-000000.bin", "sequences": 7, "sha256": "abc"}], r"files\[0\]\.sha256"),
-        ("seq_len", "8", r"seq_len"),
-        ("pad_id", 300, r"pad_id"),
+        ("dtype", "int8", r"dtype: Input should be 'uint16' or 'uint32'"),
+        ("files", [], r"files: List should have at least 1 item"),
+        ("files", [{"name": "../x.bin", "sequences": 1, "sha256": "0" * 64}], r"files\.0\.name: '\.\./x\.bin' is not"),
+        ("files", [{"name": "tokens-000000.bin", "sequences": "7", "sha256": "0" * 64}], r"files\.0\.sequences: "),
+        ("files", [{"name": "tokens-000000.bin", "sequences": 7, "sha256": "abc"}], r"files\.0\.sha256: "),
+        ("files", [{"name": "t.bin", "sequences": 7, "sha256": "0" * 64}] * 2, r"files: 't\.bin' is listed twice"),
+        ("pad_id", 300, r"pad_id: 300 is outside vocab_size 300"),
     ],
 )
 def test_malformed_index_fields_are_named(data_dir: Path, field: str, value: object, message: str) -> None:
@@ -226,7 +254,7 @@ def test_resuming_from_a_saved_position_continues_the_same_batches(data_dir: Pat
     uninterrupted = [[ids(step) for step in run(reader, steps + 8)] for reader in readers(data, 2)]
     for rank, reader in enumerate(readers(data, 2)):
         run(reader, steps)
-        saved = json.loads(json.dumps(reader.position.to_dict()))
+        saved = reader.position.to_json()
         resumed = ShardedBatches(
             data,
             seed=7,
@@ -234,7 +262,7 @@ def test_resuming_from_a_saved_position_continues_the_same_batches(data_dir: Pat
             micro_batch=2,
             rank=rank,
             world_size=2,
-            position=DataPosition.from_dict(saved),
+            position=DataPosition.parse_text(saved, "trainer_state.json"),
         )
         assert resumed.position == reader.position
         assert [ids(step) for step in run(resumed, 8)] == uninterrupted[rank][steps:]
@@ -242,17 +270,16 @@ def test_resuming_from_a_saved_position_continues_the_same_batches(data_dir: Pat
 
 def test_position_round_trips_and_bad_positions_are_named() -> None:
     position = DataPosition(epoch=2, consumed=16)
-    assert position.to_dict() == {"epoch": 2, "consumed": 16}
-    assert DataPosition.from_dict(json.loads(json.dumps(position.to_dict()))) == position
-    with pytest.raises(TrainDataError, match="'consumed' is missing"):
-        DataPosition.from_dict({"epoch": 1})
-    for bad in ({"epoch": -1, "consumed": 0}, {"epoch": 0, "consumed": "8"}, {"epoch": True, "consumed": 0}):
-        with pytest.raises(TrainDataError, match=r"epoch|consumed"):
-            DataPosition.from_dict(bad)
-    with pytest.raises(TrainDataError, match="unknown field"):
-        DataPosition.from_dict({"epoch": 0, "consumed": 0, "step": 3})
-    with pytest.raises(TrainDataError, match="consumed"):
-        DataPosition(epoch=0, consumed=-8)
+    assert DataPosition.parse_text(position.to_json(), "state.json") == position
+    for bad, key in (
+        ('{"epoch": 1}', "consumed"),
+        ('{"epoch": -1, "consumed": 0}', "epoch"),
+        ('{"epoch": 0, "consumed": "8"}', "consumed"),
+        ('{"epoch": true, "consumed": 0}', "epoch"),
+        ('{"epoch": 0, "consumed": 0, "step": 3}', "step"),
+    ):
+        with pytest.raises(RecordError, match=rf"^data position state\.json(:1)?: {key}: "):
+            DataPosition.parse_text(bad, "state.json")
 
 
 @pytest.mark.parametrize(
