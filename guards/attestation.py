@@ -8,10 +8,7 @@ AttestationError whose `reason` says which, and returns the envelope's digest fo
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +22,19 @@ from guards.result import GateResult
 from guards.trust import ATTESTATION as ATTESTATION_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle_base.atomic_write import write_atomically
-from oracle_base.digests import sha256_file
+from oracle_base.digests import canonical_json, sha256_file
+from oracle_base.records import RecordError
+from oracle_base.records.governance import (
+    ATTESTATION_PAYLOAD_TYPE,
+    GUARDS_RESULT_TYPE,
+    STATEMENT_TYPE,
+    AttestationStatement,
+    Envelope,
+)
 from policies.rule import Gate
 
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://oracle.invalid/attestation/guards-result/v1"
-PAYLOAD_TYPE = "application/vnd.in-toto+json"
+PREDICATE_TYPE = GUARDS_RESULT_TYPE
+PAYLOAD_TYPE = ATTESTATION_PAYLOAD_TYPE
 
 TREE_SUBJECT = "git-tree"
 LOCK_SUBJECT = "requirements.lock"
@@ -71,14 +75,9 @@ class AttestationError(RuntimeError):
 class VerifiedAttestation:
     path: Path
     digest: str  # sha256 of the envelope file's bytes: the "attestation digest" other records name
-    statement: dict[str, Any]
+    statement: dict[str, Any]  # the verified AttestationStatement, as JSON
     keyid: str | None  # the key that signed it; None when unsigned
     development: bool = True  # verified under the development default (no trust root): never enough to leave here
-
-
-def canonical_json(value: object) -> bytes:
-    """One byte string per value, so digests do not depend on key order or whitespace."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def policy_bundle_files(root: Path) -> list[Path]:
@@ -117,7 +116,7 @@ def _rule_results(result: GateResult) -> list[dict[str, str]]:
 
 def build_statement(
     root: Path, result: GateResult, *, commit: str, tree: str, now: datetime | None = None
-) -> dict[str, Any]:
+) -> AttestationStatement:
     """The in-toto Statement v1 for a gate result over root at (commit, tree)."""
     digests = current_digests(root)
     lock_digest = digests[LOCK_SUBJECT]
@@ -134,60 +133,26 @@ def build_statement(
     if digests[MODEL_CONFIG_SUBJECT] is not None:
         subjects.append({"name": MODEL_CONFIG_SUBJECT, "digest": {"sha256": digests[MODEL_CONFIG_SUBJECT]}})
     created = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": subjects,
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "gate": str(result.gate),
-            "commit": commit,
-            "passed": result.passed,
-            "created": created,
-            "rules": _rule_results(result),
-            "findings": len(result.findings),
-            "waived": sorted({finding.fingerprint for finding, _ in result.waived}),
-            "waivers": result.waivers_used,  # rule, selector, owner, created, expires of each waiver in use
-            "examined": {policy: len(examined.files) for policy, examined in sorted(result.examined.items())},
-            "trust": _trust_root(root).describe(),
-            "audit": current_anchor(root),  # the audit log's head, which `oracle guards audit verify` checks
-        },
-    }
-
-
-def pae(payload_type: str, body: bytes) -> bytes:
-    """DSSE v1 pre-authentication encoding: what is signed, so the type cannot be swapped under a signature."""
-    type_bytes = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(body), body)
-
-
-def open_envelope(data: bytes, payload_type: str) -> tuple[bytes, list[dict[str, str]]]:
-    """The payload bytes and {keyid, sig} signatures of a DSSE envelope of `payload_type`, unverified; ValueError
-    saying what is wrong otherwise. Every signed record of ours is read through this one parser."""
-    try:
-        document = json.loads(data)
-        if not isinstance(document, dict) or document.get("payloadType") != payload_type:
-            raise ValueError(f"not a DSSE envelope of payloadType {payload_type}")
-        body = base64.b64decode(document["payload"], validate=True)
-        signatures = document["signatures"]
-    except (KeyError, TypeError, binascii.Error) as exc:
-        raise ValueError(f"not a DSSE envelope: {exc}") from exc
-    if not isinstance(signatures, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str) for s in signatures
-    ):
-        raise ValueError("signatures is not a list of {keyid, sig} strings")
-    return body, signatures
-
-
-def envelope(
-    statement: dict[str, Any], signing_key: Ed25519PrivateKey | None, *, payload_type: str = PAYLOAD_TYPE
-) -> dict[str, Any]:
-    """The DSSE envelope around a statement (or another signed record); `signatures` is empty without a key."""
-    body = canonical_json(statement)
-    signatures = []
-    if signing_key is not None:
-        keyid, signature = keys.sign(signing_key, pae(payload_type, body))
-        signatures.append({"keyid": keyid, "sig": signature})
-    return {"payloadType": payload_type, "payload": base64.b64encode(body).decode("ascii"), "signatures": signatures}
+    return AttestationStatement.model_validate(
+        {
+            "_type": STATEMENT_TYPE,
+            "subject": subjects,
+            "predicateType": PREDICATE_TYPE,
+            "predicate": {
+                "gate": str(result.gate),
+                "commit": commit,
+                "passed": result.passed,
+                "created": created,
+                "rules": _rule_results(result),
+                "findings": len(result.findings),
+                "waived": sorted({finding.fingerprint for finding, _ in result.waived}),
+                "waivers": result.waivers_used,  # rule, selector, owner, created, expires of each waiver in use
+                "examined": {policy: len(examined.files) for policy, examined in sorted(result.examined.items())},
+                "trust": _trust_root(root).describe(),
+                "audit": current_anchor(root),  # the audit log's head, which `oracle guards audit verify` checks
+            },
+        }
+    )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -246,7 +211,8 @@ def write_attestation(root: Path, result: GateResult, signing_key: Ed25519Privat
     commit, tree = git.head_commit(root), git.head_tree(root)
     statement = build_statement(root, result, commit=commit, tree=tree)
     path = paths.attestation_path(root, tree)
-    _write_atomically(path, json.dumps(envelope(statement, signing_key), indent=2).encode("utf-8") + b"\n")
+    sealed = keys.seal(PAYLOAD_TYPE, canonical_json(statement.document()), [signing_key] if signing_key else [])
+    _write_atomically(path, sealed.to_bytes())
     # an attestation that git does not ignore dirties the tree it attests, and every later verify would refuse it
     dirty = git.dirty_paths(root)
     if dirty:
@@ -259,39 +225,21 @@ def _malformed(path: Path, what: str) -> AttestationError:
     return AttestationError("malformed", f"attestation {path} is malformed ({what}); delete it and {_REATTEST}")
 
 
-def _parse(path: Path, data: bytes) -> tuple[dict[str, Any], bytes, list[dict[str, str]]]:
-    """(statement, payload bytes, signatures) of an envelope; AttestationError("malformed") on any deviation."""
+def _open(path: Path, data: bytes) -> tuple[Envelope, str]:
+    """The envelope (unverified) and the file's text; AttestationError("malformed") unless it is a DSSE envelope of
+    an attestation."""
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _malformed(path, f"not JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("payloadType") != PAYLOAD_TYPE:
-        raise _malformed(path, f"not a DSSE envelope with payloadType {PAYLOAD_TYPE}")
-    payload, signatures = document.get("payload"), document.get("signatures")
-    if not isinstance(payload, str):
-        raise _malformed(path, "payload is not a string")
-    if not isinstance(signatures, list) or not all(
-        isinstance(entry, dict) and isinstance(entry.get("keyid"), str) and isinstance(entry.get("sig"), str)
-        for entry in signatures
-    ):
-        raise _malformed(path, "signatures is not a list of {keyid, sig} strings")
+        envelope = Envelope.open(data, path, PAYLOAD_TYPE)
+    except RecordError as exc:
+        raise AttestationError("malformed", f"{exc}; delete it and {_REATTEST}") from exc
+    return envelope, data.decode("utf-8")
+
+
+def _statement(path: Path, envelope: Envelope, text: str) -> AttestationStatement:
     try:
-        body = base64.b64decode(payload, validate=True)
-        statement = json.loads(body)
-    except (binascii.Error, ValueError) as exc:
-        raise _malformed(path, f"payload is not base64-encoded JSON: {exc}") from exc
-    if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
-        raise _malformed(path, f"payload is not an in-toto Statement ({STATEMENT_TYPE})")
-    if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(statement.get("predicate"), dict):
-        raise _malformed(path, f"predicate is not a {PREDICATE_TYPE}")
-    subjects = statement.get("subject")
-    valid_subjects = isinstance(subjects, list) and all(
-        isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("digest"), dict)
-        for entry in subjects
-    )
-    if not valid_subjects:
-        raise _malformed(path, "subject is not a list of {name, digest}")
-    return statement, body, [{"keyid": entry["keyid"], "sig": entry["sig"]} for entry in signatures]
+        return envelope.statement(AttestationStatement, path, text)
+    except RecordError as exc:
+        raise AttestationError("malformed", f"{exc}; delete it and {_REATTEST}") from exc
 
 
 # subject → (reason, what it is called in messages), in the order verification reports them
@@ -302,14 +250,14 @@ _CHANGE_REASONS = {
 }
 
 
-def _attested_digests(statement: dict[str, Any]) -> dict[str, str | None]:
-    by_name = {entry["name"]: entry["digest"] for entry in statement["subject"]}
+def _attested_digests(statement: AttestationStatement) -> dict[str, str | None]:
+    by_name = {entry.name: entry.digest for entry in statement.subject}
     attested: dict[str, str | None] = {name: by_name.get(name, {}).get("sha256") for name in _CHANGE_REASONS}
     attested[TREE_SUBJECT] = by_name.get(TREE_SUBJECT, {}).get("gitTree")
     return attested
 
 
-def _changed_subject(statement: dict[str, Any], root: Path, path: Path) -> AttestationError | None:
+def _changed_subject(statement: AttestationStatement, root: Path, path: Path) -> AttestationError | None:
     """The first subject whose attested digest differs from the current file, as an error; None when all match."""
     attested, current = _attested_digests(statement), current_digests(root)
     for subject, (reason, label) in _CHANGE_REASONS.items():
@@ -326,13 +274,14 @@ def _stale_error(root: Path, expected: Path, tree: str) -> AttestationError:
     )
     for candidate in sorted(candidates, key=lambda path: (path.stat().st_mtime, path.name), reverse=True):
         try:
-            statement, _, _ = _parse(candidate, candidate.read_bytes())
+            envelope, text = _open(candidate, candidate.read_bytes())
+            statement = _statement(candidate, envelope, text)
         except (AttestationError, OSError):
             continue  # an unreadable older file says nothing about why HEAD is not attested
         changed = _changed_subject(statement, root, candidate)
         if changed is not None:
             return changed
-        attested_commit = statement["predicate"].get("commit", "?")
+        attested_commit = statement.predicate.commit
         return AttestationError(
             "other-commit",
             f"the newest attestation ({candidate.name}) is for commit {attested_commit}, but HEAD is commit "
@@ -341,9 +290,7 @@ def _stale_error(root: Path, expected: Path, tree: str) -> AttestationError:
     return AttestationError("missing", f"no attestation for HEAD's tree {tree}; {_REATTEST}")
 
 
-def _check_signatures(
-    trust: TrustRoot, path: Path, body: bytes, signatures: list[dict[str, str]], require_signature: bool
-) -> str | None:
+def _check_signatures(trust: TrustRoot, path: Path, envelope: Envelope, require_signature: bool) -> str | None:
     """The signing key id when every signature verifies; None when unsigned and that is allowed. With a trust root
     a signature by one of its `attestation` keys is always required; keys committed in the tree never count then."""
     where = (
@@ -351,6 +298,7 @@ def _check_signatures(
         if trust.development
         else f"the trust root's attestation role ({trust.source})"
     )
+    signatures = envelope.signatures
     if not signatures:
         if require_signature or not trust.development:
             raise AttestationError(
@@ -360,21 +308,21 @@ def _check_signatures(
             )
         return None
     public_keys = trust.keys_for(ATTESTATION_ROLE)
-    signed = pae(PAYLOAD_TYPE, body)
+    signed = envelope.signed_bytes()
     for entry in signatures:
-        if entry["keyid"] not in public_keys:
+        if entry.keyid not in public_keys:
             raise AttestationError(
                 "bad-signature",
-                f"attestation {path.name} is signed by key {entry['keyid']}, which is not in {where}; "
+                f"attestation {path.name} is signed by key {entry.keyid}, which is not in {where}; "
                 "re-attest with a key the trust root names for attestations",
             )
-        if not keys.verify(public_keys, entry["keyid"], signed, entry["sig"]):
+        if not keys.verify(public_keys, entry.keyid, signed, entry.sig):
             raise AttestationError(
                 "bad-signature",
-                f"attestation {path.name} does not match its signature by key {entry['keyid']} (altered after "
+                f"attestation {path.name} does not match its signature by key {entry.keyid} (altered after "
                 f"signing); delete it and {_REATTEST}",
             )
-    return signatures[0]["keyid"]
+    return signatures[0].keyid
 
 
 def verify_attestation(
@@ -392,9 +340,10 @@ def verify_attestation(
         data = path.read_bytes()
     except OSError as exc:
         raise _malformed(path, f"unreadable: {exc}") from exc
-    statement, body, signatures = _parse(path, data)
+    envelope, text = _open(path, data)
     # authenticate before trusting any field: a tampered statement is reported as tampered, not as whatever it claims
-    keyid = _check_signatures(trust, path, body, signatures, require_signature)
+    keyid = _check_signatures(trust, path, envelope, require_signature)
+    statement = _statement(path, envelope, text)
     attested_tree = _attested_digests(statement)[TREE_SUBJECT]
     if attested_tree != tree:
         raise AttestationError(
@@ -404,17 +353,17 @@ def verify_attestation(
     changed = _changed_subject(statement, root, path)
     if changed is not None:
         raise changed
-    predicate = statement["predicate"]
-    if predicate.get("gate") != str(Gate.ci) or predicate.get("passed") is not True:
+    predicate = statement.predicate
+    if predicate.gate != str(Gate.ci) or not predicate.passed:
         raise AttestationError(
             "failed",
-            f"attestation {path.name} records gate {predicate.get('gate')!r} with passed={predicate.get('passed')!r}, "
+            f"attestation {path.name} records gate {predicate.gate!r} with passed={predicate.passed!r}, "
             f"not a passing ci gate; fix the findings and {_REATTEST}",
         )
     return VerifiedAttestation(
         path=path,
         digest=hashlib.sha256(data).hexdigest(),
-        statement=statement,
+        statement=statement.document(),
         keyid=keyid,
         development=trust.development,
     )

@@ -33,7 +33,6 @@ comparing them with the log is for whoever holds them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -44,17 +43,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from filelock import FileLock
+from pydantic import ValidationError
+
 from guards import git, keys
 from guards.paths import AUDIT_HEAD, AUDIT_LOG
 from oracle_base.atomic_write import write_atomically
+from oracle_base.digests import canonical_json
+from oracle_base.records.governance import GENESIS, AuditAnchor, AuditEntry
+from oracle_base.validation import describe_validation_error
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
     from guards.audit_anchors import Anchor
 
-GENESIS = "0" * 64  # the `prev` of the first entry
-FIELDS = frozenset({"seq", "time", "who", "gate", "commit", "result", "waivers", "details", "prev", "hash"})
 SIGNER = "signer"  # the signing key's id; part of the hashed contents, so a signature cannot be stripped unnoticed
 SIGNATURE = "sig"  # base64 Ed25519 over SIGNED_PREFIX + hash; outside the hash, which it covers
 SIGNED_FIELDS = frozenset({SIGNER, SIGNATURE})
@@ -66,14 +69,10 @@ class AuditError(RuntimeError):
     """The audit log or its head cannot be read or written, or is in no state to be extended."""
 
 
-def canonical(value: object) -> str:
-    """The one serialisation hashes are computed over (and lines are written in)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def entry_hash(entry: Mapping[str, Any]) -> str:
+    """sha256 of the entry's canonical JSON without `hash` and `sig` (lines are written in the same form)."""
     hashed = {k: v for k, v in entry.items() if k not in ("hash", SIGNATURE)}
-    return hashlib.sha256(canonical(hashed).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(hashed)).hexdigest()
 
 
 def signed_bytes(digest: str) -> bytes:
@@ -110,7 +109,7 @@ def append_entry(
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # "a" opens with O_APPEND, so every write lands at the end whatever was read before it
-        with log_path.open("a+b") as handle, _locked(handle, fcntl.LOCK_EX):
+        with _locked(log_path), log_path.open("a+b") as handle:
             last = _last_entry(log_path, handle)
             _check_head_allows_append(root, last)
             seq = 1 if last is None else int(last["seq"]) + 1
@@ -118,7 +117,8 @@ def append_entry(
             digest = entry["hash"] = entry_hash(entry)
             if signing_key is not None:
                 entry[SIGNATURE] = keys.sign(signing_key, signed_bytes(digest))[1]
-            handle.write((canonical(entry) + "\n").encode("utf-8"))
+            _check_schema(log_path, entry)
+            handle.write(canonical_json(entry) + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
             # still under the lock, so the head never describes another appender's entry out of order
@@ -140,7 +140,7 @@ def current_anchor(root: Path) -> dict[str, object] | None:
     """
     log_path = root / AUDIT_LOG
     try:
-        with log_path.open("rb") as handle, _locked(handle, fcntl.LOCK_SH):
+        with log_path.open("rb") as handle, _locked(log_path):
             last = _last_entry(log_path, handle)
             _check_head_allows_append(root, last)
     except FileNotFoundError:
@@ -223,7 +223,7 @@ def check_log(root: Path) -> AuditReport:
     log_path = root / AUDIT_LOG
     report = AuditReport(log_exists=True)
     try:
-        with log_path.open("rb") as handle, _locked(handle, fcntl.LOCK_SH):
+        with log_path.open("rb") as handle, _locked(log_path):
             data = handle.read()
             head = _read_head(root / AUDIT_HEAD)  # under the log's lock: appenders write both together
     except FileNotFoundError:
@@ -234,7 +234,7 @@ def check_log(root: Path) -> AuditReport:
     entries, report.problems, last = _check_chain(data, trusted, report)
     if data and not data.endswith(b"\n"):
         line_no = data.count(b"\n") + 1
-        report.problems.append(f"{AUDIT_LOG} line {line_no}: no newline at the end (a write was cut off)")
+        report.problems.append(f"{AUDIT_LOG}:{line_no}: no newline at the end (a write was cut off)")
     report.problems.extend(_check_head(head, last))
     report.entries, report.last_seq = len(entries), (None if last is None else int(last[1]["seq"]))
     report.anchors, record_problems = find_anchors(root, trusted.for_role)
@@ -310,7 +310,7 @@ def _who(root: Path) -> str:
 def _plain_json(log_path: Path, gate: str, details: dict[str, object]) -> dict[str, object]:
     # round-trip so the returned entry is exactly what is stored (tuples become lists, keys become strings)
     try:
-        plain: dict[str, object] = json.loads(canonical(details))
+        plain: dict[str, object] = json.loads(json.dumps(details, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise AuditError(
             f"cannot write {log_path}: details for gate {gate!r} are not plain JSON ({exc}); "
@@ -320,12 +320,13 @@ def _plain_json(log_path: Path, gate: str, details: dict[str, object]) -> dict[s
 
 
 @contextlib.contextmanager
-def _locked(handle: IO[bytes], operation: int) -> Iterator[None]:
-    fcntl.flock(handle.fileno(), operation)
-    try:
+def _locked(log_path: Path) -> Iterator[None]:
+    """The log's lock, held by an appender while it reads the end, appends one entry and replaces the head, and by a
+    reader while it reads: nobody sees half an entry, or a head of another entry. A `filelock.FileLock` on
+    `<log>.lock` beside the log, in the git-ignored state folder; readers open the log first, so a checkout without
+    a log gets no lock file either."""
+    with FileLock(log_path.with_name(log_path.name + ".lock")):
         yield
-    finally:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _last_entry(log_path: Path, handle: IO[bytes]) -> dict[str, Any] | None:
@@ -339,13 +340,13 @@ def _last_entry(log_path: Path, handle: IO[bytes]) -> dict[str, Any] | None:
         f"run `oracle guards audit verify`, then restore {log_path} or move it and its head aside to start a new chain"
     )
     if not data.endswith(b"\n"):
-        raise AuditError(f"{log_path} line {line_no}: no newline at the end (a write was cut off); {fix}")
+        raise AuditError(f"{log_path}:{line_no}: no newline at the end (a write was cut off); {fix}")
     try:
         entry = json.loads(data[:-1].rsplit(b"\n", 1)[-1].decode("utf-8"))
     except ValueError as exc:
-        raise AuditError(f"{log_path} line {line_no}: not a valid JSON entry ({exc}); {fix}") from exc
+        raise AuditError(f"{log_path}:{line_no}: not a valid JSON entry ({exc}); {fix}") from exc
     if not (isinstance(entry, dict) and isinstance(entry.get("seq"), int) and isinstance(entry.get("hash"), str)):
-        raise AuditError(f"{log_path} line {line_no}: not an audit entry (no integer seq and string hash); {fix}")
+        raise AuditError(f"{log_path}:{line_no}: not an audit entry (no integer seq and string hash); {fix}")
     return entry
 
 
@@ -378,7 +379,7 @@ def _check_head_allows_append(root: Path, last: dict[str, Any] | None) -> None:
 
 def _write_head(head_path: Path, seq: int, digest: str) -> None:
     # readers see the old head or the new one, never half
-    write_atomically(head_path, canonical({"seq": seq, "hash": digest}) + "\n")
+    write_atomically(head_path, canonical_json(AuditAnchor(seq=seq, hash=digest).document()) + b"\n")
 
 
 def _read_head(head_path: Path) -> dict[str, Any] | str | None:
@@ -395,14 +396,11 @@ def _read_head(head_path: Path) -> dict[str, Any] | str | None:
         head = json.loads(text)
     except ValueError as exc:
         return f"not valid JSON ({exc})"
-    if not (
-        isinstance(head, dict)
-        and set(head) == {"seq", "hash"}
-        and isinstance(head["seq"], int)
-        and isinstance(head["hash"], str)
-    ):
-        return 'not of the form {"seq": N, "hash": "..."}'
-    return head
+    try:
+        AuditAnchor.model_validate(head)
+    except ValidationError as exc:
+        return f'not of the form {{"seq": N >= 1, "hash": "<64 hex>"}} ({describe_validation_error("", "", exc)})'
+    return dict(head)
 
 
 def _check_chain(
@@ -419,29 +417,29 @@ def _check_chain(
     if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
     for line_no, raw in enumerate(lines, start=1):
-        entry, problem = _parse_line(raw)
+        entry, problem = _parse_line(raw, line_no)
         if entry is None:
-            problems.append(f"{AUDIT_LOG} line {line_no}: {problem}")
+            problems.append(problem)
             expected_seq = expected_prev = None  # unknown: do not blame the next line for this one
             continue
         if problem:
-            problems.append(f"{AUDIT_LOG} line {line_no}: {problem}")
+            problems.append(problem)
         elif entry_hash(entry) != entry["hash"]:
-            problems.append(f"{AUDIT_LOG} line {line_no}: hash does not match the entry's contents (it was edited)")
+            problems.append(f"{AUDIT_LOG}:{line_no}: hash does not match the entry's contents (it was edited)")
         else:
             signed, signature_problem = _check_signature(entry, trusted.for_role)
             if signature_problem and trusted.error is None:  # else the one line about the trust root says it
-                problems.append(f"{AUDIT_LOG} line {line_no}: {signature_problem}")
+                problems.append(f"{AUDIT_LOG}:{line_no}: {signature_problem}")
             report.signed += signed
             report.unsigned += not signed and not signature_problem
         if expected_seq is not None and entry["seq"] != expected_seq:
             problems.append(
-                f"{AUDIT_LOG} line {line_no}: seq is {entry['seq']}, expected {expected_seq} "
+                f"{AUDIT_LOG}:{line_no}: seq is {entry['seq']}, expected {expected_seq} "
                 "(an entry was removed, inserted or reordered)"
             )
         if expected_prev is not None and entry["prev"] != expected_prev:
             problems.append(
-                f"{AUDIT_LOG} line {line_no}: prev does not match the hash of "
+                f"{AUDIT_LOG}:{line_no}: prev does not match the hash of "
                 + ("no entry (the first entry's prev must be 64 zeros)" if line_no == 1 else f"line {line_no - 1}")
                 + " (an entry was removed, inserted or reordered)"
             )
@@ -472,23 +470,32 @@ def _check_signature(entry: dict[str, Any], keys_for: Callable[[str | None], Map
     return True, ""
 
 
-def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    """The entry (None when unusable) and a problem ("" when none) for one line of the log."""
+def _parse_line(raw: bytes, line_no: int) -> tuple[dict[str, Any] | None, str]:
+    """The entry (None when unusable: no integer seq, or no prev and hash to chain on) and a problem line ("" when
+    none) for one line of the log, checked against the schema (AuditEntry)."""
+    where = f"{AUDIT_LOG}:{line_no}"
     try:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        return None, "not valid UTF-8"
+        return None, f"{where}: not valid UTF-8"
     except ValueError as exc:
-        return None, f"not valid JSON ({exc})"
+        return None, f"{where}: not valid JSON ({exc})"
     if not isinstance(value, dict):
-        return None, f"not a JSON object but {type(value).__name__}"
-    if not all(isinstance(value.get(key), kind) for key, kind in (("seq", int), ("prev", str), ("hash", str))):
-        return None, "not an audit entry (needs an integer seq and string prev and hash)"
-    present = set(value) - SIGNED_FIELDS
-    if present != FIELDS:
-        missing, extra = sorted(FIELDS - present), sorted(present - FIELDS)
-        return value, f"fields are wrong (missing: {missing or 'none'}; unexpected: {extra or 'none'})"
+        return None, f"{where}: not a JSON object but {type(value).__name__}"
+    try:
+        AuditEntry.model_validate(value)
+    except ValidationError as exc:
+        problem = f"{describe_validation_error(where, '', exc)} (not an audit entry of this version)"
+        chainable = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}.isdisjoint({"seq", "prev", "hash"})
+        return (value if chainable else None), problem
     return value, ""
+
+
+def _check_schema(log_path: Path, entry: dict[str, object]) -> None:
+    try:
+        AuditEntry.model_validate(entry)
+    except ValidationError as exc:
+        raise AuditError(f"cannot write {describe_validation_error(log_path, '', exc)}; pass plain values") from exc
 
 
 def _check_head(head: dict[str, Any] | str | None, last: tuple[int, dict[str, Any]] | None) -> list[str]:

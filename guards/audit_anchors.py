@@ -1,20 +1,17 @@
 """Where the audit log is anchored: the head of the log as each attestation, submission record and training
 provenance recorded it when it was made (guards.audit.current_anchor), and whether the log still holds those entries.
 
-An anchor is `{"seq": N, "hash": "<sha256 hex>"}` under the key `audit`: in an attestation's predicate, at the top of
-a submission record (plain JSON, or the payload when it is a DSSE envelope), and in a provenance record's payload.
-Records are read fail-closed: one that cannot be read or parsed, or whose anchor is malformed, is a problem, never
-skipped. A record whose DSSE signature verifies with a key of its role in the trust root is a *signed* anchor; the
-others still constrain the log, but a checkout holder could have written them.
+An anchor is `{"seq": N, "hash": "<sha256 hex>"}` under the key `audit`: in an attestation's predicate, and in the
+payload of a submission record and of a provenance record. Records are read fail-closed, through the one DSSE parser
+and each record's schema (oracle_base.records.governance): one that cannot be read, is not an envelope of its kind,
+or does not match its schema (a malformed anchor included) is a problem naming its line and key, never skipped. A
+record whose DSSE signature verifies with a key of its role in the trust root is a *signed* anchor; the others still
+constrain the log, but a checkout holder could have written them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +20,31 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guards import keys, paths
-from guards.attestation import pae
 from guards.provenance import PROVENANCE_FILE
 from guards.trust import ATTESTATION, PROVENANCE, SUBMISSION
+from oracle_base.records import RecordError
+from oracle_base.records.governance import (
+    ATTESTATION_PAYLOAD_TYPE,
+    PROVENANCE_PAYLOAD_TYPE,
+    SUBMISSION_PAYLOAD_TYPE,
+    AttestationStatement,
+    AuditAnchor,
+    Envelope,
+    GovernanceRecord,
+    ProvenanceRecord,
+    SubmissionRecord,
+)
 
 ANCHOR_FIELD = "audit"
-_HASH = re.compile(r"[0-9a-f]{64}")
 
 KeysFor = Callable[[str | None], Mapping[str, Ed25519PublicKey]]
+
+# each signing role's records: their payload type and schema
+_SCHEMAS: dict[str, tuple[str, type[GovernanceRecord]]] = {
+    ATTESTATION: (ATTESTATION_PAYLOAD_TYPE, AttestationStatement),
+    SUBMISSION: (SUBMISSION_PAYLOAD_TYPE, SubmissionRecord),
+    PROVENANCE: (PROVENANCE_PAYLOAD_TYPE, ProvenanceRecord),
+}
 
 
 @dataclass(frozen=True)
@@ -100,59 +114,32 @@ def _records(root: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _record_anchor(path: Path, relative: str, role: str, keys_for: KeysFor) -> Anchor | None:
-    """The record's anchor (None when it carries none: older records, or one made before the log existed)."""
+    """The record's anchor (None when it carries none: a record made before the log existed)."""
     try:
-        document = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise _UnusableRecord(f"{relative}: cannot be read ({exc.strerror}); fix its permissions or remove it") from exc
-    except ValueError as exc:
-        raise _UnusableRecord(f"{relative}: not valid JSON ({exc}); restore it or remove it") from exc
-    content, signed = _content(document, relative, role, keys_for)
-    predicate = content.get("predicate")
-    holder = predicate if isinstance(predicate, dict) and ANCHOR_FIELD in predicate else content
-    value = holder.get(ANCHOR_FIELD)
-    if value is None:
+    payload_type, schema = _SCHEMAS[role]
+    try:
+        envelope = Envelope.open(data, relative, payload_type)
+        record = envelope.statement(schema, relative, data.decode("utf-8"))
+    except RecordError as exc:
+        raise _UnusableRecord(f"{exc}; the record was altered: restore it or remove it") from exc
+    anchor = _anchor_of(record)
+    if anchor is None:
         return None
-    if not (
-        isinstance(value, dict)
-        and set(value) == {"seq", "hash"}
-        and type(value["seq"]) is int
-        and value["seq"] >= 1
-        and isinstance(value["hash"], str)
-        and _HASH.fullmatch(value["hash"])
-    ):
-        raise _UnusableRecord(
-            f'{relative}: its `{ANCHOR_FIELD}` anchor is not {{"seq": N >= 1, "hash": "<64 hex>"}} but '
-            f"{json.dumps(value)[:80]}; the record was altered: restore it or remove it"
-        )
-    return Anchor(record=relative, seq=value["seq"], hash=value["hash"], signed=signed)
+    signed = _signed_by_role(envelope, keys_for(role))
+    return Anchor(record=relative, seq=anchor.seq, hash=anchor.hash, signed=signed)
 
 
-def _content(document: object, relative: str, role: str, keys_for: KeysFor) -> tuple[dict[str, Any], bool]:
-    """The record's fields (a DSSE envelope's payload, or the plain JSON object) and whether a trusted key of the
-    record's role signed it."""
-    if isinstance(document, dict) and "payloadType" in document:
-        payload_type, payload, signatures = (document.get(k) for k in ("payloadType", "payload", "signatures"))
-        try:
-            if not (isinstance(payload_type, str) and isinstance(payload, str) and isinstance(signatures, list)):
-                raise ValueError("payloadType, payload and signatures must be a string, a string and a list")
-            body = base64.b64decode(payload, validate=True)
-            content = json.loads(body)
-        except (ValueError, binascii.Error) as exc:
-            raise _UnusableRecord(f"{relative}: not a readable DSSE envelope ({exc}); restore it or remove it") from exc
-        signed = bool(signatures) and _signed_by_role(pae(payload_type, body), signatures, keys_for(role))
-    else:
-        content, signed = document, False
-    if not isinstance(content, dict):
-        raise _UnusableRecord(f"{relative}: not a JSON object but {type(content).__name__}; restore it or remove it")
-    return content, signed
+def _anchor_of(record: GovernanceRecord) -> AuditAnchor | None:
+    if isinstance(record, AttestationStatement):
+        return record.predicate.audit
+    if isinstance(record, SubmissionRecord | ProvenanceRecord):
+        return record.audit
+    raise TypeError(f"no anchor in a {type(record).__name__}")
 
 
-def _signed_by_role(signed: bytes, signatures: list[Any], trusted: Mapping[str, Ed25519PublicKey]) -> bool:
-    return any(
-        isinstance(entry, dict)
-        and isinstance(entry.get("keyid"), str)
-        and isinstance(entry.get("sig"), str)
-        and keys.verify(trusted, entry["keyid"], signed, entry["sig"])
-        for entry in signatures
-    )
+def _signed_by_role(envelope: Envelope, trusted: Mapping[str, Ed25519PublicKey]) -> bool:
+    signed = envelope.signed_bytes()
+    return any(keys.verify(trusted, entry.keyid, signed, entry.sig) for entry in envelope.signatures)

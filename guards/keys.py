@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guards import paths
+from oracle_base.records.governance import Envelope, Signature, pae
 
 PUBLIC_KEY_SUFFIX = ".pub"
 
@@ -126,6 +127,16 @@ def sign(private_key: Ed25519PrivateKey, data: bytes) -> tuple[str, str]:
     """(key id, base64 signature) over data."""
     signature = private_key.sign(data)
     return key_id(private_key.public_key()), base64.b64encode(signature).decode("ascii")
+
+
+def seal(payload_type: str, body: bytes, signing_keys: list[Ed25519PrivateKey]) -> Envelope:
+    """The DSSE envelope of `body`, signed over its pre-authentication encoding by each key (none: unsigned). Every
+    signed record of ours is sealed here and opened by `oracle_base.records.governance.Envelope.open`."""
+    signatures = []
+    for private_key in signing_keys:
+        keyid, sig = sign(private_key, pae(payload_type, body))
+        signatures.append(Signature(keyid=keyid, sig=sig))
+    return Envelope.seal(payload_type, body, signatures)
 
 
 def verify(public_keys: Mapping[str, Ed25519PublicKey], keyid: str, data: bytes, signature_b64: str) -> bool:

@@ -11,9 +11,6 @@ the checkpoint they came from (its path, the sha256 of its provenance.json and t
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,15 +18,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import keys
-from guards.attestation import canonical_json, envelope, pae
 from guards.trust import PROVENANCE as PROVENANCE_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle_base.atomic_write import write_atomically
 from oracle_base.bounded_read import read_regular_file
-from oracle_base.digests import sha256_file
+from oracle_base.digests import canonical_json, sha256_file
+from oracle_base.records import RecordError
+from oracle_base.records.governance import PROVENANCE_PAYLOAD_TYPE, Envelope, ProvenanceRecord, RunIdentity
 
 PROVENANCE_FILE = "provenance.json"
-PAYLOAD_TYPE = "application/vnd.oracle.provenance+json"
+PAYLOAD_TYPE = PROVENANCE_PAYLOAD_TYPE
 
 
 class ProvenanceError(RuntimeError):
@@ -47,23 +45,23 @@ def write_provenance(
     """Write (and sign, given a key) a record for the named weights files in `directory`; their sha256 are computed
     here, except those `digests` gives (computed by the rank of a training job that wrote the file: the signer never
     reads another rank's files). Without a key the record is written unsigned, and so never verifies: it still
-    documents the run."""
+    documents the run. `facts` must fit the schema (ProvenanceRecord): a fact it does not know is refused here, as
+    every reader would refuse it."""
     given = digests or {}
-    record = {
-        "files": {name: given[name] if name in given else sha256_file(directory / name) for name in sorted(weights)},
-        **facts,
-    }
+    files = {name: given[name] if name in given else sha256_file(directory / name) for name in sorted(weights)}
     path = directory / PROVENANCE_FILE
-    data = json.dumps(envelope(record, signing_key, payload_type=PAYLOAD_TYPE), indent=2).encode() + b"\n"
-    return write_atomically(path, data)
+    try:
+        record = ProvenanceRecord.parse_document({"files": files, **facts}, "", path)
+    except RecordError as exc:
+        raise ProvenanceError(f"cannot write {exc}") from exc
+    sealed = keys.seal(PAYLOAD_TYPE, canonical_json(record.document()), [signing_key] if signing_key else [])
+    return write_atomically(path, sealed.to_bytes())
 
 
 def derived_facts(checkpoint: Path, record: dict[str, Any], **facts: Any) -> dict[str, Any]:
     """The facts of a record for files derived from `checkpoint`, whose verified record is `record`: `source` names
     it (path, the sha256 of its provenance.json, its commit, run and step); `facts` say how they were derived."""
-    identity: dict[str, Any] = {
-        key: record[key] for key in ("commit", "attestation_digest", "run", "step", "job_id") if key in record
-    }
+    identity: dict[str, Any] = {key: record[key] for key in RunIdentity.model_fields if key in record}
     source: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "provenance_sha256": sha256_file(checkpoint / PROVENANCE_FILE),
@@ -86,31 +84,31 @@ def verify_provenance(
             raise ProvenanceError(str(exc)) from exc
     path = directory / PROVENANCE_FILE
     try:
-        document = json.loads(read_regular_file(path))
-        body = base64.b64decode(document["payload"], validate=True)
-        record = json.loads(body)
-        signatures = document["signatures"]
-        payload_type = document["payloadType"]
+        data = read_regular_file(path)
     except FileNotFoundError as exc:
         raise ProvenanceError(f"{path} is missing: weights need a signed provenance record beside them") from exc
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except OSError as exc:
         raise ProvenanceError(f"{path} is not a provenance envelope ({exc})") from exc
-    if payload_type != PAYLOAD_TYPE or not isinstance(record, dict) or not isinstance(record.get("files"), dict):
-        raise ProvenanceError(f"{path} has payloadType {payload_type!r} or no `files`; it is not a provenance record")
-    if body != canonical_json(record):
-        raise ProvenanceError(f"{path}: the payload is not in canonical form")
+    try:
+        envelope = Envelope.open(data, path, PAYLOAD_TYPE)
+    except RecordError as exc:
+        raise ProvenanceError(f"{exc}; it is not a provenance record") from exc
+    body = envelope.body
     public_keys = trust.keys_for(PROVENANCE_ROLE)
     where = "policies/keys/ (development default)" if trust.development else f"the trust root {trust.source}"
-    if not isinstance(signatures, list) or not all(isinstance(s, dict) for s in signatures):
-        raise ProvenanceError(f"{path}: `signatures` is not a list of {{keyid, sig}}")
-    if not signatures:
+    if not envelope.signatures:
         raise ProvenanceError(f"{path} is unsigned; provenance must be signed by a provenance key of {where}")
-    for entry in signatures:
-        keyid = str(entry.get("keyid"))
-        if keyid not in public_keys:
-            raise ProvenanceError(f"{path} is signed by key {keyid}, which is not a provenance key of {where}")
-        if not keys.verify(public_keys, keyid, pae(PAYLOAD_TYPE, body), str(entry.get("sig"))):
-            raise ProvenanceError(f"{path}: the signature by {keyid} does not verify (altered after signing)")
+    for entry in envelope.signatures:
+        if entry.keyid not in public_keys:
+            raise ProvenanceError(f"{path} is signed by key {entry.keyid}, which is not a provenance key of {where}")
+        if not keys.verify(public_keys, entry.keyid, envelope.signed_bytes(), entry.sig):
+            raise ProvenanceError(f"{path}: the signature by {entry.keyid} does not verify (altered after signing)")
+    try:
+        record = envelope.statement(ProvenanceRecord, path, data.decode("utf-8")).document()
+    except RecordError as exc:
+        raise ProvenanceError(f"{exc}; write the record again (`oracle train` or `oracle export`)") from exc
+    if body != canonical_json(record):
+        raise ProvenanceError(f"{path}: the payload is not in canonical form")
     files: dict[str, Any] = record["files"]
     if only is not None:
         unlisted = [name for name in only if name not in files]

@@ -1,6 +1,6 @@
 """Submission records: what `oracle submit` writes before a job reaches a cluster, and what the job verifies.
 
-The record is a DSSE envelope (guards.attestation.envelope, payload type `SUBMISSION_PAYLOAD_TYPE`) signed by the
+The record is a DSSE envelope (guards.keys.seal, payload type `SUBMISSION_PAYLOAD_TYPE`) signed by the
 submitter's key, which must be a `submission` key of the trust root. Its payload names the commit and tree, the
 attestation's digest, the recipe's config hash, the rendered spec's hash, the target, the trust root it was made
 under, the audit log's head (`audit`, guards.audit.current_anchor), the waivers in use (from the attestation) and
@@ -16,20 +16,20 @@ record names and the lock it was submitted with.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from guards.attestation import open_envelope
+from guards import keys
 from oracle_base.atomic_write import write_atomically
+from oracle_base.digests import canonical_json
+from oracle_base.records import RecordError
+from oracle_base.records.governance import SUBMISSION_PAYLOAD_TYPE, Envelope, SubmissionRecord
 
 DIGEST_ENV = "ORACLE_SUBMISSION_DIGEST"
 RECORD_ENV = "ORACLE_SUBMISSION_RECORD"
-SUBMISSION_PAYLOAD_TYPE = "application/vnd.oracle.submission+json"
 _SIGN_HINT = "submit again with ORACLE_SIGNING_KEY set to a key the trust root names for submissions"
 
 
@@ -37,33 +37,18 @@ class SubmissionError(RuntimeError):
     """A submission record that is missing, altered, unsigned, or does not match the code that runs."""
 
 
-class SubmissionRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    commit: str
-    tree: str
-    attestation_digest: str
-    config_hash: str
-    spec_hash: str
-    target: Literal["slurm", "k8s", "argo"]
-    created: str
-    lock_sha256: str
-    trust: dict[str, Any]  # TrustRoot.describe() of the trust root it was made under
-    audit: dict[str, Any] | None  # the audit log's head when it was made (guards.audit.current_anchor)
-    waivers: list[dict[str, Any]]  # the waivers in use, as the verified attestation lists them
-    kind: Literal["train", "data"] = "train"  # what the job runs: training, or the data pipeline's stages
-
-
 def new_record(**fields: Any) -> SubmissionRecord:
-    return SubmissionRecord(created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields)
+    try:
+        return SubmissionRecord.parse_document(
+            {"created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields}, "", "(new submission record)"
+        )
+    except RecordError as exc:
+        raise SubmissionError(f"cannot write {exc}") from exc
 
 
 def record_bytes(record: SubmissionRecord, signing_key: Ed25519PrivateKey) -> bytes:
     """The envelope's bytes: what is written and what the digest covers."""
-    from guards.attestation import envelope
-
-    document = envelope(record.model_dump(mode="json"), signing_key, payload_type=SUBMISSION_PAYLOAD_TYPE)
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    return keys.seal(SUBMISSION_PAYLOAD_TYPE, canonical_json(record.document()), [signing_key]).to_bytes(sort_keys=True)
 
 
 def write_submission_record(path: Path, record: SubmissionRecord, signing_key: Ed25519PrivateKey) -> str:
@@ -73,39 +58,45 @@ def write_submission_record(path: Path, record: SubmissionRecord, signing_key: E
     return hashlib.sha256(data).hexdigest()
 
 
-def read_payload(data: bytes, where: str) -> tuple[bytes, list[dict[str, str]]]:
-    """The envelope's payload bytes and signatures, unverified; SubmissionError when it is not such an envelope."""
+def open_record(data: bytes, where: Path) -> Envelope:
+    """The record's envelope, unverified; SubmissionError when it is not one of a submission record."""
     try:
-        return open_envelope(data, SUBMISSION_PAYLOAD_TYPE)
-    except ValueError as exc:
-        raise SubmissionError(f"submission record {where} is malformed ({exc}); submit again") from exc
+        return Envelope.open(data, where, SUBMISSION_PAYLOAD_TYPE)
+    except RecordError as exc:
+        raise SubmissionError(f"submission record {where} is malformed: {exc}; submit again") from exc
+
+
+def record_of(envelope: Envelope, data: bytes, where: Path) -> SubmissionRecord:
+    """The envelope's payload as a SubmissionRecord; SubmissionError naming the line and key otherwise."""
+    try:
+        return envelope.statement(SubmissionRecord, where, data.decode("utf-8"))
+    except RecordError as exc:
+        raise SubmissionError(f"{exc}; submit again") from exc
 
 
 def load_record(path: Path) -> SubmissionRecord:
     """The record's fields, without verifying anything (for callers that read a record verify_submission passed)."""
-    body, _ = read_payload(path.read_bytes(), str(path))
-    return SubmissionRecord.model_validate_json(body)
+    data = path.read_bytes()
+    return record_of(open_record(data, path), data, path)
 
 
-def check_signature(body: bytes, signatures: list[dict[str, str]], where: str, trust: Any) -> str:
+def check_signature(envelope: Envelope, where: Path, trust: Any) -> str:
     """The signing key id; SubmissionError unless a `submission` key of the trust root signs the payload (and no
     signature fails)."""
-    from guards import keys
-    from guards.attestation import pae
     from guards.trust import SUBMISSION
 
-    if not signatures:
+    if not envelope.signatures:
         raise SubmissionError(f"submission record {where} is unsigned; {_SIGN_HINT}")
     allowed = trust.keys_for(SUBMISSION)
-    for entry in signatures:
-        if entry["keyid"] not in allowed:
+    for entry in envelope.signatures:
+        if entry.keyid not in allowed:
             raise SubmissionError(
-                f"submission record {where} is signed by key {entry['keyid']}, which is not a submission key of "
+                f"submission record {where} is signed by key {entry.keyid}, which is not a submission key of "
                 f"the trust root ({trust.label}); {_SIGN_HINT}"
             )
-        if not keys.verify(allowed, entry["keyid"], pae(SUBMISSION_PAYLOAD_TYPE, body), entry["sig"]):
+        if not keys.verify(allowed, entry.keyid, envelope.signed_bytes(), entry.sig):
             raise SubmissionError(f"submission record {where} does not match its signature (altered after signing)")
-    return signatures[0]["keyid"]
+    return envelope.signatures[0].keyid
 
 
 def verify_submission(record_path: Path, digest: str, code_root: Path) -> SubmissionRecord:
@@ -130,12 +121,9 @@ def verify_submission(record_path: Path, digest: str, code_root: Path) -> Submis
         require_protected(trust, "training from a submission record")
     except TrustError as exc:
         raise SubmissionError(str(exc)) from exc
-    body, signatures = read_payload(data, str(record_path))
-    check_signature(body, signatures, str(record_path), trust)
-    try:
-        record = SubmissionRecord.model_validate_json(body)
-    except ValidationError as exc:
-        raise SubmissionError(f"submission record {record_path} is malformed: {exc.errors()[0]['msg']}") from exc
+    envelope = open_record(data, record_path)
+    check_signature(envelope, record_path, trust)
+    record = record_of(envelope, data, record_path)
     head = git.head_commit(code_root)
     if record.commit != head:
         raise SubmissionError(f"the job runs commit {head[:12]}, but it was submitted for {record.commit[:12]}")

@@ -28,27 +28,33 @@ job to a scheduler, publishing to the Hub, serving weights) refuse it with one l
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guards import keys
+from oracle_base.digests import canonical_json
+from oracle_base.records import RecordError
+from oracle_base.records.governance import (
+    TRUST_ROOT_PAYLOAD_TYPE,
+    Envelope,
+    KeyEntry,
+    RoleEntry,
+    TrustRootDocument,
+)
 
 TRUST_ROOT_ENV = "ORACLE_TRUST_ROOT"
 SYSTEM_TRUST_ROOT = Path("/etc/oracle/trust-root.json")
-PAYLOAD_TYPE = "application/vnd.oracle.trust-root+json"
+PAYLOAD_TYPE = TRUST_ROOT_PAYLOAD_TYPE
 DOCUMENT_TYPE = "oracle-trust-root"
 
 ROOT_ROLE = "root"
@@ -67,29 +73,6 @@ SETUP_HINT = (
 
 class TrustError(RuntimeError):
     """The trust root cannot be found, read or verified, or a development-only record meets a gate that needs trust."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class KeyEntry(_Model):
-    keytype: Literal["ed25519"] = "ed25519"
-    public: str = Field(min_length=1, description="PEM SubjectPublicKeyInfo")
-
-
-class RoleEntry(_Model):
-    keyids: list[str] = Field(default_factory=list)
-    threshold: int = Field(default=1, ge=1)
-
-
-class TrustRootDocument(_Model):
-    type: Literal["oracle-trust-root"] = "oracle-trust-root"
-    version: int = Field(ge=1)
-    expires: datetime
-    keys: dict[str, KeyEntry]
-    roles: dict[str, RoleEntry]
-    floor: dict[str, Any] = Field(default_factory=dict, description="The policy floor (policies.floor.PolicyFloor)")
 
 
 @dataclass(frozen=True)
@@ -234,25 +217,21 @@ def load_trust_root(
     )
 
 
-def _envelope_parts(path: Path, data: bytes) -> tuple[bytes, list[dict[str, str]]]:
-    from guards.attestation import open_envelope
-
+def _open(path: Path, data: bytes) -> Envelope:
     try:
-        return open_envelope(data, PAYLOAD_TYPE)
-    except ValueError as exc:
-        raise TrustError(f"trust root {path} is malformed ({exc}); re-issue it with `oracle trust init`") from exc
+        return Envelope.open(data, path, PAYLOAD_TYPE)
+    except RecordError as exc:
+        raise TrustError(f"trust root {path} is malformed: {exc}; re-issue it with `oracle trust init`") from exc
 
 
 def parse_trust_root(path: Path, data: bytes) -> TrustRootDocument:
     """The document inside the envelope, validated; TrustError naming the field otherwise (signatures unchecked)."""
-    body, _ = _envelope_parts(path, data)
+    envelope = _open(path, data)
     try:
-        document = TrustRootDocument.model_validate_json(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "(document)"
-        raise TrustError(f"trust root {path}: {where}: {error['msg']}; re-issue it with `oracle trust init`") from exc
-    if body != keys_canonical(document):
+        document = envelope.statement(TrustRootDocument, path, data.decode("utf-8"))
+    except RecordError as exc:
+        raise TrustError(f"{exc}; re-issue it with `oracle trust init`") from exc
+    if envelope.body != keys_canonical(document):
         raise TrustError(f"trust root {path}: the payload is not in canonical form; re-issue it (`oracle trust init`)")
     unknown = sorted(set(document.roles) - set(ROLES))
     missing = sorted(set(ROLES) - set(document.roles))
@@ -281,12 +260,11 @@ def parse_trust_root(path: Path, data: bytes) -> TrustRootDocument:
 
 def verify_root_signatures(path: Path, data: bytes, document: TrustRootDocument) -> None:
     """At least `roles.root.threshold` distinct root keys of the document signed it."""
-    from guards.attestation import pae
-
-    body, signatures = _envelope_parts(path, data)
+    envelope = _open(path, data)
     root_role = document.roles[ROOT_ROLE]
     root_keys = {keyid: _public_key(path, keyid, document.keys[keyid]) for keyid in root_role.keyids}
-    valid = {s["keyid"] for s in signatures if keys.verify(root_keys, s["keyid"], pae(PAYLOAD_TYPE, body), s["sig"])}
+    signed = envelope.signed_bytes()
+    valid = {s.keyid for s in envelope.signatures if keys.verify(root_keys, s.keyid, signed, s.sig)}
     if len(valid) < root_role.threshold:
         raise TrustError(
             f"trust root {path} carries {len(valid)} valid root signature(s) of the {root_role.threshold} required: "
@@ -311,8 +289,6 @@ def _role_keys(document: TrustRootDocument, role: str) -> dict[str, Ed25519Publi
 
 
 def keys_canonical(document: TrustRootDocument) -> bytes:
-    from guards.attestation import canonical_json
-
     return canonical_json(document.model_dump(mode="json"))
 
 
@@ -331,8 +307,6 @@ def build_trust_root(
 ) -> bytes:
     """The signed trust root file's bytes: `root_keys` sign it and form the root role; `role_members` name the
     public keys of each signing role."""
-    from guards.attestation import envelope
-
     entries: dict[str, KeyEntry] = {}
     roles: dict[str, RoleEntry] = {}
     members = {ROOT_ROLE: [key.public_key() for key in root_keys], **role_members}
@@ -352,14 +326,8 @@ def build_trust_root(
         floor=dict(floor or {}),
     )
     parse_trust_root(Path("(new trust root)"), _bare_envelope(document))  # the same checks a reader applies
-    payload = document.model_dump(mode="json")
-    signed = envelope(payload, root_keys[0], payload_type=PAYLOAD_TYPE)
-    for extra in root_keys[1:]:
-        other = envelope(payload, extra, payload_type=PAYLOAD_TYPE)
-        signed["signatures"].extend(other["signatures"])
-    return json.dumps(signed, indent=2).encode("utf-8") + b"\n"
+    return keys.seal(PAYLOAD_TYPE, keys_canonical(document), root_keys).to_bytes()
 
 
 def _bare_envelope(document: TrustRootDocument) -> bytes:
-    body = base64.b64encode(keys_canonical(document)).decode("ascii")
-    return json.dumps({"payloadType": PAYLOAD_TYPE, "payload": body, "signatures": []}).encode()
+    return Envelope.seal(PAYLOAD_TYPE, keys_canonical(document), []).to_bytes()

@@ -103,7 +103,8 @@ class Waivers:
 def approval_payload(waiver: Waiver) -> bytes:
     """What an approver signs: the DSSE encoding of the canonical JSON of every field but the approval itself, so
     changing the rule, selector, owner, reason or dates voids it."""
-    from guards.attestation import canonical_json, pae
+    from oracle_base.digests import canonical_json
+    from oracle_base.records.governance import pae
 
     fields = waiver.model_dump(mode="json", exclude={"approval"}, exclude_none=True)
     return pae(APPROVAL_PAYLOAD_TYPE, canonical_json(fields))

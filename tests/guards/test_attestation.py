@@ -25,12 +25,12 @@ from guards.attestation import (
     PAYLOAD_TYPE,
     AttestationError,
     build_statement,
-    pae,
     policy_bundle_digest,
     verify_attestation,
     write_attestation,
 )
 from guards.result import GateResult, WaiverUse
+from oracle_base.records.governance import pae
 from policies.rule import Finding, Gate, Rule, Severity
 
 
@@ -296,6 +296,37 @@ def test_verify_fails_as_malformed_when_the_file_is_not_json(repo: Path) -> None
     assert _reason(repo) == "malformed"
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda st: st["predicate"].update(surprise=1), "payload.predicate.surprise: Extra inputs are not permitted"),
+        (lambda st: st["predicate"].pop("commit"), "payload.predicate.commit: Field required"),
+        (
+            lambda st: st["predicate"].update(findings="0"),
+            "payload.predicate.findings: Input should be a valid integer",
+        ),
+        (
+            lambda st: st.update(predicateType="https://oracle.invalid/attestation/guards-result/v2"),
+            "payload.predicateType: Input should be 'https://oracle.invalid/attestation/guards-result/v1'",
+        ),
+    ],
+    ids=["unknown key", "missing key", "wrong type", "wrong version"],
+)
+def test_a_statement_that_does_not_match_its_schema_is_malformed_naming_line_and_key(
+    repo: Path, change: Any, expected: str
+) -> None:
+    path = write_attestation(repo, _passing(repo), None)
+    document, statement = _load_envelope(path)
+    change(statement)
+    _store_envelope(path, document, statement)
+
+    with pytest.raises(AttestationError) as refused:
+        verify_attestation(repo)
+
+    assert refused.value.reason == "malformed"
+    assert str(refused.value).startswith(f"attestation {path}:1: {expected}")
+
+
 # --- what write_attestation refuses ----------------------------------------------------------------------------------
 
 
@@ -346,7 +377,7 @@ def test_write_refuses_when_git_does_not_ignore_the_attestation(repo: Path) -> N
 
 def test_statement_subjects_are_tree_lock_policy_bundle_and_model_config(repo: Path) -> None:
     statement = build_statement(repo, _passing(repo), commit="c", tree="t")
-    assert [entry["name"] for entry in statement["subject"]] == [
+    assert [entry.name for entry in statement.subject] == [
         "git-tree",
         "requirements.lock",
         "policy-bundle",
@@ -357,7 +388,7 @@ def test_statement_subjects_are_tree_lock_policy_bundle_and_model_config(repo: P
 def test_statement_omits_model_config_subject_when_the_file_is_absent(repo: Path) -> None:
     (repo / paths.MODEL_CONFIG).unlink()
     statement = build_statement(repo, _passing(repo), commit="c", tree="t")
-    assert "model-config" not in [entry["name"] for entry in statement["subject"]]
+    assert "model-config" not in [entry.name for entry in statement.subject]
 
 
 def test_statement_predicate_records_rule_outcomes_and_waived_fingerprints(repo: Path) -> None:
@@ -369,7 +400,7 @@ def test_statement_predicate_records_rule_outcomes_and_waived_fingerprints(repo:
         findings=[_finding("F001", "f1", Severity.warning)],
         waived=[(_finding("W001", "f2"), use)],
     )
-    predicate = build_statement(repo, result, commit="c", tree="t")["predicate"]
+    predicate = build_statement(repo, result, commit="c", tree="t").document()["predicate"]
     assert (predicate["rules"], predicate["waived"], predicate["findings"]) == (
         [{"id": "P001", "result": "pass"}, {"id": "F001", "result": "fail"}, {"id": "W001", "result": "waived"}],
         ["f2"],
@@ -379,7 +410,7 @@ def test_statement_predicate_records_rule_outcomes_and_waived_fingerprints(repo:
 
 def test_statement_created_time_is_iso_utc(repo: Path) -> None:
     now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert build_statement(repo, _passing(repo), commit="c", tree="t", now=now)["predicate"]["created"] == (
+    assert build_statement(repo, _passing(repo), commit="c", tree="t", now=now).predicate.created == (
         "2025-01-02T03:04:05Z"
     )
 

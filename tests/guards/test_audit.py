@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guards import audit, git, keys
-from guards.attestation import envelope
+from guards import git, keys
 from guards.audit import (
     GENESIS,
     SIGNATURE,
@@ -29,6 +28,9 @@ from guards.audit import (
 from guards.paths import AUDIT_HEAD, AUDIT_LOG, RUNS_DIR, SIGNING_KEY_ENV, SUBMISSIONS_DIR
 from guards.provenance import write_provenance
 from guards.trust import TRUST_ROOT_ENV
+from oracle_base.digests import canonical_json
+from oracle_base.records.governance import SUBMISSION_PAYLOAD_TYPE
+from tests.guards.test_governance_records import SUBMISSION
 from tests.trust import session_key
 
 
@@ -76,7 +78,7 @@ def test_first_entry_has_every_field_and_starts_the_chain(tmp_path: Path) -> Non
         now=datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
     )
 
-    assert set(entry) == audit.FIELDS
+    assert set(entry) == {"seq", "time", "who", "gate", "commit", "result", "waivers", "details", "prev", "hash"}
     assert entry["seq"] == 1
     assert entry["prev"] == GENESIS
     assert entry["time"] == "2024-05-01T12:30:00.000000Z"
@@ -119,7 +121,7 @@ def test_edited_entry_is_detected(tmp_path: Path) -> None:
     problems = verify_log(tmp_path)
 
     assert len(problems) == 1
-    assert "line 2" in problems[0]
+    assert problems[0].startswith(f"{AUDIT_LOG}:2: ")
     assert "hash does not match" in problems[0]
 
 
@@ -130,8 +132,8 @@ def test_deleted_entry_is_detected(tmp_path: Path) -> None:
 
     problems = verify_log(tmp_path)
 
-    assert any("line 2: seq is 3, expected 2" in problem for problem in problems)
-    assert any("line 2: prev does not match the hash of line 1" in problem for problem in problems)
+    assert any(f"{AUDIT_LOG}:2: seq is 3, expected 2" in problem for problem in problems)
+    assert any(f"{AUDIT_LOG}:2: prev does not match the hash of line 1" in problem for problem in problems)
 
 
 def test_swapped_entries_are_detected(tmp_path: Path) -> None:
@@ -141,8 +143,8 @@ def test_swapped_entries_are_detected(tmp_path: Path) -> None:
 
     problems = verify_log(tmp_path)
 
-    assert any("line 2: seq is 3, expected 2" in problem for problem in problems)
-    assert any("line 3: prev does not match" in problem for problem in problems)
+    assert any(f"{AUDIT_LOG}:2: seq is 3, expected 2" in problem for problem in problems)
+    assert any(f"{AUDIT_LOG}:3: prev does not match" in problem for problem in problems)
 
 
 def test_truncated_last_entry_is_detected_via_the_head(tmp_path: Path) -> None:
@@ -167,7 +169,7 @@ def test_garbage_line_is_detected(tmp_path: Path) -> None:
     problems = verify_log(tmp_path)
 
     assert len(problems) == 1
-    assert "line 2: not valid JSON" in problems[0]
+    assert f"{AUDIT_LOG}:2: not valid JSON" in problems[0]
 
 
 def test_missing_head_with_entries_is_detected(tmp_path: Path) -> None:
@@ -186,7 +188,7 @@ def test_cut_off_last_line_is_detected(tmp_path: Path) -> None:
     log = tmp_path / AUDIT_LOG
     log.write_bytes(log.read_bytes()[:-1])
 
-    assert any("line 3: no newline at the end" in problem for problem in verify_log(tmp_path))
+    assert any(f"{AUDIT_LOG}:3: no newline at the end" in problem for problem in verify_log(tmp_path))
 
 
 def test_append_refuses_to_extend_a_truncated_log(tmp_path: Path) -> None:
@@ -281,7 +283,7 @@ def test_a_stripped_signature_is_detected(tmp_path: Path) -> None:
 
     (problem,) = verify_log(tmp_path)
 
-    assert problem.startswith(f"{AUDIT_LOG} line 1: ")
+    assert problem.startswith(f"{AUDIT_LOG}:1: ")
     assert "the signature was stripped or altered" in problem
 
 
@@ -294,7 +296,7 @@ def test_an_altered_signature_is_detected(tmp_path: Path) -> None:
 
     (problem,) = verify_log(tmp_path)
 
-    assert "line 1: the signature by key" in problem
+    assert f"{AUDIT_LOG}:1: the signature by key" in problem
     assert "does not verify" in problem
 
 
@@ -310,7 +312,7 @@ def test_an_entry_signed_by_a_key_the_trust_root_does_not_name_is_detected(tmp_p
 
     (problem,) = verify_log(tmp_path)
 
-    assert "line 1: signed by key" in problem
+    assert f"{AUDIT_LOG}:1: signed by key" in problem
     assert "which the trust root does not name" in problem
 
 
@@ -355,12 +357,13 @@ def test_current_anchor_refuses_a_deleted_log_whose_head_remains(tmp_path: Path)
 
 
 def _submission(root: Path, name: str, anchor: object, *, signed: bool = False) -> Path:
-    """A submission record as `oracle submit` writes it: plain JSON with `audit`, or a DSSE envelope around it."""
-    record = {"commit": "c" * 40, "target": "slurm", "audit": anchor}
-    document = envelope(record, _private(session_key()), payload_type="application/vnd.oracle.submission+json")
+    """A submission record as `oracle submit` writes it (a DSSE envelope, signed by a key of the trust root), or
+    the same record unsigned."""
+    record = {**SUBMISSION, "audit": anchor}
+    sealed = keys.seal(SUBMISSION_PAYLOAD_TYPE, canonical_json(record), [_private(session_key())] if signed else [])
     path = root / SUBMISSIONS_DIR / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document if signed else record))
+    path.write_bytes(sealed.to_bytes(sort_keys=True))
     return path
 
 
@@ -456,23 +459,42 @@ def test_an_unparsable_record_is_a_problem_not_a_skip(tmp_path: Path) -> None:
 
     (problem,) = verify_log(tmp_path)
 
-    assert problem.startswith(f"{SUBMISSIONS_DIR.as_posix()}/s1.json: not valid JSON")
+    assert problem.startswith(f"{SUBMISSIONS_DIR.as_posix()}/s1.json:1: not a JSON DSSE envelope")
 
 
-@pytest.mark.parametrize("anchor", [{"seq": "3", "hash": "f" * 64}, {"seq": 0, "hash": "f" * 64}, {"seq": 3}, [3]])
-def test_a_malformed_anchor_is_a_problem(tmp_path: Path, anchor: object) -> None:
+def test_a_plain_json_record_outside_an_envelope_is_a_problem(tmp_path: Path) -> None:
+    _append_three(tmp_path)
+    (tmp_path / SUBMISSIONS_DIR).mkdir(parents=True)
+    (tmp_path / SUBMISSIONS_DIR / "by-hand.json").write_text(json.dumps({"commit": "c" * 40, "audit": None}))
+
+    (problem,) = verify_log(tmp_path)
+
+    assert problem.startswith(f"DSSE envelope {SUBMISSIONS_DIR.as_posix()}/by-hand.json: payloadType: Field required")
+
+
+@pytest.mark.parametrize(
+    ("anchor", "message"),
+    [
+        ({"seq": "3", "hash": "f" * 64}, "payload.audit.seq: Input should be a valid integer"),
+        ({"seq": 0, "hash": "f" * 64}, "payload.audit.seq: Input should be greater than or equal to 1"),
+        ({"seq": 3}, "payload.audit.hash: Field required"),
+        ({"seq": 3, "hash": "F" * 64}, "payload.audit.hash: String should match pattern"),
+        ([3], "payload.audit: Input should be a valid dictionary"),
+    ],
+)
+def test_a_malformed_anchor_is_a_problem_naming_line_and_key(tmp_path: Path, anchor: object, message: str) -> None:
     _append_three(tmp_path)
     _submission(tmp_path, "s1.json", anchor)
 
     (problem,) = verify_log(tmp_path)
 
-    assert "s1.json: its `audit` anchor is not" in problem
+    assert f"submission record {SUBMISSIONS_DIR.as_posix()}/s1.json:2: {message}" in problem
 
 
 def test_records_without_an_anchor_anchor_nothing(tmp_path: Path) -> None:
     _append_three(tmp_path)
     _submission(tmp_path, "old.json", None)
-    (tmp_path / SUBMISSIONS_DIR / "older.json").write_text(json.dumps({"commit": "c" * 40}))
+    _submission(tmp_path, "signed.json", None, signed=True)
 
     report = check_log(tmp_path)
 

@@ -28,10 +28,11 @@ from typing import Any
 import pytest
 
 from guards import git as guards_git
-from guards.attestation import build_statement, envelope, write_attestation
-from guards.keys import load_signing_key
+from guards.attestation import PAYLOAD_TYPE, build_statement, write_attestation
+from guards.keys import load_signing_key, seal
 from guards.result import GateResult
 from guards.startup import JOB_SITE_HOOK, startup_hazards
+from oracle_base.digests import canonical_json
 from policies.rule import Gate
 from tests.checkouts import attest, git, make_repository_checkout, oracle
 from tests.infra.test_checks import request as job_request
@@ -93,7 +94,7 @@ def _attestation_by_the_old_gate(root: Path) -> None:
     signing_key = load_signing_key({"ORACLE_SIGNING_KEY": str(_key(root))})
     path = root / ".oracle" / "attestations" / f"{guards_git.head_tree(root)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(envelope(statement, signing_key)))
+    path.write_bytes(seal(PAYLOAD_TYPE, canonical_json(statement.document()), [signing_key]).to_bytes())
 
 
 def _last_audit(root: Path, gate: str) -> dict[str, object]:

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from guards.attestation import write_attestation
-from guards.audit import SIGNATURE, SIGNER, append_entry, canonical, entry_hash
+from guards.audit import SIGNATURE, SIGNER, append_entry, entry_hash
 from guards.keys import load_signing_key
 from guards.paths import ATTESTATIONS_DIR, AUDIT_HEAD, AUDIT_LOG, SIGNING_KEY_ENV
 from guards.result import GateResult
+from oracle_base.digests import canonical_json
 from policies.rule import Gate
 from tests.checkouts import git, make_repository_checkout, oracle
 
@@ -79,9 +80,9 @@ def _anchor(root: Path) -> dict[str, object]:
 
 def _rewrite(root: Path, entries: list[dict[str, object]]) -> None:
     """What an attacker holding the checkout writes: the log and a head that agrees with it."""
-    (root / AUDIT_LOG).write_text("".join(canonical(entry) + "\n" for entry in entries))
+    (root / AUDIT_LOG).write_bytes(b"".join(canonical_json(entry) + b"\n" for entry in entries))
     last = entries[-1]
-    (root / AUDIT_HEAD).write_text(canonical({"seq": last["seq"], "hash": last["hash"]}) + "\n")
+    (root / AUDIT_HEAD).write_bytes(canonical_json({"seq": last["seq"], "hash": last["hash"]}) + b"\n")
 
 
 def _verify_refuses(root: Path, expected: str) -> str:

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from guards import git as guards_git
-from guards.attestation import PAYLOAD_TYPE, canonical_json, current_digests, pae
+from guards.attestation import PAYLOAD_TYPE, current_digests
 from guards.keys import generate_keypair, load_signing_key, sign
+from oracle_base.digests import canonical_json
+from oracle_base.records.governance import pae
 from tests.checkouts import attest, git, make_repository_checkout, oracle
 
 VIOLATION = 'from transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("meta-llama/Llama-2-7b-hf")\n'
