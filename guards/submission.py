@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guards import keys
 from oracle_base.atomic_write import write_atomically
-from oracle_base.digests import canonical_json
+from oracle_base.digests import canonical_json, sha256_file
 from oracle_base.records import RecordError
 from oracle_base.records.governance import SUBMISSION_PAYLOAD_TYPE, Envelope, SubmissionRecord
 
@@ -139,7 +139,7 @@ def verify_submission(record_path: Path, digest: str, code_root: Path) -> Submis
     if attestation.digest != record.attestation_digest:
         raise SubmissionError("the attestation in this checkout is not the one the submission names")
     lock = code_root / "requirements.lock"
-    lock_sha = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
+    lock_sha = sha256_file(lock) if lock.is_file() else None
     if lock_sha != record.lock_sha256:
         raise SubmissionError(f"{lock} is not the requirements.lock the job was submitted with")
     return record

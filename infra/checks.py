@@ -19,8 +19,6 @@ spec about to reach the scheduler and the data the job will read:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -31,6 +29,9 @@ import yaml
 
 from guards.process_policy import OFFLINE_ENV
 from infra.spec import JobRequest
+from oracle_base.digests import sha256_file
+from oracle_base.records import RecordError
+from oracle_base.records.training import PackedIndex
 from policies.lockfile import job_lock_name
 from policies.settings import load_settings
 
@@ -55,7 +56,7 @@ def check_sbatch(script: str, request: JobRequest, lock_sha256: str) -> list[str
     want = lock_sha256
     if lock != cpu_lock:
         try:
-            want = hashlib.sha256((request.root / lock).read_bytes()).hexdigest()
+            want = sha256_file(request.root / lock)
         except OSError:
             want = ""
             problems.append(f"SUB002 the job holds GPUs but {request.root / lock} cannot be read; run `make lock`")
@@ -230,10 +231,9 @@ def check_data_inputs(data_dir: Path) -> tuple[list[str], int]:
     index = tokens / "index.json"
     if index.is_file():
         try:
-            manifest = json.loads(index.read_text(encoding="utf-8"))
-            names = [str(entry["name"]) for entry in manifest.get("files", [])]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            return [f"SUB003 {index} is not a packed-data index ({exc}); rebuild it with `oracle data run`"], 0
+            names = [entry.name for entry in PackedIndex.read(index).files]
+        except RecordError as exc:
+            return [f"SUB003 {exc}; rebuild it with `oracle data run`"], 0
         for name in names:
             if not re.fullmatch(r"tokens-\d{6}\.bin", name):
                 return [f"SUB003 {index} lists {name!r}, not a token shard name (tokens-NNNNNN.bin)"], 0

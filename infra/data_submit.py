@@ -20,7 +20,6 @@ no-ops (oracle/data/pipeline.py), so only what was left runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -46,6 +45,7 @@ from infra.submit import (
     signed_record,
     submissions_lock,
 )
+from oracle_base.digests import sha256_file
 from policies.settings import Settings, load_settings
 
 STAGES = ("prepare", "cluster", "write", "finish")
@@ -150,7 +150,7 @@ def _submit(
     scheduler = scheduler_for("slurm", environ=env, namespace=request.namespace)
     run_submit_gate(root, [])
 
-    lock_sha = hashlib.sha256((root / settings.venv.lock).read_bytes()).hexdigest()
+    lock_sha = sha256_file(root / settings.venv.lock)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     record_path = root / SUBMISSIONS_DIR / f"{stamp}-slurm-{request.config_name}.json"
     pending = scheduler.render(

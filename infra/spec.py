@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from guards.job_identity import PENDING_DIGEST as PENDING_DIGEST  # one definition, shared with the job's check
 from guards.process_policy import OFFLINE_ENV
 from guards.submission import DIGEST_ENV, RECORD_ENV
+from oracle_base.digests import sha256_file
 
 if TYPE_CHECKING:
     from policies.settings import Settings
@@ -75,7 +76,7 @@ def time_seconds(value: str) -> int:
 
 def lock_tag(lock_path: Path) -> str:
     """The image tag that names a lock's content: the locked image."""
-    return LOCK_TAG_PREFIX + hashlib.sha256(lock_path.read_bytes()).hexdigest()[:16]
+    return LOCK_TAG_PREFIX + sha256_file(lock_path)[:16]
 
 
 def image_for(root: Path, settings: Settings) -> str:

@@ -15,7 +15,6 @@ Every decision — refused, dry run, submitted — is appended to the audit log.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -46,6 +45,7 @@ from infra.spec import (
     parse_time,
     spec_digest,
 )
+from oracle_base.digests import sha256_file
 from policies.settings import Settings, SettingsError, load_settings
 
 SUBMISSIONS_LOCK = SUBMISSIONS_DIR / ".lock"
@@ -338,7 +338,7 @@ def _submit(root: Path, options: SubmitOptions, env: dict[str, str], commit: str
     if problems:
         raise SubmitRefusedError(problems[0])
 
-    lock_sha = hashlib.sha256((root / settings.venv.lock).read_bytes()).hexdigest()
+    lock_sha = sha256_file(root / settings.venv.lock)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     record_path = root / SUBMISSIONS_DIR / f"{stamp}-{options.target}-{request.config_name}.json"
 

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError, safe_open
 
 from oracle.moe850b.weights import DTYPES, CheckpointError, small_file, stream_verified
+from oracle_base.validation import describe_validation_error
 from oracle_base.weight_files import PARTITIONS_FILE, part_file
 
 FORMAT: Final = "oracle.rank-partitions"
@@ -150,15 +151,14 @@ def expert_parallel_spans(numel: int, n_experts: int, ep_size: int, world_size: 
 
 
 def parse_index(data: bytes, path: Path) -> PartitionIndex:
+    """The index in `data` (the bytes of `path`, the ones checked against the signed record); CheckpointError names
+    the file, the line and the key of each problem."""
     try:
         return PartitionIndex.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "the document"
-        raise CheckpointError(
-            f"{path}: {where}: {first['msg']}; it is written by `oracle train` (oracle/moe850b/partitioned.py) "
-            "and cannot be repaired by hand: use another checkpoint"
-        ) from exc
+        fix = "it is written by `oracle train` (oracle/moe850b/partitioned.py): use another checkpoint"
+        text = data.decode("utf-8", errors="replace")
+        raise CheckpointError(f"partition index {describe_validation_error(path, text, exc, fix=fix)}") from exc
 
 
 def read_index(directory: Path, expected_sha256: Mapping[str, str] | None) -> PartitionIndex:

@@ -202,11 +202,20 @@ def test_sub003_sees_torch_save_archives_and_distrusts_the_index(tmp_path: Path)
     (data / "tokens" / "model.pt").unlink()
     index = data / "tokens" / "index.json"
     manifest = json.loads(index.read_text())
-    manifest["files"].append({"name": "../extra.safetensors", "sequences": 1, "sha256": "0" * 64})
-    index.write_text(json.dumps(manifest))
+    manifest["files"].append({"name": "extra.safetensors", "sequences": 1, "sha256": "0" * 64})
+    index.write_text(json.dumps(manifest, indent=2))
     problems, _ = checks.check_data_inputs(data)
     assert len(problems) == 1
     assert "not a token shard name" in problems[0]
+    manifest["files"][-1]["name"] = "../extra.safetensors"  # read by the index's own schema (the trainer's)
+    index.write_text(json.dumps(manifest, indent=2))
+    problems, _ = checks.check_data_inputs(data)
+    line = index.read_text().splitlines().index('      "name": "tokens-000000.bin",') + 1  # the first file's name
+    key = f"files.{len(manifest['files']) - 1}.name"
+    assert problems == [
+        f"SUB003 packed-data index {index}:{line}: {key}: '../extra.safetensors' is not a plain file name (the file "
+        "lies in the index's own folder); rebuild it with `oracle data run`"
+    ]
 
 
 def test_hostile_names_stay_arguments_in_the_script(tmp_path: Path) -> None:

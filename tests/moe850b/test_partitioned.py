@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -150,11 +151,13 @@ def test_a_missing_part_file_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        pytest.param(lambda d: d.update(world_size=0), "world_size", id="no ranks"),
-        pytest.param(lambda d: d.update(extra=1), "extra", id="an unknown field"),
+        pytest.param(lambda d: d.update(world_size=0), "world_size: Input should be greater", id="no ranks"),
+        pytest.param(lambda d: d.update(extra=1), "extra: Extra inputs are not permitted", id="an unknown key"),
+        pytest.param(lambda d: d.pop("tensors"), "tensors: Field required", id="a missing key"),
+        pytest.param(lambda d: d.update(world_size="2"), "world_size: Input should be a valid integer", id="a type"),
         pytest.param(lambda d: d["tensors"]["norm.weight"].update(part=1), "do not cover", id="parts too small"),
         pytest.param(lambda d: d["tensors"]["norm.weight"].update(dtype="F33"), "unknown dtype", id="a dtype"),
-        pytest.param(lambda d: d.update(format="other"), "format", id="another format"),
+        pytest.param(lambda d: d.update(format="other"), "format: Input should be 'oracle", id="another format"),
     ],
 )
 def test_an_index_that_does_not_describe_a_layout_is_refused_naming_the_field(
@@ -163,9 +166,17 @@ def test_an_index_that_does_not_describe_a_layout_is_refused_naming_the_field(
     partitioned(tmp_path, 2)
     document = json.loads((tmp_path / PARTITIONS_FILE).read_text())
     edit(document)  # type: ignore[operator]
-    (tmp_path / PARTITIONS_FILE).write_text(json.dumps(document))
-    with pytest.raises(CheckpointError, match=rf"^{tmp_path / PARTITIONS_FILE}: .*{field}"):
+    (tmp_path / PARTITIONS_FILE).write_text(json.dumps(document, indent=2))
+    with pytest.raises(CheckpointError) as refused:
         load_checkpoint(tmp_path)
+    message = str(refused.value)  # one line: the file, the key's line when it has one, the key, what is wrong
+    assert re.match(rf"partition index {re.escape(str(tmp_path / PARTITIONS_FILE))}(:\d+)?: .*{field}", message)
+    assert "\n" not in message
+    key = field.split(":")[0]
+    if ":" in field and key != "tensors":  # a key the file holds: its line is named
+        lines = (tmp_path / PARTITIONS_FILE).read_text().splitlines()
+        line = next(n for n, text in enumerate(lines, 1) if f'"{key}"' in text)
+        assert f":{line}: {key}:" in message
 
 
 def test_an_index_of_another_model_is_refused(tmp_path: Path) -> None:

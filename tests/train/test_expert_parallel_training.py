@@ -159,11 +159,11 @@ def test_a_killed_expert_parallel_run_resumes_and_reproduces_the_uninterrupted_l
     assert len(_metrics(run)) < STEPS, "the run finished before it could be killed"
     newest = ckpt.newest_complete(run)
     assert newest is not None
-    assert int(newest.state["step"]) >= 5
+    assert newest.state.step >= 5
 
     resumed = start_training(checkout, ["--config", str(path), "--run-name", "killed", "--resume", "auto"], env=env)
     assert resumed.wait() == [0, 0], resumed.output()
-    assert f"resumed from {newest.directory} at step {newest.state['step']}" in resumed.output()
+    assert f"resumed from {newest.directory} at step {newest.state.step}" in resumed.output()
     got = _metrics(run)
     assert [m["step"] for m in got] == list(range(1, STEPS + 1))
     for m in got:

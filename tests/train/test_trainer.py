@@ -200,7 +200,7 @@ def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
     assert newest is not None
     # What a crash can leave behind is never resumed from: a half-written save, and a newer folder with a bad byte.
     ckpt.partial_dir(run, 99).mkdir(exist_ok=True)
-    corrupt = run / ckpt.step_dir_name(int(newest.state["step"]) + 1)
+    corrupt = run / ckpt.step_dir_name(newest.state.step + 1)
     shutil.copytree(newest.directory, corrupt)
     weights = bytearray((corrupt / part_file(1, 2)).read_bytes())  # rank 1's part: only rank 1 hashes it
     weights[-1] ^= 0x01
@@ -209,7 +209,7 @@ def test_a_killed_run_resumes_and_reproduces_the_uninterrupted_losses(
     resumed = start_training(checkout, ["--config", str(path), "--run-name", "killed", "--resume", "auto"], env=env)
     assert resumed.wait() == [0, 0], resumed.output()
     output = resumed.output()
-    assert f"resumed from {newest.directory} at step {newest.state['step']}" in output
+    assert f"resumed from {newest.directory} at step {newest.state.step}" in output
     assert f"skipping checkpoint: {corrupt / part_file(1, 2)}: sha256 differs" in output
     got = _metrics(run)
     assert [m["step"] for m in got] == list(range(1, 25))
