@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oracle_base.validation import describe_validation_error
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a sha256 as records carry it: 64 lower-case hex digits
 
 
 class RecordError(ValueError):

@@ -18,12 +18,11 @@ from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, Field, JsonValue, Strict, model_validator
 
-from oracle_base.records import Record
+from oracle_base.records import Record, Sha256
 from oracle_base.weight_files import TRAINER_STATE
 
 Count = Annotated[int, Strict(), Field(ge=0)]
 Positive = Annotated[int, Strict(), Field(ge=1)]
-Sha256 = Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 def _plain_name(name: str) -> str:
