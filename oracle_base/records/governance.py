@@ -10,14 +10,16 @@ written (`schema_version` absent means 1; a later version is written, and this c
 Errors. A record that does not match its schema is refused with one line, `KIND path:line: key: what is wrong`; keys
 inside an envelope's payload are named `payload.<key>` on the line of `payload`.
 
-DSSE. `Envelope` is the one parser of DSSE envelopes (payloadType, base64 payload, signatures of {keyid, sig}),
-strict: unknown keys, a payload that is not canonical base64, or a signature entry without both strings are refused.
-securesystemslib's `securesystemslib.dsse.Envelope` was considered and not used: it is not installed, and the gates'
-install is kept small for the pre-commit hook (securesystemslib brings its own key and signer framework, of which
-we would use nothing: our keys are `cryptography` Ed25519 keys with ids of our own, guards.keys); its parser is
-lenient where ours must not be (`Envelope.from_dict` ignores unknown keys, and `keyid` may be missing); and its
-signing and verifying go through its `Signer`/`Key` classes. What we share with it is the specification: the
-pre-authentication encoding `pae` below is DSSE v1's, byte for byte, and the envelope's JSON form is DSSE's.
+DSSE. `Envelope` is the one parser of DSSE envelopes (payloadType, base64 payload, signatures of {keyid, sig}), and
+it is strict: an unknown key, a payload that is not base64, or a signature entry without both strings is refused.
+That departs on purpose from DSSE's parsing rules (consumers "MUST ignore unrecognized fields", `keyid` optional):
+these are our own records, sealed only by guards.keys.seal, and a field we did not write means a file we did not
+write. securesystemslib's `dsse.Envelope` was weighed and not used: it is not installed, and the gates' install is
+kept small for the pre-commit hook; it signs and verifies only through its own `Signer`/`Key` classes, while our keys
+are plain `cryptography` Ed25519 keys with ids of our own (guards.keys); and its `from_dict` reads the three fields it
+knows, ignores the rest and fails with a bare KeyError, where our readers must refuse and name the line and key. What
+we share with it is the specification: `pae` below is DSSE v1's pre-authentication encoding, byte for byte, and the
+envelope's JSON is DSSE's.
 """
 
 from __future__ import annotations
