@@ -23,6 +23,7 @@ from guards.trust import ATTESTATION as ATTESTATION_ROLE
 from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle_base.atomic_write import write_atomically
 from oracle_base.digests import canonical_json, sha256_file
+from oracle_base.errors import Refused
 from oracle_base.records import RecordError
 from oracle_base.records.governance import (
     ATTESTATION_PAYLOAD_TYPE,
@@ -61,7 +62,7 @@ _REATTEST = "run `make guards` (nox -s guards), which attests on a passing ci ga
 _SHOWN_DIRTY_PATHS = 5
 
 
-class AttestationError(RuntimeError):
+class AttestationError(Refused):
     """An attestation cannot be written or does not vouch for the current checkout; `reason` says why."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -50,6 +50,7 @@ from guards import git, keys
 from guards.paths import AUDIT_HEAD, AUDIT_LOG
 from oracle_base.atomic_write import write_atomically
 from oracle_base.digests import canonical_json
+from oracle_base.errors import ConfigurationError
 from oracle_base.records.governance import GENESIS, AuditAnchor, AuditEntry
 from oracle_base.validation import describe_validation_error
 
@@ -65,8 +66,12 @@ SIGNED_PREFIX = b"oracle-audit-entry-v1 "  # domain separation: an entry signatu
 ANCHOR_HINT = "run `make guards` (oracle guards attest), whose attestation anchors the log"
 
 
-class AuditError(RuntimeError):
-    """The audit log or its head cannot be read or written, or is in no state to be extended."""
+class AuditError(ConfigurationError):
+    """The audit log or its head cannot be read or written, or is in no state to be extended.
+
+    A configuration error (exit 2) for every command, never a refusal: nothing about the action asked for was judged,
+    the machine's log is unusable (permissions, a full disk, a log restored without its head), and the fix lies
+    there. The action still does not happen (fail closed: what cannot be recorded is not done)."""
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from guards.provenance import PROVENANCE_FILE
 from oracle.tokenization.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
 from oracle_base.bounded_read import read_regular_file
+from oracle_base.errors import Refused
 from oracle_base.weight_files import MANIFEST, PARTITIONS_FILE, STATE_DIRS, TRAINER_STATE, WEIGHTS_FILE, is_part_file
 
 WEIGHTS = WEIGHTS_FILE
@@ -42,7 +43,7 @@ TRAINING_STATE_FILES = frozenset({PROVENANCE, MANIFEST, TRAINER_STATE})
 TRAINING_STATE_DIRS = frozenset(STATE_DIRS)
 
 
-class UncoveredFileError(ValueError):
+class UncoveredFileError(Refused, ValueError):
     """A checkpoint file is used but its bytes are not the ones the signed record lists."""
 
 

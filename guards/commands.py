@@ -1,6 +1,7 @@
 """`oracle guards ...`: run a gate, list and explain rules, attest and verify, check the audit log.
 
-Exit codes: 0 pass, 1 findings (or a failed verification), 2 usage, configuration or internal error.
+Exit codes: 0 pass, 1 findings (or a failed verification), 2 usage, configuration or internal error. Errors are
+raised typed (oracle_base.errors) and printed once, by the `oracle` command's handler (oracle_cli.app).
 """
 
 from __future__ import annotations
@@ -12,23 +13,19 @@ from typing import Annotated
 
 import typer
 
+from oracle_base.errors import EXIT_ERROR, InternalError, OracleError, Refused, UsageError
+
 guards_app = typer.Typer(help="Policy gates: run them, explain their rules, attest and verify.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log of gate decisions.", no_args_is_help=True)
 guards_app.add_typer(audit_app, name="audit")
 
 EXIT_FINDINGS = 1
-EXIT_ERROR = 2
 
 
 class ReportFormat(StrEnum):
     text = "text"
     json = "json"
     sarif = "sarif"
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _audit_refusal(root: Path, gate: str, reason: str, **details: object) -> str | None:
@@ -50,13 +47,12 @@ def _audit_refusal(root: Path, gate: str, reason: str, **details: object) -> str
     return None
 
 
-def _refuse(root: Path, gate: str, message: str, code: int = EXIT_FINDINGS) -> typer.Exit:
-    """A refusal of `oracle guards attest|verify`: one line on stderr and an audit entry (a log that cannot take the
-    entry is named on the same line)."""
-    unrecorded = _audit_refusal(root, gate, message)
+def _record_refusal(root: Path, gate: str, exc: OracleError) -> None:
+    """The audit entry of `exc`, which refuses `oracle guards attest|verify` (re-raised by the caller); a log that
+    cannot take the entry is named on the same line, as a note of `exc`."""
+    unrecorded = _audit_refusal(root, gate, str(exc))
     if unrecorded:
-        message = f"{message} (and the audit log could not record this: {unrecorded})"
-    return _fail(message, code)
+        exc.add_note(f"and the audit log could not record this: {unrecorded}")
 
 
 def _root(root: Path | None) -> Path:
@@ -103,23 +99,20 @@ def run_command(
     from guards.report import render_json, render_sarif, render_text, write_report
     from guards.runner import check_root, run_and_record, run_gate
     from policies.rule import ALL_GATES, Gate
-    from policies.settings import SettingsError, oracle_checkout
+    from policies.settings import oracle_checkout
 
     try:
         selected_gate = Gate(gate)
         if selected_gate not in ALL_GATES:  # a run-time check's name (train, serve, data), not a gate over a tree
             raise ValueError(gate)
     except ValueError as exc:
-        raise _fail(f"--gate {gate!r} is not one of: commit, ci, publish, submit") from exc
+        raise UsageError(f"--gate {gate!r} is not one of: commit, ci, publish, submit") from exc
     if attest and (files or selected_gate is not Gate.ci):
-        raise _fail("--attest attests the whole tree: use it with --gate ci and no FILES")
-    try:
-        base = check_root(_root(root))
-        audit_root, unrecorded = _audit_destination(base, audit)
-    except SettingsError as exc:
-        raise _fail(str(exc)) from exc
+        raise UsageError("--attest attests the whole tree: use it with --gate ci and no FILES")
+    base = check_root(_root(root))
+    audit_root, unrecorded = _audit_destination(base, audit)
     if attest and not oracle_checkout(base):
-        raise _fail(f"--attest writes the attestation into {base}, which is not an Oracle checkout: drop --attest")
+        raise UsageError(f"--attest writes the attestation into {base}, which is not an Oracle checkout: drop --attest")
     kwargs = {"settings_file": settings_file, "recognise": True}
     try:
         if audit_root is None:
@@ -127,10 +120,10 @@ def run_command(
             result.settings["audit"] = unrecorded
         else:
             result = run_and_record(base, selected_gate, files or None, audit_root=audit_root, **kwargs)
-    except SettingsError as exc:
-        raise _fail(str(exc)) from exc
-    except Exception as exc:  # fail closed, one clear line
-        raise _fail(f"the {gate} gate could not run: {type(exc).__name__}: {exc}") from exc
+    except OracleError:
+        raise
+    except Exception as exc:  # fail closed: a check that could not run is an error of the run, named as such
+        raise InternalError(f"the {gate} gate could not run: {type(exc).__name__}: {exc}") from exc
     renderers = {ReportFormat.text: render_text, ReportFormat.json: render_json, ReportFormat.sarif: render_sarif}
     write_report(renderers[output_format](result), output)
     if show_settings:  # on stderr when stdout carries a JSON or SARIF report, so that stays valid
@@ -191,7 +184,8 @@ def _attest_result(root: Path, result: object, *, strict: bool) -> None:
     try:
         path = write_attestation(root, result, load_signing_key())
     except (AttestationError, SigningKeyError) as exc:
-        raise _refuse(root, "attest", str(exc)) from exc
+        _record_refusal(root, "attest", exc)
+        raise
     signed = "signed" if json.loads(path.read_text())["signatures"] else "unsigned (no ORACLE_SIGNING_KEY)"
     typer.echo(f"attested {path.relative_to(root)} ({signed})")
 
@@ -205,16 +199,12 @@ def attest_command(root: Annotated[Path | None, typer.Option("--root")] = None) 
     from guards.report import render_text
     from guards.runner import run_and_record
     from policies.rule import Gate
-    from policies.settings import SettingsError
 
     base = _root(root)
-    try:
-        result = run_and_record(base, Gate.ci)
-    except SettingsError as exc:
-        raise _fail(str(exc)) from exc
+    result = run_and_record(base, Gate.ci)
     if not result.passed:
         typer.echo(render_text(result))
-        raise _fail("the ci gate did not pass: nothing attested", EXIT_FINDINGS)
+        raise Refused("the ci gate did not pass: nothing attested")
     _attest_result(base, result, strict=True)
 
 
@@ -232,16 +222,15 @@ def verify_command(
     """
     from guards.attestation import AttestationError, verify_attestation
     from guards.keys import SigningKeyError
-    from policies.settings import SettingsError, load_settings
+    from policies.settings import load_settings
 
     base = _root(root)
+    required = load_settings(base).attestation.require_signature if require_signature is None else require_signature
     try:
-        required = load_settings(base).attestation.require_signature if require_signature is None else require_signature
         verified = verify_attestation(base, require_signature=required)
-    except SettingsError as exc:
-        raise _fail(str(exc)) from exc
     except (AttestationError, SigningKeyError) as exc:
-        raise _refuse(base, "verify", str(exc)) from exc
+        _record_refusal(base, "verify", exc)
+        raise
     signer = f"signed by {verified.keyid}" if verified.keyid else "unsigned"
     typer.echo(f"attestation OK: {verified.path.relative_to(base)} sha256:{verified.digest} ({signer})")
 
@@ -294,7 +283,7 @@ def explain_command(rule_id: Annotated[str, typer.Argument(help="A rule id such 
 
     rule = find_rule(rule_id)
     if rule is None:
-        raise _fail(f"no rule {rule_id!r}; `oracle guards rules` lists them")
+        raise UsageError(f"no rule {rule_id!r}; `oracle guards rules` lists them")
     gates = ", ".join(sorted(str(g) for g in rule.gates))
     first_word = rule.title.split(" ", 1)[0]
     # "Model or weights…" reads "model or weights…" after "Reports:"; an acronym ("URL of…") keeps its case
@@ -322,13 +311,10 @@ def audit_verify_command(root: Annotated[Path | None, typer.Option("--root")] = 
 
     Example: oracle guards audit verify
     """
-    from guards.audit import AuditError, check_log
+    from guards.audit import check_log
 
     base = _root(root)
-    try:
-        report = check_log(base)
-    except AuditError as exc:
-        raise _fail(str(exc)) from exc
+    report = check_log(base)
     for problem in report.problems:
         typer.echo(problem, err=True)
     verdict, *details = report.summary()

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from oracle_base.errors import ConfigurationError
+
 # options that override whatever the repository's (or the user's) config says, on every call
 _HARDENED = (
     "--no-replace-objects",  # refs/replace/ could make HEAD's tree look like another one
@@ -41,7 +43,7 @@ _GITLINK_MODE = "160000"
 _HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
 
 
-class GitError(RuntimeError):
+class GitError(ConfigurationError):
     """git is missing, the directory is not a repository, or a git command failed."""
 
 

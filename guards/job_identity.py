@@ -39,6 +39,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from oracle_base.errors import Refused
+
 SYSTEM_BIN_DIRS = ("/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin", "/usr/local/sbin", "/sbin")
 DIGEST_FIELD = "digest="
 POD_DIGEST_ANNOTATION = "oracle.dev/submission-digest"
@@ -47,7 +49,7 @@ _STEPD_TITLE = re.compile(r"^slurmstepd: \[(\d+)\.([A-Za-z0-9_]+)\]")
 _TIMEOUT = 30
 
 
-class JobIdentityError(RuntimeError):
+class JobIdentityError(Refused):
     """This process cannot be shown to run inside the job its record names; one line, with the fix."""
 
 

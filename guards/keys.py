@@ -20,12 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guards import paths
+from oracle_base.errors import ConfigurationError
 from oracle_base.records.governance import Envelope, Signature, pae
 
 PUBLIC_KEY_SUFFIX = ".pub"
 
 
-class SigningKeyError(RuntimeError):
+class SigningKeyError(ConfigurationError):
     """A configured key file is missing, unreadable, malformed or not Ed25519."""
 
 

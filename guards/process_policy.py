@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oracle_base.errors import InternalError
 from policies.bytecode import describe, stop_reading_bytecode
 from policies.weight_formats import weights_kind_at
 
@@ -92,7 +93,7 @@ _LOCAL_FAMILIES = frozenset(
 _FRAMES = 64  # how far up the stack a refusal looks for the code that asked
 
 
-class ProcessPolicyError(RuntimeError):
+class ProcessPolicyError(InternalError):
     """The policy cannot be set up or widened (installed twice, widened after `seal()`)."""
 
 

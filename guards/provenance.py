@@ -23,6 +23,7 @@ from guards.trust import TrustError, TrustRoot, load_trust_root
 from oracle_base.atomic_write import write_atomically
 from oracle_base.bounded_read import read_regular_file
 from oracle_base.digests import canonical_json, sha256_file
+from oracle_base.errors import Refused
 from oracle_base.records import RecordError
 from oracle_base.records.governance import PROVENANCE_PAYLOAD_TYPE, Envelope, ProvenanceRecord, RunIdentity
 
@@ -30,7 +31,7 @@ PROVENANCE_FILE = "provenance.json"
 PAYLOAD_TYPE = PROVENANCE_PAYLOAD_TYPE
 
 
-class ProvenanceError(RuntimeError):
+class ProvenanceError(Refused):
     """A provenance record is missing, malformed, unsigned, signed by an unknown key, or does not match the files."""
 
 

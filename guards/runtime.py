@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oracle_base.errors import Refused
 
-class TrainingRefusedError(RuntimeError):
+
+class TrainingRefusedError(Refused):
     """Training may not start here; the message says why and what to do instead."""
 
 
@@ -143,7 +145,7 @@ def require_training_allowed(
     return decision
 
 
-class DataJobRefusedError(RuntimeError):
+class DataJobRefusedError(Refused):
     """A pipeline stage inside a submitted job that cannot show it runs what was submitted; one line, with why."""
 
 
@@ -185,7 +187,7 @@ def require_data_stage_allowed(
     return job_id
 
 
-class ServingRefusedError(RuntimeError):
+class ServingRefusedError(Refused):
     """These weights may not be served; the message says why and what to do instead."""
 
 

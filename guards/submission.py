@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from guards import keys
 from oracle_base.atomic_write import write_atomically
 from oracle_base.digests import canonical_json, sha256_file
+from oracle_base.errors import Refused
 from oracle_base.records import RecordError
 from oracle_base.records.governance import SUBMISSION_PAYLOAD_TYPE, Envelope, SubmissionRecord
 
@@ -33,7 +34,7 @@ RECORD_ENV = "ORACLE_SUBMISSION_RECORD"
 _SIGN_HINT = "submit again with ORACLE_SIGNING_KEY set to a key the trust root names for submissions"
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(Refused):
     """A submission record that is missing, altered, unsigned, or does not match the code that runs."""
 
 

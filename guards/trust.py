@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from guards import keys
 from oracle_base.digests import canonical_json
+from oracle_base.errors import Refused
 from oracle_base.records import RecordError
 from oracle_base.records.governance import (
     TRUST_ROOT_PAYLOAD_TYPE,
@@ -71,7 +72,7 @@ SETUP_HINT = (
 )
 
 
-class TrustError(RuntimeError):
+class TrustError(Refused):
     """The trust root cannot be found, read or verified, or a development-only record meets a gate that needs trust."""
 
 

@@ -1,6 +1,7 @@
 """`oracle trust init|show|verify` and `oracle keys new`: set up and inspect the trust root (guards.trust).
 
-Exit codes: 0 success, 1 the trust root does not verify, 2 usage or configuration errors.
+Exit codes: 0 success, 1 the trust root does not verify, 2 usage or configuration errors (the class of the error
+carries its code, oracle_base.errors; the `oracle` command's handler prints it).
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ from typing import Annotated
 
 import typer
 
+from oracle_base.errors import UsageError
+
 trust_app = typer.Typer(help="The trust root: which keys may sign what, and the policy floor.", no_args_is_help=True)
 keys_app = typer.Typer(
     help="Ed25519 signing keys: the private half stays outside every checkout.", no_args_is_help=True
 )
 
-EXIT_UNTRUSTED = 1
-EXIT_ERROR = 2
 DEFAULT_KEY_DIR = Path("~/.config/oracle/keys")
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _work_tree_of(path: Path) -> Path | None:
@@ -45,7 +41,7 @@ def _outside_checkouts(path: Path, what: str) -> Path:
     resolved = path.expanduser().resolve()
     tree = _work_tree_of(resolved)
     if tree is not None:
-        raise _fail(
+        raise UsageError(
             f"{what} {resolved} would lie inside the git checkout {tree}: a change could write it; "
             "choose a path outside every checkout"
         )
@@ -66,17 +62,14 @@ def keys_new_command(
 
     Example: oracle keys new ci --dir ~/.config/oracle/keys
     """
-    from guards.keys import SigningKeyError, generate_keypair
+    from guards.keys import generate_keypair
 
     if not name or "/" in name or name.startswith("."):
-        raise _fail(f"key name {name!r} must be a plain file name such as `ci` or `submitter`")
+        raise UsageError(f"key name {name!r} must be a plain file name such as `ci` or `submitter`")
     folder = _outside_checkouts(directory, "the private key's folder")
     private = folder / f"{name}.pem"
     public = public_out.expanduser().resolve() if public_out is not None else folder / f"{name}.pub"
-    try:
-        keyid = generate_keypair(private, public)
-    except SigningKeyError as exc:
-        raise _fail(str(exc)) from exc
+    keyid = generate_keypair(private, public)
     typer.echo(f"key {keyid}: private {private} (0600, never commit it), public {public}")
 
 
@@ -112,28 +105,25 @@ def trust_init_command(
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from guards.keys import SigningKeyError, load_public_key, load_signing_key
+    from guards.keys import load_public_key, load_signing_key
     from guards.trust import TrustError, build_trust_root, parse_trust_root
     from oracle_base.atomic_write import write_atomically
 
     target = _outside_checkouts(out, "the trust root")
     if not 1 <= threshold <= len(root_keys):
-        raise _fail(f"--threshold {threshold} must be between 1 and the number of --root-key ({len(root_keys)})")
+        raise UsageError(f"--threshold {threshold} must be between 1 and the number of --root-key ({len(root_keys)})")
     if expires_days < 1:
-        raise _fail("--expires-days must be at least 1")
-    try:
-        signers = [load_signing_key({"ORACLE_SIGNING_KEY": str(path)}) for path in root_keys]
-        members: dict[str, list[Ed25519PublicKey]] = {
-            role: [load_public_key(path) for path in paths or []]
-            for role, paths in (
-                ("attestation", attestation),
-                ("submission", submission),
-                ("provenance", provenance),
-                ("waiver-approval", waiver_approval),
-            )
-        }
-    except SigningKeyError as exc:
-        raise _fail(str(exc)) from exc
+        raise UsageError("--expires-days must be at least 1")
+    signers = [load_signing_key({"ORACLE_SIGNING_KEY": str(path)}) for path in root_keys]
+    members: dict[str, list[Ed25519PublicKey]] = {
+        role: [load_public_key(path) for path in paths or []]
+        for role, paths in (
+            ("attestation", attestation),
+            ("submission", submission),
+            ("provenance", provenance),
+            ("waiver-approval", waiver_approval),
+        )
+    }
     previous = 0
     if target.exists():
         try:
@@ -142,7 +132,7 @@ def trust_init_command(
             previous = 0
     chosen = version if version is not None else previous + 1
     if chosen <= previous:
-        raise _fail(f"--version {chosen} must be above the existing trust root's version {previous} (no rollback)")
+        raise UsageError(f"--version {chosen} must be above the existing trust root's version {previous} (no rollback)")
     floor_document = _floor_document(floor)
     try:
         data = build_trust_root(
@@ -153,8 +143,8 @@ def trust_init_command(
             floor=floor_document,
             threshold=threshold,
         )
-    except TrustError as exc:
-        raise _fail(str(exc)) from exc
+    except TrustError as exc:  # what was asked for would not make a trust root: the options to change, not a refusal
+        raise UsageError(f"the trust root would not verify: {exc}") from exc
     write_atomically(target, data)
     roles = ", ".join(f"{role} {len(keys)}" for role, keys in members.items())
     typer.echo(f"trust root v{chosen} written to {target} (root threshold {threshold}; keys: {roles})")
@@ -172,11 +162,11 @@ def _floor_document(path: Path | None) -> dict[str, object]:
         floor: dict[str, object] = PolicyFloor.model_validate_json(path.read_bytes()).model_dump(mode="json")
         return floor
     except OSError as exc:
-        raise _fail(f"--floor {path}: cannot read ({exc.strerror})") from exc
+        raise UsageError(f"--floor {path}: cannot read ({exc.strerror})") from exc
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise _fail(f"--floor {path}: {where}: {error['msg']}") from exc
+        raise UsageError(f"--floor {path}: {where}: {error['msg']}") from exc
 
 
 @trust_app.command("show")
@@ -187,12 +177,9 @@ def trust_show_command(
 
     Example: oracle trust show --format json
     """
-    from guards.trust import SIGNING_ROLES, TrustError, load_trust_root
+    from guards.trust import SIGNING_ROLES, load_trust_root
 
-    try:
-        trust = load_trust_root(_work_tree_of(Path.cwd().resolve()))
-    except TrustError as exc:
-        raise _fail(str(exc), EXIT_UNTRUSTED) from exc
+    trust = load_trust_root(_work_tree_of(Path.cwd().resolve()))
     summary = {
         "source": trust.source,
         "development": trust.development,
@@ -221,10 +208,7 @@ def trust_verify_command() -> None:
     """
     from guards.trust import SETUP_HINT, TrustError, load_trust_root
 
-    try:
-        trust = load_trust_root(_work_tree_of(Path.cwd().resolve()))
-    except TrustError as exc:
-        raise _fail(str(exc), EXIT_UNTRUSTED) from exc
+    trust = load_trust_root(_work_tree_of(Path.cwd().resolve()))
     if trust.development:
-        raise _fail(f"no trust root configured: only the development default applies; {SETUP_HINT}", EXIT_UNTRUSTED)
+        raise TrustError(f"no trust root configured: only the development default applies; {SETUP_HINT}")
     typer.echo(f"trust root OK: {trust.label}, expires {trust.expires.isoformat() if trust.expires else '?'}")

@@ -53,6 +53,7 @@ from oracle.moe850b.weights import CheckpointError
 from oracle.tokenization.special_tokens import END_OF_TEXT, END_OF_TURN, PAD, SPECIAL_TOKENS
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ConfigurationError, Refused
 
 ARCHITECTURE = "Qwen2MoeForCausalLM"
 MODEL_TYPE = "qwen2_moe"
@@ -64,13 +65,15 @@ ABSENT_SHARED_WIDTH = 8
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
-class ExportError(RuntimeError):
+class ExportError(ConfigurationError):
     """The checkpoint cannot be exported as asked; one line says what and what to do. `refused`: its provenance or
-    the trust root does not allow it (a gate's decision), rather than a usage error."""
+    the trust root does not allow it (a gate's decision, exit 1), rather than a usage error (exit 2)."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+        if refused:
+            self.exit_code = Refused.exit_code
 
 
 @dataclass(frozen=True)

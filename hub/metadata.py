@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
 
+from oracle_base.errors import ConfigurationError
+
 ASSETS_DIR = Path(__file__).parent / "assets"
 REQUIRED_KEYS = ("license", "language", "library_name", "pipeline_tag", "tags")
 
@@ -23,7 +25,7 @@ _LICENSE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 REPO_ID = re.compile(r"^(?P<namespace>[A-Za-z0-9][A-Za-z0-9._-]*)/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class CardError(ValueError):
+class CardError(ConfigurationError, ValueError):
     """A model card that cannot be read or built; the message names the line or field and the fix."""
 
 

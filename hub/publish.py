@@ -27,18 +27,22 @@ from typing import Any
 
 from hub.stage import Staged
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ExternalServiceError, Refused
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGINGFACE_TOKEN")
 _REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
 
 
-class PublishError(RuntimeError):
+class PublishError(ExternalServiceError):
     """Publishing failed or was refused; one line says which kind (token, access, not found, conflict, server,
-    network, gate) and what to do. `refused` is True when a gate refused (nothing was sent)."""
+    network, gate) and what to do. `refused` is True when a gate refused (nothing was sent): exit 1; otherwise the Hub
+    or the network failed: exit 3."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+        if refused:
+            self.exit_code = Refused.exit_code
 
 
 @dataclass

@@ -41,6 +41,7 @@ from typing import Any
 from guards.trust import TrustRoot
 from oracle.tokenization.tokenizer import TOKENIZER_ASSETS, TOKENIZER_FILES
 from oracle_base.digests import sha256_file
+from oracle_base.errors import Refused
 from oracle_base.secrets import SECRET_BYTES
 
 HUB_DIR = Path(__file__).parent
@@ -81,7 +82,7 @@ def is_weights_name(name: str) -> bool:
 _SECRETS = SECRET_BYTES
 
 
-class StageError(RuntimeError):
+class StageError(Refused):
     """The files cannot be staged, or the staged files fail the publish gate; one line says which and why."""
 
 

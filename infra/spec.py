@@ -20,6 +20,7 @@ from guards.job_identity import PENDING_DIGEST as PENDING_DIGEST  # one definiti
 from guards.process_policy import OFFLINE_ENV
 from guards.submission import DIGEST_ENV, RECORD_ENV
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ConfigurationError, ExternalServiceError
 
 if TYPE_CHECKING:
     from policies.settings import Settings
@@ -39,7 +40,7 @@ RENDEZVOUS_PORT = 29500
 _TIME = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)$")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ExternalServiceError):
     """A scheduler or cluster API failed or is missing (sbatch, kubectl, the Argo server); one line, its own words."""
 
 
@@ -51,7 +52,7 @@ class PartialCancelError(ClusterError):
         self.cancelled = cancelled
 
 
-class SpecError(ValueError):
+class SpecError(ConfigurationError, ValueError):
     """A job request or a rendered spec that cannot be submitted; the message names the field and the fix."""
 
 

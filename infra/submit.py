@@ -46,6 +46,7 @@ from infra.spec import (
     spec_digest,
 )
 from oracle_base.digests import sha256_file
+from oracle_base.errors import Refused
 from policies.settings import Settings, SettingsError, load_settings
 
 SUBMISSIONS_LOCK = SUBMISSIONS_DIR / ".lock"
@@ -53,7 +54,7 @@ LOCK_WAIT_S = 600
 RECIPES_DIR = Path("oracle") / "moe850b" / "configs"
 
 
-class SubmitRefusedError(RuntimeError):
+class SubmitRefusedError(Refused):
     """The submit gate refuses: nothing was submitted. The message is one line: why, and what to do."""
 
 

@@ -1,27 +1,51 @@
 """The `oracle` command, the front door of the repository. Nothing imports this module.
 
-Exit codes: 0 success, 1 a check or policy blocks the action, 2 usage or internal errors.
+Exit codes (the class of the error carries its code, oracle_base.errors; one handler prints it, OracleGroup):
+0 success; 1 a check or policy blocks the action (`Refused`, and a command's own "check failed" report such as
+`oracle guards run` with findings, `oracle params --check`, `oracle plan` that does not fit); 2 usage, configuration or
+internal errors (`UsageError`, `ConfigurationError`, `InternalError`, any other exception: one `internal error:` line,
+the traceback with ORACLE_DEBUG=1); 3 an external service failed (`ExternalServiceError`: the cluster or its
+scheduler, the Hub, the network; the same command may succeed later); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from guards.commands import guards_app
 from guards.trust_commands import keys_app, trust_app
+from oracle_base.errors import EXIT_REFUSED, UsageError
 from oracle_cli.data import stage_app
+from oracle_cli.entry import report_error
+
+
+class OracleGroup(TyperGroup):
+    """The root command: whatever a command raises ends here, once, as one line and an exit code (entry.report_error).
+    typer's own exits and usage errors pass through with their codes (a usage error: 2)."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's click Context (typer._click, private)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            raise typer.Exit(report_error(exc)) from exc
+
 
 app = typer.Typer(
     name="oracle",
+    cls=OracleGroup,
     help="Oracle: the Oracle850B-MoE model and the gates that govern it.",
     no_args_is_help=True,
     add_completion=False,
@@ -30,18 +54,10 @@ app = typer.Typer(
 stdout = Console()
 stderr = Console(stderr=True)
 
-EXIT_BLOCKED = 1
-EXIT_ERROR = 2
-
 
 class OutputFormat(StrEnum):
     text = "text"
     json = "json"
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 @app.callback()
@@ -80,14 +96,11 @@ def params_command(
 
     With --check and no --config, every preset is checked.
     """
-    from oracle.moe850b.config import FLAGSHIP, ConfigError, available_presets, load_config
+    from oracle.moe850b.config import FLAGSHIP, available_presets, load_config
     from oracle.moe850b.params import count_parameters
 
     names = [config] if config else (available_presets() if check else [FLAGSHIP])
-    try:
-        counts = [count_parameters(load_config(name)) for name in names]
-    except ConfigError as exc:
-        raise fail(str(exc)) from exc
+    counts = [count_parameters(load_config(name)) for name in names]
 
     if output_format is OutputFormat.json:
         payload = [count.as_json() for count in counts]
@@ -109,7 +122,7 @@ def params_command(
                     highlight=False,
                     soft_wrap=True,
                 )
-            raise typer.Exit(EXIT_BLOCKED)
+            raise typer.Exit(EXIT_REFUSED)
         if output_format is OutputFormat.text:
             stdout.print(f"declared parameter counts match the code for {len(counts)} config(s): {', '.join(names)}")
 
@@ -143,27 +156,23 @@ def plan_command(
 
     Example: oracle plan --config oracle850b --nodes 32 --gpus-per-node 8 --gpu h200-141gb
     """
-    from oracle.moe850b.config import ConfigError
     from oracle.train.config import load_train_config
-    from oracle.train.plan import PlanError, describe, model_sizes, plan, remedy
+    from oracle.train.plan import describe, model_sizes, plan, remedy
 
     if expert_states not in ("zero", "replicated"):
-        raise fail(f"--expert-states {expert_states}: use zero or replicated")
-    try:
-        recipe = load_train_config(config)
-        sizes = model_sizes(recipe.moe_config())
-        layout = plan(
-            recipe,
-            nodes=nodes,
-            gpus_per_node=gpus_per_node,
-            gpu=gpu,
-            expert=expert,
-            expert_states="zero" if expert_states == "zero" else "replicated",
-            activation_checkpointing=activation_checkpointing,
-            sizes=sizes,
-        )
-    except (ConfigError, PlanError) as exc:
-        raise fail(str(exc)) from exc
+        raise UsageError(f"--expert-states {expert_states}: use zero or replicated")
+    recipe = load_train_config(config)
+    sizes = model_sizes(recipe.moe_config())
+    layout = plan(
+        recipe,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        gpu=gpu,
+        expert=expert,
+        expert_states="zero" if expert_states == "zero" else "replicated",
+        activation_checkpointing=activation_checkpointing,
+        sizes=sizes,
+    )
     if output_format is OutputFormat.json:
         print(json.dumps(layout.as_json(), indent=2))
     else:
@@ -175,7 +184,7 @@ def plan_command(
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(EXIT_BLOCKED)
+        raise typer.Exit(EXIT_REFUSED)
 
 
 @data_app.command("run")
@@ -195,11 +204,7 @@ def data_run_command(
 
     Example: oracle data run --input 'raw/*.jsonl.gz' --input s3://corpus/part-0.parquet --output data/out
     """
-    from oracle.data.decontaminate import EvalSetError
-    from oracle.data.pipeline import OutputError, StageError, config_from_options, run_pipeline
-    from oracle.data.reader import ReaderError
-    from oracle.data.shard import ShardError
-    from oracle.tokenization.tokenizer import TokenizerError
+    from oracle.data.pipeline import config_from_options, run_pipeline
 
     config = config_from_options(
         inputs,
@@ -210,10 +215,7 @@ def data_run_command(
         tokenizer=tokenizer,
         seq_len=seq_len,
     )
-    try:
-        stats = run_pipeline(config)
-    except (ReaderError, EvalSetError, ShardError, TokenizerError, OutputError, StageError) as exc:
-        raise fail(str(exc)) from exc
+    stats = run_pipeline(config)
     if output_format is OutputFormat.json:
         stdout.print_json(json.dumps(stats.as_json()))
     else:
@@ -242,24 +244,21 @@ def tokenizer_train_command(
 
     Example: oracle tokenizer train --input data/out --vocab-size 65536 --out tokenizer/
     """
-    from oracle.moe850b.config import ConfigError, load_config
+    from oracle.moe850b.config import load_config
     from oracle.tokenization.corpus import CorpusError
-    from oracle.tokenization.tokenizer import TokenizerError, save_tokenizer, train_tokenizer
+    from oracle.tokenization.tokenizer import save_tokenizer, train_tokenizer
 
-    try:
-        model = load_config(config)
-    except ConfigError as exc:
-        raise fail(str(exc)) from exc
+    model = load_config(config)
     if vocab_size != model.vocab_size:
-        raise fail(
+        raise UsageError(
             f"--vocab-size {vocab_size} differs from {model.name}'s vocab_size {model.vocab_size}; "
             f"use {model.vocab_size}"
         )
     try:
         tokenizer, report = train_tokenizer(inputs, vocab_size, min_frequency=min_frequency)
-        save_tokenizer(tokenizer, out, context_length=model.context_length)
-    except (CorpusError, TokenizerError, UnicodeDecodeError) as exc:
-        raise fail(str(exc)) from exc
+    except UnicodeDecodeError as exc:  # an input that is not UTF-8 text: the file, not a defect
+        raise CorpusError(f"an input is not UTF-8 text ({exc}); pass text, JSONL or WebDataset files") from exc
+    save_tokenizer(tokenizer, out, context_length=model.context_length)
     megabytes = report.bytes / 1e6
     summary = {
         "out": str(out),
@@ -331,41 +330,30 @@ def train_command(
     """
     from guards.runtime import TrainingRefusedError, require_training_allowed
 
-    try:
-        decision = require_training_allowed()
-    except TrainingRefusedError as exc:
-        raise fail(str(exc), EXIT_BLOCKED) from exc
-    from guards.keys import SigningKeyError
-    from oracle.moe850b.config import ConfigError
-    from oracle.train.checkpoint import CheckpointCorruptError
+    decision = require_training_allowed()  # refused, or an audit log that cannot record the decision: one line
+    from guards.process_policy import allow_and_seal
     from oracle.train.config import load_train_config
-    from oracle.train.data import TrainDataError
-    from oracle.train.distributed import LaunchError, placement_from_env
-    from oracle.train.trainer import TrainError, environment_facts, run_directory, run_training
+    from oracle.train.distributed import placement_from_env
+    from oracle.train.trainer import environment_facts, run_directory, run_training
 
-    try:
-        recipe = load_train_config(config)
-        refusal = submitted_recipe_refusal(decision.config_hash, recipe.sha256(), config, data)
-        if refusal is not None:
-            raise fail(refusal, EXIT_BLOCKED)
-        if data is not None:
-            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(data)})})
-        from guards.process_policy import allow_and_seal
-
-        # the process policy: weights may be read from this run's folder (the checkpoints it writes and resumes, each
-        # verified against its manifest), an explicit --resume folder and the recipe's data, nothing else
-        explicit = [resume] if resume not in (None, "auto") else []
-        allow_and_seal(read_roots=[run_directory(recipe, run_name), recipe.data.path, *explicit])
-        placement = placement_from_env()
-        run_dir = run_training(
-            recipe,
-            resume=resume,
-            run_name=run_name,
-            facts=environment_facts(decision.job_id, local_override=decision.override, record=decision.record),
-            placement=placement,
-        )
-    except (ConfigError, TrainDataError, TrainError, LaunchError, CheckpointCorruptError, SigningKeyError) as exc:
-        raise fail(str(exc)) from exc
+    recipe = load_train_config(config)
+    refusal = submitted_recipe_refusal(decision.config_hash, recipe.sha256(), config, data)
+    if refusal is not None:
+        raise TrainingRefusedError(refusal)
+    if data is not None:
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(data)})})
+    # the process policy: weights may be read from this run's folder (the checkpoints it writes and resumes, each
+    # verified against its manifest), an explicit --resume folder and the recipe's data, nothing else
+    explicit = [resume] if resume not in (None, "auto") else []
+    allow_and_seal(read_roots=[run_directory(recipe, run_name), recipe.data.path, *explicit])
+    placement = placement_from_env()
+    run_dir = run_training(
+        recipe,
+        resume=resume,
+        run_name=run_name,
+        facts=environment_facts(decision.job_id, local_override=decision.override, record=decision.record),
+        placement=placement,
+    )
     if placement.is_main:
         stdout.print(f"training finished: {run_dir}", highlight=False)
     if placement.world_size > 1:
@@ -438,10 +426,7 @@ def submit_command(
     Example: oracle submit --target slurm --config oracle850b --nodes 32 --gpus-per-node 8 --time 72:00:00
     Example: oracle submit --target slurm --data /shared/work --output /shared/data/out
     """
-    from guards.audit import AuditError
-    from infra.spec import SpecError
     from infra.submit import SubmitOptions, SubmitRefusedError, describe, submit
-    from policies.settings import SettingsError
 
     options = SubmitOptions(
         target=target.value,
@@ -453,9 +438,9 @@ def submit_command(
         force=force,
     )
     if (data is None) != (data_output is None):
-        raise fail("--data and --output go together: the plan's work folder and the folder the pipeline writes")
+        raise UsageError("--data and --output go together: the plan's work folder and the folder the pipeline writes")
     if data is not None and target is not SubmitTarget.slurm:
-        raise fail(f"--data runs on SLURM only for now (--target slurm); {target.value} fan-out is not built yet")
+        raise UsageError(f"--data runs on SLURM only for now (--target slurm); {target.value} fan-out is not built yet")
     try:
         if data is not None and data_output is not None:
             from infra.data_submit import submit_data
@@ -464,13 +449,7 @@ def submit_command(
         else:
             outcome = submit(Path.cwd(), options)
     except SubmitRefusedError as exc:
-        raise fail(f"submission refused: {exc}", EXIT_BLOCKED) from exc
-    except (SettingsError, SpecError) as exc:
-        raise fail(str(exc)) from exc
-    except AuditError as exc:
-        raise fail(f"submission refused: the audit log cannot record it ({exc})", EXIT_BLOCKED) from exc
-    except OSError as exc:
-        raise fail(f"submission failed: {exc.filename or ''} {exc.strerror or exc}; nothing was submitted") from exc
+        raise SubmitRefusedError(f"submission refused: {exc}") from exc
     if output_format is OutputFormat.json:
         print(json.dumps(outcome.as_json(), indent=2))
         return
@@ -494,10 +473,8 @@ def kill_command(
     Example: oracle kill --target slurm --yes
     Example: oracle kill --target argo
     """
-    from guards.audit import AuditError
     from infra.kill_switch import kill
-    from infra.spec import ClusterError, PartialCancelError
-    from policies.settings import SettingsError
+    from infra.slurm import PartialCancelError
 
     def confirm(found: list[str]) -> bool:
         if yes:
@@ -510,12 +487,10 @@ def kill_command(
 
     try:
         report = kill(Path.cwd(), target.value, confirm=confirm)
-    except PartialCancelError as exc:
+    except PartialCancelError as exc:  # what was cancelled goes to stdout before the error
         if exc.cancelled:
             stdout.print(f"cancelled {len(exc.cancelled)} job(s): {', '.join(exc.cancelled)}", highlight=False)
-        raise fail(str(exc)) from exc
-    except (ClusterError, SettingsError, AuditError) as exc:
-        raise fail(str(exc)) from exc
+        raise
     if output_format is OutputFormat.json:
         print(json.dumps({"target": report.target, "found": report.found, "cancelled": report.cancelled}, indent=2))
     elif not report.found:
@@ -523,7 +498,7 @@ def kill_command(
     elif report.cancelled:
         stdout.print(f"cancelled {len(report.cancelled)} job(s): {', '.join(report.cancelled)}", highlight=False)
     if report.found and not report.confirmed:
-        raise typer.Exit(EXIT_BLOCKED)
+        raise typer.Exit(EXIT_REFUSED)
 
 
 DEFAULT_REPO_ID = "oracle-ai/oracle850b-moe"
@@ -552,17 +527,13 @@ def hub_build_command(
     """
     from guards.attestation import AttestationError
     from hub.stage import StageError, build
-    from oracle.moe850b.config import ConfigError
-    from policies.settings import SettingsError
 
     try:
         staged = build(
             Path.cwd(), repo_id=repo_id, out=out, checkpoint=checkpoint, tokenizer=tokenizer, config_name=config
         )
     except (AttestationError, StageError) as exc:
-        raise fail(f"hub build refused: {exc}", EXIT_BLOCKED) from exc
-    except (SettingsError, ConfigError, OSError) as exc:
-        raise fail(str(exc)) from exc
+        raise StageError(f"hub build refused: {exc}") from exc
     if output_format is OutputFormat.json:
         print(json.dumps(staged.manifest(), indent=2))
         return
@@ -601,27 +572,19 @@ def hub_publish_command(
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if endpoint:
         os.environ["HF_ENDPOINT"] = endpoint.rstrip("/")  # read by huggingface_hub when it is imported
-    from guards.audit import AuditError
-    from hub.publish import PublishError, publish
-    from oracle.moe850b.config import ConfigError
-    from policies.settings import SettingsError
+    from hub.publish import publish
 
-    try:
-        publication = publish(
-            Path.cwd(),
-            repo_id=repo_id,
-            endpoint=endpoint,
-            private=private,
-            dry_run=dry_run,
-            checkpoint=checkpoint,
-            tokenizer=tokenizer,
-            staged_dir=staged,
-            config_name=config,
-        )
-    except PublishError as exc:
-        raise fail(str(exc), EXIT_BLOCKED if exc.refused else EXIT_ERROR) from exc
-    except (SettingsError, AuditError, ConfigError, OSError) as exc:
-        raise fail(str(exc)) from exc
+    publication = publish(
+        Path.cwd(),
+        repo_id=repo_id,
+        endpoint=endpoint,
+        private=private,
+        dry_run=dry_run,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer,
+        staged_dir=staged,
+        config_name=config,
+    )
     if output_format is OutputFormat.json:
         print(json.dumps(publication.as_json(), indent=2))
         return
@@ -675,15 +638,13 @@ def serve_command(
     """
     import logging
 
-    from guards.audit import AuditError
-    from guards.runtime import ServingRefusedError
     from oracle.serve.loading import ServeLoadError, ServeOptions
     from oracle.serve.server import api_key_from_env, serve
 
     try:
         api_key = api_key_from_env(os.environ)
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
+    except ValueError as exc:  # a key no HTTP header can carry: a setting to fix
+        raise ServeLoadError(str(exc)) from exc
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     import faulthandler
     import signal
@@ -704,18 +665,16 @@ def serve_command(
         max_queue=max_queue,
         device=device,
     )
-    try:
-        failure = serve(options, host=host, port=port, shutdown_timeout=shutdown_timeout, api_key=api_key)
-    except ServingRefusedError as exc:
-        raise fail(str(exc), EXIT_BLOCKED) from exc
-    except (ServeLoadError, AuditError, OSError) as exc:
-        raise fail(str(exc)) from exc
+    failure = serve(options, host=host, port=port, shutdown_timeout=shutdown_timeout, api_key=api_key)
     if failure is not None:
-        raise fail(f"loading {checkpoint} failed: {failure}")
+        raise ServeLoadError(f"loading {checkpoint} failed: {failure}")
 
 
 class ExportFormat(StrEnum):
     hf = "hf"
+
+
+SHARD_SIZE = re.compile(r"\d+(\.\d+)?\s*[KMGT]B", re.IGNORECASE)  # what huggingface_hub's shard splitter parses
 
 
 @app.command("export")
@@ -736,19 +695,19 @@ def export_command(
 
     Example: oracle export --checkpoint runs/oracle-mini-42/step-00000040 --out exports/oracle-mini-hf
     """
-    from guards.audit import AuditError
-    from guards.keys import SigningKeyError, load_signing_key
+    from guards.keys import load_signing_key
     from hub.export import ExportError, audited_export
 
+    if not SHARD_SIZE.fullmatch(max_shard_size.strip()):
+        raise UsageError(f"--max-shard-size {max_shard_size}: use a number and a unit (KB, MB, GB or TB), e.g. 5GB")
     try:
         exported = audited_export(
             checkpoint, out, Path.cwd(), force=force, max_shard_size=max_shard_size, signing_key=load_signing_key()
         )
     except ExportError as exc:
-        code = EXIT_BLOCKED if exc.refused else EXIT_ERROR
-        raise fail(f"export refused: {exc}" if exc.refused else str(exc), code) from exc
-    except (SigningKeyError, AuditError, OSError, ValueError) as exc:
-        raise fail(str(exc)) from exc
+        if exc.refused:
+            raise ExportError(f"export refused: {exc}", refused=True) from exc
+        raise
     signed = "signed" if exported.signed else "unsigned (set ORACLE_SIGNING_KEY to sign it)"
     stdout.print(
         f"exported {checkpoint} as {export_format.value} ({exported.shards} weights shard(s), "

@@ -7,7 +7,8 @@
     oracle data stage finish --work W --output data/out
 
 `--task` defaults to SLURM_ARRAY_TASK_ID, so a job array's script can leave it out. Each stage is a no-op when its
-result exists for this plan, and a killed one is simply run again.
+result exists for this plan, and a killed one is simply run again. A stage that cannot run exits 2 with one line, a
+submitted job's stage that cannot show it runs what was submitted exits 1 (the front door's handler, oracle_cli.app).
 """
 
 from __future__ import annotations
@@ -21,38 +22,11 @@ from rich.console import Console
 
 stage_app = typer.Typer(help="The pipeline's stages one at a time (init, prepare, cluster, write, finish).")
 _out = Console()
-_err = Console(stderr=True)
 
 WorkOption = Annotated[Path, typer.Option("--work", help="The run's work folder (shared by every task).")]
 TaskOption = Annotated[
     int, typer.Option("--task", envvar="SLURM_ARRAY_TASK_ID", min=0, help="This task's number (0 .. tasks-1).")
 ]
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _errors() -> tuple[type[Exception], ...]:
-    from guards.audit import AuditError
-    from guards.runtime import DataJobRefusedError
-    from oracle.data.decontaminate import EvalSetError
-    from oracle.data.pipeline import OutputError, StageError
-    from oracle.data.reader import ReaderError
-    from oracle.data.shard import ShardError
-    from oracle.tokenization.tokenizer import TokenizerError
-
-    return (
-        StageError,
-        OutputError,
-        ReaderError,
-        EvalSetError,
-        ShardError,
-        TokenizerError,
-        DataJobRefusedError,
-        AuditError,
-    )
 
 
 def _job_check(stage: str, work: Path) -> None:
@@ -65,14 +39,11 @@ def _job_check(stage: str, work: Path) -> None:
 
 
 def _run(label: str, stage: str, *args: object) -> None:
-    """Run `oracle.data.pipeline.<stage>(*args)` and say whether it did anything; its refusals exit 2 in one line."""
+    """Run `oracle.data.pipeline.<stage>(*args)` and say whether it did anything."""
     from oracle.data import pipeline
 
-    try:
-        _job_check(stage, args[0])  # type: ignore[arg-type]
-        ran = getattr(pipeline, stage)(*args)
-    except _errors() as exc:
-        raise _fail(str(exc)) from exc
+    _job_check(stage, args[0])  # type: ignore[arg-type]
+    ran = getattr(pipeline, stage)(*args)
     _out.print(f"{label}: {'done' if ran else 'already done for this plan (nothing to do)'}", highlight=False)
 
 
@@ -99,10 +70,7 @@ def init_command(
         tokenizer=tokenizer,
         seq_len=seq_len,
     )
-    try:
-        plan = init(work, config, tasks)
-    except _errors() as exc:
-        raise _fail(str(exc)) from exc
+    plan = init(work, config, tasks)
     _out.print(f"plan: {len(plan['inputs'])} input(s) in {plan['tasks']} task(s); {work / 'run.json'}", highlight=False)
 
 
@@ -133,11 +101,8 @@ def finish_command(
     """Assemble the output folder from every task's results (after every write task)."""
     from oracle.data.pipeline import finish
 
-    try:
-        _job_check("finish", work)
-        stats = finish(work, output)
-    except _errors() as exc:
-        raise _fail(str(exc)) from exc
+    _job_check("finish", work)
+    stats = finish(work, output)
     if as_json:
         _out.print_json(json.dumps(stats.as_json()))
     else:

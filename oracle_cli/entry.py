@@ -1,5 +1,9 @@
-"""The `oracle` console script: oracle_cli.app's commands, with one line instead of a traceback where a command needs
-the `runtime` extra and only the gates are installed.
+"""The `oracle` console script: oracle_cli.app's commands, and the one place an error becomes a line and an exit code.
+
+`report_error` is the handler every command's exceptions reach (oracle_cli.app.OracleGroup, and this `main` for what
+fails before a command runs): an `oracle_base.errors.OracleError` prints `error: <message>` and exits with the code
+its class carries; anything else is a defect, printed as one `internal error:` line (the traceback with
+ORACLE_DEBUG=1), exit 2.
 
 The base install of this project is the policy gates (`oracle guards`, `oracle trust`, `oracle keys`): the pre-commit
 hook's environment in another repository holds nothing else. The other commands import the model, data, training,
@@ -8,12 +12,16 @@ cluster, hub or serving libraries when they run; without them they fail with exi
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from importlib import metadata
+
+from oracle_base.errors import EXIT_ERROR, OracleError
 
 DISTRIBUTION = "oracle"
 RUNTIME_EXTRA = "runtime"
-EXIT_ERROR = 2
+DEBUG_ENV = "ORACLE_DEBUG"
 
 
 def missing_extra_requirements(extra: str = RUNTIME_EXTRA, distribution: str = DISTRIBUTION) -> list[str]:
@@ -45,10 +53,44 @@ def runtime_message(argv: list[str], module: str, missing: list[str]) -> str:
     command = " ".join(word for word in argv[:2] if not word.startswith("-")) or "this command"
     shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
     return (
-        f"error: `oracle {command}` needs the `{RUNTIME_EXTRA}` extra ({module} is not installed; missing: {shown}): "
+        f"`oracle {command}` needs the `{RUNTIME_EXTRA}` extra ({module} is not installed; missing: {shown}): "
         f"install it with `pip install 'oracle[{RUNTIME_EXTRA}]'`; this install runs only the gates "
         "(`oracle guards`, `oracle trust`, `oracle keys`)"
     )
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _print_error(label: str, message: str) -> None:
+    if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
+        label = f"\x1b[1;31m{label}\x1b[0m"
+    print(f"{label} {message}", file=sys.stderr)
+
+
+def report_error(exc: Exception, argv: list[str] | None = None) -> int:
+    """Print `exc` as one line on stderr and return the exit code: the class's for an OracleError (notes added with
+    `add_note` follow the message in parentheses), 2 for anything else; with ORACLE_DEBUG=1 the traceback first."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, OracleError):
+        message = str(exc)
+        notes = [_one_line(note) for note in getattr(exc, "__notes__", ())]
+        _print_error("error:", f"{message} ({'; '.join(notes)})" if notes else message)
+        return exc.exit_code
+    if isinstance(exc, ModuleNotFoundError):
+        missing = missing_extra_requirements()
+        if missing:  # only the gates are installed: say what to install, not what failed
+            words = sys.argv[1:] if argv is None else argv
+            _print_error("error:", runtime_message(words, (exc.name or "a module").split(".")[0], missing))
+            return EXIT_ERROR
+    message = _one_line(str(exc))
+    _print_error(
+        "internal error:",
+        f"{type(exc).__name__}{': ' + message if message else ''} (set {DEBUG_ENV}=1 for the traceback)",
+    )
+    return EXIT_ERROR
 
 
 def main() -> None:
@@ -60,12 +102,8 @@ def main() -> None:
         from oracle_cli.app import main as cli_main
 
         cli_main()
-    except ModuleNotFoundError as exc:
-        missing = missing_extra_requirements()
-        if not missing:  # the extra is installed (or not declared): a genuine error, with its traceback
-            raise
-        print(runtime_message(sys.argv[1:], (exc.name or "a module").split(".")[0], missing), file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+    except Exception as exc:  # what failed before a command ran (the commands' own errors end in OracleGroup)
+        sys.exit(report_error(exc))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
+from oracle_base.errors import InternalError
 from policies.bytecode import describe, stop_reading_bytecode
 from policies.lockfile import normalise_name as normalise_name  # its home is the stdlib-only lockfile
 from policies.rule import Gate
@@ -32,7 +33,7 @@ _T = TypeVar("_T")
 _RG_ARGV_LIMIT = 2000
 
 
-class ScanError(RuntimeError):
+class ScanError(InternalError):
     """A check could not run (missing tool, unexpected failure): an error of the run, never a pass."""
 
 

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oracle_base.errors import ConfigurationError
+
 STAMP_PREFIX = "# declared-input-sha256: "
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 _HASH = re.compile(r"--hash=(sha256):([0-9a-f]{64})")
@@ -115,7 +117,7 @@ NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 GPU_SUFFIX = "-gpu"
 
 
-class AcceleratorError(ValueError):
+class AcceleratorError(ConfigurationError, ValueError):
     """ORACLE_ACCELERATOR names neither cpu nor cuda."""
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oracle_base.errors import ConfigurationError
 from policies.text_references import PLACEHOLDER_ORGS
 
 TABLE_FILE = Path(__file__).with_name("loaders.toml")
@@ -156,7 +157,7 @@ class LoaderTable:
         return sorted(words)
 
 
-class TableError(ValueError):
+class TableError(ConfigurationError, ValueError):
     """policies/loaders.toml is malformed (a defect of this repository, reported as an error of the run)."""
 
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from oracle_base.errors import ConfigurationError
 from oracle_base.validation import describe_validation_error
 
 SETTINGS_FILE = Path("policies") / "policies.toml"
@@ -33,7 +34,7 @@ ORACLE_MODEL_PACKAGE = Path("oracle") / "moe850b"  # the model package the archi
 ORACLE_CHECKS_KEY = "oracle_checks"
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError, ValueError):
     """policies.toml or waivers.toml cannot be used; the message names the file, line and key."""
 
 

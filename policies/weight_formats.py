@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from oracle_base.errors import InternalError
+
 HEAD_BYTES = 8192  # the one read every file gets (most files of a repository are smaller)
 TAIL_BYTES = 1024  # the end of a larger file: a zip's end-of-central-directory record (a zip appended to a file)
 MODEL_SIZED_BYTES = 16 * 2**20  # the smallest pointer target or bare array treated as weights for its size alone
@@ -101,11 +103,11 @@ def weights_name(name: str, folders: bool = False) -> bool:
     return folders and bool(_WEIGHT_FOLDER.search(lowered + "/"))
 
 
-class _MalformedError(Exception):
+class _MalformedError(InternalError):
     """The bytes are not the format being tried."""
 
 
-class _BudgetError(Exception):
+class _BudgetError(InternalError):
     """Valid so far, but more than a budget allows to read."""
 
 

@@ -14,12 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 from oracle.data.reader import FORMATS, format_of, read_records
+from oracle_base.errors import ConfigurationError
 
 N = 13
 _WORD = re.compile(r"\w+")
 
 
-class EvalSetError(ValueError):
+class EvalSetError(ConfigurationError, ValueError):
     """An evaluation set that cannot be read; the message names the file and line."""
 
 

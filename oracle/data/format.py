@@ -25,6 +25,7 @@ from typing import Final, Literal
 import numpy as np
 
 from oracle_base.atomic_write import write_atomically
+from oracle_base.errors import ConfigurationError
 from oracle_base.records import RecordError
 from oracle_base.records.training import PackedFile, PackedIndex
 
@@ -33,7 +34,7 @@ INDEX_FILE = "index.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-class PackedFormatError(ValueError):
+class PackedFormatError(ConfigurationError, ValueError):
     """A tokens folder that does not match the documented format; the message names the file."""
 
 

@@ -56,6 +56,7 @@ from oracle.data.shard import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 from oracle.data.stats import PipelineStats, write_report, write_stats
 from oracle_base.atomic_write import write_atomically
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ConfigurationError
 from oracle_base.records.training import PackedFile
 
 PLAN_FILE = "run.json"
@@ -64,12 +65,12 @@ RESULT_FILE = "result.json"
 OWN_OUTPUTS = {"shards", "tokens", "plots", "stats.json", "report.md", "manifest.json", "corrupt_records.log"}
 
 
-class StageError(ValueError):
+class StageError(ConfigurationError, ValueError):
     """A stage that cannot run: a missing or foreign plan, an earlier stage not finished, a result altered on disk.
     The message names the folder and what to run."""
 
 
-class OutputError(ValueError):
+class OutputError(ConfigurationError, ValueError):
     """An --output folder that holds something other than a previous run's results."""
 
 

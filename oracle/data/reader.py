@@ -30,11 +30,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from oracle_base.errors import ConfigurationError, InternalError
+
 FORMATS = (".jsonl", ".jsonl.gz", ".parquet", ".txt", ".tar")
 REMOTE_SCHEMES = ("https://", "http://", "s3://")
 
 
-class ReaderError(ValueError):
+class ReaderError(ConfigurationError, ValueError):
     """An input that cannot be found, fetched or recognised at all; the message names it and the fix."""
 
 
@@ -165,7 +167,7 @@ def _records(uri: str, kind: str, data: bytes) -> Iterator[Record]:
         yield from _jsonl(uri, _gunzip(uri, data) if kind == ".jsonl.gz" else iter([data]))
 
 
-class _DamagedError(Exception):
+class _DamagedError(InternalError):
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.problem = problem

@@ -13,12 +13,14 @@ import os
 import tarfile
 from pathlib import Path
 
+from oracle_base.errors import ConfigurationError
+
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240
 DEFAULT_MAX_SHARD_BYTES = 512 * 1024 * 1024
 
 
-class ShardError(ValueError):
+class ShardError(ConfigurationError, ValueError):
     """A sample that cannot fit in any shard under the cap."""
 
 

@@ -13,6 +13,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from oracle_base.errors import ConfigurationError
 from oracle_base.validation import describe_validation_error
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -23,7 +24,7 @@ FLAGSHIP = "oracle850b"
 _ALIGN = 8
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """A config file or value that cannot be used; the message names the file, the field and the fix."""
 
 

@@ -32,6 +32,7 @@ from oracle.moe850b.config import ConfigError, load_config, parse_config
 from oracle.moe850b.model import OracleMoE
 from oracle_base.atomic_write import write_atomically
 from oracle_base.bounded_read import read_regular_file
+from oracle_base.errors import ConfigurationError
 from oracle_base.weight_files import CONFIG_FILE as CONFIG_FILE  # re-exported: the names weights live under
 from oracle_base.weight_files import PARTITIONS_FILE
 from oracle_base.weight_files import WEIGHTS_FILE as WEIGHTS_FILE
@@ -59,7 +60,7 @@ DTYPES: Mapping[str, torch.dtype] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigurationError, ValueError):
     """A checkpoint that cannot be loaded into the model; the message names the file and tensor."""
 
 

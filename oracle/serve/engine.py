@@ -23,6 +23,7 @@ import torch
 
 from oracle.moe850b.model import OracleMoE
 from oracle.moe850b.sampling import GREEDY_BELOW, sample_next_token
+from oracle_base.errors import Refused
 
 log = logging.getLogger("oracle.serve")
 
@@ -57,11 +58,11 @@ class Failed:
 Event = Delta | Finished | Failed
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(Refused):
     """Every slot is busy and the waiting queue is full: try again later."""
 
 
-class EngineStoppedError(RuntimeError):
+class EngineStoppedError(Refused):
     """The engine is shutting down and takes no new requests."""
 
 

@@ -44,6 +44,7 @@ from oracle.tokenization.special_tokens import (
     never_generated,
 )
 from oracle.tokenization.tokenizer import TokenizerError, load_tokenizer
+from oracle_base.errors import ConfigurationError
 
 log = logging.getLogger("oracle.serve")
 
@@ -52,7 +53,7 @@ log = logging.getLogger("oracle.serve")
 CODE_ASSETS = Path(__file__).resolve().parents[2] / "hub" / "assets"
 
 
-class ServeLoadError(RuntimeError):
+class ServeLoadError(ConfigurationError):
     """The checkpoint, tokenizer or settings cannot be served; the message names the file and the fix."""
 
 

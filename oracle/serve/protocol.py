@@ -10,10 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from oracle_base.errors import UsageError
+
 MAX_STOP_SEQUENCES = 4  # as the OpenAI API
 
 
-class APIError(Exception):
+class APIError(UsageError):
     """An error the API returns as `{"error": {message, type, param, code}}` with an HTTP status."""
 
     def __init__(

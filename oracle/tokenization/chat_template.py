@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from oracle_base.errors import ConfigurationError
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
@@ -22,7 +24,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(ConfigurationError, ValueError):
     """A conversation the template cannot render (unknown role, missing content)."""
 
 

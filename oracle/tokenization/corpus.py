@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oracle.data.reader import FORMATS, ReaderError, expand, read_documents
+from oracle_base.errors import ConfigurationError
 
 
-class CorpusError(ValueError):
+class CorpusError(ConfigurationError, ValueError):
     """An input that cannot be read as training text; the message names the file and the fix."""
 
 

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from oracle.tokenization.chat_template import CHAT_TEMPLATE
 from oracle.tokenization.corpus import Corpus, input_files
 from oracle.tokenization.special_tokens import ASSISTANT, END_OF_TEXT, PAD, SPECIAL_TOKENS, is_reserved, reserved_token
+from oracle_base.errors import ConfigurationError
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -30,7 +31,7 @@ TOKENIZER_FILES = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
 TOKENIZER_ASSETS = Path("oracle") / "tokenization" / "assets"  # where a committed tokenizer lives (repo-relative)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ConfigurationError, ValueError):
     """A tokenizer that cannot be trained, saved or loaded as asked; the message says why and what to do."""
 
 

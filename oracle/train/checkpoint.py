@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from oracle_base.atomic_write import write_atomically
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ConfigurationError
 from oracle_base.records import RecordError
 from oracle_base.records.training import CheckpointManifest, TrainerState
 from oracle_base.weight_files import MANIFEST as MANIFEST  # re-exported: the layout names live in the base
@@ -45,7 +46,7 @@ _NAME = re.compile(r"^step-(\d{8})$")
 _WRITTEN_BY_TRAIN = "it is written by `oracle train`: use another checkpoint"
 
 
-class CheckpointCorruptError(RuntimeError):
+class CheckpointCorruptError(ConfigurationError):
     """A checkpoint folder that is incomplete or altered; the message names the file."""
 
 

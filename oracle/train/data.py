@@ -22,12 +22,13 @@ import torch
 from oracle.data.format import INDEX_FILE, TOKENIZER_DIR, PackedFormatError, parse_index
 from oracle.tokenization.tokenizer import TOKENIZER_FILES
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ConfigurationError
 from oracle_base.records.training import DataPosition, PackedIndex
 
 _HINT = "re-run `oracle data run --tokenizer ...` to rewrite the tokens folder"
 
 
-class TrainDataError(ValueError):
+class TrainDataError(ConfigurationError, ValueError):
     """Training data that cannot be used as configured; the message names the file or field and the fix."""
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from oracle_base.errors import ConfigurationError
 
-class LaunchError(RuntimeError):
+
+class LaunchError(ConfigurationError):
     """The environment does not describe a usable distributed job; the message says which variable is wrong."""
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from oracle.moe850b.config import MoEConfig
 from oracle.train.config import TrainConfig
+from oracle_base.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +82,7 @@ SUB_GROUP = 1_000_000_000
 ExpertStates = Literal["zero", "replicated"]
 
 
-class PlanError(ValueError):
+class PlanError(UsageError, ValueError):
     """A layout that cannot be planned (unknown GPU, world size other than the recipe's); names the option and fix."""
 
 

@@ -59,11 +59,12 @@ from oracle.train.deepspeed_config import deepspeed_config, validate_deepspeed_c
 from oracle.train.distributed import Placement, device_for, init_process_group
 from oracle.train.schedule import learning_rate
 from oracle_base.digests import sha256_file
+from oracle_base.errors import ConfigurationError
 from oracle_base.records.training import CheckpointManifest, DataPosition, TrainerState
 from oracle_base.weight_files import PARTITIONS_FILE, part_file
 
 
-class TrainError(RuntimeError):
+class TrainError(ConfigurationError):
     """Training cannot start or continue as configured; the message names the setting or file and the fix."""
 
 

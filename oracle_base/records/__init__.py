@@ -14,12 +14,13 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from oracle_base.errors import ConfigurationError
 from oracle_base.validation import describe_validation_error
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a sha256 as records carry it: 64 lower-case hex digits
 
 
-class RecordError(ValueError):
+class RecordError(ConfigurationError, ValueError):
     """A record file that cannot be read, is not JSON, or does not match its schema."""
 
 

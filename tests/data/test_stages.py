@@ -331,7 +331,7 @@ def test_a_stage_that_claims_a_submitted_job_must_prove_it(tmp_path: Path, monke
     record.write_text("{}")
     env = {"ORACLE_SUBMISSION_DIGEST": "0" * 64, "ORACLE_SUBMISSION_RECORD": str(record)}
     result = CliRunner().invoke(app, ["data", "stage", "prepare", "--work", str(work), "--task", "0"], env=env)
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # refused, as `oracle train` in a job that cannot show it was submitted
     assert "data stage prepare refused: submission record" in " ".join(result.stderr.split())
     assert not (work / "prepare").exists()  # nothing ran
     audit = [json.loads(line) for line in (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()]
@@ -339,7 +339,7 @@ def test_a_stage_that_claims_a_submitted_job_must_prove_it(tmp_path: Path, monke
     half = CliRunner().invoke(
         app, ["data", "stage", "cluster", "--work", str(work)], env={"ORACLE_SUBMISSION_DIGEST": "x"}
     )
-    assert half.exit_code == 2
+    assert half.exit_code == 1
     assert "must both be set" in half.stderr
 
 

@@ -146,7 +146,7 @@ def test_audit_verify_detects_an_edited_entry(tmp_path: Path) -> None:
     log.write_text(log.read_text().replace('"result":"fail"', '"result":"pass"', 1))
     tampered = runner.invoke(app, ["guards", "audit", "verify", "--root", str(tmp_path)])
     assert tampered.exit_code == 1
-    assert "line 1" in tampered.stderr
+    assert ".oracle/audit.jsonl:1: hash does not match" in tampered.stderr
 
 
 def test_attest_refuses_a_partial_run(tmp_path: Path) -> None:

@@ -347,10 +347,18 @@ def test_without_the_runtime_extra_a_command_exits_2_naming_it(
     ]
 
 
-def test_with_the_runtime_extra_installed_a_missing_module_is_a_real_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_the_runtime_extra_installed_a_missing_module_is_an_internal_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from oracle_cli.entry import main
 
     _fake_install(monkeypatch, {"pydantic", "torch"})  # another extra's (dev) absence does not matter
+    monkeypatch.delenv("ORACLE_DEBUG", raising=False)
 
-    with pytest.raises(ModuleNotFoundError, match="torch"):
+    with pytest.raises(SystemExit) as exit_info:
         main()
+
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "internal error: ModuleNotFoundError: No module named 'torch' (set ORACLE_DEBUG=1 for the traceback)"
+    ]
