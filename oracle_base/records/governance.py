@@ -30,14 +30,13 @@ import functools
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar, cast
+from typing import Any, Literal, Self, TypeVar, cast
 
 from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator
 
-from oracle_base.records import Record, RecordError
+from oracle_base.records import Record, RecordError, Sha256
 from oracle_base.validation import describe_validation_error
 
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 GENESIS = "0" * 64  # the `prev` of the audit log's first entry
 
 R = TypeVar("R", bound=Record)
