@@ -474,7 +474,7 @@ def kill_command(
     Example: oracle kill --target argo
     """
     from infra.kill_switch import kill
-    from infra.slurm import PartialCancelError
+    from infra.spec import PartialCancelError
 
     def confirm(found: list[str]) -> bool:
         if yes:
