@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,11 @@ def test_the_console_script_is_installed_and_prints_help() -> None:
     result = subprocess.run([str(oracle), "params", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "oracle params --config oracle850b --format json" in result.stdout
+
+
+def test_the_console_script_reports_an_error_in_one_line_with_its_code() -> None:
+    oracle = Path(sys.executable).parent / "oracle"
+    env = {key: value for key, value in os.environ.items() if key != "ORACLE_DEBUG"}
+    done = subprocess.run([str(oracle), "guards", "explain", "NOPE1"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: no rule 'NOPE1'; `oracle guards rules` lists them"]
