@@ -28,8 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oracle_base.errors import ConfigurationError
-
 STAMP_PREFIX = "# declared-input-sha256: "
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 _HASH = re.compile(r"--hash=(sha256):([0-9a-f]{64})")
@@ -117,8 +115,10 @@ NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 GPU_SUFFIX = "-gpu"
 
 
-class AcceleratorError(ConfigurationError, ValueError):
-    """ORACLE_ACCELERATOR names neither cpu nor cuda."""
+class AcceleratorError(ValueError):
+    """ORACLE_ACCELERATOR names neither cpu nor cuda. A plain ValueError, not of oracle_base.errors: this module runs
+    isolated (`python -I -S policies/lockfile.py`, imported by policies/venv_integrity.py run the same way), where
+    nothing of the checkout but its own folder can be imported. The venv policy turns it into a finding."""
 
 
 def gpu_lock_name(lock: str) -> str:

@@ -39,7 +39,7 @@ def _refused(root: Path, env: dict[str, str], *expected: str) -> str:
     assert done.returncode == 1, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: training refused:"), lines[0]
+    assert lines[0].startswith("error: RUN001 training refused:"), lines[0]
     for text in expected:
         assert text in lines[0], lines[0]
     assert not (root / "runs" / "oracle-mini").exists()

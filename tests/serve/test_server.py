@@ -106,7 +106,7 @@ def test_weights_without_verifying_provenance_are_refused_before_listening(
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("error: serving refused:")
+    assert lines[0].startswith("error: RUN002 serving refused:")
     assert reason in lines[0]
     assert "Uvicorn running" not in result.stdout + result.stderr
     entry = json.loads((served.root / ".oracle" / "audit.jsonl").read_text().splitlines()[-1])
