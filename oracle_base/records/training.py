@@ -1,7 +1,7 @@
 """The records training writes and reads back, each one schema for its writer and its readers:
 
 - `PackedIndex`: `tokens/index.json` of a packed-data folder (written by oracle.data.format, read by
-  oracle.train.data);
+  oracle.train.data and by the submit check of a job's data, infra.checks);
 - `CheckpointManifest`: a checkpoint's `MANIFEST.json`, the size, sha256 and writing rank of every other file
   (oracle.train.checkpoint writes it last; resuming and serving read it);
 - `TrainerState`: a checkpoint's `trainer_state.json`, where a resume continues (oracle.train.trainer).
