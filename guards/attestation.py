@@ -62,13 +62,17 @@ _REATTEST = "run `make guards` (nox -s guards), which attests on a passing ci ga
 _SHOWN_DIRTY_PATHS = 5
 
 
+RULE = "TRU003"  # the catalog's rule for every attestation refusal (policies/gate_checks.py)
+
+
 class AttestationError(Refused):
-    """An attestation cannot be written or does not vouch for the current checkout; `reason` says why."""
+    """An attestation cannot be written or does not vouch for the current checkout; `reason` says why. The message
+    leads with the rule id, TRU003."""
 
     def __init__(self, reason: str, message: str) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown attestation failure reason {reason!r}; use one of {sorted(REASONS)}")
-        super().__init__(message)
+        super().__init__(f"{RULE} {message}")
         self.reason = reason
 
 

@@ -74,6 +74,14 @@ class AuditError(ConfigurationError):
     there. The action still does not happen (fail closed: what cannot be recorded is not done)."""
 
 
+class AuditIntegrityError(AuditError):
+    """The log or its head no longer match (deleted, cut, edited, re-chained): TRU004, which leads the message. No gate
+    extends the log until it is restored."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"TRU004 {message}")
+
+
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """sha256 of the entry's canonical JSON without `hash` and `sig` (lines are written in the same form)."""
     hashed = {k: v for k, v in entry.items() if k not in ("hash", SIGNATURE)}
@@ -151,7 +159,7 @@ def current_anchor(root: Path) -> dict[str, object] | None:
     except FileNotFoundError:
         head_path = root / AUDIT_HEAD
         if head_path.exists():
-            raise AuditError(
+            raise AuditIntegrityError(
                 f"{head_path}: exists but {log_path} is gone (the log was deleted); restore it from a backup"
             ) from None
         return None
@@ -345,13 +353,13 @@ def _last_entry(log_path: Path, handle: IO[bytes]) -> dict[str, Any] | None:
         f"run `oracle guards audit verify`, then restore {log_path} or move it and its head aside to start a new chain"
     )
     if not data.endswith(b"\n"):
-        raise AuditError(f"{log_path}:{line_no}: no newline at the end (a write was cut off); {fix}")
+        raise AuditIntegrityError(f"{log_path}:{line_no}: no newline at the end (a write was cut off); {fix}")
     try:
         entry = json.loads(data[:-1].rsplit(b"\n", 1)[-1].decode("utf-8"))
     except ValueError as exc:
-        raise AuditError(f"{log_path}:{line_no}: not a valid JSON entry ({exc}); {fix}") from exc
+        raise AuditIntegrityError(f"{log_path}:{line_no}: not a valid JSON entry ({exc}); {fix}") from exc
     if not (isinstance(entry, dict) and isinstance(entry.get("seq"), int) and isinstance(entry.get("hash"), str)):
-        raise AuditError(f"{log_path}:{line_no}: not an audit entry (no integer seq and string hash); {fix}")
+        raise AuditIntegrityError(f"{log_path}:{line_no}: not an audit entry (no integer seq and string hash); {fix}")
     return entry
 
 
@@ -360,23 +368,25 @@ def _check_head_allows_append(root: Path, last: dict[str, Any] | None) -> None:
     head_path = root / AUDIT_HEAD
     head = _read_head(head_path)
     if isinstance(head, str):
-        raise AuditError(f"{head_path}: {head}; run `oracle guards audit verify` and restore the head")
+        raise AuditIntegrityError(f"{head_path}: {head}; run `oracle guards audit verify` and restore the head")
     fix = f"run `oracle guards audit verify`, then restore {root / AUDIT_LOG} and {head_path} from a backup"
     if last is None:
         if head is not None:
-            raise AuditError(f"{head_path}: records seq {head['seq']} but {root / AUDIT_LOG} is empty or gone; {fix}")
+            raise AuditIntegrityError(
+                f"{head_path}: records seq {head['seq']} but {root / AUDIT_LOG} is empty or gone; {fix}"
+            )
         return
     if head is None:
         # a crash right after the very first append leaves one entry and no head yet
         if last["seq"] != 1:
-            raise AuditError(f"{head_path}: missing while {root / AUDIT_LOG} ends at seq {last['seq']}; {fix}")
+            raise AuditIntegrityError(f"{head_path}: missing while {root / AUDIT_LOG} ends at seq {last['seq']}; {fix}")
         return
     if head == {"seq": last["seq"], "hash": last["hash"]}:
         return
     # a crash between appending a line and replacing the head leaves the head one entry behind
     if head == {"seq": last["seq"] - 1, "hash": last.get("prev")}:
         return
-    raise AuditError(
+    raise AuditIntegrityError(
         f"{head_path}: records seq {head['seq']} but {root / AUDIT_LOG} ends at seq {last['seq']} "
         f"(entries were removed or the head was replaced); {fix}"
     )

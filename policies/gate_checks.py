@@ -1,8 +1,8 @@
 """The checks the publish and submit gates make on what the tree does not hold — the files about to be uploaded
-(hub/stage.py, PUB001-PUB005) and the job about to reach a scheduler (infra/checks.py, SUB001-SUB005) — and the
-checks commands make when they run (guards/runtime.py and guards/process_policy.py, RUN001-RUN004), as rules of the
-one catalog, so that `oracle guards rules`, `oracle guards explain`, SARIF and the docs know them like every other
-check.
+(hub/stage.py, PUB001-PUB005) and the job about to reach a scheduler (infra/checks.py, SUB001-SUB005) — the checks
+commands make when they run (guards/runtime.py and guards/process_policy.py, RUN001-RUN004) and the trust root's own
+checks (guards/attestation.py and guards/audit.py, TRU003-TRU004), as rules of the one catalog, so that `oracle
+guards rules`, `oracle guards explain`, SARIF and the docs know them like every other check.
 
 They are not waivable: each refuses something that is about to leave the machine or start running, at the moment
 it happens, and no file in the tree (where waivers live) may excuse that. The code that makes each check prefixes
@@ -208,4 +208,36 @@ RUNTIME_RULES = (
     ),
 )
 
-RULES = PUBLISH_RULES + SUBMIT_RULES + RUNTIME_RULES
+TRUST_RULES = (
+    _rule(
+        "TRU003",
+        "trust",
+        frozenset({Gate.publish, Gate.submit, Gate.train}),
+        title="No attestation of the ci gate vouches for this checkout",
+        rationale="What leaves the machine (a publish, a cluster job) must be code the ci gate passed: the "
+        "attestation `make guards` writes names HEAD's commit and tree, the lock, the policy bundle and the model "
+        "config, and is signed by an attestation key of the trust root. A missing, unsigned, forged or malformed "
+        "attestation, one of another commit, a dirty tree, a changed lock, policy or model config, or a start-up "
+        "hazard (a .pth, sitecustomize or bytecode cache that would run first) refuses the action.",
+        fix="Commit everything and run `make guards` (nox -s guards), which attests on a passing ci gate; on a "
+        "machine with a trust root, with the attestation key of that trust root.",
+        example="git commit -am wip && oracle hub publish ...    # no `make guards` since the commit",
+        example_fix="git commit -am wip && make guards && oracle hub publish ...",
+    ),
+    _rule(
+        "TRU004",
+        "trust",
+        frozenset(Gate),
+        title="The audit log is missing, cut or rewritten",
+        rationale="Every gate and run-time check appends its decision to a hash-chained, signed audit log whose "
+        "head is kept beside it (and anchored where the trust root says): a log deleted, truncated, edited or "
+        "re-chained no longer matches its head, and no gate extends it until it is restored, so a decision cannot "
+        "be made to disappear.",
+        fix="Run `oracle guards audit verify` to see where the chain breaks, then restore .oracle/audit.jsonl and "
+        "its head from a backup.",
+        example="rm .oracle/audit.jsonl    # then any gate",
+        example_fix="restore .oracle/audit.jsonl and .oracle/audit.head from a backup",
+    ),
+)
+
+RULES = PUBLISH_RULES + SUBMIT_RULES + RUNTIME_RULES + TRUST_RULES

@@ -313,7 +313,7 @@ def test_a_refused_verification_is_audited_and_keeps_its_code(tmp_path: Path, mo
     assert result.exit_code == 1
     entries = [json.loads(line) for line in (tmp_path / ".oracle" / "audit.jsonl").read_text().splitlines()]
     assert (entries[-1]["gate"], entries[-1]["result"]) == ("verify", "refused")
-    assert entries[-1]["details"]["reason"] == "no attestation for HEAD"
+    assert entries[-1]["details"]["reason"] == "TRU003 no attestation for HEAD"
 
 
 def test_a_refusal_the_audit_log_cannot_take_says_so_on_the_same_line(
@@ -323,7 +323,7 @@ def test_a_refusal_the_audit_log_cannot_take_says_so_on_the_same_line(
     result = _invoke("guards verify", CASES["guards verify"], tmp_path, monkeypatch, CASES["guards verify"].refused)
     assert result.exit_code == 1
     line = _one_error_line(result)
-    assert line.startswith("error: no attestation for HEAD (and the audit log could not record this: "), line
+    assert line.startswith("error: TRU003 no attestation for HEAD (and the audit log could not record this: "), line
 
 
 def test_the_kinds_carry_the_documented_codes() -> None:

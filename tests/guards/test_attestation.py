@@ -324,7 +324,7 @@ def test_a_statement_that_does_not_match_its_schema_is_malformed_naming_line_and
         verify_attestation(repo)
 
     assert refused.value.reason == "malformed"
-    assert str(refused.value).startswith(f"attestation {path}:1: {expected}")
+    assert str(refused.value).startswith(f"TRU003 attestation {path}:1: {expected}")
 
 
 # --- what write_attestation refuses ----------------------------------------------------------------------------------

@@ -176,18 +176,20 @@ def test_explain_keeps_an_acronym_at_the_start_of_the_title() -> None:
     assert "Reports: model or weights loaded" in runner.invoke(app, ["guards", "explain", "EXT001"]).stdout
 
 
-def test_every_publish_submit_and_runtime_check_is_a_rule_of_the_catalog() -> None:
-    """The ids the publish, submit and run-time checks prefix their refusals with are catalog rules (explain, SARIF,
-    docs), none of them waivable; and every PUB/SUB/RUN rule of the catalog is made by some check."""
+def test_every_publish_submit_runtime_and_trust_check_is_a_rule_of_the_catalog() -> None:
+    """The ids the publish, submit, run-time and trust-root checks prefix their refusals with are catalog rules
+    (explain, SARIF, docs), none of them waivable; and every PUB/SUB/RUN/TRU rule of the catalog is made by some
+    check."""
     import re
 
     from policies import find_rule
 
     checks = ("hub/stage.py", "infra/checks.py", "guards/runtime.py", "guards/process_policy.py")
+    checks += ("guards/attestation.py", "guards/audit.py")
     sources = "".join((REPO / path).read_text() for path in checks)
-    used = set(re.findall(r"\b((?:PUB|SUB|RUN)\d{3})\b", sources))
+    used = set(re.findall(r"\b((?:PUB|SUB|RUN|TRU)\d{3})\b", sources)) - {"TRU001", "TRU002"}  # the floor's own
     expected = {f"PUB00{n}" for n in range(1, 6)} | {f"SUB00{n}" for n in range(1, 6)}
-    assert used == expected | {f"RUN00{n}" for n in range(1, 5)}
+    assert used == expected | {f"RUN00{n}" for n in range(1, 5)} | {"TRU003", "TRU004"}
     for rule_id in sorted(used):
         rule = find_rule(rule_id)
         assert rule is not None, rule_id

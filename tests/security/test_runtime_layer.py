@@ -183,7 +183,8 @@ def test_a_server_refuses_a_weights_file_its_checkpoint_gains_after_the_check(tm
             server.stop()
     output = server.output()
     (line,) = [line for line in output.splitlines() if "refused by the process policy" in line]
-    assert line.startswith(f"oracle serve: RUN004 refused by the process policy: opening {extra.resolve()}: safetensors")
+    expected = f"oracle serve: RUN004 refused by the process policy: opening {extra.resolve()}: safetensors"
+    assert line.startswith(expected)
     (entry,) = runtime_refusals(served.root)
     details = entry["details"]
     assert isinstance(details, dict)
