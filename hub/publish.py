@@ -220,10 +220,10 @@ def _publish(
             "then publish",
             refused=True,
         )
-    _run_publish_gate(root)
-    token = token_from(env)
+    token = token_from(env)  # before the gate: a publish that cannot send anything is told so at once
     if token is None and not dry_run:
         raise PublishError("no token: set HF_TOKEN (or HUGGINGFACE_TOKEN) to a write token for the Hub", refused=True)
+    _run_publish_gate(root)
     secrets = (token,) if token is not None else ()
     try:
         if staged_dir is not None:
