@@ -136,12 +136,13 @@ def require_training_allowed(
     from guards import git
 
     commit = git.head_commit_or_none(code_root or _code_root()) if decision.job_id else git.head_commit_or_none(root)
-    details: dict[str, object] = {"reason": decision.reason}
+    reason = decision.reason if decision.allowed else f"RUN001 {decision.reason}"  # a refusal names its rule
+    details: dict[str, object] = {"reason": reason}
     if not decision.allowed:
         details["rule"] = "RUN001"
     append_entry(root, gate="train", result=result, commit=commit, details=details)
     if not decision.allowed:
-        raise TrainingRefusedError(f"RUN001 {decision.reason}")
+        raise TrainingRefusedError(reason)
     return decision
 
 
@@ -179,9 +180,9 @@ def require_data_stage_allowed(
         if record.kind == "data" and record.config_hash != plan_digest:
             raise SubmissionError("the plan in --work is not the one the job was submitted with (its digest differs)")
     except (SubmissionError, JobIdentityError) as exc:
-        reason = f"data stage {stage} refused: {exc}"
+        reason = f"RUN003 data stage {stage} refused: {exc}"
         append_entry(root, gate="data", result="refused", commit=None, details={"reason": reason, "rule": "RUN003"})
-        raise DataJobRefusedError(f"RUN003 {reason}") from exc
+        raise DataJobRefusedError(reason) from exc
     details: dict[str, object] = {"stage": stage, "job_id": job_id, "plan": plan_digest}
     append_entry(root, gate="data", result="allowed", commit=record.commit, details=details)
     return job_id
@@ -247,6 +248,7 @@ def require_serving_allowed(
         # the process policy lets this process read these weights and no others (sealed: nothing widens it later)
         allow_and_seal(read_files=[checkpoint / name for name in record["files"]])
     else:
+        reason = f"RUN002 {reason}"
         details.update(reason=reason, rule="RUN002")
     append_entry(
         root,
@@ -256,7 +258,7 @@ def require_serving_allowed(
         details=details,
     )
     if reason:
-        raise ServingRefusedError(f"RUN002 {reason}")
+        raise ServingRefusedError(reason)
     return record
 
 
