@@ -338,7 +338,9 @@ def _locked(log_path: Path) -> Iterator[None]:
     reader while it reads: nobody sees half an entry, or a head of another entry. A `filelock.FileLock` on
     `<log>.lock` beside the log, in the git-ignored state folder; readers open the log first, so a checkout without
     a log gets no lock file either."""
-    with FileLock(log_path.with_name(log_path.name + ".lock")):
+    # fallback_to_soft=False: on a file system without flock (Lustre mounted without it, some FUSE mounts) the log
+    # cannot be locked, and that is an error, never a marker file whose stale-lock breaking two nodes could race on.
+    with FileLock(log_path.with_name(log_path.name + ".lock"), fallback_to_soft=False):
         yield
 
 

@@ -41,6 +41,8 @@ class ProjectJob:
     name: str
     state: str
     mark: str = ""  # JobRequest.mark of the submission that made it ("" when it carries none)
+    # the project label it was listed by (Kubernetes, Argo): what a cancel holds it to again; not part of its identity
+    project: str = field(default="", compare=False)
 
     def describe(self) -> str:
         """`<id> <name> <state>` (the name left out where the id already ends with it)."""
@@ -201,7 +203,8 @@ def _owned(
             continue
         name = str(metadata.get("name") or "")
         mark = str((metadata.get("annotations") or {}).get(MARK_ANNOTATION) or "")
-        jobs.append(ProjectJob(f"{metadata.get('namespace') or namespace}/{name}", name, state_of(item), mark))
+        job_id = f"{metadata.get('namespace') or namespace}/{name}"
+        jobs.append(ProjectJob(job_id, name, state_of(item), mark, project))
     return jobs
 
 
@@ -285,8 +288,12 @@ class KubernetesScheduler(Scheduler):
     def cancel(self, jobs: Sequence[ProjectJob]) -> list[str]:
         from infra.k8s.apply import delete_jobs
 
+        projects = {job.project for job in jobs}
+        if len(projects) > 1 or "" in projects:  # fail closed: each delete is held to the one project it was listed by
+            raise ClusterError(f"cannot cancel jobs of projects {sorted(projects)} at once; list one project's jobs")
         ids = {job.name: job.id for job in jobs}
-        deleted = delete_jobs(list(ids), self.namespace, kubeconfig=self._required_kubeconfig())
+        labels = {PROJECT_LABEL: projects.pop()} if projects else {}
+        deleted = delete_jobs(list(ids), self.namespace, labels, kubeconfig=self._required_kubeconfig())
         return [ids.get(name.removeprefix("job.batch/"), name) for name in deleted]
 
 

@@ -392,7 +392,7 @@ def submissions_lock(root: Path) -> Iterator[None]:
     """One submit at a time per checkout, from the duplicate check until the scheduler has the job."""
     path = root / SUBMISSIONS_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, timeout=LOCK_WAIT_S)
+    lock = FileLock(path, timeout=LOCK_WAIT_S, fallback_to_soft=False)  # a real flock or an error, as the audit log
     try:
         lock.acquire()
     except Timeout as exc:

@@ -285,6 +285,13 @@ def _check_entry_points(ctx: ScanContext, result: PolicyResult) -> None:
     for spec in settings.entry_points:
         path, _, function = spec.partition(":")
         explicit.setdefault(path, set()).add(function)
+    if ctx.gate is not Gate.commit:  # a declared entry point whose file is gone guards nothing (moved or deleted)
+        for path in sorted(explicit):
+            if not (ctx.root / path).exists():
+                names = ", ".join(f"{function}()" for function in sorted(explicit[path]))
+                message = f"declared training entry point {names} is in {path}, which is not in the tree; "
+                message += "update policies.toml"
+                result.findings.append(UNGUARDED_ENTRY_POINT.finding(path, 0, 0, message, f"missing file {path}"))
     packages = tuple(f"{package.rstrip('/')}/" for package in settings.train_packages)
     relevant = [path for path in ctx.files if path.endswith(".py") and (path in explicit or path.startswith(packages))]
     if ctx.gate is Gate.commit and not relevant:

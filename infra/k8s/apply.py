@@ -132,20 +132,33 @@ def _get_with_client(namespace: str, selector: str, kubeconfig: Path | None) -> 
     return [item for item in items if isinstance(item, dict)]
 
 
-def _delete_with_client(names: Sequence[str], namespace: str, kubeconfig: Path | None) -> list[str]:
+def _delete_with_client(
+    names: Sequence[str], namespace: str, labels: Mapping[str, str], kubeconfig: Path | None
+) -> list[str]:
+    """Each Job read, its labels checked, then deleted on the precondition that it is still that object (its uid): a
+    Job of the same name made since (by another project too) is never the one deleted."""
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     api = _batch_api(kubeconfig)
     deleted = []
     for name in names:
+        where = f"job.batch/{name} in namespace {namespace}"
         try:
-            api.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+            job = api.read_namespaced_job(name, namespace)
+            carried = job.metadata.labels or {}
+            if any(carried.get(key) != value for key, value in labels.items()):
+                continue  # not (or no longer) this project's
+            options = client.V1DeleteOptions(
+                propagation_policy="Foreground", preconditions=client.V1Preconditions(uid=job.metadata.uid)
+            )
+            api.delete_namespaced_job(name, namespace, body=options)
         except ApiException as exc:
-            if exc.status == 404:  # gone since it was listed, as kubectl --ignore-not-found
+            if exc.status in (404, 409):  # gone since it was listed, or replaced by another object of that name
                 continue
-            raise _client_error(exc, f"deleting job.batch/{name} in namespace {namespace}") from exc
+            raise _client_error(exc, f"deleting {where}") from exc
         except Exception as exc:
-            raise _client_error(exc, f"deleting job.batch/{name} in namespace {namespace}") from exc
+            raise _client_error(exc, f"deleting {where}") from exc
         deleted.append(f"job.batch/{name}")
     return deleted
 
@@ -179,13 +192,21 @@ def get_jobs(namespace: str, labels: Mapping[str, str], *, kubeconfig: Path | No
     return [item for item in items if isinstance(item, dict)]
 
 
-def delete_jobs(names: Sequence[str], namespace: str, *, kubeconfig: Path | None) -> list[str]:
-    """Delete these Jobs and, in the foreground, their pods, without waiting; returns `job.batch/<name>` of each one
-    deleted (one already gone is skipped)."""
+def delete_jobs(
+    names: Sequence[str], namespace: str, labels: Mapping[str, str], *, kubeconfig: Path | None
+) -> list[str]:
+    """Delete these Jobs, each only while it still carries every one of `labels` (the project's: the list was made
+    before the user confirmed, and a Job of that name may have been replaced since), and in the foreground their
+    pods, without waiting; returns `job.batch/<name>` of each one deleted (one gone or no longer ours is skipped)."""
     if not names:
         return []
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return _delete_with_client(names, namespace, kubeconfig)
-    args = ["delete", "jobs", *names, "--namespace", namespace, "--ignore-not-found", "--cascade=foreground"]
-    return _names(_kubectl(kubectl, [*args, "--wait=false", "-o", "name"], kubeconfig=kubeconfig))
+        return _delete_with_client(names, namespace, labels, kubeconfig)
+    selector = label_selector(labels)
+    deleted: list[str] = []
+    for name in names:  # one call a name: kubectl takes a selector or names, and the selector must hold for each
+        args = ["delete", "jobs", "--namespace", namespace, "-l", selector, "--field-selector", f"metadata.name={name}"]
+        args += ["--ignore-not-found", "--cascade=foreground", "--wait=false", "-o", "name"]
+        deleted += _names(_kubectl(kubectl, args, kubeconfig=kubeconfig))
+    return deleted

@@ -52,7 +52,9 @@ class GovernanceRecord(Record):
     """A signed or hash-chained record: types are strict (no "3" for 3, no 1 for true), since what was signed is
     what is meant."""
 
-    model_config = ConfigDict(strict=True, populate_by_name=True)
+    # Only the names on disk (payloadType, _type, predicateType): a Python field name in their place is an unknown
+    # key, as a standard DSSE or in-toto verifier would refuse it.
+    model_config = ConfigDict(strict=True)
 
     def document(self) -> dict[str, Any]:
         """The JSON object that is signed or hashed: the keys that were set, under their names on disk."""

@@ -344,9 +344,9 @@ def test_an_unknown_kind_is_rejected() -> None:
 # --- applying, listing, deleting: a recording kubectl stand-in -------------------------------------------------------
 
 # A `kubectl` that knows the three command lines oracle runs (server-side apply from stdin; get jobs by a label selector
-# as JSON; delete named jobs) and fails on anything else, an unknown flag or a selector other than `k=v[,k=v]`. Its
-# cluster is a JSON file of Jobs: apply adds the Jobs it is given, delete removes them, get selects on namespace and
-# labels as the API server does.
+# as JSON; delete one named job while it carries the selector's labels) and fails on anything else, an unknown flag or
+# a selector other than `k=v[,k=v]`. Its cluster is a JSON file of Jobs: apply adds the Jobs it is given, delete
+# removes them, get selects on namespace and labels as the API server does.
 FAKE_KUBECTL = """#!{python}
 import json, os, re, sys
 import yaml
@@ -390,18 +390,20 @@ elif len(args) == 8 and args[:3] == ["get", "jobs", "--namespace"] and args[4] =
         and all(job["metadata"].get("labels", {{}}).get(k) == v for k, v in wanted.items())
     ]
     print(json.dumps({{"apiVersion": "v1", "kind": "List", "items": items}}))
-elif args[:2] == ["delete", "jobs"] and "--namespace" in args:
-    at = args.index("--namespace")
-    names, rest = args[2:at], args[at + 1:]
-    if not names or len(rest) != 6 or rest[1:] != [
-        "--ignore-not-found", "--cascade=foreground", "--wait=false", "-o", "name"
-    ]:
-        refuse("unknown delete command line " + repr(args))
-    for name in names:
-        found = [j for j in jobs if j["metadata"]["name"] == name and j["metadata"]["namespace"] == rest[0]]
-        for job in found:
-            jobs.remove(job)
-            print("job.batch/" + name)
+elif (
+    len(args) == 13 and args[:3] == ["delete", "jobs", "--namespace"] and args[4] == "-l"
+    and args[6] == "--field-selector" and args[7].startswith("metadata.name=")
+    and args[8:] == ["--ignore-not-found", "--cascade=foreground", "--wait=false", "-o", "name"]
+):
+    namespace, wanted, name = args[3], selector(args[5]), args[7].split("=", 1)[1]
+    found = [
+        j for j in jobs
+        if j["metadata"]["name"] == name and j["metadata"]["namespace"] == namespace
+        and all(j["metadata"].get("labels", {{}}).get(k) == v for k, v in wanted.items())
+    ]
+    for job in found:
+        jobs.remove(job)
+        print("job.batch/" + name)
 else:
     refuse("unknown command " + repr(args))
 with open(state_file, "w") as handle:
@@ -521,29 +523,31 @@ def test_jobs_are_listed_by_label_selector_and_deleted_by_name(kubectl: FakeKube
     listed = get_jobs("ml", ours, kubeconfig=kubectl.kubeconfig)
     assert [job["metadata"]["name"] for job in listed] == ["oracle-train-a", "oracle-train-b"]
     assert listed[1]["status"]["conditions"] == [{"type": "Complete", "status": "True"}]
-    deleted = delete_jobs(["oracle-train-a", "oracle-train-b", "gone"], "ml", kubeconfig=kubectl.kubeconfig)
+    deleted = delete_jobs(["oracle-train-a", "oracle-train-b", "gone"], "ml", ours, kubeconfig=kubectl.kubeconfig)
     assert deleted == ["job.batch/oracle-train-a", "job.batch/oracle-train-b"]
     assert kubectl.jobs() == ["ml/oracle-train-c", "other/oracle-train-d"]
-    listing, deletion = (call["argv"] for call in kubectl.calls())
+    listing, *deletions = (call["argv"] for call in kubectl.calls())
     config = ["--kubeconfig", str(kubectl.kubeconfig)]
     assert listing == [*config, "get", "jobs", "--namespace", "ml", "-l", "oracle.dev/project=oracle", "-o", "json"]
-    assert deletion == [
-        *config,
-        "delete",
-        "jobs",
-        "oracle-train-a",
-        "oracle-train-b",
-        "gone",
-        "--namespace",
-        "ml",
-        "--ignore-not-found",
-        "--cascade=foreground",
-        "--wait=false",
-        "-o",
-        "name",
+    assert deletions == [
+        [
+            *config,
+            *("delete", "jobs", "--namespace", "ml", "-l", "oracle.dev/project=oracle"),
+            *("--field-selector", f"metadata.name={name}", "--ignore-not-found", "--cascade=foreground"),
+            *("--wait=false", "-o", "name"),
+        ]
+        for name in ("oracle-train-a", "oracle-train-b", "gone")
     ]
-    assert delete_jobs([], "ml", kubeconfig=kubectl.kubeconfig) == []
-    assert len(kubectl.calls()) == 2  # nothing to delete asks nothing
+    assert delete_jobs([], "ml", ours, kubeconfig=kubectl.kubeconfig) == []
+    assert len(kubectl.calls()) == 4  # nothing to delete asks nothing
+
+
+def test_a_job_of_the_same_name_that_is_no_longer_ours_is_not_deleted(kubectl: FakeKubectl) -> None:
+    """The kill switch lists, asks, then deletes: a Job replaced in between by another project's Job of the same name
+    is left alone, since every delete carries the project's selector again."""
+    kubectl.add_job("oracle-train-a", namespace="ml", labels={"oracle.dev/project": "someone-else"})
+    assert delete_jobs(["oracle-train-a"], "ml", {"oracle.dev/project": "oracle"}, kubeconfig=None) == []
+    assert kubectl.jobs() == ["ml/oracle-train-a"]
 
 
 def test_no_jobs_listed_is_an_empty_list(kubectl: FakeKubectl) -> None:
@@ -568,7 +572,7 @@ def test_a_kubectl_failure_is_one_line_naming_kubectl_and_its_error(kubectl: Fak
         apply_manifests(manifests(), kubeconfig=kubectl.kubeconfig)
     assert str(caught.value) == "kubectl apply failed: error: You must be logged in to the server (Unauthorized)"
     with pytest.raises(ClusterError, match=r"^kubectl delete failed: error: You must be logged in"):
-        delete_jobs(["j"], "ml", kubeconfig=None)
+        delete_jobs(["j"], "ml", {"oracle.dev/project": "oracle"}, kubeconfig=None)
 
 
 def test_kubeconfig_present_follows_kubectl(tmp_path: Path) -> None:
@@ -659,27 +663,43 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 @pytest.mark.usefixtures("without_kubectl")
 def test_without_kubectl_the_client_lists_and_deletes_in_the_foreground(tmp_path: Path) -> None:
-    """Checks the API requests the client makes, against a stub server (no cluster here)."""
+    """Checks the API requests the client makes, against a stub server (no cluster here): each Job is read, held to
+    the project's label, and deleted on the precondition that it is still the object read (its uid)."""
     jobs = "/apis/batch/v1/namespaces/ml/jobs"
-    item = {"metadata": {"name": "j1", "labels": {"oracle.dev/project": "oracle"}}, "status": {"active": 1}}
+    ours = {"oracle.dev/project": "oracle"}
+    item = {"metadata": {"name": "j1", "labels": ours}, "status": {"active": 1}}
     job_list = {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [item]}
+
+    def job(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        metadata = {"name": name, "namespace": "ml", "uid": f"uid-{name}", "labels": labels}
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata}
+
     status = {"apiVersion": "v1", "kind": "Status", "status": "Success"}
     gone = {"kind": "Status", "message": 'jobs.batch "j2" not found', "code": 404}
     replies = {
         ("GET", jobs): (200, job_list),
+        ("GET", f"{jobs}/j1"): (200, job("j1", ours)),
         ("DELETE", f"{jobs}/j1"): (200, status),
-        ("DELETE", f"{jobs}/j2"): (404, gone),
+        ("GET", f"{jobs}/j2"): (404, gone),
+        ("GET", f"{jobs}/j3"): (200, job("j3", {"oracle.dev/project": "someone-else"})),
     }
     with StubApi(replies) as api:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-        assert get_jobs("ml", {"oracle.dev/project": "oracle"}, kubeconfig=kubeconfig) == [item]
-        assert delete_jobs(["j1", "j2"], "ml", kubeconfig=kubeconfig) == ["job.batch/j1"]  # j2 was gone already
+        assert get_jobs("ml", ours, kubeconfig=kubeconfig) == [item]
+        # j2 was gone already; j3 is another project's Job of that name now
+        assert delete_jobs(["j1", "j2", "j3"], "ml", ours, kubeconfig=kubeconfig) == ["job.batch/j1"]
     listing = api.requests[0]
     assert parse_qs(listing["query"]) == {"labelSelector": ["oracle.dev/project=oracle"]}
     assert {k.lower(): v for k, v in listing["headers"].items()}["authorization"] == "Bearer t0ken"
-    deletion = api.requests[1]
-    assert (deletion["method"], deletion["path"]) == ("DELETE", f"{jobs}/j1")
-    assert parse_qs(deletion["query"]) == {"propagationPolicy": ["Foreground"]}
+    assert [(r["method"], r["path"]) for r in api.requests[1:]] == [
+        ("GET", f"{jobs}/j1"),
+        ("DELETE", f"{jobs}/j1"),
+        ("GET", f"{jobs}/j2"),
+        ("GET", f"{jobs}/j3"),
+    ]
+    body = json.loads(api.requests[2]["body"])
+    assert body["preconditions"] == {"uid": "uid-j1"}
+    assert body["propagationPolicy"] == "Foreground"
 
 
 @pytest.mark.usefixtures("without_kubectl")

@@ -1,5 +1,6 @@
 import pytest
 
+from policies.rule import Gate
 from tests.policies.conftest import Scan, ids, only
 
 
@@ -241,3 +242,17 @@ def test_the_guarded_cli_tests_and_helpers_that_do_not_train_are_not_bypasses(
     scan: Scan, path: str, content: str
 ) -> None:
     assert ids(scan({path: content}), "LTR003") == []
+
+
+def test_a_declared_entry_point_whose_file_is_gone_is_found(scan: Scan) -> None:
+    """A trust root's floor or policies.toml that names an entry point in a file moved or deleted guards nothing: a
+    finding at every gate over the tree (the commit gate sees staged files only, so it does not judge it)."""
+    settings = '[local_train]\nentry_points = ["oracle/cli.py:train_command"]\n'
+    findings = only(
+        scan({"policies/policies.toml": settings, "oracle_cli/app.py": "def train_command():\n    pass\n"}), "LTR002"
+    )
+    assert [finding.message for finding in findings] == [
+        "declared training entry point train_command() is in oracle/cli.py, which is not in the tree; "
+        "update policies.toml"
+    ]
+    assert not only(scan({"policies/policies.toml": settings}, Gate.commit), "LTR002")
