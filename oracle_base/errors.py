@@ -25,6 +25,11 @@ EXIT_EXTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 
+def one_line(text: str) -> str:
+    """`text` on one line: its non-blank lines, stripped, joined with "; " (what every error line is printed as)."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class OracleError(Exception):
     """Base of the project's errors: `exit_code` says how the `oracle` command ends; `str()` is one line. A class
     whose instances are of two kinds (a refusal or a failure) may set `exit_code` on the instance."""
@@ -33,9 +38,7 @@ class OracleError(Exception):
 
     def __str__(self) -> str:
         text = super().__str__()
-        if "\n" not in text:
-            return text
-        return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+        return text if "\n" not in text else one_line(text)
 
 
 class Refused(OracleError):  # noqa: N818 (the kind, as the issue names it: `except Refused`)

@@ -17,7 +17,7 @@ import sys
 import traceback
 from importlib import metadata
 
-from oracle_base.errors import EXIT_ERROR, OracleError
+from oracle_base.errors import EXIT_ERROR, OracleError, one_line
 
 DISTRIBUTION = "oracle"
 RUNTIME_EXTRA = "runtime"
@@ -59,10 +59,6 @@ def runtime_message(argv: list[str], module: str, missing: list[str]) -> str:
     )
 
 
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
 def _print_error(label: str, message: str) -> None:
     if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
         label = f"\x1b[1;31m{label}\x1b[0m"
@@ -76,7 +72,7 @@ def report_error(exc: Exception, argv: list[str] | None = None) -> int:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, OracleError):
         message = str(exc)
-        notes = [_one_line(note) for note in getattr(exc, "__notes__", ())]
+        notes = [one_line(note) for note in getattr(exc, "__notes__", ())]
         _print_error("error:", f"{message} ({'; '.join(notes)})" if notes else message)
         return exc.exit_code
     if isinstance(exc, ModuleNotFoundError):
@@ -85,7 +81,7 @@ def report_error(exc: Exception, argv: list[str] | None = None) -> int:
             words = sys.argv[1:] if argv is None else argv
             _print_error("error:", runtime_message(words, (exc.name or "a module").split(".")[0], missing))
             return EXIT_ERROR
-    message = _one_line(str(exc))
+    message = one_line(str(exc))
     _print_error(
         "internal error:",
         f"{type(exc).__name__}{': ' + message if message else ''} (set {DEBUG_ENV}=1 for the traceback)",
